@@ -1,0 +1,91 @@
+"""Close decisions and the wire rules every close obeys.
+
+RFC 6455 caps a close frame's payload at 125 bytes, two of which hold the
+code, so a reason is at most 123 bytes of UTF-8. uvicorn's websockets
+protocols crash on a longer one (the client then sees 1006), so reasons are
+cut here, on a character boundary, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ._errors import ConfigurationError
+
+MAX_REASON_BYTES = 123
+
+NORMAL = 1000
+GOING_AWAY = 1001
+UNSUPPORTED_DATA = 1003
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+SERVICE_RESTART = 1012
+TRY_AGAIN_LATER = 1013
+
+#: Codes that must never appear in a close frame (RFC 6455 section 7.4.1).
+RESERVED_CODES = frozenset({1004, 1005, 1006, 1015})
+
+
+def is_sendable_code(code: int) -> bool:
+    """True when *code* may be put in a close frame."""
+    if code in RESERVED_CODES:
+        return False
+    return 1000 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def truncate_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:
+    """Cut *reason* to at most *limit* bytes of UTF-8, never inside a character."""
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= limit:
+        return reason
+    return encoded[:limit].decode("utf-8", errors="ignore")
+
+
+def format_retry_after(seconds: float) -> str:
+    """Whole seconds, rounded up, so a client never comes back too early."""
+    return str(max(0, math.ceil(seconds)))
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A decision to close a connection, returned by rules and gauges.
+
+    ``reason`` is a stable ASCII slug (``rate_limited``); ``retry_after`` adds
+    a ``; retry-after=<s>`` hint. ``shadow`` marks a breach by a rule in shadow
+    mode: it is counted and logged, and the connection lives on.
+    """
+
+    code: int
+    reason: str
+    rule: str
+    retry_after: float | None = None
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        if not is_sendable_code(self.code):
+            raise ConfigurationError(f"close code {self.code!r} cannot be sent in a close frame")
+
+    @property
+    def wire_reason(self) -> str:
+        """The reason as sent: slug, optional hint, at most 123 bytes."""
+        reason = self.reason
+        if self.retry_after is not None:
+            reason = f"{reason}; retry-after={format_retry_after(self.retry_after)}"
+        return truncate_reason(reason)
+
+
+class Consume:
+    """Marker a message check returns to keep a message from the app.
+
+    Used for messages addressed to the guard itself (an in-band token).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CONSUME"
+
+
+CONSUME = Consume()

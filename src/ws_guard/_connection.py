@@ -1,0 +1,383 @@
+"""The per-connection object: state machine, wrapped receive/send, closes.
+
+One is made per guarded WebSocket (Starlette's responder pattern), so no
+connection state ever lives on the middleware or the guard's config. The
+message path is kept to attribute reads and the rules' own arithmetic: no
+await beyond the server's, no allocation for a message that passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs
+
+from ._close import CONSUME, INTERNAL_ERROR, NORMAL, Close
+from ._keys import resolve_client_ip
+from ._rule import Checker, Rule
+from ._scheduler import Deadline
+from ._types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._guard import Guard
+
+logger = logging.getLogger("ws_guard")
+
+# States as plain ints: the send fast path compares one attribute to one constant.
+CONNECTING = 0
+OPEN = 1
+CLOSED = 2  # closed by the client or the app; ws_guard stays transparent
+GUARD_CLOSED = 3  # closed by ws_guard; the app sees a disconnect, its sends are dropped
+
+_STATE_NAMES = {CONNECTING: "connecting", OPEN: "open", CLOSED: "closed", GUARD_CLOSED: "closed"}
+
+
+class ConnectionInfo:
+    """What the app may read about its connection, at ``scope["ws_guard"]``."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @property
+    def id(self) -> str:
+        return self._conn.id
+
+    @property
+    def client_ip(self) -> str:
+        return self._conn.client_ip
+
+    @property
+    def subject(self) -> str | None:
+        """The verified JWT ``sub``, or ``None`` without a JWT rule."""
+        return self._conn.subject
+
+    @property
+    def claims(self) -> Mapping[str, Any] | None:
+        """The verified JWT claims (updated on in-band refresh)."""
+        return self._conn.claims
+
+    @property
+    def state(self) -> str:
+        return _STATE_NAMES[self._conn.state]
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectionInfo(id={self.id!r}, client_ip={self.client_ip!r}, "
+            f"subject={self.subject!r})"
+        )
+
+
+class Connection:
+    """One guarded WebSocket from handshake to finish."""
+
+    __slots__ = (
+        "_checks",
+        "_close_task",
+        "_connect_message",
+        "_deadlines",
+        "_finished",
+        "_guard_close",
+        "_headers",
+        "_held",
+        "_query",
+        "_receive",
+        "_send",
+        "admitted",
+        "claims",
+        "client_ip",
+        "extra",
+        "guard",
+        "id",
+        "opened_at",
+        "scope",
+        "state",
+        "subject",
+    )
+
+    def __init__(self, guard: Guard, scope: Scope, receive: Receive, send: Send) -> None:
+        self.guard = guard
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.id = uuid.uuid4().hex
+        self.state = CONNECTING
+        client = scope.get("client")
+        self.client_ip = resolve_client_ip(
+            client[0] if client else None,
+            self.header("x-forwarded-for") if guard.trusted_proxies else None,
+            guard.trusted_proxies,
+        )
+        self.subject: str | None = None
+        self.claims: Mapping[str, Any] | None = None
+        #: Per-connection state rules may keep, keyed by the rule's own choice.
+        self.extra: dict[Any, Any] = {}
+        self.admitted = False
+        self.opened_at = 0.0
+        self._checks: tuple[Checker, ...] = ()
+        self._connect_message: Message | None = None
+        self._guard_close: Close | None = None
+        self._close_task: asyncio.Future[Any] | None = None
+        self._deadlines: list[Deadline] = []
+        self._held: list[Rule] = []
+        self._headers: dict[str, str] | None = None
+        self._query: dict[str, list[str]] | None = None
+        self._finished = False
+
+    # -- request data -------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", ""))
+
+    def header(self, name: str) -> str | None:
+        """A request header by lower-case name (the first one, latin-1)."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for key, value in self.scope.get("headers", ()):
+                headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+            self._headers = headers
+        return self._headers.get(name)
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            raw = self.scope.get("query_string", b"")
+            self._query = parse_qs(raw.decode("latin-1"), keep_blank_values=True)
+        return self._query
+
+    @property
+    def subprotocols(self) -> list[str]:
+        return list(self.scope.get("subprotocols") or ())
+
+    @property
+    def guard_close(self) -> Close | None:
+        """The decision ws_guard closed this connection with, if it did."""
+        return self._guard_close
+
+    # -- deadlines ------------------------------------------------------------
+    def call_at(self, when: float, callback: Any) -> Deadline:
+        """Schedule *callback* on the guard's shared heap; cancelled at finish."""
+        deadline = self.guard.scheduler.call_at(when, callback)
+        self._deadlines.append(deadline)
+        return deadline
+
+    # -- handshake ------------------------------------------------------------
+    async def handshake(self) -> bool:
+        """Read ``websocket.connect`` and run admission; False when rejected."""
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            self.state = CLOSED  # the client left before the handshake finished
+            return False
+        self._connect_message = message
+        guard = self.guard
+        for gauge in guard.gauges:
+            verdict = gauge.check(self)
+            if verdict is not None:
+                if verdict.shadow:
+                    self._record_shadow(verdict)
+                else:
+                    await self._reject(verdict)
+                    return False
+        for rule, holds in guard.admission_rules:
+            decision = await rule.admit(self)
+            if holds:
+                self._held.append(rule)
+            if decision is not None:
+                if decision.shadow:
+                    self._record_shadow(decision)
+                else:
+                    await self._reject(decision)
+                    await self._release()
+                    return False
+        self.admitted = True
+        self.opened_at = time.monotonic()
+        guard.metrics.connection_opened()
+        guard.connections.add(self)
+        self._checks = tuple(
+            check
+            for check in (rule.checker(self) for rule in guard.checker_rules)
+            if check is not None
+        )
+        self.scope["ws_guard"] = ConnectionInfo(self)
+        return True
+
+    async def _reject(self, close: Close) -> None:
+        guard = self.guard
+        self.state = GUARD_CLOSED
+        self._guard_close = close
+        guard.metrics.handshakes_rejected += 1
+        guard.record_close(self, close)
+        if guard.reject == "http" and "websocket.http.response" in self.scope.get("extensions", {}):
+            status, headers = guard.http_denial(close)
+            await self._send_quietly(
+                {"type": "websocket.http.response.start", "status": status, "headers": headers}
+            )
+            await self._send_quietly(
+                {"type": "websocket.http.response.body", "body": close.wire_reason.encode()}
+            )
+            return
+        # A close before accept becomes an HTTP 403 that browsers report as
+        # 1006; accepting first is the only way the code reaches a browser.
+        if await self._send_quietly({"type": "websocket.accept"}):
+            await self._send_quietly(
+                {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
+            )
+
+    # -- the app's receive/send -------------------------------------------------
+    async def receive(self) -> Message:
+        if self._connect_message is not None:
+            message = self._connect_message
+            self._connect_message = None
+            return message
+        if self.state == GUARD_CLOSED:
+            return self._disconnect_message()
+        while True:
+            message = await self._receive()
+            if self.state == GUARD_CLOSED:
+                return self._disconnect_message()  # closed while we waited: drop what came
+            if message["type"] == "websocket.receive":
+                for check in self._checks:
+                    verdict = check(message)
+                    if verdict is None:
+                        continue
+                    if verdict is CONSUME:
+                        break
+                    verdict = cast(Close, verdict)
+                    if verdict.shadow:
+                        self._record_shadow(verdict)
+                        continue
+                    await self._close_open(verdict)
+                    return self._disconnect_message()
+                else:
+                    return message
+                continue  # consumed by a rule: read the next one
+            if message["type"] == "websocket.disconnect" and self.state == OPEN:
+                self.state = CLOSED
+                self.guard.record_close(self, None, int(message.get("code", 1005)), "client")
+            return message
+
+    async def send(self, message: Message) -> None:
+        state = self.state
+        if state == OPEN:
+            if message["type"] == "websocket.close":
+                self.state = CLOSED
+                self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
+            await self._send(message)
+            return
+        if state == GUARD_CLOSED:
+            self.guard.metrics.dropped_sends += 1
+            return
+        if state == CONNECTING:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                for rule in self.guard.accept_rules:
+                    rule.on_accept(self, message)
+                self.state = OPEN
+                await self._send(message)
+                for rule in self.guard.open_rules:
+                    rule.on_open(self)
+                return
+            if kind == "websocket.close":
+                self.state = CLOSED
+                self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
+            elif kind == "websocket.http.response.start":
+                self.state = CLOSED
+        await self._send(message)
+
+    # -- closing ---------------------------------------------------------------
+    def close_soon(self, close: Close) -> None:
+        """Close from outside the message path (a deadline, a drain, a shed)."""
+        if close.shadow:
+            self._record_shadow(close)
+            return
+        if self.state == OPEN:
+            self._mark_guard_closed(close)
+            frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
+            self._close_task = asyncio.ensure_future(self._send_quietly(frame))
+        elif self.state == CONNECTING and self.admitted:
+            self._mark_guard_closed(close)
+            self._close_task = asyncio.ensure_future(self._accept_and_close(close))
+
+    async def close(self, close: Close) -> None:
+        """Close now and wait until the close frame is handed to the server."""
+        self.close_soon(close)
+        if self._close_task is not None:
+            await self._close_task
+
+    async def _close_open(self, close: Close) -> None:
+        self._mark_guard_closed(close)
+        await self._send_quietly(
+            {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
+        )
+
+    async def _accept_and_close(self, close: Close) -> None:
+        if await self._send_quietly({"type": "websocket.accept"}):
+            await self._send_quietly(
+                {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
+            )
+
+    def _mark_guard_closed(self, close: Close) -> None:
+        self.state = GUARD_CLOSED
+        self._guard_close = close
+        self.guard.record_close(self, close)
+
+    def _disconnect_message(self) -> Message:
+        close = cast(Close, self._guard_close)  # only called after a guard close
+        return {"type": "websocket.disconnect", "code": close.code, "reason": close.wire_reason}
+
+    def _record_shadow(self, close: Close) -> None:
+        self.guard.record_shadow(self, close)
+
+    async def _send_quietly(self, message: Message) -> bool:
+        """Send a frame of ws_guard's own; a gone client is not an error."""
+        try:
+            await self._send(message)
+        except OSError:
+            return False
+        return True
+
+    # -- ends of the app ----------------------------------------------------------
+    async def app_crashed(self, exc: BaseException) -> None:
+        """The app raised: the client gets 1011 instead of a dropped TCP (1006)."""
+        if self.state == OPEN:
+            self.state = CLOSED
+            close = Close(INTERNAL_ERROR, "internal_error", "internal_error")
+            self.guard.record_close(self, close, initiator="app")
+            await self._send_quietly(
+                {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
+            )
+
+    async def app_returned(self) -> None:
+        """The app returned while open: close normally rather than drop TCP."""
+        if self.state == OPEN:
+            self.state = CLOSED
+            self.guard.record_close(self, None, NORMAL, "app")
+            await self._send_quietly({"type": "websocket.close", "code": NORMAL, "reason": ""})
+
+    async def finish(self) -> None:
+        """Release everything the connection held; runs once, on every path."""
+        if self._finished:
+            return
+        self._finished = True
+        for deadline in self._deadlines:
+            deadline.cancel()
+        self._deadlines.clear()
+        if self._close_task is not None and not self._close_task.done():
+            await self._close_task
+        await self._release()
+        if self.admitted:
+            self.guard.connections.discard(self)
+            self.guard.metrics.connection_finished(time.monotonic() - self.opened_at)
+
+    async def _release(self) -> None:
+        held, self._held = self._held, []
+        for rule in reversed(held):
+            try:
+                await rule.release(self)
+            except Exception:
+                logger.exception("ws_guard rule %r failed to release a connection", rule)

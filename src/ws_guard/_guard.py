@@ -1,0 +1,278 @@
+"""The guard: configuration parsed once, plus the shared runtime.
+
+Users build one ``Guard`` and hand it to :class:`WSGuardMiddleware`. It owns
+the rules, the load gauges, the deadline scheduler and the metrics, so any
+part of the app can read ``guard.metrics.snapshot()``. Nothing here touches
+the event loop until :meth:`startup` runs inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar, cast
+
+from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, format_retry_after
+from ._errors import ConfigurationError
+from ._gauge import LoadGauge
+from ._keys import IPNetwork, parse_trusted_proxies
+from ._metrics import Metrics
+from ._rule import Rule, overrides
+from ._scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+logger = logging.getLogger("ws_guard")
+T = TypeVar("T")
+
+_RATE_REASONS = frozenset({"rate_limited", "connect_rate_limited", "too_many_connections"})
+_REJECT_MODES = ("close", "http")
+_STORAGE_ERROR_MODES = ("allow", "deny")
+
+
+@dataclass(frozen=True, slots=True)
+class CloseEvent:
+    """What an ``on_close`` hook receives for each close ws_guard counts."""
+
+    code: int
+    reason: str
+    rule: str | None
+    initiator: str
+    duration: float
+    shadow: bool
+    client_ip: str
+    connection_id: str
+
+
+OnClose = Callable[[CloseEvent], object]
+
+
+class Guard:
+    """Rules, gauges and shared runtime for one or more guarded apps."""
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        load: Iterable[LoadGauge] = (),
+        *,
+        storage: str = "memory://",
+        paths: Sequence[str] | None = None,
+        trusted_proxies: Iterable[str] = (),
+        reject: str = "close",
+        on_storage_error: str = "allow",
+        on_close: OnClose | None = None,
+        clock: Callable[[], float] | None = None,
+        random_source: random.Random | None = None,
+    ) -> None:
+        self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
+        self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
+        if not isinstance(storage, str) or "://" not in storage:
+            raise ConfigurationError(
+                "storage must be a URI such as 'memory://' or 'redis://host:6379/0', "
+                f"not {storage!r}"
+            )
+        self.storage_uri = storage
+        self.paths = _check_paths(paths)
+        self.trusted_proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(trusted_proxies)
+        if reject not in _REJECT_MODES:
+            raise ConfigurationError(f"reject must be one of {_REJECT_MODES}, not {reject!r}")
+        self.reject = reject
+        if on_storage_error not in _STORAGE_ERROR_MODES:
+            raise ConfigurationError(
+                f"on_storage_error must be one of {_STORAGE_ERROR_MODES}, not {on_storage_error!r}"
+            )
+        self.on_storage_error = on_storage_error
+        if on_close is not None and not callable(on_close):
+            raise ConfigurationError(f"on_close must be callable, not {on_close!r}")
+        self.on_close = on_close
+        self.random = random_source or random.Random()
+        self.scheduler = Scheduler(clock)
+        self.metrics = Metrics()
+        self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
+        #: Admitted connections that have not finished.
+        self.connections: set[Connection] = set()
+
+        ordered = sorted(
+            self.rules, key=lambda rule: rule.stage
+        )  # stable: user order within a stage
+        self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
+            (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
+        )
+        self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
+        self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))
+        self.open_rules = tuple(r for r in self.rules if overrides(r, "on_open"))
+        self.storage_error_log_interval = 5.0
+        self._last_storage_log = float("-inf")
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        for rule in self.rules:
+            rule.bind(self)
+        for gauge in self.gauges:
+            gauge.bind(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Guard(rules={list(self.rules)!r}, load={list(self.gauges)!r}, paths={self.paths!r})"
+        )
+
+    # -- paths ----------------------------------------------------------------
+    def guards_path(self, path: str) -> bool:
+        """Whether a WebSocket at *path* is guarded (prefix match on segments)."""
+        if self.paths is None:
+            return True
+        for prefix in self.paths:
+            if path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/"):
+                return True
+        return False
+
+    # -- lifespan -------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def startup(self) -> None:
+        """Create loop-bound resources; idempotent, safe from many tasks."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if not self.started:  # another task may have started it meanwhile
+                for rule in self.rules:
+                    await rule.startup(self)
+                for gauge in self.gauges:
+                    await gauge.startup(self)
+                self._started = True
+
+    async def shutdown(self) -> None:
+        """Stop background work and release storage; the guard may start again."""
+        if not self._started:
+            return
+        self._started = False
+        for gauge in self.gauges:
+            await gauge.shutdown(self)
+        for rule in self.rules:
+            await rule.shutdown(self)
+        self.scheduler.close()
+
+    # -- closes ----------------------------------------------------------------
+    def record_close(
+        self,
+        conn: Connection,
+        close: Close | None,
+        code: int | None = None,
+        initiator: str = "guard",
+    ) -> None:
+        """Count one close, log ws_guard's own, and tell the ``on_close`` hook."""
+        rule: str | None = None
+        reason = ""
+        if close is not None:
+            code, rule, reason = close.code, close.rule, close.wire_reason
+        elif code is None:
+            raise TypeError("record_close needs a close decision or a code")
+        self.metrics.record_close(code, initiator, rule)
+        if close is not None:
+            logger.info(
+                "ws_guard closed connection code=%d rule=%s client=%s path=%s",
+                code,
+                rule,
+                conn.client_ip,
+                conn.path,
+                extra={"ws_code": code, "ws_rule": rule, "ws_client": conn.client_ip},
+            )
+        self._emit(conn, code, reason, rule, initiator, shadow=False)
+
+    def record_shadow(self, conn: Connection, close: Close) -> None:
+        self.metrics.record_shadow(close.rule)
+        logger.warning(
+            "ws_guard shadow breach code=%d rule=%s client=%s path=%s",
+            close.code,
+            close.rule,
+            conn.client_ip,
+            conn.path,
+            extra={"ws_code": close.code, "ws_rule": close.rule, "ws_client": conn.client_ip},
+        )
+        self._emit(conn, close.code, close.wire_reason, close.rule, "guard", shadow=True)
+
+    def _emit(
+        self,
+        conn: Connection,
+        code: int,
+        reason: str,
+        rule: str | None,
+        initiator: str,
+        *,
+        shadow: bool,
+    ) -> None:
+        hook = self.on_close
+        if hook is None:
+            return
+        duration = time.monotonic() - conn.opened_at if conn.admitted else 0.0
+        event = CloseEvent(code, reason, rule, initiator, duration, shadow, conn.client_ip, conn.id)
+        try:
+            hook(event)
+        except Exception:
+            logger.exception("ws_guard on_close hook raised; the connection is unaffected")
+
+    def report_storage_error(self, exc: BaseException, what: str) -> bool:
+        """Count a failed storage or key-server call; True when the policy allows.
+
+        Logged at most once per ``storage_error_log_interval`` seconds, so an
+        outage does not flood the log. The caller applies the answer: admit
+        (fail open) or close with 1013 ``storage_unavailable`` (fail closed).
+        """
+        self.metrics.storage_errors += 1
+        now = time.monotonic()
+        if now - self._last_storage_log >= self.storage_error_log_interval:
+            self._last_storage_log = now
+            logger.warning(
+                "ws_guard %s failed (%s: %s); policy on_storage_error=%s",
+                what,
+                type(exc).__name__,
+                exc,
+                self.on_storage_error,
+                extra={"ws_storage_error": type(exc).__name__},
+            )
+        return self.on_storage_error == "allow"
+
+    def http_denial(self, close: Close) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Status and headers for the opt-in HTTP denial of a handshake."""
+        if close.code in (TRY_AGAIN_LATER, SERVICE_RESTART):
+            status = 503
+        elif close.reason in _RATE_REASONS:
+            status = 429
+        else:
+            status = 403
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        if close.retry_after is not None:
+            headers.append((b"retry-after", format_retry_after(close.retry_after).encode()))
+        return status, headers
+
+
+def _check_items(what: str, items: Iterable[object], kind: type[T]) -> tuple[T, ...]:
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise ConfigurationError(f"{what} must be a list, not {items!r}")
+    checked = tuple(items)
+    for item in checked:
+        if not isinstance(item, kind):
+            raise ConfigurationError(
+                f"{what} entries must be {kind.__name__} objects, not {item!r}"
+            )
+    return cast(tuple[T, ...], checked)
+
+
+def _check_paths(paths: Sequence[str] | None) -> tuple[str, ...] | None:
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        raise ConfigurationError(f"paths must be a list of prefixes, not the string {paths!r}")
+    checked = tuple(paths)
+    for path in checked:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigurationError(f"paths entries must start with '/', not {path!r}")
+    return checked

@@ -1,0 +1,185 @@
+"""Rules that look at each client message: size, type, content.
+
+Each returns a checker that is plain arithmetic on the message in hand, so
+the message path costs a few attribute reads per rule.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._close import MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA, Close
+from ._errors import ConfigurationError
+from ._rule import Checker, Rule
+from ._types import Message
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+_RULE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def _check_content_name(name: object) -> str:
+    if not isinstance(name, str) or not _RULE_NAME.match(name):
+        raise ConfigurationError(
+            f"content rule name must be 1-64 ASCII letters, digits, '_', '-' or '.', not {name!r}"
+        )
+    return name
+
+
+class MaxMessageSize(Rule):
+    """Close with 1009 ``message_too_big`` when a message exceeds ``max_bytes``.
+
+    Text is measured in UTF-8 bytes, exactly; the encode only happens for
+    text whose character count alone cannot decide.
+    """
+
+    def __init__(self, max_bytes: int, *, enforce: bool = True, name: str | None = None) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ConfigurationError(
+                f"MaxMessageSize needs a positive byte count, not {max_bytes!r}"
+            )
+        super().__init__(enforce=enforce, name=name)
+        self.max_bytes = max_bytes
+        self._breach = self.breach(MESSAGE_TOO_BIG, "message_too_big")
+
+    def check(self, message: Message) -> Close | None:
+        limit = self.max_bytes
+        text = message.get("text")
+        if text is not None:
+            size = len(text)
+            if size <= limit >> 2:  # even 4 bytes a character fits
+                return None
+            if size > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+                return self._breach
+            return None
+        data = message.get("bytes")
+        if data is not None and len(data) > limit:
+            return self._breach
+        return None
+
+    def checker(self, conn: Connection) -> Checker:
+        return self.check
+
+
+class MessageTypes(Rule):
+    """Close with 1003 ``unsupported_data`` on a frame type the endpoint refuses."""
+
+    def __init__(
+        self,
+        *,
+        text: bool = True,
+        binary: bool = True,
+        enforce: bool = True,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(text, bool) or not isinstance(binary, bool):
+            raise ConfigurationError(
+                f"MessageTypes text/binary must be booleans, not {text!r}/{binary!r}"
+            )
+        if not text and not binary:
+            raise ConfigurationError(
+                "MessageTypes(text=False, binary=False) would refuse every message"
+            )
+        super().__init__(enforce=enforce, name=name)
+        self.text = text
+        self.binary = binary
+        self._breach = self.breach(UNSUPPORTED_DATA, "unsupported_data")
+
+    def check_text_only(self, message: Message) -> Close | None:
+        return self._breach if message.get("text") is None else None
+
+    def check_binary_only(self, message: Message) -> Close | None:
+        return self._breach if message.get("bytes") is None else None
+
+    def checker(self, conn: Connection) -> Checker | None:
+        if self.text and self.binary:
+            return None
+        return self.check_text_only if self.text else self.check_binary_only
+
+
+class Content(Rule):
+    """Close with 1008 ``content:<name>`` when ``check(payload)`` returns False.
+
+    ``check`` gets the payload: ``str`` for text frames, ``bytes`` for binary.
+    It runs on every message, so keep it cheap; an exception in it is a bug
+    in the check and propagates (it is not silently treated as allowed).
+    """
+
+    def __init__(self, check: Callable[[Any], bool], *, name: str, enforce: bool = True) -> None:
+        if not callable(check):
+            raise ConfigurationError(f"Content check must be callable, not {check!r}")
+        self.content_name = _check_content_name(name)
+        super().__init__(enforce=enforce, name=f"content:{name}")
+        self.allowed = check
+        self._breach = self.breach(POLICY_VIOLATION, f"content:{name}")
+
+    def check(self, message: Message) -> Close | None:
+        payload = message.get("text")
+        if payload is None:
+            payload = message.get("bytes")
+        return None if self.allowed(payload) else self._breach
+
+    def checker(self, conn: Connection) -> Checker:
+        return self.check
+
+
+class Pattern(Content):
+    """Close with 1008 ``content:<name>`` when a text message matches ``pattern``.
+
+    Binary frames are not searched (a text pattern has no meaning there);
+    combine with :class:`MessageTypes` to refuse them.
+    """
+
+    def __init__(
+        self,
+        pattern: str | re.Pattern[str],
+        *,
+        name: str = "pattern",
+        flags: int = 0,
+        enforce: bool = True,
+    ) -> None:
+        try:
+            compiled = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
+        except re.error as exc:
+            raise ConfigurationError(
+                f"Pattern {pattern!r} is not a valid regular expression: {exc}"
+            ) from exc
+        if not isinstance(compiled, re.Pattern) or not isinstance(compiled.pattern, str):
+            raise ConfigurationError(f"Pattern needs a str regular expression, not {pattern!r}")
+        self.pattern = compiled
+        search = compiled.search
+        super().__init__(
+            lambda payload: not (isinstance(payload, str) and search(payload)),
+            name=name,
+            enforce=enforce,
+        )
+
+
+class Json(Content):
+    """Close with 1008 ``content:<name>`` unless a message is JSON that ``validator`` accepts.
+
+    Text and binary frames are both parsed (binary as UTF-8 JSON).
+    """
+
+    def __init__(
+        self,
+        validator: Callable[[Any], bool] | None = None,
+        *,
+        name: str = "json",
+        enforce: bool = True,
+    ) -> None:
+        if validator is not None and not callable(validator):
+            raise ConfigurationError(f"Json validator must be callable, not {validator!r}")
+        self.validator = validator
+        super().__init__(self._valid, name=name, enforce=enforce)
+
+    def _valid(self, payload: str | bytes) -> bool:
+        try:
+            value = json.loads(payload)
+        except (ValueError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return False
+        return True if self.validator is None else bool(self.validator(value))

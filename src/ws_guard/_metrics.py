@@ -1,0 +1,163 @@
+"""Plain counters owned by the guard, and the frozen snapshot users read.
+
+Counting is a dict increment on the close path and nothing on the message
+path, so it never shows up in the echo benchmark. Prometheus and
+OpenTelemetry are views over these same numbers, read at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+#: Upper bounds (seconds) of the connection-duration histogram buckets.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, float("inf"),
+)  # fmt: skip
+
+INITIATORS = ("guard", "app", "client", "server")
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeReading:
+    """One load gauge at snapshot time."""
+
+    name: str
+    value: float
+    limit: float
+    tripped: bool
+    sheds: int
+    shadow_sheds: int
+
+
+@dataclass(frozen=True, slots=True)
+class DurationHistogram:
+    """Cumulative-free bucket counts; ``counts[i]`` falls in ``(buckets[i-1], buckets[i]]``."""
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    total: int
+    sum: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """A consistent copy of the guard's counters at one instant."""
+
+    closes_by_code: Mapping[int, int]
+    closes_by_rule: Mapping[str, int]
+    closes_by_initiator: Mapping[str, int]
+    shadow_breaches_by_rule: Mapping[str, int]
+    handshakes_admitted: int
+    handshakes_rejected: int
+    active_connections: int
+    peak_connections: int
+    dropped_sends: int
+    storage_errors: int
+    gauges: tuple[GaugeReading, ...] = ()
+    durations: DurationHistogram = field(
+        default_factory=lambda: DurationHistogram(
+            DURATION_BUCKETS, (0,) * len(DURATION_BUCKETS), 0, 0.0
+        )
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (integer keys become strings, infinity ``"+Inf"``)."""
+        return {
+            "closes_by_code": {str(k): v for k, v in self.closes_by_code.items()},
+            "closes_by_rule": dict(self.closes_by_rule),
+            "closes_by_initiator": dict(self.closes_by_initiator),
+            "shadow_breaches_by_rule": dict(self.shadow_breaches_by_rule),
+            "handshakes_admitted": self.handshakes_admitted,
+            "handshakes_rejected": self.handshakes_rejected,
+            "active_connections": self.active_connections,
+            "peak_connections": self.peak_connections,
+            "dropped_sends": self.dropped_sends,
+            "storage_errors": self.storage_errors,
+            "gauges": [asdict(g) for g in self.gauges],
+            "durations": {
+                "buckets": ["+Inf" if b == float("inf") else b for b in self.durations.buckets],
+                "counts": list(self.durations.counts),
+                "total": self.durations.total,
+                "sum": self.durations.sum,
+            },
+        }
+
+
+class Metrics:
+    """Mutable counters; only the guard's own code writes them."""
+
+    __slots__ = (
+        "_duration_counts",
+        "_duration_sum",
+        "_gauge_reader",
+        "active_connections",
+        "closes_by_code",
+        "closes_by_initiator",
+        "closes_by_rule",
+        "dropped_sends",
+        "handshakes_admitted",
+        "handshakes_rejected",
+        "peak_connections",
+        "shadow_breaches_by_rule",
+        "storage_errors",
+    )
+
+    def __init__(self) -> None:
+        self.closes_by_code: dict[int, int] = {}
+        self.closes_by_rule: dict[str, int] = {}
+        self.closes_by_initiator: dict[str, int] = {}
+        self.shadow_breaches_by_rule: dict[str, int] = {}
+        self.handshakes_admitted = 0
+        self.handshakes_rejected = 0
+        self.active_connections = 0
+        self.peak_connections = 0
+        self.dropped_sends = 0
+        self.storage_errors = 0
+        self._duration_counts = [0] * len(DURATION_BUCKETS)
+        self._duration_sum = 0.0
+        self._gauge_reader: Callable[[], tuple[GaugeReading, ...]] = tuple
+
+    def set_gauge_reader(self, reader: Callable[[], tuple[GaugeReading, ...]]) -> None:
+        self._gauge_reader = reader
+
+    def connection_opened(self) -> None:
+        self.handshakes_admitted += 1
+        self.active_connections += 1
+        if self.active_connections > self.peak_connections:
+            self.peak_connections = self.active_connections
+
+    def connection_finished(self, duration: float) -> None:
+        self.active_connections -= 1
+        self._duration_counts[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        self._duration_sum += duration
+
+    def record_close(self, code: int, initiator: str, rule: str | None = None) -> None:
+        self.closes_by_code[code] = self.closes_by_code.get(code, 0) + 1
+        self.closes_by_initiator[initiator] = self.closes_by_initiator.get(initiator, 0) + 1
+        if rule is not None:
+            self.closes_by_rule[rule] = self.closes_by_rule.get(rule, 0) + 1
+
+    def record_shadow(self, rule: str) -> None:
+        self.shadow_breaches_by_rule[rule] = self.shadow_breaches_by_rule.get(rule, 0) + 1
+
+    def snapshot(self) -> MetricsSnapshot:
+        """Copy every counter; cheap, synchronous, safe from any task."""
+        counts = tuple(self._duration_counts)
+        return MetricsSnapshot(
+            closes_by_code=MappingProxyType(dict(self.closes_by_code)),
+            closes_by_rule=MappingProxyType(dict(self.closes_by_rule)),
+            closes_by_initiator=MappingProxyType(dict(self.closes_by_initiator)),
+            shadow_breaches_by_rule=MappingProxyType(dict(self.shadow_breaches_by_rule)),
+            handshakes_admitted=self.handshakes_admitted,
+            handshakes_rejected=self.handshakes_rejected,
+            active_connections=self.active_connections,
+            peak_connections=self.peak_connections,
+            dropped_sends=self.dropped_sends,
+            storage_errors=self.storage_errors,
+            gauges=self._gauge_reader(),
+            durations=DurationHistogram(DURATION_BUCKETS, counts, sum(counts), self._duration_sum),
+        )

@@ -1,0 +1,61 @@
+"""The ASGI middleware: routes scopes, runs lifespan hooks, drives connections."""
+
+from __future__ import annotations
+
+from ._connection import Connection
+from ._errors import ConfigurationError
+from ._guard import Guard
+from ._types import ASGIApp, Message, Receive, Scope, Send
+
+
+class WSGuardMiddleware:
+    """Pure ASGI middleware that enforces a :class:`Guard` on WebSocket scopes.
+
+    ``http`` scopes and unguarded paths pass straight through. ``lifespan``
+    passes through too, and its startup/shutdown start and stop the guard.
+    """
+
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+        if not isinstance(guard, Guard):
+            raise ConfigurationError(f"guard must be a ws_guard.Guard, not {guard!r}")
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket" and self.guard.guards_path(scope["path"]):
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        guard = self.guard
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await guard.startup()
+            elif message["type"] == "lifespan.shutdown":
+                await guard.shutdown()
+            return message
+
+        return lifespan_receive
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
+        if not guard.started:  # the server runs no lifespan: start on first use
+            await guard.startup()
+        conn = Connection(guard, scope, receive, send)
+        try:
+            if not await conn.handshake():
+                return
+            try:
+                await self.app(scope, conn.receive, conn.send)
+            except Exception as exc:
+                await conn.app_crashed(exc)
+                raise
+            await conn.app_returned()
+        finally:
+            await conn.finish()

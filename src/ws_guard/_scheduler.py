@@ -1,0 +1,138 @@
+"""One deadline heap and one timer handle for every connection.
+
+Token expiry, first-message timeouts and drain waves all need "do this at
+time T". A task or timer per connection would cost memory and wake-ups for
+10 000 idle sockets; a heap keeps one ``loop.call_at`` handle armed for the
+earliest deadline only, so an idle process stays idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+
+
+class Deadline:
+    """A scheduled callback; :meth:`cancel` it when its connection ends."""
+
+    __slots__ = ("_scheduler", "callback", "cancelled", "when")
+
+    def __init__(self, scheduler: Scheduler, when: float, callback: Callable[[], None]) -> None:
+        self._scheduler = scheduler
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._scheduler._forget()
+
+
+class Scheduler:
+    """A min-heap of deadlines driven by a single event-loop timer.
+
+    With an injected *clock*, no loop timer is armed: tests advance time and
+    call :meth:`run_due` themselves, so deadlines are exact without sleeping.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._manual = clock is not None
+        self._clock = clock
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = itertools.count()
+        self._live = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = float("inf")
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def __len__(self) -> int:
+        """Deadlines still pending (cancelled ones excluded)."""
+        return self._live
+
+    @property
+    def timer_armed(self) -> bool:
+        return self._timer is not None
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Deadline:
+        """Run *callback* (sync, must not raise) at clock time *when*."""
+        deadline = Deadline(self, when, callback)
+        heapq.heappush(self._heap, (when, next(self._seq), deadline))
+        self._live += 1
+        self._arm()
+        return deadline
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Deadline:
+        return self.call_at(self.now() + delay, callback)
+
+    def run_due(self, now: float | None = None) -> int:
+        """Fire every deadline at or before *now*; returns how many fired."""
+        if now is None:
+            now = self.now()
+        fired = 0
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, deadline = heapq.heappop(heap)
+            if deadline.cancelled:
+                continue
+            deadline.cancelled = True
+            self._live -= 1
+            fired += 1
+            deadline.callback()
+        self._arm()
+        return fired
+
+    def close(self) -> None:
+        """Drop the timer and every pending deadline (guard shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_when = float("inf")
+        for _, _, deadline in self._heap:
+            deadline.cancelled = True
+        self._heap.clear()
+        self._live = 0
+
+    def _forget(self) -> None:
+        self._live -= 1
+        # Cancelled entries stay in the heap until popped; rebuild when they
+        # dominate, so cancelled deadlines cannot accumulate without bound.
+        if len(self._heap) > 64 and self._live < len(self._heap) // 2:
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+        if self._live == 0:
+            self._heap.clear()
+            self._disarm()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_when = float("inf")
+
+    def _arm(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        if not heap:
+            self._disarm()
+            return
+        if self._manual:
+            return
+        when = heap[0][0]
+        if self._timer is not None and self._timer_when <= when:
+            return
+        self._disarm()
+        self._timer_when = when
+        self._timer = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_when = float("inf")
+        self.run_due()
