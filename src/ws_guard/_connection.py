@@ -251,6 +251,8 @@ class Connection:
                     if verdict.shadow:
                         self._record_shadow(verdict)
                         continue
+                    if self.state != OPEN:
+                        break  # the app already closed: drop the refused frame, no second close
                     await self._close_open(verdict)
                     return self._disconnect_message()
                 else:
