@@ -8,10 +8,12 @@ OpenTelemetry are views over these same numbers, read at scrape time.
 from __future__ import annotations
 
 import bisect
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Upper bounds (seconds) of the connection-duration histogram buckets.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -19,6 +21,14 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 INITIATORS = ("guard", "app", "client", "server")
+
+
+class CloseKey(NamedTuple):
+    """One kind of close: the joint key the per-code/rule/initiator counts add up from."""
+
+    code: int
+    rule: str | None
+    initiator: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +73,27 @@ class MetricsSnapshot:
             DURATION_BUCKETS, (0,) * len(DURATION_BUCKETS), 0, 0.0
         )
     )
+    #: Closes by (code, rule, initiator) together, for labelled metrics.
+    closes: Mapping[CloseKey, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: Wall-clock time (``time.time()``) the snapshot was taken.
+    taken_at: float = 0.0
+
+    def gauge(self, name: str) -> GaugeReading | None:
+        """The reading of the load gauge called *name*, if the guard has one."""
+        for reading in self.gauges:
+            if reading.name == name:
+                return reading
+        return None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (integer keys become strings, infinity ``"+Inf"``)."""
+        """Plain JSON-ready data.
+
+        Integer keys become strings, the last bucket bound ``"+Inf"``, and a
+        non-finite gauge reading ``None``, so ``json.dumps`` output parses in
+        any browser.
+        """
         return {
+            "taken_at": self.taken_at,
             "closes_by_code": {str(k): v for k, v in self.closes_by_code.items()},
             "closes_by_rule": dict(self.closes_by_rule),
             "closes_by_initiator": dict(self.closes_by_initiator),
@@ -77,7 +104,11 @@ class MetricsSnapshot:
             "peak_connections": self.peak_connections,
             "dropped_sends": self.dropped_sends,
             "storage_errors": self.storage_errors,
-            "gauges": [asdict(g) for g in self.gauges],
+            "closes": [
+                {"code": k.code, "rule": k.rule, "initiator": k.initiator, "count": v}
+                for k, v in sorted(self.closes.items(), key=_close_sort_key)
+            ],
+            "gauges": [_gauge_dict(g) for g in self.gauges],
             "durations": {
                 "buckets": ["+Inf" if b == float("inf") else b for b in self.durations.buckets],
                 "counts": list(self.durations.counts),
@@ -85,6 +116,19 @@ class MetricsSnapshot:
                 "sum": self.durations.sum,
             },
         }
+
+
+def _close_sort_key(item: tuple[CloseKey, int]) -> tuple[int, str, str]:
+    key = item[0]
+    return key.code, key.rule or "", key.initiator
+
+
+def _gauge_dict(reading: GaugeReading) -> dict[str, Any]:
+    data = asdict(reading)
+    for name in ("value", "limit"):
+        if not math.isfinite(data[name]):
+            data[name] = None
+    return data
 
 
 class Metrics:
@@ -95,6 +139,7 @@ class Metrics:
         "_duration_sum",
         "_gauge_reader",
         "active_connections",
+        "closes",
         "closes_by_code",
         "closes_by_initiator",
         "closes_by_rule",
@@ -107,6 +152,7 @@ class Metrics:
     )
 
     def __init__(self) -> None:
+        self.closes: dict[CloseKey, int] = {}
         self.closes_by_code: dict[int, int] = {}
         self.closes_by_rule: dict[str, int] = {}
         self.closes_by_initiator: dict[str, int] = {}
@@ -136,6 +182,8 @@ class Metrics:
         self._duration_sum += duration
 
     def record_close(self, code: int, initiator: str, rule: str | None = None) -> None:
+        key = CloseKey(code, rule, initiator)
+        self.closes[key] = self.closes.get(key, 0) + 1
         self.closes_by_code[code] = self.closes_by_code.get(code, 0) + 1
         self.closes_by_initiator[initiator] = self.closes_by_initiator.get(initiator, 0) + 1
         if rule is not None:
@@ -145,7 +193,11 @@ class Metrics:
         self.shadow_breaches_by_rule[rule] = self.shadow_breaches_by_rule.get(rule, 0) + 1
 
     def snapshot(self) -> MetricsSnapshot:
-        """Copy every counter; cheap, synchronous, safe from any task."""
+        """Copy every counter; cheap, synchronous, safe from any task.
+
+        The cost grows with the number of distinct codes, rules and gauges,
+        never with the number of open connections.
+        """
         counts = tuple(self._duration_counts)
         return MetricsSnapshot(
             closes_by_code=MappingProxyType(dict(self.closes_by_code)),
@@ -160,4 +212,6 @@ class Metrics:
             storage_errors=self.storage_errors,
             gauges=self._gauge_reader(),
             durations=DurationHistogram(DURATION_BUCKETS, counts, sum(counts), self._duration_sum),
+            closes=MappingProxyType(dict(self.closes)),
+            taken_at=time.time(),
         )
