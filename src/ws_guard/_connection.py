@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
-from ._close import CONSUME, INTERNAL_ERROR, NORMAL, Close
+from ._close import CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
 from ._rule import Checker, Rule
 from ._scheduler import Deadline
@@ -267,8 +267,7 @@ class Connection:
         state = self.state
         if state == OPEN:
             if message["type"] == "websocket.close":
-                self.state = CLOSED
-                self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
+                self._app_closed(message)
             await self._send(message)
             return
         if state == GUARD_CLOSED:
@@ -285,11 +284,18 @@ class Connection:
                     rule.on_open(self)
                 return
             if kind == "websocket.close":
-                self.state = CLOSED
-                self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
+                self._app_closed(message)
             elif kind == "websocket.http.response.start":
                 self.state = CLOSED
         await self._send(message)
+
+    def _app_closed(self, message: Message) -> None:
+        self.state = CLOSED
+        reason = message.get("reason")
+        if reason:
+            # A reason over 123 bytes makes uvicorn drop the TCP connection (1006).
+            message["reason"] = truncate_reason(reason)
+        self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
 
     # -- closing ---------------------------------------------------------------
     def close_soon(self, close: Close) -> None:
