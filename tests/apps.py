@@ -36,3 +36,75 @@ async def http_ok(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+class Recorder:
+    """Accept, record every message handed to the app, echo; end on disconnect.
+
+    ``after_disconnect`` messages are sent once the app has seen the
+    disconnect, to show what a careless app does after ws_guard closed.
+    """
+
+    def __init__(self, *, after_disconnect: tuple[Message, ...] = ()) -> None:
+        self.scopes: list[Scope] = []
+        self.received: list[Message] = []
+        self.after_disconnect = after_disconnect
+        self.returned = False
+        self.receive_after_end: Message | None = None
+
+    @property
+    def calls(self) -> int:
+        return len(self.scopes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await http_ok(scope, receive, send)
+            return
+        self.scopes.append(scope)
+        self.received.append(await receive())
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            self.received.append(message)
+            if message["type"] == "websocket.disconnect":
+                for late in self.after_disconnect:
+                    await send(dict(late))
+                if self.after_disconnect:
+                    self.receive_after_end = await receive()
+                self.returned = True
+                return
+            reply: Message = {"type": "websocket.send"}
+            if message.get("text") is not None:
+                reply["text"] = message["text"]
+            else:
+                reply["bytes"] = message["bytes"]
+            await send(reply)
+
+
+async def crash_after_first_message(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept, read one message, then fail like a buggy handler."""
+    if scope["type"] != "websocket":
+        await http_ok(scope, receive, send)
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    await receive()
+    raise RuntimeError("handler bug")
+
+
+async def crash_before_accept(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "websocket":
+        await http_ok(scope, receive, send)
+        return
+    await receive()
+    raise RuntimeError("handler bug before accept")
+
+
+async def return_after_first_message(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept, read one message, return without closing."""
+    if scope["type"] != "websocket":
+        await http_ok(scope, receive, send)
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    await receive()

@@ -18,6 +18,8 @@ MAX_REASON_BYTES = 123
 NORMAL = 1000
 GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
+#: Never sent; servers report it for a connection lost without a close frame.
+ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
@@ -28,9 +30,9 @@ TRY_AGAIN_LATER = 1013
 RESERVED_CODES = frozenset({1004, 1005, 1006, 1015})
 
 
-def is_sendable_code(code: int) -> bool:
+def is_sendable_code(code: object) -> bool:
     """True when *code* may be put in a close frame."""
-    if code in RESERVED_CODES:
+    if isinstance(code, bool) or not isinstance(code, int) or code in RESERVED_CODES:
         return False
     return 1000 <= code <= 1014 or 3000 <= code <= 4999
 
@@ -66,6 +68,8 @@ class Close:
     def __post_init__(self) -> None:
         if not is_sendable_code(self.code):
             raise ConfigurationError(f"close code {self.code!r} cannot be sent in a close frame")
+        if not isinstance(self.reason, str):
+            raise ConfigurationError(f"close reason must be a string, not {self.reason!r}")
 
     @property
     def wire_reason(self) -> str:

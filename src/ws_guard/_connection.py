@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
-from ._close import CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
+from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
 from ._rule import Checker, Rule
 from ._scheduler import Deadline
@@ -107,6 +107,8 @@ class Connection:
         self._send = send
         self.id = uuid.uuid4().hex
         self.state = CONNECTING
+        self._headers: dict[str, str] | None = None  # parsed on first header() call
+        self._query: dict[str, list[str]] | None = None
         client = scope.get("client")
         self.client_ip = resolve_client_ip(
             client[0] if client else None,
@@ -125,8 +127,6 @@ class Connection:
         self._close_task: asyncio.Future[Any] | None = None
         self._deadlines: list[Deadline] = []
         self._held: list[Rule] = []
-        self._headers: dict[str, str] | None = None
-        self._query: dict[str, list[str]] | None = None
         self._finished = False
 
     # -- request data -------------------------------------------------------
@@ -268,7 +268,11 @@ class Connection:
         if state == OPEN:
             if message["type"] == "websocket.close":
                 self._app_closed(message)
-            await self._send(message)
+            try:
+                await self._send(message)
+            except OSError:
+                self._client_gone()
+                raise
             return
         if state == GUARD_CLOSED:
             self.guard.metrics.dropped_sends += 1
@@ -279,7 +283,11 @@ class Connection:
                 for rule in self.guard.accept_rules:
                     rule.on_accept(self, message)
                 self.state = OPEN
-                await self._send(message)
+                try:
+                    await self._send(message)
+                except OSError:
+                    self._client_gone()
+                    raise
                 for rule in self.guard.open_rules:
                     rule.on_open(self)
                 return
@@ -333,6 +341,16 @@ class Connection:
         self.state = GUARD_CLOSED
         self._guard_close = close
         self.guard.record_close(self, close)
+
+    def _client_gone(self) -> None:
+        """The server refused an app send because the client left (ClientDisconnected).
+
+        Counted as the client's abnormal close, so the app's resulting
+        exception is not mistaken for an app crash (1011).
+        """
+        if self.state == OPEN:
+            self.state = CLOSED
+            self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     def _disconnect_message(self) -> Message:
         close = cast(Close, self._guard_close)  # only called after a guard close

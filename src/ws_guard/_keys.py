@@ -36,9 +36,9 @@ def by_user(conn: Connection) -> str | None:
 
 
 def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
-    if isinstance(values, str):
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ConfigurationError(
-            f"trusted_proxies must be a list of addresses or CIDRs, not the string {values!r}"
+            f"trusted_proxies must be a list of addresses or CIDRs, not {values!r}"
         )
     networks: list[IPNetwork] = []
     for value in values:

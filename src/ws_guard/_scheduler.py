@@ -76,16 +76,21 @@ class Scheduler:
         if now is None:
             now = self.now()
         fired = 0
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, deadline = heapq.heappop(heap)
-            if deadline.cancelled:
-                continue
-            deadline.cancelled = True
-            self._live -= 1
-            fired += 1
-            deadline.callback()
-        self._arm()
+        try:
+            # Re-read self._heap each turn: a callback may cancel deadlines
+            # and so make _forget rebuild the heap as a new list.
+            while self._heap and self._heap[0][0] <= now:
+                _, _, deadline = heapq.heappop(self._heap)
+                if deadline.cancelled:
+                    continue
+                deadline.cancelled = True
+                self._live -= 1
+                fired += 1
+                deadline.callback()
+        finally:
+            # Re-arm even when a callback raised, so one broken callback
+            # cannot stall every later deadline of every connection.
+            self._arm()
         return fired
 
     def close(self) -> None:

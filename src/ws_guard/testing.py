@@ -57,6 +57,7 @@ class ScriptedWebSocket:
         #: Every message the app (through the guard) sent, in order.
         self.sent: list[Message] = []
         self._closed = False
+        self._client_gone = False
         self._raise_after_close = raise_on_send_after_close
         self.task: asyncio.Task[None] | None = None
 
@@ -64,7 +65,7 @@ class ScriptedWebSocket:
         return await self._incoming.get()
 
     async def _send(self, message: Message) -> None:
-        if self._closed and self._raise_after_close:
+        if (self._closed or self._client_gone) and self._raise_after_close:
             raise OSError("send after close")  # what real servers do for a gone client
         if message["type"] in ("websocket.close", "websocket.http.response.body"):
             self._closed = True
@@ -83,6 +84,8 @@ class ScriptedWebSocket:
         await self._incoming.put({"type": "websocket.receive", "bytes": data})
 
     async def disconnect(self, code: int = 1000, reason: str = "") -> None:
+        """The client leaves; with ``raise_on_send_after_close`` later sends raise OSError."""
+        self._client_gone = True
         await self._incoming.put({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     async def next(self, timeout: float = 2.0) -> Message:

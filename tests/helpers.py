@@ -1,0 +1,146 @@
+"""Small rules, clocks and drivers shared by the in-process tests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ws_guard import Close, Guard, rules
+from ws_guard._connection import Connection
+from ws_guard._types import ASGIApp, Message
+
+
+class FixedRandom(random.Random):
+    """A random source whose ``random()`` is constant, so retry hints are exact."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+class ManualClock:
+    """An injected clock: tests move time, nothing sleeps."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Lifecycle(rules.Rule):
+    """Counts startup/shutdown/admit/release so tests can see when hooks ran."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events: list[str] = []
+
+    async def startup(self, guard: Guard) -> None:
+        self.events.append("startup")
+
+    async def shutdown(self, guard: Guard) -> None:
+        self.events.append("shutdown")
+
+
+class Deny(rules.Rule):
+    """Rejects every handshake with a fixed decision."""
+
+    def __init__(
+        self,
+        code: int = 1008,
+        reason: str = "token_invalid",
+        retry_after: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.decision = self.breach(code, reason, retry_after)
+
+    async def admit(self, conn: Connection) -> Close | None:
+        return self.decision
+
+
+class Holds(rules.Rule):
+    """Admits, and records every release, like a connection-slot rule."""
+
+    stage = rules.Stage.CONNECTION_CAP
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.admitted = 0
+        self.released = 0
+
+    async def admit(self, conn: Connection) -> Close | None:
+        self.admitted += 1
+        return None
+
+    async def release(self, conn: Connection) -> None:
+        self.released += 1
+
+
+class SessionLimit(rules.Rule):
+    """Closes a connection ``seconds`` after accept, from the guard's scheduler."""
+
+    def __init__(self, seconds: float, reason: str = "session_expired", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seconds = seconds
+        self.reason = reason
+        self.opened: list[Connection] = []
+
+    def on_open(self, conn: Connection) -> None:
+        self.opened.append(conn)
+        decision = self.breach(1008, self.reason)
+        conn.call_at(conn.guard.scheduler.now() + self.seconds, lambda: conn.close_soon(decision))
+
+
+class Checks(rules.Rule):
+    """A message rule from a plain function, for custom verdicts."""
+
+    def __init__(self, check: Callable[[Message], Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+
+    def checker(self, conn: Connection) -> Callable[[Message], Any]:
+        return self.check
+
+
+class RawServer:
+    """A bare ASGI driver for sequences ScriptedWebSocket does not script."""
+
+    def __init__(self, app: ASGIApp, scope: dict[str, Any]) -> None:
+        self.app = app
+        self.scope = scope
+        self.incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        return await self.incoming.get()
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def run(self, *messages: Message, timeout: float = 2.0) -> None:
+        for message in messages:
+            self.incoming.put_nowait(message)
+        await asyncio.wait_for(self.app(self.scope, self.receive, self.send), timeout)
+
+
+def websocket_scope(path: str = "/ws", **extra: Any) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "subprotocols": [],
+        "extensions": {},
+    }
+    scope.update(extra)
+    return scope
