@@ -14,6 +14,10 @@ the page at ``/`` has a button for each and shows the code and reason:
     1008 content:no_links    a message containing "http://"
     1008 content:no_spam     a message containing FORBIDDEN_WORD as a word
 
+What the guard counts is on show too: ``/status`` is a live page (active
+connections, loop lag, closes by code, refreshed every second), ``/status.json``
+its data, and ``/metrics`` the Prometheus exposition.
+
 The WebSocket handler holds no policy code at all. When ws_guard closes a
 connection, ``receive_text()`` raises ``WebSocketDisconnect`` carrying the same
 code, and the handler cleans up exactly as it does when a client leaves.
@@ -38,7 +42,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ws_guard import Guard, WSGuardMiddleware, load, rules
+from ws_guard import Guard, WSGuardMiddleware, load, metrics_app, rules, status_app
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_MESSAGE_BYTES = 1024
@@ -88,6 +92,10 @@ async def homepage(request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
 
 
+async def status_page(request: Request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "status.html")
+
+
 async def chat(websocket: WebSocket) -> None:
     await websocket.accept()
     name = f"guest-{next(guest_numbers)}"
@@ -115,6 +123,9 @@ async def chat(websocket: WebSocket) -> None:
 routes = [
     Route("/", homepage),
     WebSocketRoute("/ws", chat),
+    Route("/status", status_page),
+    Route("/status.json", status_app(guard)),  # guard.metrics.snapshot().as_dict() as JSON
+    Route("/metrics", metrics_app(guard)),  # Prometheus text, on a registry of its own
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
 

@@ -104,6 +104,32 @@ def test_homepage_serves_the_page_and_its_script(server: Any) -> None:
     assert httpx.get(server.http_url + "/static/style.css", timeout=5).status_code == 200
 
 
+async def test_status_page_status_json_and_metrics_are_served(server: Any) -> None:
+    async with member(server.url, "guest-1", 1) as ws:
+        await ws.send("x" * 1025)
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(ws.recv(), 5)
+    page = httpx.get(server.http_url + "/status", timeout=5)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '"status.json"' in page.text
+
+    async def closed_once() -> bool:
+        data = httpx.get(server.http_url + "/status.json", timeout=5).json()
+        return bool(data["closes_by_code"] == {"1009": 1} and data["active_connections"] == 0)
+
+    deadline = time.monotonic() + 5
+    while not await closed_once():
+        assert time.monotonic() < deadline, "status.json never showed the close"
+        await asyncio.sleep(0.02)
+    metrics = httpx.get(server.http_url + "/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert (
+        'ws_guard_closes_total{code="1009",initiator="guard",rule="message_too_big"} 1.0'
+        in metrics.text
+    )
+
+
 # -- the room --------------------------------------------------------------------
 
 
