@@ -107,7 +107,10 @@ class HypercornThread(ServerThread):
             raise RuntimeError("hypercorn did not start")
         deadline = time.monotonic() + 10
         while True:  # wait until the port accepts connections
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("hypercorn did not listen")

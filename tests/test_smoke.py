@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from apps import echo
-
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.testing import ScriptedWebSocket
 
