@@ -1,0 +1,177 @@
+"""The values of the reconnect policy: actions in its table, decisions it returns.
+
+An *action* is what the table holds for a close code (back off, wait a
+random moment, refresh the token, stop); a *decision* is what the client
+does now (retry after a delay, refresh then retry, stop). Both are frozen
+values, so a decision can be logged, compared in tests and handed to hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .._errors import ConfigurationError
+
+
+def check_number(what: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        number = float(value)  # type: ignore[arg-type]
+        ok = number == number and number != float("inf")
+        ok = ok and (number > minimum if strict else number >= minimum)
+    if not ok:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ConfigurationError(f"{what} must be a finite number {bound}, not {value!r}")
+
+
+# -- actions: what the table says for a code ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential back-off with full jitter.
+
+    Attempt *n* waits a uniform random time in ``[0, min(cap, initial *
+    factor ** (n - 1))]``; with a ``retry-after`` hint, the hint plus that.
+    """
+
+    initial: float = 1.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_number("Backoff initial", self.initial, strict=True)
+        check_number("Backoff factor", self.factor, minimum=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RandomDelay:
+    """A short uniform random delay in ``[low, high]``, after the hint if there is one."""
+
+    low: float = 0.0
+    high: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_number("RandomDelay low", self.low)
+        check_number("RandomDelay high", self.high)
+        if self.high < self.low:
+            raise ConfigurationError(f"RandomDelay high {self.high!r} is below low {self.low!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    """Get a fresh token, then reconnect: at once the first time, backing off after.
+
+    Stops after ``max_refreshes`` refreshes in a row that did not lead to a
+    stable connection: a provider that keeps handing out expired tokens must
+    not turn into a reconnect loop.
+    """
+
+    max_refreshes: int = 3
+    backoff: Backoff = Backoff()
+
+    def __post_init__(self) -> None:
+        n = self.max_refreshes
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigurationError(f"RefreshToken max_refreshes must be an int >= 1, not {n!r}")
+        if not isinstance(self.backoff, Backoff):
+            raise ConfigurationError(
+                f"RefreshToken backoff must be a Backoff, not {self.backoff!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class NoRetry:
+    """Stop: the same connection would be refused again. ``why`` explains it."""
+
+    why: str = ""
+
+
+Action = Backoff | RandomDelay | RefreshToken | NoRetry
+ActionKey = int | tuple[int, str]
+
+# -- decisions: what the client does now ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Reconnect after ``delay`` seconds."""
+
+    delay: float
+    code: int
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshThenRetry:
+    """Get a fresh token, then reconnect after ``delay`` seconds."""
+
+    delay: float
+    code: int
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Do not reconnect; ``why`` says why in words."""
+
+    code: int
+    reason: str
+    attempt: int
+    why: str
+
+
+Decision = Retry | RefreshThenRetry | Stop
+
+#: The action for codes nobody named: back off (never hammer, never strand).
+DEFAULT_FALLBACK: Action = Backoff()
+
+#: The defaults, as in docs/close-codes: back off on load and failures, a
+#: short random delay on restart, refresh on an expired token, stop otherwise.
+DEFAULT_ACTIONS: Mapping[ActionKey, Action] = {
+    1000: NoRetry("the server closed the connection normally"),
+    1001: Backoff(),
+    1002: NoRetry("protocol error: the same client would fail again"),
+    1003: NoRetry("the server does not accept this data type: fix the client"),
+    1005: NoRetry("the server closed the connection without a code"),
+    1006: Backoff(),
+    1007: NoRetry("invalid message data: fix the client"),
+    1008: NoRetry("policy violation: the server would refuse a retry again"),
+    (1008, "token_expired"): RefreshToken(),
+    1009: NoRetry("message too big: fix the client"),
+    1010: NoRetry("the server lacks an extension the client requires"),
+    1011: Backoff(),
+    1012: RandomDelay(),
+    1013: Backoff(),
+    1014: Backoff(),
+    1015: NoRetry("TLS handshake failed"),
+}
+
+
+def check_action(what: str, action: object) -> Action:
+    if not isinstance(action, (Backoff, RandomDelay, RefreshToken, NoRetry)):
+        raise ConfigurationError(
+            f"{what} must be Backoff, RandomDelay, RefreshToken or NoRetry, not {action!r}"
+        )
+    return action
+
+
+def check_actions(overrides: Mapping[ActionKey, Action]) -> dict[ActionKey, Action]:
+    if not isinstance(overrides, Mapping):
+        raise ConfigurationError(f"overrides must be a mapping, not {overrides!r}")
+    checked: dict[ActionKey, Action] = {}
+    for key, action in overrides.items():
+        code = key[0] if isinstance(key, tuple) and len(key) == 2 else key
+        if (
+            isinstance(code, bool)
+            or not isinstance(code, int)
+            or not 1000 <= code <= 4999
+            or (isinstance(key, tuple) and not isinstance(key[1], str))
+        ):
+            raise ConfigurationError(
+                f"override keys must be a close code or (code, reason slug), not {key!r}"
+            )
+        checked[key] = check_action(f"override for {key!r}", action)
+    return checked

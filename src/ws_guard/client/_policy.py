@@ -1,0 +1,188 @@
+"""The reconnect policy: what a client does after each close code.
+
+A close code is the server telling the client what to do next. 1013 means
+"not now": clients that come straight back keep the server overloaded, so
+they back off exponentially with full jitter and never return before the
+server's ``retry-after`` hint. 1008 means "not like this": the same request
+is refused again, so the client stops, unless the reason is
+``token_expired``, which a fresh token fixes. The decision is a pure
+function of (code, reason, attempt) and an injected random source;
+:class:`ReconnectSession` adds the one piece of state, the attempt counter,
+which resets once a connection has stayed up for ``stable_after`` seconds.
+``examples/static/reconnect.js`` implements the same table for browsers.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+
+from .._errors import ConfigurationError
+from ._actions import (
+    DEFAULT_ACTIONS,
+    DEFAULT_FALLBACK,
+    Action,
+    ActionKey,
+    Backoff,
+    Decision,
+    NoRetry,
+    RefreshThenRetry,
+    RefreshToken,
+    Retry,
+    Stop,
+    check_action,
+    check_actions,
+    check_number,
+)
+from ._reason import reason_slug, retry_after_hint
+
+
+class ReconnectPolicy:
+    """Decides, per close, whether and when to reconnect.
+
+    ``overrides`` maps a close code, or ``(code, reason slug)``, to an action.
+    The most specific key wins, a user's before the default at the same
+    level: ``(1008, "token_expired")``, then ``1008``, then ``fallback`` for
+    codes nobody named. No delay exceeds ``cap`` unless the server's hint is
+    longer; hints above ``max_hint`` are cut to it.
+    """
+
+    __slots__ = (
+        "_actions",
+        "_random",
+        "cap",
+        "clock",
+        "fallback",
+        "max_attempts",
+        "max_hint",
+        "stable_after",
+    )
+
+    def __init__(
+        self,
+        *,
+        overrides: Mapping[ActionKey, Action] | None = None,
+        fallback: Action = DEFAULT_FALLBACK,
+        cap: float = 60.0,
+        stable_after: float = 30.0,
+        max_attempts: int | None = None,
+        max_hint: float = 3600.0,
+        random_source: random.Random | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        check_number("cap", cap, strict=True)
+        check_number("stable_after", stable_after)
+        check_number("max_hint", max_hint)
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise ConfigurationError(
+                f"max_attempts must be None or an int >= 1, not {max_attempts!r}"
+            )
+        self.cap = float(cap)
+        self.stable_after = float(stable_after)
+        self.max_attempts = max_attempts
+        self.max_hint = float(max_hint)
+        self.fallback = check_action("fallback", fallback)
+        self._actions = check_actions(overrides or {})
+        self._random = random_source or random.Random()
+        self.clock = clock or time.monotonic
+
+    def __repr__(self) -> str:
+        return (
+            f"ReconnectPolicy(cap={self.cap!r}, stable_after={self.stable_after!r}, "
+            f"max_attempts={self.max_attempts!r}, overrides={self._actions!r})"
+        )
+
+    def action_for(self, code: int, slug: str) -> Action:
+        """The action the table holds for *code* with reason *slug*."""
+        for table, key in (
+            (self._actions, (code, slug)),
+            (DEFAULT_ACTIONS, (code, slug)),
+            (self._actions, code),
+            (DEFAULT_ACTIONS, code),
+        ):
+            action = table.get(key)
+            if action is not None:
+                return action
+        return self.fallback
+
+    def decide(self, code: int, reason: str, attempt: int, refreshes: int = 0) -> Decision:
+        """What to do after close *code*/*reason*, the *attempt*-th close in a row.
+
+        *refreshes* counts the token refreshes already made in this run of
+        closes. Pure apart from one draw from the random source.
+        """
+        action = self.action_for(code, reason_slug(reason))
+        if isinstance(action, NoRetry):
+            return Stop(code, reason, attempt, action.why or f"no retry after close code {code}")
+        hint = retry_after_hint(reason)
+        if hint is not None:
+            hint = min(hint, self.max_hint)
+        if isinstance(action, RefreshToken):
+            if refreshes >= action.max_refreshes:
+                why = f"the token was still refused after {refreshes} refreshes"
+                return Stop(code, reason, attempt, why)
+            delay = 0.0 if refreshes == 0 else self._jitter(action.backoff, refreshes)
+            return RefreshThenRetry(self._after_hint(delay, hint), code, reason, attempt)
+        if self.max_attempts is not None and attempt > self.max_attempts:
+            why = f"gave up after {self.max_attempts} reconnect attempts"
+            return Stop(code, reason, attempt, why)
+        if isinstance(action, Backoff):
+            delay = self._jitter(action, attempt)
+        else:
+            delay = action.low + self._random.random() * (action.high - action.low)
+        return Retry(self._after_hint(delay, hint), code, reason, attempt)
+
+    def session(self) -> ReconnectSession:
+        """A fresh attempt counter for one client."""
+        return ReconnectSession(self)
+
+    def _jitter(self, backoff: Backoff, attempt: int) -> float:
+        try:
+            growth = backoff.factor ** (attempt - 1)
+        except OverflowError:
+            growth = float("inf")
+        ceiling = min(self.cap, backoff.initial * growth)
+        return self._random.random() * ceiling
+
+    def _after_hint(self, delay: float, hint: float | None) -> float:
+        """Never before the hint; jitter on top of it; at most the cap (or the hint)."""
+        if hint is None:
+            return min(delay, self.cap)
+        return min(hint + delay, max(self.cap, hint))
+
+
+class ReconnectSession:
+    """The attempt counter of one client: the policy's only state.
+
+    Call :meth:`opened` when a connection opens and :meth:`closed` when it
+    ends or a connect fails. A connection that stayed open for
+    ``stable_after`` seconds starts a new run: attempt 1, no refreshes.
+    """
+
+    __slots__ = ("_opened_at", "attempt", "policy", "refreshes")
+
+    def __init__(self, policy: ReconnectPolicy) -> None:
+        self.policy = policy
+        self.attempt = 0
+        self.refreshes = 0
+        self._opened_at: float | None = None
+
+    def opened(self) -> None:
+        self._opened_at = self.policy.clock()
+
+    def closed(self, code: int, reason: str) -> Decision:
+        opened_at, self._opened_at = self._opened_at, None
+        if opened_at is not None and self.policy.clock() - opened_at >= self.policy.stable_after:
+            self.reset()
+        self.attempt += 1
+        decision = self.policy.decide(code, reason, self.attempt, self.refreshes)
+        if isinstance(decision, RefreshThenRetry):
+            self.refreshes += 1
+        return decision
+
+    def reset(self) -> None:
+        self.attempt = 0
+        self.refreshes = 0
