@@ -96,11 +96,12 @@ def test_homepage_serves_the_page_and_its_script(server: Any) -> None:
         assert element in page.text
     assert 'id="reconnect"' in page.text
     assert 'id="closes"' in page.text
-    assert '<script src="/static/app.js">' in page.text
+    assert '<script type="module" src="/static/app.js">' in page.text
 
     script = httpx.get(server.http_url + "/static/app.js", timeout=5)
     assert script.status_code == 200
-    assert "new WebSocket(wsUrl)" in script.text
+    assert 'from "/static/reconnect.js"' in script.text
+    assert httpx.get(server.http_url + "/static/reconnect.js", timeout=5).status_code == 200
     assert httpx.get(server.http_url + "/static/style.css", timeout=5).status_code == 200
 
 
@@ -363,7 +364,8 @@ async def chromium_page() -> AsyncIterator[DevTools]:
 
 @pytest.mark.browser
 async def test_page_shows_each_close_code_and_reason_in_a_browser(server: Any) -> None:
-    last_close = "document.querySelector('#closes li:last-child')?.textContent ?? ''"
+    last_close = "[...document.querySelectorAll('#closes li.close')].pop()?.textContent ?? ''"
+    last_decision = "[...document.querySelectorAll('#closes li.decision')].pop()?.textContent ?? ''"
     async with chromium_page() as page:
         await page.call("Page.navigate", url=server.http_url + "/")
         await page.wait_for("document.getElementById('status')?.textContent", "open")
@@ -378,9 +380,12 @@ async def test_page_shows_each_close_code_and_reason_in_a_browser(server: Any) -
             start=1,
         ):
             await page.evaluate(f"document.getElementById('{button}').click()")
-            await page.wait_for("document.querySelectorAll('#closes li').length", count)
+            await page.wait_for("document.querySelectorAll('#closes li.close').length", count)
             text = await page.evaluate(last_close)
             assert shown in text, text
+            # reconnect.js's policy: these codes mean "fix the client", never a blind retry.
+            await page.wait_for("document.querySelectorAll('#closes li.decision').length", count)
+            assert "policy: stop" in await page.evaluate(last_decision)
             await page.wait_for("document.getElementById('status').textContent", "closed")
             assert await page.evaluate("document.getElementById('link').disabled") is True
             await page.evaluate("document.getElementById('reconnect').click()")

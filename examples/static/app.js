@@ -1,6 +1,8 @@
 // The example page's client: one WebSocket to /ws, a chat log and a close log.
-// Plain browser JavaScript, no build step.
-"use strict";
+// Plain browser JavaScript (an ES module), no build step. Reconnects follow
+// reconnect.js, the same per-code policy as ws_guard.client (docs/client.md):
+// 1013 backs off, 1008/1009/1003 stop, and every decision is shown in the log.
+import { connect as reconnecting } from "/static/reconnect.js";
 
 // What a client should do about each close code ws_guard sends (docs/close-codes.md).
 const CLOSE_ADVICE = {
@@ -19,6 +21,7 @@ const $ = (id) => document.getElementById(id);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 let socket = null;
+let handle = null;
 // Replaced by the server's "welcome" message, so the buttons break the real limits.
 let limits = { maxMessageBytes: 1024, forbiddenWord: "spam" };
 
@@ -64,15 +67,30 @@ function showClose(event) {
   addLine("closes", line, event.wasClean ? "close clean" : "close");
 }
 
+function showDecision(decision) {
+  const line =
+    decision.type === "stop"
+      ? `policy: stop (${decision.why})`
+      : `policy: ${decision.type.replaceAll("_", " ")} in ${decision.delay.toFixed(1)} s`;
+  addLine("closes", line, "decision");
+}
+
 function connect() {
   setStatus("connecting");
-  const ws = new WebSocket(wsUrl);
-  socket = ws;
-  ws.addEventListener("open", () => setStatus("open"));
-  ws.addEventListener("message", (message) => showEvent(JSON.parse(message.data)));
-  ws.addEventListener("close", (event) => {
-    showClose(event);
-    if (socket === ws) setStatus("closed");
+  handle = reconnecting(wsUrl, {
+    onOpen: (ws) => {
+      socket = ws;
+      setStatus("open");
+    },
+    onMessage: (message) => showEvent(JSON.parse(message.data)),
+    onClose: (event, ws) => {
+      showClose(event);
+      if (socket === ws) setStatus("closed");
+    },
+    onDecision: (decision) => {
+      showDecision(decision);
+      if (decision.type !== "stop") setStatus("waiting");
+    },
   });
 }
 
@@ -91,9 +109,9 @@ $("too-big").addEventListener("click", () => send("x".repeat(limits.maxMessageBy
 $("binary").addEventListener("click", () => send(new Uint8Array([1, 2, 3])));
 $("link").addEventListener("click", () => send("have a look at http://example.com"));
 $("forbidden").addEventListener("click", () => send(`buy ${limits.forbiddenWord} now`));
-$("leave").addEventListener("click", () => socket && socket.close(1000, "bye"));
+$("leave").addEventListener("click", () => handle && handle.close(1000, "bye"));
 $("reconnect").addEventListener("click", () => {
-  if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000, "reconnecting");
+  if (handle) handle.close(1000, "reconnecting");
   connect();
 });
 
