@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
@@ -77,6 +77,7 @@ class Connection:
     """One guarded WebSocket from handshake to finish."""
 
     __slots__ = (
+        "_asides",
         "_checks",
         "_close_task",
         "_connect_message",
@@ -85,6 +86,7 @@ class Connection:
         "_guard_close",
         "_headers",
         "_held",
+        "_hold",
         "_query",
         "_receive",
         "_send",
@@ -127,6 +129,8 @@ class Connection:
         self._close_task: asyncio.Future[Any] | None = None
         self._deadlines: list[Deadline] = []
         self._held: list[Rule] = []
+        self._hold: Awaitable[Close | None] | None = None
+        self._asides: set[asyncio.Future[Any]] | None = None
         self._finished = False
 
     # -- request data -------------------------------------------------------
@@ -175,6 +179,8 @@ class Connection:
             return False
         self._connect_message = message
         guard = self.guard
+        for rule in guard.connect_rules:
+            rule.on_connect(self)
         for gauge in guard.gauges:
             verdict = gauge.check(self)
             if verdict is not None:
@@ -223,10 +229,7 @@ class Connection:
             return
         # A close before accept becomes an HTTP 403 that browsers report as
         # 1006; accepting first is the only way the code reaches a browser.
-        if await self._send_quietly({"type": "websocket.accept"}):
-            await self._send_quietly(
-                {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
-            )
+        await self._accept_and_close(close)
 
     # -- the app's receive/send -------------------------------------------------
     async def receive(self) -> Message:
@@ -257,7 +260,17 @@ class Connection:
                     return self._disconnect_message()
                 else:
                     return message
-                continue  # consumed by a rule: read the next one
+                # Consumed by a rule. If it left a follow-up (a key fetch for an
+                # in-band token), settle it before reading on, so no message
+                # overtakes the decision.
+                if self._hold is not None:
+                    close = await self._settle_hold()
+                    if self.state == GUARD_CLOSED:
+                        return self._disconnect_message()
+                    if close is not None and self.state == OPEN:
+                        await self._close_open(close)
+                        return self._disconnect_message()
+                continue
             if message["type"] == "websocket.disconnect" and self.state == OPEN:
                 self.state = CLOSED
                 self.guard.record_close(self, None, int(message.get("code", 1005)), "client")
@@ -305,6 +318,47 @@ class Connection:
             message["reason"] = truncate_reason(reason)
         self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
 
+    # -- hooks for rules ----------------------------------------------------------
+    def hold(self, pending: Awaitable[Close | None]) -> None:
+        """Deliver no further client message until *pending* has decided.
+
+        For a check that consumed a message but cannot decide without I/O
+        (a token signed by a key not fetched yet): it returns ``CONSUME`` and
+        hands the rest here. A ``Close`` result closes the connection. Costs
+        nothing on the message path: only a consumed message looks here.
+        """
+        self._hold = pending
+
+    async def _settle_hold(self) -> Close | None:
+        pending, self._hold = self._hold, None
+        if pending is None:
+            return None
+        close = await pending
+        if close is not None and close.shadow:
+            self._record_shadow(close)
+            return None
+        return close
+
+    def send_soon(self, message: Message) -> bool:
+        """Send a frame of ws_guard's own to the client (a notice), from sync code.
+
+        Only while the connection is open; returns False when it is not. The
+        state is checked again when the frame goes out, so a close in between
+        drops it rather than sending after a close frame.
+        """
+        if self.state != OPEN:
+            return False
+        task = asyncio.ensure_future(self._send_if_open(message))
+        if self._asides is None:
+            self._asides = set()
+        self._asides.add(task)
+        task.add_done_callback(self._asides.discard)
+        return True
+
+    async def _send_if_open(self, message: Message) -> None:
+        if self.state == OPEN:
+            await self._send_quietly(message)
+
     # -- closing ---------------------------------------------------------------
     def close_soon(self, close: Close) -> None:
         """Close from outside the message path (a deadline, a drain, a shed)."""
@@ -332,7 +386,10 @@ class Connection:
         )
 
     async def _accept_and_close(self, close: Close) -> None:
-        if await self._send_quietly({"type": "websocket.accept"}):
+        accept: Message = {"type": "websocket.accept"}
+        for rule in self.guard.accept_rules:
+            rule.on_accept(self, accept)  # e.g. the subprotocol a browser insists on
+        if await self._send_quietly(accept):
             await self._send_quietly(
                 {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
             )

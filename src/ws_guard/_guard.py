@@ -103,6 +103,7 @@ class Guard:
         self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
             (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
         )
+        self.connect_rules = tuple(r for r in ordered if overrides(r, "on_connect"))
         self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
         self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))
         self.open_rules = tuple(r for r in self.rules if overrides(r, "on_open"))

@@ -41,6 +41,8 @@ class Stage(enum.IntEnum):
 class Rule:
     """Base class for rules. Subclasses override the hooks they need.
 
+    * :meth:`on_connect` runs first on every handshake, even one a gauge or an
+      earlier rule then rejects (for scope edits such as redacting a token).
     * :meth:`admit` runs once per handshake, before the app sees the connection.
     * :meth:`checker` returns a per-connection function called on every
       client message; it must be plain arithmetic (no I/O, no await).
@@ -76,6 +78,14 @@ class Rule:
         """Release what :meth:`startup` created."""
 
     # -- per connection ----------------------------------------------------
+    def on_connect(self, conn: Connection) -> None:
+        """Runs at ``websocket.connect`` before any admission decision; sync, cheap.
+
+        The place to take secrets out of the scope (a query-string token) so
+        neither the server's access log nor the app sees them, whatever the
+        handshake's outcome.
+        """
+
     async def admit(self, conn: Connection) -> Close | None:
         """Decide on a handshake; ``None`` admits."""
         return None
@@ -85,7 +95,12 @@ class Rule:
         return None
 
     def on_accept(self, conn: Connection, message: Message) -> None:
-        """Edit the app's accept message in place (e.g. choose a subprotocol)."""
+        """Edit an accept message in place (e.g. choose a subprotocol).
+
+        Runs on the app's accept and on the accept ws_guard sends itself
+        before a close, so a browser that offered subprotocols gets a valid
+        handshake and can read the close code.
+        """
 
     def on_open(self, conn: Connection) -> None:
         """The app accepted; schedule deadlines here."""
