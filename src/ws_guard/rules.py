@@ -1,19 +1,37 @@
 """Rules: what a client may do, and the keys that group connections."""
 
+from ._jwks import JWKS
+from ._jwt import JWTAuth
 from ._keys import by_connection, by_ip, by_user
 from ._message_rules import Content, Json, MaxMessageSize, MessageTypes, Pattern
 from ._rule import Checker, Rule, Stage
+from ._tokens import (
+    TokenSource,
+    from_cookie,
+    from_first_message,
+    from_header,
+    from_query,
+    from_subprotocol,
+)
 
 __all__ = [
+    "JWKS",
     "Checker",
     "Content",
+    "JWTAuth",
     "Json",
     "MaxMessageSize",
     "MessageTypes",
     "Pattern",
     "Rule",
     "Stage",
+    "TokenSource",
     "by_connection",
     "by_ip",
     "by_user",
+    "from_cookie",
+    "from_first_message",
+    "from_header",
+    "from_query",
+    "from_subprotocol",
 ]

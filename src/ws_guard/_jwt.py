@@ -1,0 +1,256 @@
+"""JWT authentication: verify at the handshake, close at expiry, refresh in band.
+
+Signatures are checked at the handshake, on the first message (when that is
+the token source) and on an in-band refresh, never per message: PyJWT costs
+34-95 us a call here, more than a whole echo round trip. Live expiry is one
+deadline per connection on the guard's shared heap (one timer handle for
+all connections), so an idle authenticated socket costs no wake-ups.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from jwt.exceptions import ExpiredSignatureError, PyJWTError
+
+from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
+from ._errors import ConfigurationError
+from ._jwks import JWKS, KeyState
+from ._jwt_config import check_algorithms, check_seconds, check_strings, prepare_key
+from ._jwt_session import RefreshMatcher, Session, refresh_matcher
+from ._rule import Checker, Rule, Stage
+from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
+from ._types import Message
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._guard import Guard
+
+logger = logging.getLogger("ws_guard")
+
+Claims = dict[str, Any]
+#: What verification can end in: claims, a close, or "the key server is down".
+Outcome = Claims | Close | KeyState
+
+
+class JWTAuth(Rule):
+    """Admit a WebSocket only with a valid JWT, and close it when the JWT expires.
+
+    Closes with 1008 ``token_missing`` / ``token_invalid`` / ``token_expired``
+    (and 1013 ``storage_unavailable`` when a JWKS endpoint is down and the
+    guard's ``on_storage_error`` is ``"deny"``). The verified ``sub`` becomes
+    the connection's subject (``rules.by_user``); the claims are readable by
+    the app at ``scope["ws_guard"].claims``.
+    """
+
+    stage = Stage.AUTH
+    provides_subject = True
+
+    def __init__(
+        self,
+        key: Any = None,
+        *,
+        algorithms: Iterable[str] | None = None,
+        token: TokenSource | Iterable[TokenSource] | None = None,
+        audience: str | Iterable[str] | None = None,
+        issuer: str | Iterable[str] | None = None,
+        leeway: float = 0.0,
+        require: Iterable[str] = ("exp",),
+        jwks_url: str | JWKS | None = None,
+        refresh: str | RefreshMatcher | None = "auth.refresh",
+        refresh_field: str = "token",
+        expiring_notice: float | None = None,
+        max_token_bytes: int = 8192,
+        enforce: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(enforce=enforce, name=name)
+        if algorithms is None:
+            raise ConfigurationError(
+                "JWTAuth needs algorithms=[...], e.g. ['HS256'] or ['RS256']: "
+                "they are never read from the token"
+            )
+        self.algorithms = check_algorithms(algorithms)
+        self.jwks: JWKS | None = None
+        self._key: Any = None
+        if jwks_url is not None:
+            if key is not None:
+                raise ConfigurationError("JWTAuth takes a key or jwks_url=..., not both")
+            if any(alg.startswith("HS") for alg in self.algorithms):
+                raise ConfigurationError(
+                    f"JWTAuth with jwks_url verifies public-key algorithms only, "
+                    f"not {list(self.algorithms)!r}"
+                )
+            self.jwks = jwks_url if isinstance(jwks_url, JWKS) else JWKS(jwks_url)
+        else:
+            self._key = prepare_key(key, self.algorithms)
+        self.sources = check_sources(token)
+        self.first_message = next(
+            (s for s in self.sources if isinstance(s, FromFirstMessage)), None
+        )
+        self.subprotocol = next((s for s in self.sources if isinstance(s, FromSubprotocol)), None)
+        self._handshake_sources = tuple(s for s in self.sources if not s.deferred)
+        self.audience = check_strings("audience", audience)
+        self.issuer = check_strings("issuer", issuer)
+        self.leeway = check_seconds("leeway", leeway, zero=True)
+        if isinstance(require, str) or not all(isinstance(c, str) for c in require):
+            raise ConfigurationError(
+                f"JWTAuth require must be a list of claim names, not {require!r}"
+            )
+        self.require = tuple(require)
+        if (
+            isinstance(max_token_bytes, bool)
+            or not isinstance(max_token_bytes, int)
+            or (max_token_bytes < 256)
+        ):
+            raise ConfigurationError(
+                f"JWTAuth max_token_bytes must be an int of at least 256, not {max_token_bytes!r}"
+            )
+        self.max_token_bytes = max_token_bytes
+        self.refresh = refresh
+        self.refresh_field = refresh_field
+        self.refresh_token = refresh_matcher(refresh, refresh_field, max_token_bytes)
+        self.expiring_notice = (
+            None if expiring_notice is None else check_seconds("expiring_notice", expiring_notice)
+        )
+        self._pyjwt = jwt.PyJWT({"require": list(self.require), "enforce_minimum_key_length": True})
+        self._audience_arg = (
+            None
+            if self.audience is None
+            else (self.audience[0] if len(self.audience) == 1 else list(self.audience))
+        )
+        self._issuer_arg = (
+            None
+            if self.issuer is None
+            else (self.issuer[0] if len(self.issuer) == 1 else self.issuer)
+        )
+        self.missing = self.breach(POLICY_VIOLATION, "token_missing")
+        self.invalid = self.breach(POLICY_VIOLATION, "token_invalid")
+        self.expired = self.breach(POLICY_VIOLATION, "token_expired")
+        self.unavailable = self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+
+    def __repr__(self) -> str:
+        keys = f"jwks_url={self.jwks.url!r}" if self.jwks else "key=<hidden>"
+        return (
+            f"JWTAuth({keys}, algorithms={list(self.algorithms)!r}, token={list(self.sources)!r}, "
+            f"enforce={self.enforce!r})"
+        )
+
+    # -- verification ---------------------------------------------------------
+    def decode(self, token: str, key: Any) -> Claims | Close:
+        """Claims of a verified *token*, or the close it earns."""
+        try:
+            claims: Claims = self._pyjwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self._audience_arg,
+                issuer=self._issuer_arg,
+                leeway=self.leeway,
+            )
+        except ExpiredSignatureError:
+            return self.expired
+        except PyJWTError as exc:
+            logger.debug("ws_guard rejected a token: %s", type(exc).__name__)
+            return self.invalid
+        return claims
+
+    def verify_now(self, token: str) -> Outcome:
+        """Verify without I/O; ``KeyState.FETCH`` when a JWKS fetch must come first."""
+        if not token or len(token) > self.max_token_bytes:
+            return self.invalid
+        jwks = self.jwks
+        if jwks is None:
+            return self.decode(token, self._key)
+        try:
+            header = jwt.get_unverified_header(token)
+        except PyJWTError:
+            return self.invalid
+        found = jwks.cached(header.get("kid"))
+        if found is KeyState.FETCH:
+            return found
+        if isinstance(found, KeyState):
+            return self.invalid
+        return self.decode(token, found)
+
+    async def verify(self, token: str, guard: Guard) -> Outcome:
+        """Verify, fetching JWKS keys off the loop when needed."""
+        outcome = self.verify_now(token)
+        if outcome is not KeyState.FETCH or self.jwks is None:
+            return outcome
+        found = await self.jwks.resolve(jwt.get_unverified_header(token).get("kid"), guard)
+        if found is KeyState.UNAVAILABLE:
+            return found
+        if isinstance(found, KeyState):
+            return self.invalid
+        return self.decode(token, found)
+
+    def handshake_close(self, outcome: KeyState, guard: Guard) -> Close:
+        """The close for a token that could not be checked because keys are unreachable.
+
+        Auth cannot fail open: with ``on_storage_error="allow"`` the token is
+        treated as signed by an unknown key (``token_invalid``); with
+        ``"deny"`` the client is told to come back later (1013).
+        """
+        return self.invalid if guard.on_storage_error == "allow" else self.unavailable
+
+    # -- hooks ----------------------------------------------------------------
+    async def startup(self, guard: Guard) -> None:
+        if self.jwks is not None:
+            await self.jwks.refresh(guard)  # a failure is counted, logged, and retried later
+
+    def on_connect(self, conn: Connection) -> None:
+        session = Session(self, conn)
+        for source in self._handshake_sources:
+            token = source.take(conn)  # every source redacts its own token
+            if token is not None and session.token is None:
+                session.token = token
+        if self.subprotocol is not None:
+            session.marker = self.subprotocol.offered(conn)
+        conn.extra[self] = session
+
+    async def admit(self, conn: Connection) -> Close | None:
+        session: Session | None = conn.extra.get(self)
+        if session is None:
+            self.on_connect(conn)
+            session = conn.extra[self]
+        token, session.token = session.token, None  # held no longer than needed
+        if token is None:
+            if self.first_message is None:
+                return self.missing
+            session.pending = True
+            return None
+        outcome = await self.verify(token, conn.guard)
+        if isinstance(outcome, KeyState):
+            return self.handshake_close(outcome, conn.guard)
+        if isinstance(outcome, Close):
+            return outcome
+        session.apply(outcome)
+        return None
+
+    def checker(self, conn: Connection) -> Checker | None:
+        session: Session | None = conn.extra.get(self)
+        if session is None or not (session.pending or self.refresh_token is not None):
+            return None
+        return session.check
+
+    def on_accept(self, conn: Connection, message: Message) -> None:
+        session: Session | None = conn.extra.get(self)
+        if session is None or not session.marker or self.subprotocol is None:
+            return
+        chosen = message.get("subprotocol")
+        if chosen is None or chosen not in (conn.scope.get("subprotocols") or ()):
+            message["subprotocol"] = self.subprotocol.marker  # never the token
+
+    def on_open(self, conn: Connection) -> None:
+        session: Session | None = conn.extra.get(self)
+        if session is not None:
+            session.start()
+
+    async def release(self, conn: Connection) -> None:
+        session: Session | None = conn.extra.pop(self, None)
+        if session is not None:
+            session.disarm()

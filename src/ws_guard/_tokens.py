@@ -1,0 +1,259 @@
+"""Where a client's token comes from: query, header, cookie, subprotocol, first message.
+
+Handshake sources *take* their token at ``websocket.connect``, before any
+admission decision, and take it out of the scope where a server or an app
+might print it: uvicorn's access log line (``"WebSocket /ws?token=..."
+[accepted]``) reads ``scope["query_string"]`` when the accept goes out, so a
+query token is overwritten in place; a subprotocol token is dropped from
+``scope["subprotocols"]`` so the app cannot echo it back as its choice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote_plus
+
+from ._errors import ConfigurationError
+from ._types import Message
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+REDACTED = "redacted"
+# RFC 7230 "token": what a Sec-WebSocket-Protocol value may be.
+_HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _header(conn: Connection, name: bytes) -> str | None:
+    """The first header *name* (lower-case bytes), read straight from the scope.
+
+    Not through ``conn.header``, whose cache would keep every header (the
+    token among them) for the connection's whole life.
+    """
+    for key, value in conn.scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _check_name(what: str, name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{what} needs a non-empty name, not {name!r}")
+    return name
+
+
+class TokenSource:
+    """Base of the token sources; :attr:`deferred` ones wait for a message."""
+
+    deferred = False
+
+    def take(self, conn: Connection) -> str | None:
+        """The handshake's token, or ``None``; also redacts it from the scope."""
+        return None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class FromQuery(TokenSource):
+    """``?<name>=<token>``. Redacted in the scope (``<name>=redacted``) unless ``redact=False``."""
+
+    def __init__(self, name: str = "token", *, redact: bool = True) -> None:
+        self.name = _check_name("from_query", name)
+        self.redact = bool(redact)
+
+    def take(self, conn: Connection) -> str | None:
+        raw: bytes = conn.scope.get("query_string", b"")
+        if not raw:
+            return None
+        token = None
+        for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+            if key == self.name:
+                token = value
+                break
+        if token is None:
+            return None
+        if self.redact:
+            conn.scope["query_string"] = self._redacted(raw)
+        return token or None
+
+    def _redacted(self, raw: bytes) -> bytes:
+        parts = []
+        for part in raw.split(b"&"):
+            key = part.split(b"=", 1)[0]
+            if unquote_plus(key.decode("latin-1")) == self.name:
+                part = key + b"=" + REDACTED.encode()
+            parts.append(part)
+        return b"&".join(parts)
+
+
+class FromHeader(TokenSource):
+    """A request header, ``Authorization: Bearer <token>`` by default.
+
+    With ``scheme=None`` the whole header value is the token. A header with
+    another scheme (``Basic ...``) counts as no token, so later sources run.
+    """
+
+    def __init__(self, name: str = "authorization", *, scheme: str | None = "Bearer") -> None:
+        self.name = _check_name("from_header", name).lower()
+        self._raw_name = self.name.encode("latin-1")
+        if scheme is not None and (not isinstance(scheme, str) or not _HTTP_TOKEN.match(scheme)):
+            raise ConfigurationError(
+                f"from_header scheme must be a word like 'Bearer', not {scheme!r}"
+            )
+        self.scheme = scheme
+
+    def take(self, conn: Connection) -> str | None:
+        value = _header(conn, self._raw_name)
+        if value is None:
+            return None
+        if self.scheme is None:
+            return value.strip() or None
+        parts = value.split(None, 1)
+        if len(parts) != 2 or parts[0].lower() != self.scheme.lower():
+            return None
+        return parts[1].strip() or None
+
+
+class FromCookie(TokenSource):
+    """A cookie, ``Cookie: <name>=<token>``.
+
+    Parsed by hand: ``http.cookies.SimpleCookie`` drops every cookie of a
+    header after one malformed pair, which browsers send happily.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = _check_name("from_cookie", name)
+
+    def take(self, conn: Connection) -> str | None:
+        header = _header(conn, b"cookie")
+        if not header:
+            return None
+        for pair in header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == self.name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                return value or None
+        return None
+
+
+class FromSubprotocol(TokenSource):
+    """``Sec-WebSocket-Protocol: <marker>, <token>``: the one header a browser can set.
+
+    The token is the entry after the marker. It is removed from
+    ``scope["subprotocols"]``, and the accept names the marker as the chosen
+    subprotocol (browsers fail a handshake that picks none), never the token.
+    """
+
+    def __init__(self, marker: str = "access_token") -> None:
+        if not isinstance(marker, str) or not _HTTP_TOKEN.match(marker):
+            raise ConfigurationError(
+                f"from_subprotocol marker must be an HTTP token such as 'access_token', "
+                f"not {marker!r}"
+            )
+        self.marker = marker
+
+    def offered(self, conn: Connection) -> bool:
+        return self.marker in (conn.scope.get("subprotocols") or ())
+
+    def take(self, conn: Connection) -> str | None:
+        offered = list(conn.scope.get("subprotocols") or ())
+        if self.marker not in offered:
+            return None
+        index = offered.index(self.marker)
+        if index + 1 >= len(offered):
+            return None
+        token = offered[index + 1]
+        conn.scope["subprotocols"] = [p for i, p in enumerate(offered) if i != index + 1]
+        return token or None
+
+
+class FromFirstMessage(TokenSource):
+    """The first client message carries the token; ws_guard consumes it.
+
+    The message is either the bare token or a JSON object with the token
+    under ``field`` (``{"type": "auth", "token": "..."}``). Without it within
+    ``timeout`` seconds of the accept, the connection closes ``token_missing``.
+    """
+
+    deferred = True
+
+    def __init__(self, timeout: float = 10.0, *, field: str = "token") -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigurationError(
+                f"from_first_message timeout must be a positive number of seconds, not {timeout!r}"
+            )
+        self.timeout = float(timeout)
+        self.field = _check_name("from_first_message field", field)
+
+    def parse(self, message: Message) -> str | None:
+        """The token in *message*, or ``None`` when it carries none."""
+        payload = message.get("text")
+        if payload is None:
+            data = message.get("bytes")
+            if data is None:
+                return None
+            try:
+                payload = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        payload = payload.strip()
+        if payload.startswith("{"):
+            try:
+                value = json.loads(payload)
+            except ValueError:
+                return None
+            token = value.get(self.field) if isinstance(value, dict) else None
+            return token if isinstance(token, str) and token else None
+        return payload or None
+
+
+def from_query(name: str = "token", *, redact: bool = True) -> FromQuery:
+    """The token in query parameter *name* (redacted from the scope by default)."""
+    return FromQuery(name, redact=redact)
+
+
+def from_header(name: str = "authorization", *, scheme: str | None = "Bearer") -> FromHeader:
+    """The token in header *name*, after ``scheme`` (``Bearer``) unless ``scheme=None``."""
+    return FromHeader(name, scheme=scheme)
+
+
+def from_cookie(name: str) -> FromCookie:
+    """The token in cookie *name*."""
+    return FromCookie(name)
+
+
+def from_subprotocol(marker: str = "access_token") -> FromSubprotocol:
+    """The token offered as the subprotocol after *marker*; the accept names *marker*."""
+    return FromSubprotocol(marker)
+
+
+def from_first_message(timeout: float = 10.0, *, field: str = "token") -> FromFirstMessage:
+    """The token in the first client message, which the app never sees."""
+    return FromFirstMessage(timeout, field=field)
+
+
+def check_sources(token: TokenSource | Iterable[TokenSource] | None) -> tuple[TokenSource, ...]:
+    """The rule's sources: one or a list, at most one of each in-band kind."""
+    if token is None:
+        return (from_header(),)
+    sources = (token,) if isinstance(token, TokenSource) else token
+    if not isinstance(sources, Iterable):
+        raise ConfigurationError(f"JWTAuth token must be a token source or a list, not {token!r}")
+    checked = tuple(sources)
+    if not checked or not all(isinstance(s, TokenSource) for s in checked):
+        raise ConfigurationError(
+            f"JWTAuth token must be rules.from_query/from_header/from_cookie/"
+            f"from_subprotocol/from_first_message sources, not {token!r}"
+        )
+    if sum(1 for s in checked if isinstance(s, FromFirstMessage)) > 1:
+        raise ConfigurationError("JWTAuth takes at most one from_first_message source")
+    if sum(1 for s in checked if isinstance(s, FromSubprotocol)) > 1:
+        raise ConfigurationError("JWTAuth takes at most one from_subprotocol source")
+    return checked
