@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
-from servers import ServerThread, serve
+from servers import UVICORN_WS, ServerThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 
 pytestmark = pytest.mark.e2e
@@ -188,7 +188,8 @@ async def test_bad_refresh_closes(
     assert (code, reason) == (1008, "token_invalid")
 
 
-async def test_query_token_never_reaches_uvicorns_access_log() -> None:
+@pytest.mark.parametrize("ws_impl", UVICORN_WS)
+async def test_query_token_never_reaches_uvicorns_access_log(ws_impl: str) -> None:
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -197,13 +198,18 @@ async def test_query_token_never_reaches_uvicorns_access_log() -> None:
 
     handler = Keep()
     guard = make_guard()
-    with serve(WSGuardMiddleware(whoami, guard=guard), log_level="info") as thread:
+    with serve(WSGuardMiddleware(whoami, guard=guard), ws_impl, log_level="info") as thread:
         for name in ("uvicorn.error", "uvicorn.access", "ws_guard"):
             logging.getLogger(name).addHandler(handler)
         try:
             good, bad = mint("q"), mint("q", exp_in=-1)
-            async with connect(f"{thread.url}/ws?room=1&token={good}", proxy=None) as ws:
-                await report(ws)
+            async with connect(
+                f"{thread.url}/ws?room=1&token={good}",
+                proxy=None,
+                subprotocols=["access_token", mint("s")],  # and the subprotocol source
+            ) as ws:
+                assert ws.subprotocol == "access_token"
+                assert (await report(ws))["sub"] == "q"  # the query is the first source
             async with connect(f"{thread.url}/ws?token={bad}", proxy=None) as ws:
                 await closed_with(ws)
         finally:
