@@ -87,6 +87,7 @@ class Connection:
         "_headers",
         "_held",
         "_hold",
+        "_id",
         "_query",
         "_receive",
         "_send",
@@ -95,7 +96,6 @@ class Connection:
         "client_ip",
         "extra",
         "guard",
-        "id",
         "opened_at",
         "scope",
         "state",
@@ -107,7 +107,7 @@ class Connection:
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.id = uuid.uuid4().hex
+        self._id: str | None = None
         self.state = CONNECTING
         self._headers: dict[str, str] | None = None  # parsed on first header() call
         self._query: dict[str, list[str]] | None = None
@@ -127,11 +127,20 @@ class Connection:
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
         self._close_task: asyncio.Future[Any] | None = None
-        self._deadlines: list[Deadline] = []
-        self._held: list[Rule] = []
+        # Created on first use: most connections never need them, and an idle
+        # connection's footprint is what 10 000 of them multiply.
+        self._deadlines: list[Deadline] | None = None
+        self._held: list[Rule] | None = None
         self._hold: Awaitable[Close | None] | None = None
         self._asides: set[asyncio.Future[Any]] | None = None
         self._finished = False
+
+    @property
+    def id(self) -> str:
+        """A random id, unique across processes (Redis connection slots use it)."""
+        if self._id is None:
+            self._id = uuid.uuid4().hex
+        return self._id
 
     # -- request data -------------------------------------------------------
     @property
@@ -167,6 +176,8 @@ class Connection:
     def call_at(self, when: float, callback: Any) -> Deadline:
         """Schedule *callback* on the guard's shared heap; cancelled at finish."""
         deadline = self.guard.scheduler.call_at(when, callback)
+        if self._deadlines is None:
+            self._deadlines = []
         self._deadlines.append(deadline)
         return deadline
 
@@ -192,6 +203,8 @@ class Connection:
         for rule, holds in guard.admission_rules:
             decision = await rule.admit(self)
             if holds:
+                if self._held is None:
+                    self._held = []
                 self._held.append(rule)
             if decision is not None:
                 if decision.shadow:
@@ -447,9 +460,10 @@ class Connection:
         if self._finished:
             return
         self._finished = True
-        for deadline in self._deadlines:
-            deadline.cancel()
-        self._deadlines.clear()
+        if self._deadlines is not None:
+            for deadline in self._deadlines:
+                deadline.cancel()
+            self._deadlines = None
         if self._close_task is not None and not self._close_task.done():
             await self._close_task
         await self._release()
@@ -458,7 +472,9 @@ class Connection:
             self.guard.metrics.connection_finished(time.monotonic() - self.opened_at)
 
     async def _release(self) -> None:
-        held, self._held = self._held, []
+        held, self._held = self._held, None
+        if held is None:
+            return
         for rule in reversed(held):
             try:
                 await rule.release(self)

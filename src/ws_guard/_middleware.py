@@ -23,8 +23,24 @@ class WSGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" and self.guard.guards_path(scope["path"]):
-            await self._websocket(scope, receive, send)
+        guard = self.guard
+        if kind == "websocket" and guard.guards_path(scope["path"]):
+            # Inline rather than a helper coroutine: one frame less for every
+            # open connection, and one call less on every message's path.
+            if not guard.started:  # the server runs no lifespan: start on first use
+                await guard.startup()
+            conn = Connection(guard, scope, receive, send)
+            try:
+                if not await conn.handshake():
+                    return
+                try:
+                    await self.app(scope, conn.receive, conn.send)
+                except Exception as exc:
+                    await conn.app_crashed(exc)
+                    raise
+                await conn.app_returned()
+            finally:
+                await conn.finish()
         elif kind == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
         else:
@@ -42,20 +58,3 @@ class WSGuardMiddleware:
             return message
 
         return lifespan_receive
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guard = self.guard
-        if not guard.started:  # the server runs no lifespan: start on first use
-            await guard.startup()
-        conn = Connection(guard, scope, receive, send)
-        try:
-            if not await conn.handshake():
-                return
-            try:
-                await self.app(scope, conn.receive, conn.send)
-            except Exception as exc:
-                await conn.app_crashed(exc)
-                raise
-            await conn.app_returned()
-        finally:
-            await conn.finish()

@@ -15,15 +15,27 @@ from collections.abc import Callable
 
 
 class Deadline:
-    """A scheduled callback; :meth:`cancel` it when its connection ends."""
+    """A scheduled callback; :meth:`cancel` it when its connection ends.
 
-    __slots__ = ("_scheduler", "callback", "cancelled", "when")
+    Deadlines order themselves (by time, then by scheduling order), so the
+    heap holds them directly rather than in a tuple per entry.
+    """
 
-    def __init__(self, scheduler: Scheduler, when: float, callback: Callable[[], None]) -> None:
+    __slots__ = ("_scheduler", "callback", "cancelled", "seq", "when")
+
+    def __init__(
+        self, scheduler: Scheduler, when: float, seq: int, callback: Callable[[], None]
+    ) -> None:
         self._scheduler = scheduler
         self.when = when
+        self.seq = seq
         self.callback = callback
         self.cancelled = False
+
+    def __lt__(self, other: Deadline) -> bool:
+        if self.when == other.when:
+            return self.seq < other.seq
+        return self.when < other.when
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -41,7 +53,7 @@ class Scheduler:
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._manual = clock is not None
         self._clock = clock
-        self._heap: list[tuple[float, int, Deadline]] = []
+        self._heap: list[Deadline] = []
         self._seq = itertools.count()
         self._live = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -62,8 +74,8 @@ class Scheduler:
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Deadline:
         """Run *callback* (sync, must not raise) at clock time *when*."""
-        deadline = Deadline(self, when, callback)
-        heapq.heappush(self._heap, (when, next(self._seq), deadline))
+        deadline = Deadline(self, when, next(self._seq), callback)
+        heapq.heappush(self._heap, deadline)
         self._live += 1
         self._arm()
         return deadline
@@ -79,8 +91,8 @@ class Scheduler:
         try:
             # Re-read self._heap each turn: a callback may cancel deadlines
             # and so make _forget rebuild the heap as a new list.
-            while self._heap and self._heap[0][0] <= now:
-                _, _, deadline = heapq.heappop(self._heap)
+            while self._heap and self._heap[0].when <= now:
+                deadline = heapq.heappop(self._heap)
                 if deadline.cancelled:
                     continue
                 deadline.cancelled = True
@@ -99,7 +111,7 @@ class Scheduler:
             self._timer.cancel()
             self._timer = None
             self._timer_when = float("inf")
-        for _, _, deadline in self._heap:
+        for deadline in self._heap:
             deadline.cancelled = True
         self._heap.clear()
         self._live = 0
@@ -109,7 +121,7 @@ class Scheduler:
         # Cancelled entries stay in the heap until popped; rebuild when they
         # dominate, so cancelled deadlines cannot accumulate without bound.
         if len(self._heap) > 64 and self._live < len(self._heap) // 2:
-            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            self._heap = [entry for entry in self._heap if not entry.cancelled]
             heapq.heapify(self._heap)
         if self._live == 0:
             self._heap.clear()
@@ -123,14 +135,14 @@ class Scheduler:
 
     def _arm(self) -> None:
         heap = self._heap
-        while heap and heap[0][2].cancelled:
+        while heap and heap[0].cancelled:
             heapq.heappop(heap)
         if not heap:
             self._disarm()
             return
         if self._manual:
             return
-        when = heap[0][0]
+        when = heap[0].when
         if self._timer is not None and self._timer_when <= when:
             return
         self._disarm()
