@@ -11,7 +11,9 @@ ws_guard are listed in the comment at the bottom and added when it lands.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +52,66 @@ def _build_rules() -> Guard:
     return Guard(rules=_message_rules())
 
 
+#: Far above any benchmark rate: the benchmark measures checking, not closing.
+UNREACHED_RATE = "100000000/minute"
+#: Lease cap of the Redis variant: one Redis round trip per 100 messages per user
+#: (the default, a tenth of the limit, would hide Redis almost entirely here).
+REDIS_LEASE = 100
+#: Users the Redis variant spreads its connections over.
+BENCH_USERS = 10
+
+
+#: HS256 secret of the variants that authenticate (benchmark only).
+SECRET = "ws_guard-benchmark-secret-0123456789abcdef"
+
+
+def token_for(subject: str) -> str:
+    """A JWT for *subject*, valid for an hour: longer than any benchmark run."""
+    import jwt
+
+    return jwt.encode({"sub": subject, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+
+
+def _build_rate() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.MessageRate(UNREACHED_RATE)])
+
+
+def _build_rate_ip() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.MessageRate(UNREACHED_RATE, key=rules.by_ip)])
+
+
+def _build_rate_user() -> Guard:
+    url = os.environ.get("WS_GUARD_BENCH_REDIS")
+    if not url:
+        raise SystemExit("the rate_user variant needs WS_GUARD_BENCH_REDIS=redis://host:port/db")
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token"))
+    rate = rules.MessageRate(UNREACHED_RATE, key=rules.by_user, lease=REDIS_LEASE)
+    return Guard(rules=[auth, *_message_rules(), rate], storage=url)
+
+
 VARIANTS: dict[str, Variant] = {
     "none": Variant("Guard() with no rules: the middleware's own fixed cost", Guard),
     "rules": Variant(
         "MaxMessageSize(64 KiB) + MessageTypes(text only) + Content(no 'http://')",
         _build_rules,
     ),
+    "rate": Variant(
+        f"rules + MessageRate({UNREACHED_RATE!r}): per connection",
+        _build_rate,
+    ),
+    "rate_ip": Variant(
+        f"rules + MessageRate({UNREACHED_RATE!r}, key=by_ip) on memory storage "
+        "(every benchmark connection shares 127.0.0.1)",
+        _build_rate_ip,
+    ),
+    "rate_user": Variant(
+        f"rules + JWTAuth(HS256, ?token=) + MessageRate({UNREACHED_RATE!r}, key=by_user, "
+        f"lease={REDIS_LEASE}) on Redis (WS_GUARD_BENCH_REDIS), connections spread over "
+        f"{BENCH_USERS} users",
+        _build_rate_user,
+        client_query=lambda i: f"token={token_for(f'user{i % BENCH_USERS}')}",
+    ),
     # Add variants here as their rules land on main, for example:
-    #   "rate":      rules + MessageRate("1000000/second")                (per connection)
-    #   "rate_ip":   rules + MessageRate("1000000/second", key=by_ip)     (memory storage)
-    #   "rate_user": rules + MessageRate(..., key=by_user) on
-    #                Guard(storage=os.environ["WS_GUARD_BENCH_REDIS"]) + JWTAuth, with
-    #                client_query=lambda i: f"token={token_for(f'user{i % 10}')}"
     #   "jwt":       rules + JWTAuth(SECRET, algorithms=["HS256"], token=from_query("token")),
     #                client_query=lambda i: f"token={token_for(f'user{i}')}"
     # Limits must be far above the benchmark's rate: the benchmark measures the

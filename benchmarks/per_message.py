@@ -81,8 +81,8 @@ class FakeServer:
         self.yield_each = yield_each
         self.sent = 0
 
-    async def run(self, app: App) -> int:
-        """Run one connection through *app*; returns elapsed nanoseconds."""
+    async def run(self, app: App, query: str = "") -> int:
+        """Run one connection through *app* (URL query *query*); returns elapsed nanoseconds."""
         next_message = iter(self.script).__next__
         self.sent = 0
         pause = asyncio.sleep
@@ -97,7 +97,7 @@ class FakeServer:
         async def send(message: Message) -> None:
             self.sent += 1
 
-        scope = dict(SCOPE_TEMPLATE)
+        scope = dict(SCOPE_TEMPLATE, query_string=query.encode())
         start = time.perf_counter_ns()
         await app(scope, receive_after_yield if self.yield_each else receive, send)
         return time.perf_counter_ns() - start
@@ -115,25 +115,28 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     apps: dict[str, App] = {"bare": echo}
     guards = {}
+    queries: dict[str, str] = {"bare": ""}  # what the variant's first client adds to its URL
     for name in args.guard:
         guards[name] = variant(name).build()
         apps[name] = WSGuardMiddleware(echo, guard=guards[name])
+        client_query = variant(name).client_query
+        queries[name] = client_query(0) if client_query else ""
     full = FakeServer(args.messages, args.size, yield_each=args.yield_each)
     empty = FakeServer(0, args.size, yield_each=args.yield_each)
     per_message: dict[str, list[float]] = {name: [] for name in apps}
     per_connection: dict[str, list[float]] = {name: [] for name in apps}
-    for app in apps.values():  # warm up: imports, first-call caches, guard startup
-        await full.run(app)
+    for name, app in apps.items():  # warm up: imports, first-call caches, guard startup
+        await full.run(app, queries[name])
     gc.collect()
     gc.disable()
     try:
         for _ in range(args.repeats):
             for name, app in apps.items():  # interleaved, so drift hits all alike
-                elapsed = await full.run(app)
+                elapsed = await full.run(app, queries[name])
                 if full.sent != args.messages + 1:  # every message echoed, plus the accept
                     raise SystemExit(f"{name}: {full.sent - 1} of {args.messages} echoed")
                 per_message[name].append(elapsed / args.messages / 1000)
-                handshakes = [await empty.run(app) for _ in range(args.handshakes)]
+                handshakes = [await empty.run(app, queries[name]) for _ in range(args.handshakes)]
                 per_connection[name].append(min(handshakes) / 1000)
     finally:
         gc.enable()
@@ -180,12 +183,14 @@ def loop_name() -> str:
 def profile(args: argparse.Namespace) -> None:
     name = args.guard[0]
     app = WSGuardMiddleware(echo, guard=variant(name).build())
+    client_query = variant(name).client_query
+    query = client_query(0) if client_query else ""
     server = FakeServer(args.messages, args.size, yield_each=args.yield_each)
-    run_loop(server.run(app))  # warm up
+    run_loop(server.run(app, query))  # warm up
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(args.repeats):
-        run_loop(server.run(app))
+        run_loop(server.run(app, query))
     profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 

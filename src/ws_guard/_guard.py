@@ -23,6 +23,7 @@ from ._keys import IPNetwork, parse_trusted_proxies
 from ._metrics import Metrics
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
+from ._storage import SharedStorage
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -71,11 +72,8 @@ class Guard:
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
-        if not isinstance(storage, str) or "://" not in storage:
-            raise ConfigurationError(
-                "storage must be a URI such as 'memory://' or 'redis://host:6379/0', "
-                f"not {storage!r}"
-            )
+        #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
+        self.storage = SharedStorage(storage)
         self.storage_uri = storage
         self.paths = _check_paths(paths)
         self.trusted_proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(trusted_proxies)
@@ -144,6 +142,7 @@ class Guard:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if not self.started:  # another task may have started it meanwhile
+                await self.storage.open()
                 for rule in self.rules:
                     await rule.startup(self)
                 for gauge in self.gauges:
@@ -159,6 +158,7 @@ class Guard:
             await gauge.shutdown(self)
         for rule in self.rules:
             await rule.shutdown(self)
+        await self.storage.close()
         self.scheduler.close()
 
     # -- closes ----------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Rules: what a client may do, and the keys that group connections."""
 
+from ._caps import MaxConnectionsPerKey
+from ._connect_rate import ConnectRate
 from ._jwks import JWKS
 from ._jwt import JWTAuth
 from ._keys import by_connection, by_ip, by_user
 from ._message_rules import Content, Json, MaxMessageSize, MessageTypes, Pattern
+from ._rate import MessageRate
 from ._rule import Checker, Rule, Stage
 from ._tokens import (
     TokenSource,
@@ -17,10 +20,13 @@ from ._tokens import (
 __all__ = [
     "JWKS",
     "Checker",
+    "ConnectRate",
     "Content",
     "JWTAuth",
     "Json",
+    "MaxConnectionsPerKey",
     "MaxMessageSize",
+    "MessageRate",
     "MessageTypes",
     "Pattern",
     "Rule",

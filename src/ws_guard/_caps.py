@@ -1,0 +1,215 @@
+"""``MaxConnectionsPerKey``: concurrent connections per key, else 1008 ``too_many_connections``.
+
+A slot is taken at the handshake and given back in ``release``, which the
+connection runs on every ending: client close, guard close, app crash,
+server shutdown. In memory a slot is a count. With Redis, a key's slots are
+a sorted set of connection ids scored by expiry time (Redis' own clock);
+one heartbeat per guard, on the guard's maintenance task, pushes the expiry
+of every slot this process holds, so the slots of a process that died
+without releasing expire after ``3 * heartbeat`` seconds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
+from ._errors import ConfigurationError
+from ._keys import KeyFunc, by_ip
+from ._rule import Rule, Stage
+from ._shared import bind_once, check_key, key_label, redis_key, require_subject
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._guard import Guard
+
+#: Drop expired slots, then take one if there is room (or always, in shadow mode).
+ACQUIRE_SCRIPT = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) and ARGV[4] ~= '1' then return {0, n} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, redis.call('ZCARD', KEYS[1])}
+"""
+
+_PIPELINE_KEYS = 500  # keys per heartbeat pipeline round trip
+
+
+class MaxConnectionsPerKey(Rule):
+    """At most ``limit`` open connections per key (default ``rules.by_ip``)."""
+
+    stage = Stage.CONNECTION_CAP
+
+    def __init__(
+        self,
+        limit: int,
+        key: KeyFunc = by_ip,
+        *,
+        heartbeat: float = 10.0,
+        enforce: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(enforce=enforce, name=name)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(
+                f"MaxConnectionsPerKey limit must be a positive int, not {limit!r}"
+            )
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat <= 0:
+            raise ConfigurationError(
+                f"heartbeat must be a positive number of seconds, not {heartbeat!r}"
+            )
+        self.limit = limit
+        self.key = check_key(key, "MaxConnectionsPerKey")
+        self.heartbeat = float(heartbeat)
+        #: A slot lives this long in Redis without a heartbeat.
+        self.slot_ttl = 3 * self.heartbeat
+        self.id = name or f"{key_label(self.key)}:{limit}"
+        self._guard: Guard | None = None
+        self._counts: dict[str, int] = {}  # memory storage
+        self._held: dict[str, set[str]] = {}  # Redis storage: key -> ids this process holds
+        self._redis = False
+        self._client: Any = None
+        self._acquire: Any = None
+        self._job: object | None = None
+        self._beating = False
+        self._late: list[tuple[str, str]] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"MaxConnectionsPerKey({self.limit!r}, key={key_label(self.key)}, "
+            f"enforce={self.enforce!r}, name={self.name!r})"
+        )
+
+    def bind(self, guard: Guard) -> None:
+        self._guard = bind_once(self._guard, guard, self)
+        require_subject(guard, self.key, self)
+
+    def count(self, key: str) -> int:
+        """Slots this process holds for *key*."""
+        if self._redis:
+            return len(self._held.get(key, ()))
+        return self._counts.get(key, 0)
+
+    async def startup(self, guard: Guard) -> None:
+        storage = guard.storage
+        self._redis = not storage.is_memory
+        if not self._redis:
+            return
+        self._client = storage.redis()
+        self._acquire = storage.script(ACQUIRE_SCRIPT)
+        self._job = storage.add_job(self.heartbeat, self._beat)
+
+    async def shutdown(self, guard: Guard) -> None:
+        if self._job is not None:
+            guard.storage.remove_job(self._job)
+            self._job = None
+        self._acquire = None
+        client, self._client = self._client, None
+        held, self._held = self._held, {}
+        if client is not None and held:  # free our slots now rather than at expiry
+            try:
+                await self._pipeline(client, held, lambda pipe, rkey, ids: pipe.zrem(rkey, *ids))
+            except guard.storage.errors as exc:
+                guard.report_storage_error(exc, "connection cap release")
+
+    async def admit(self, conn: Connection) -> Close | None:
+        key = self.key(conn)
+        if key is None:
+            return None
+        if not self._redis:
+            count = self._counts.get(key, 0) + 1
+            if count > self.limit and self.enforce:
+                return self._full()
+            self._counts[key] = count
+        elif self._acquire is None:
+            return None  # the guard shut down; nothing to count against
+        else:
+            guard = conn.guard
+            try:
+                taken, count = await self._acquire(
+                    [self._rkey(key)],
+                    [self.limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1],
+                )
+            except guard.storage.errors as exc:
+                if not guard.report_storage_error(exc, "connection cap"):
+                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                taken, count = 1, 0  # fail open; the next heartbeat writes the slot
+            if not int(taken):
+                return self._full()
+            self._held.setdefault(key, set()).add(conn.id)
+        conn.extra[self] = key
+        return self._full() if int(count) > self.limit else None  # over only in shadow mode
+
+    async def release(self, conn: Connection) -> None:
+        key = conn.extra.pop(self, None)
+        if key is None:
+            return
+        if not self._redis:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)
+            return
+        ids = self._held.get(key)
+        if ids is None:
+            return  # the guard shut down and released everything already
+        ids.discard(conn.id)
+        if not ids:
+            del self._held[key]
+        client = self._client
+        if client is None:
+            return
+        rkey = self._rkey(key)
+        if self._beating:  # a heartbeat in flight might write the slot back: remove it again after
+            self._late.append((rkey, conn.id))
+        try:
+            await client.zrem(rkey, conn.id)
+        except conn.guard.storage.errors as exc:  # the slot expires without heartbeats
+            conn.guard.report_storage_error(exc, "connection cap release")
+
+    def _full(self) -> Close:
+        return self.breach(POLICY_VIOLATION, "too_many_connections")
+
+    def _rkey(self, key: str) -> str:
+        return redis_key("slots", self.id, key)
+
+    async def _beat(self) -> None:
+        client, guard = self._client, self._guard
+        if client is None or guard is None or not self._held:
+            return
+        self._beating = True
+        try:
+            seconds, micros = await client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            ttl_ms = int(self.slot_ttl * 1000)
+            expires = now_ms + ttl_ms
+
+            def refresh(pipe: Any, rkey: str, ids: set[str]) -> None:
+                pipe.zadd(rkey, dict.fromkeys(ids, expires))
+                pipe.zremrangebyscore(rkey, "-inf", now_ms)
+                pipe.pexpire(rkey, ttl_ms)
+
+            await self._pipeline(client, self._held, refresh)
+        except guard.storage.errors as exc:
+            guard.report_storage_error(exc, "connection cap heartbeat")
+        finally:
+            self._beating = False
+        late, self._late = self._late, []
+        for rkey, conn_id in late:
+            try:
+                await client.zrem(rkey, conn_id)
+            except guard.storage.errors as exc:
+                guard.report_storage_error(exc, "connection cap release")
+
+    async def _pipeline(self, client: Any, held: dict[str, set[str]], add: Any) -> None:
+        items = [(key, set(ids)) for key, ids in held.items()]
+        for start in range(0, len(items), _PIPELINE_KEYS):
+            pipe = client.pipeline(transaction=False)
+            for key, ids in items[start : start + _PIPELINE_KEYS]:
+                add(pipe, self._rkey(key), ids)
+            await pipe.execute()

@@ -1,0 +1,154 @@
+"""What the rate and connection-cap rules share: rates, keys, expiring state.
+
+Rates come from ``limits``' string syntax. Keys name the group a limit
+applies to; a key function returning ``None`` leaves the connection out of
+that limit. In-memory state per key lives in :class:`ExpiringStates`, which
+drops a key's state once it can no longer affect a decision, so memory
+follows the keys seen recently, not every key ever seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+
+from ._errors import ConfigurationError
+from ._keys import KeyFunc, by_connection, by_ip, by_user
+
+if TYPE_CHECKING:
+    from ._guard import Guard
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` events per ``window`` seconds."""
+
+    limit: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window:g}s"
+
+
+def parse_rates(value: object) -> tuple[Rate, ...]:
+    """``"20/second"``, ``"10/second; 100/minute"``, a ``limits`` item, or a list of them."""
+    from limits import RateLimitItem, parse_many
+
+    items: list[object] = list(value) if isinstance(value, (list, tuple)) else [value]
+    rates: list[Rate] = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                parsed = parse_many(item)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"rate {item!r} is not in limits syntax such as '20/second' or "
+                    "'10/second; 100/minute'"
+                ) from exc
+        elif isinstance(item, RateLimitItem):
+            parsed = [item]
+        else:
+            raise ConfigurationError(f"rate must be a string such as '20/second', not {item!r}")
+        for limit_item in parsed:
+            if limit_item.amount < 1:
+                raise ConfigurationError(f"rate {item!r} must allow at least one event")
+            rates.append(Rate(int(limit_item.amount), float(limit_item.get_expiry())))
+    if not rates:
+        raise ConfigurationError(f"rate {value!r} names no limit")
+    return tuple(rates)
+
+
+def check_key(key: object, rule: str) -> KeyFunc:
+    if not callable(key):
+        raise ConfigurationError(
+            f"{rule} key must be rules.by_connection, rules.by_ip, rules.by_user or a "
+            f"callable of the connection, not {key!r}"
+        )
+    return cast(KeyFunc, key)
+
+
+def key_label(key: KeyFunc) -> str:
+    """A stable name for a key function, used in storage key names."""
+    if key is by_connection or key is by_ip or key is by_user:
+        return key.__name__
+    return getattr(key, "__qualname__", None) or type(key).__name__
+
+
+def require_subject(guard: Guard, key: KeyFunc, rule: object) -> None:
+    """``by_user`` is only known when a rule in the guard verifies a subject."""
+    if key is by_user and not any(r.provides_subject for r in guard.rules):
+        raise ConfigurationError(
+            f"{rule!r} uses key=rules.by_user, which needs a rule that verifies the user "
+            "(rules.JWTAuth) in the same Guard"
+        )
+
+
+def bind_once(current: Guard | None, guard: Guard, rule: object) -> Guard:
+    if current is not None and current is not guard:
+        raise ConfigurationError(f"{rule!r} is already part of another Guard; make one per Guard")
+    return guard
+
+
+class _Expiring(Protocol):
+    def alive(self, now: float) -> bool: ...
+
+
+S = TypeVar("S", bound=_Expiring)
+
+
+class ExpiringStates(Generic[S]):
+    """Per-key state objects that are dropped once dead.
+
+    A state says when it is dead (``alive(now)`` is False: its window ended,
+    nothing is in flight). The guard's maintenance task sweeps dead states
+    every *interval* seconds (the window length), off the message path, so a
+    burst of 100k keys is freed within two windows after it ends. A holder
+    of a state must look it up again through :meth:`get` once its window
+    ended, since a dead state may have been dropped and replaced.
+    """
+
+    __slots__ = ("_factory", "_states", "interval")
+
+    def __init__(self, interval: float, factory: Callable[[str], S]) -> None:
+        self.interval = interval
+        self._factory = factory
+        self._states: dict[str, S] = {}
+
+    def get(self, key: str, now: float) -> S:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = self._factory(key)
+        return state
+
+    def peek(self, key: str) -> S | None:
+        return self._states.get(key)
+
+    def sweep(self, now: float) -> int:
+        """Drop dead states; returns how many were dropped."""
+        dead = [key for key, state in self._states.items() if not state.alive(now)]
+        for key in dead:
+            del self._states[key]
+        if len(dead) > len(self._states):
+            self._states = dict(self._states)  # a dict never shrinks its table; copy it
+        return len(dead)
+
+    def values(self) -> Iterator[S]:
+        return iter(list(self._states.values()))
+
+    def clear(self) -> None:
+        self._states = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def redis_key(kind: str, rule_id: str, key: str, *suffix: object) -> str:
+    """``ws_guard:<kind>:{<rule>|<key>}[:suffix]``; the hash tag keeps one key's
+    entries on one Redis Cluster slot, so a script may touch all of them."""
+    tail = "".join(f":{part}" for part in suffix)
+    return f"ws_guard:{kind}:{{{rule_id}|{key}}}{tail}"
+
+
+def join_rates(rates: Iterable[Rate]) -> str:
+    return ",".join(str(rate) for rate in rates)

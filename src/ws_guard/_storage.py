@@ -1,0 +1,202 @@
+"""The guard's shared storage: a ``limits`` async storage built from a URI.
+
+The URI is checked at construction; the storage itself (and, for Redis, the
+redis-py client inside it) is created in the running loop at guard startup
+and closed at shutdown, so nothing binds to a loop at import or in
+``__init__``. Rules that need storage ask ``guard.storage`` after startup.
+
+The same object runs the guard's one maintenance task: rules register
+periodic jobs (connection-slot heartbeats, sweeps of expired in-memory keys)
+instead of starting a task each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+from urllib.parse import urlparse
+
+from ._errors import ConfigurationError
+
+logger = logging.getLogger("ws_guard")
+
+MEMORY_SCHEMES = ("memory",)
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+
+#: redis-py options ws_guard sets unless the URI's query string says otherwise
+#: (redis-py lets query parameters win). A hung Redis must not hang handshakes,
+#: and redis-py's default of 10 retries with back-off would hold a handshake
+#: for seconds during an outage; one immediate retry still heals the stale
+#: pooled connections a Redis restart leaves behind.
+REDIS_DEFAULTS: dict[str, float] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+
+Job = Callable[[], Awaitable[None]]
+
+
+class SharedStorage:
+    """One ``limits`` async storage per guard, plus its maintenance task."""
+
+    def __init__(self, uri: str) -> None:
+        if not isinstance(uri, str) or "://" not in uri:
+            raise ConfigurationError(
+                f"storage must be a URI such as 'memory://' or 'redis://host:6379/0', not {uri!r}"
+            )
+        scheme = urlparse(uri).scheme
+        if scheme not in MEMORY_SCHEMES + REDIS_SCHEMES:
+            raise ConfigurationError(
+                f"storage scheme {scheme!r} in {uri!r} is not supported; use one of "
+                f"{', '.join(s + '://' for s in MEMORY_SCHEMES + REDIS_SCHEMES)}"
+            )
+        if scheme in REDIS_SCHEMES and importlib.util.find_spec("redis") is None:
+            raise ConfigurationError(
+                f"storage {uri!r} needs redis-py: pip install 'ws-guard[redis]'"
+            )
+        self.uri = uri
+        self.scheme = scheme
+        self.is_memory = scheme in MEMORY_SCHEMES
+        self._limits: Any = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+        self._jobs: list[_Job] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"SharedStorage({_redact(self.uri)!r}, open={self.is_open})"
+
+    # -- lifecycle ------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._limits is not None
+
+    async def open(self) -> None:
+        """Create the ``limits`` storage in the running loop (idempotent)."""
+        if self._limits is not None:
+            return
+        from limits.storage import storage_from_string
+
+        if self.is_memory:
+            self._limits = storage_from_string("async+memory://")
+            return
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        options: dict[str, Any] = dict(REDIS_DEFAULTS)
+        options["retry"] = Retry(NoBackoff(), 1)
+        # limits' coredis default does not work with current coredis; redis-py does.
+        self._limits = storage_from_string(
+            "async+" + self.uri, implementation="redispy", **cast(Any, options)
+        )
+        self._errors = (RedisError, OSError, asyncio.TimeoutError)
+
+    async def close(self) -> None:
+        """Stop the maintenance task and close Redis connections (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._jobs.clear()
+        self._wake = None  # bound to this loop; a restart may run in another
+        storage, self._limits = self._limits, None
+        if storage is None or self.is_memory:
+            return
+        bridge = storage.bridge
+        clients = {id(c): c for c in (bridge.get_connection(), bridge.get_connection(True))}
+        sentinel = getattr(bridge, "sentinel", None)
+        for client in getattr(sentinel, "sentinels", ()):
+            clients[id(client)] = client
+        for client in clients.values():
+            try:
+                await client.aclose()
+            except self._errors as exc:  # a dead Redis cannot be closed politely
+                logger.debug("ws_guard: closing a Redis client failed: %r", exc)
+
+    # -- what rules use ---------------------------------------------------------
+    @property
+    def limits(self) -> Any:
+        """The ``limits`` async storage (``MemoryStorage`` or a Redis storage)."""
+        if self._limits is None:
+            raise RuntimeError("the guard's storage is used before Guard.startup()")
+        return self._limits
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """Exceptions that mean "storage unavailable", for ``except`` clauses."""
+        return self._errors
+
+    def redis(self) -> Any:
+        """The redis-py asyncio client behind the storage (primary for sentinel)."""
+        if self.is_memory:
+            raise RuntimeError("memory:// storage has no Redis client")
+        return self.limits.bridge.get_connection()
+
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
+        """A Lua script on the storage's Redis, called as ``await s(keys, args)``."""
+        registered = self.redis().register_script(source)
+
+        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            return await registered(keys=list(keys), args=list(args))
+
+        return run
+
+    # -- the maintenance task -----------------------------------------------------
+    def add_job(self, interval: float, job: Job) -> object:
+        """Run *job* every *interval* seconds on the guard's one maintenance task.
+
+        Call from the loop (a rule's ``startup``); returns a handle for
+        :meth:`remove_job`. A job handles its own storage errors.
+        """
+        if interval <= 0:
+            raise ConfigurationError(f"job interval must be positive, not {interval!r}")
+        loop = asyncio.get_running_loop()
+        entry = _Job(interval, job, loop.time() + interval)
+        self._jobs.append(entry)
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(self._wake), name="ws_guard-maintenance")
+        return entry
+
+    def remove_job(self, handle: object) -> None:
+        if isinstance(handle, _Job) and handle in self._jobs:
+            self._jobs.remove(handle)
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            due = [job for job in self._jobs if job.due <= now]
+            for job in due:
+                job.due = now + job.interval
+                try:
+                    await job.run()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug in one job must not stop the others
+                    logger.exception("ws_guard maintenance job %r failed", job.run)
+            wait = min((job.due for job in self._jobs), default=now + 3600.0) - loop.time()
+            wake.clear()
+            if wait > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), wait)
+
+
+class _Job:
+    __slots__ = ("due", "interval", "run")
+
+    def __init__(self, interval: float, run: Job, due: float) -> None:
+        self.interval = interval
+        self.run = run
+        self.due = due
+
+
+def _redact(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri

@@ -1,0 +1,308 @@
+"""Shared limits on a real redis-server, enforced by two uvicorn servers at once.
+
+Each server runs in its own thread with its own event loop and its own Guard
+(and so its own Redis client and lease state): nothing is shared between
+them but Redis, as between two processes. The crash test uses a real second
+process, since a slot must outlive a process that dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from apps import echo
+from rate_helpers import HeaderSubject, read_until_closed
+from redis_server import RedisServer, redis_server
+from servers import free_port, serve
+from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._shared import redis_key
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis(shared_redis: RedisServer) -> RedisServer:
+    shared_redis.command("FLUSHALL")
+    return shared_redis
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, which the test may kill and restart."""
+    with redis_server() as server:
+        yield server
+
+
+def app(redis: RedisServer, *rule_list: rules.Rule, **options: Any) -> tuple[Any, Guard]:
+    guard = Guard(rules=[HeaderSubject(), *rule_list], storage=redis.url, **options)
+    return WSGuardMiddleware(echo, guard=guard), guard
+
+
+def as_user(name: str) -> dict[str, str]:
+    return {"x-user": name}
+
+
+async def chat(ws: ClientConnection, count: int, prefix: str = "m") -> None:
+    for i in range(count):
+        await ws.send(f"{prefix}{i}")
+        assert await asyncio.wait_for(ws.recv(), 5) == f"{prefix}{i}"
+
+
+async def rejected(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with connect(url, additional_headers=headers) as ws:
+        received, code, reason = await read_until_closed(ws)
+    assert received == []
+    return code, reason
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Poll *check* until true; returns how long it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def zcard(redis: RedisServer, key: str) -> int:
+    return int(redis.command("ZCARD", key).strip().lstrip(b":"))
+
+
+# -- limits shared by two servers ------------------------------------------------------------
+async def test_message_rate_by_user_holds_across_servers(redis: RedisServer) -> None:
+    one, _ = app(redis, rules.MessageRate("10/minute", key=rules.by_user))
+    two, _ = app(redis, rules.MessageRate("10/minute", key=rules.by_user))
+    with serve(one) as a, serve(two) as b:
+        async with connect(a.url + "/ws", additional_headers=as_user("alice")) as ws:
+            await chat(ws, 10)
+            await ws.send("eleventh")
+            received, code, reason = await read_until_closed(ws)
+        assert received == []
+        assert code == 1008
+        assert re.fullmatch(r"rate_limited; retry-after=(59|60)", reason)
+        # Server b learns at the handshake that alice's window is spent.
+        async with connect(b.url + "/ws", additional_headers=as_user("alice")) as ws:
+            await ws.send("hello from b")
+            received, code, reason = await read_until_closed(ws)
+        assert (received, code) == ([], 1008)
+        assert re.fullmatch(r"rate_limited; retry-after=(59|60)", reason)
+        async with connect(b.url + "/ws", additional_headers=as_user("bob")) as ws:
+            await chat(ws, 10)  # another user has a quota of his own
+
+
+async def test_message_rate_split_over_two_servers_stays_within_its_bound(
+    redis: RedisServer,
+) -> None:
+    limit = 20  # leases of at most 2 messages (a tenth of the limit)
+    one, _ = app(redis, rules.MessageRate(f"{limit}/minute", key=rules.by_user))
+    two, _ = app(redis, rules.MessageRate(f"{limit}/minute", key=rules.by_user))
+    with serve(one) as a, serve(two) as b:
+        wa = await connect(a.url + "/ws", additional_headers=as_user("carol"))
+        wb = await connect(b.url + "/ws", additional_headers=as_user("carol"))
+        delivered = 0
+        live = [wa, wb]
+        for i in range(3 * limit):
+            ws = live[i % len(live)]
+            await ws.send(f"m{i}")
+            echoed, code, reason = await _one_or_close(ws)
+            if echoed is None:  # this server closed it: carol is over the limit
+                assert code == 1008
+                assert reason.startswith("rate_limited; retry-after=")
+                live.remove(ws)
+                if not live:
+                    break
+            else:
+                delivered += 1
+        assert not live
+    # Each server may park up to one lease unspent (undershoot) and admit
+    # what arrives during one exhausting round trip (overshoot): here at most 2.
+    assert limit - 4 <= delivered <= limit + 2, delivered
+
+
+async def test_connect_rate_holds_across_servers(redis: RedisServer) -> None:
+    one, _ = app(redis, rules.ConnectRate("3/minute"))
+    two, _ = app(redis, rules.ConnectRate("3/minute"))
+    with serve(one) as a, serve(two) as b:
+        for server in (a, b, a):
+            async with connect(server.url + "/ws") as ws:
+                await chat(ws, 1)
+        assert await rejected(b.url + "/ws") == (1008, "connect_rate_limited; retry-after=60")
+        code, reason = await rejected(a.url + "/ws")
+    assert (code, reason) == (1008, "connect_rate_limited; retry-after=60")
+
+
+async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisServer) -> None:
+    cap_a = rules.MaxConnectionsPerKey(2, key=rules.by_user)
+    one, _ = app(redis, cap_a)
+    two, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
+    slots = redis_key("slots", cap_a.id, "alice")
+    with serve(two) as b:
+        with serve(one) as a:
+            first = await connect(a.url + "/ws", additional_headers=as_user("alice"))
+            second = await connect(b.url + "/ws", additional_headers=as_user("alice"))
+            await chat(first, 1)
+            await chat(second, 1)
+            url_a = a.url + "/ws"
+            assert await rejected(url_a, as_user("alice")) == (1008, "too_many_connections")
+            async with connect(url_a, additional_headers=as_user("bob")) as ws:
+                await chat(ws, 1)
+            await second.close()  # a client close on b frees a slot for a
+            await eventually(lambda: zcard(redis, slots) == 1)
+            third = await connect(url_a, additional_headers=as_user("alice"))
+            await chat(third, 1)
+            assert zcard(redis, slots) == 2
+        # Server a shut down with two of alice's connections open: both slots came back.
+        assert zcard(redis, slots) == 0
+        for ws in (first, third):
+            _, code, _ = await read_until_closed(ws)
+            assert code in (1001, 1012)
+        async with connect(b.url + "/ws", additional_headers=as_user("alice")) as ws:
+            await chat(ws, 1)
+
+
+async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
+    heartbeat = 0.3  # slots live 0.9 s without one
+    port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]),
+        WS_GUARD_TEST_REDIS=redis.url,
+        WS_GUARD_TEST_HEARTBEAT=str(heartbeat),
+    )
+    command = [sys.executable, "-m", "uvicorn", "rate_app:make_app", "--factory"]
+    command += ["--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=TESTS, env=env)
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        await eventually(lambda: _listening(port), timeout=15)
+        held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
+        for ws in held:
+            await chat(ws, 1)
+        slots = redis_key("slots", "by_user:2", "alice")
+        await asyncio.sleep(3 * heartbeat * 1.5)
+        assert zcard(redis, slots) == 2  # heartbeats keep the live process' slots
+        process.send_signal(signal.SIGKILL)  # no release, no shutdown
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    survivor, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
+    with serve(survivor) as b:
+        url_b = b.url + "/ws"
+        assert await rejected(url_b, as_user("alice")) == (1008, "too_many_connections")
+        await eventually(lambda: zcard(redis, slots) == 0, timeout=5)
+        async with connect(url_b, additional_headers=as_user("alice")) as ws:
+            await chat(ws, 1)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+# -- storage failures ------------------------------------------------------------------------
+async def test_outage_with_allow_keeps_serving_and_recovers(own_redis: RedisServer) -> None:
+    connect_rate = rules.ConnectRate("3/minute")
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=0.2)
+    message_rate = rules.MessageRate("100/minute", key=rules.by_user)
+    guarded, guard = app(own_redis, connect_rate, cap, message_rate)
+    slots = redis_key("slots", cap.id, "alice")
+    counter = redis_key("msg", message_rate.id, "alice", 0)
+    with serve(guarded) as server:
+        url = server.url + "/ws"
+        first = await connect(url, additional_headers=as_user("alice"))
+        await chat(first, 3, "before")
+        own_redis.kill()
+        await chat(first, 5, "during")  # messages flow without storage
+        during = [await connect(url, additional_headers=as_user("alice")) for _ in range(4)]
+        for ws in during:  # more handshakes than ConnectRate allows: it fails open
+            await chat(ws, 1)
+        errors = guard.metrics.snapshot().storage_errors
+        assert errors >= 5  # at least each handshake's ConnectRate and cap
+        assert guard.metrics.snapshot().closes_by_code == {}
+
+        own_redis.start()  # empty, like a crashed cache
+        # The heartbeat writes back the five slots this process holds.
+        await eventually(lambda: zcard(own_redis, slots) == 5)
+        for _ in range(3):  # ConnectRate counts again from zero...
+            async with connect(url, additional_headers=as_user("alice")) as ws:
+                await chat(ws, 1)
+        code, reason = await rejected(url, as_user("alice"))  # ...and enforces
+        assert (code, reason) == (1008, "connect_rate_limited; retry-after=60")
+
+        async def message_counter_is_back() -> bool:
+            await chat(first, 1, "after")
+            return own_redis.command("EXISTS", counter).strip() == b":1"
+
+        deadline = time.monotonic() + 5
+        while not await message_counter_is_back():  # leases resume after the retry pause
+            assert time.monotonic() < deadline, "message leases never resumed"
+            await asyncio.sleep(0.1)
+        for ws in (first, *during):
+            await ws.close()
+
+
+async def test_outage_with_deny_closes_1013_and_recovers(own_redis: RedisServer) -> None:
+    guarded, guard = app(
+        own_redis,
+        rules.ConnectRate("100/minute"),
+        rules.MessageRate("1000/minute", key=rules.by_user, lease=1),
+        on_storage_error="deny",
+    )
+    with serve(guarded) as server:
+        url = server.url + "/ws"
+        first = await connect(url, additional_headers=as_user("alice"))
+        await chat(first, 2, "before")
+        own_redis.kill()
+        assert await rejected(url, as_user("bob")) == (1013, "storage_unavailable")
+        # The open connection closes once it needs a lease it cannot get.
+        echoed = 0
+        for i in range(5):
+            await first.send(f"during{i}")
+            received, code, reason = await _one_or_close(first)
+            if received is None:
+                break
+            echoed += 1
+        assert (code, reason) == (1013, "storage_unavailable")
+        assert echoed <= 3
+        assert guard.metrics.snapshot().storage_errors >= 2
+        own_redis.start()
+        async with connect(url, additional_headers=as_user("alice")) as ws:
+            await chat(ws, 3, "after")
+
+
+async def _one_or_close(ws: ClientConnection) -> tuple[Any, int, str]:
+    """The echo of the message just sent, or ``None`` and the close code and reason."""
+    try:
+        return await asyncio.wait_for(ws.recv(), 5), 0, ""
+    except websockets.ConnectionClosed:
+        _, code, reason = await read_until_closed(ws)
+        return None, code, reason

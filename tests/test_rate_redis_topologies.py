@@ -1,0 +1,72 @@
+"""The same limits through ``redis+cluster://`` and ``redis+sentinel://`` storage URIs.
+
+A one-node cluster (every slot on one real redis-server in cluster mode) and a
+primary behind one real Sentinel: enough to run the cluster client's slot
+routing, hash-tagged multi-key scripts and pipelines, and the Sentinel
+client's primary lookup, end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from apps import echo
+from rate_helpers import HeaderSubject, user
+from redis_server import redis_cluster, redis_sentinel
+from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard.testing import ScriptedWebSocket
+
+pytestmark = [pytest.mark.redis]
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def storage_uri(request: pytest.FixtureRequest) -> Iterator[str]:
+    make = redis_cluster if request.param == "cluster" else redis_sentinel
+    with make() as uri:
+        yield uri
+
+
+async def test_every_rule_works_on_the_topology(storage_uri: str) -> None:
+    guard = Guard(
+        rules=[
+            HeaderSubject(),
+            rules.ConnectRate("3/minute; 100/hour"),
+            rules.MaxConnectionsPerKey(2, key=rules.by_user, heartbeat=0.2),
+            rules.MessageRate("4/minute", key=rules.by_user),
+        ],
+        storage=storage_uri,
+    )
+    app = WSGuardMiddleware(echo, guard=guard)
+    try:
+        first, second, third = (ScriptedWebSocket(app, headers=user("alice")) for _ in range(3))
+        for ws in (first, second, third):
+            await ws.connect()
+            await ws.expect("websocket.accept")
+        await third.expect("websocket.close", code=1008, reason="too_many_connections")
+        bob = ScriptedWebSocket(app, headers=user("bob"))
+        await bob.connect()
+        await bob.expect("websocket.accept")
+        await bob.expect(
+            "websocket.close", code=1008, reason="connect_rate_limited; retry-after=60"
+        )
+        for i, ws in enumerate((first, second, first, second)):
+            await ws.send_text(f"m{i}")
+            await ws.expect("websocket.send", text=f"m{i}")
+        await asyncio.sleep(0.5)  # a few heartbeats on the maintenance task
+        await first.send_text("fifth")
+        await first.expect("websocket.close", code=1008, reason="rate_limited; retry-after=60")
+        await second.disconnect()
+        for ws in (first, second, third, bob):
+            await ws.finished()
+        snap = guard.metrics.snapshot()
+        assert snap.storage_errors == 0
+        assert snap.closes_by_rule == {
+            "too_many_connections": 1,
+            "connect_rate_limited": 1,
+            "rate_limited": 1,
+        }
+    finally:
+        await guard.shutdown()
