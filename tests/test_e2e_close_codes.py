@@ -9,21 +9,19 @@ poll, never a fixed sleep.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
-from apps import Recorder, crash_after_first_message, echo, http_ok, return_after_first_message
+from apps import Recorder, crash_after_first_message, echo, return_after_first_message
 from helpers import Checks, Deny, Lifecycle, SessionLimit
-from servers import UVICORN_WS, ServerThread, serve
-from ws_guard import Guard, MetricsSnapshot, WSGuardMiddleware, connection_info, load, rules
-from ws_guard._types import ASGIApp, Receive, Scope, Send
+from servers import UVICORN_WS, serve
+from sites import Router, Site, closed_by_server
+from ws_guard import Guard, WSGuardMiddleware, connection_info, load, rules
 
 pytestmark = [
     pytest.mark.e2e,
@@ -37,71 +35,11 @@ SERVERS = (*UVICORN_WS, "hypercorn")
 RETRY_HINT = re.compile(r"overloaded; retry-after=[1-9][0-9]*")
 
 
-class Router:
-    """Dispatch WebSocket paths to apps mounted while the server runs."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, ASGIApp] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await self.routes[scope["path"]](scope, receive, send)
-        else:
-            await http_ok(scope, receive, send)
-
-
-class Site:
-    """A running server plus ways to mount guarded apps and read their counters."""
-
-    _paths = itertools.count()
-
-    def __init__(self, kind: str, server: ServerThread, router: Router) -> None:
-        self.kind = kind
-        self.server = server
-        self.router = router
-
-    def mount(self, app: ASGIApp, **guard: Any) -> tuple[str, Guard]:
-        built = Guard(**guard)
-        path = f"/ws/{next(self._paths)}"
-        self.router.routes[path] = WSGuardMiddleware(app, guard=built)
-        return self.server.url + path, built
-
-    async def snapshot(self, guard: Guard) -> MetricsSnapshot:
-        async def read() -> MetricsSnapshot:
-            return guard.metrics.snapshot()
-
-        assert self.server.loop is not None
-        future = asyncio.run_coroutine_threadsafe(read(), self.server.loop)
-        return await asyncio.wrap_future(future)
-
-    async def wait_for(
-        self, guard: Guard, done: Callable[[MetricsSnapshot], bool], timeout: float = 5.0
-    ) -> MetricsSnapshot:
-        deadline = time.monotonic() + timeout
-        while True:
-            snap = await self.snapshot(guard)
-            if done(snap):
-                return snap
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server counters never matched: {snap}")
-            await asyncio.sleep(0.01)
-
-
 @pytest.fixture(scope="module", params=SERVERS)
 def site(request: pytest.FixtureRequest) -> Iterator[Site]:
     router = Router()
     with serve(router, request.param) as server:  # type: ignore[arg-type]
         yield Site(request.param, server, router)
-
-
-async def closed_by_server(ws: ClientConnection, timeout: float = 5.0) -> list[Any]:
-    """Read until the server closes; returns what arrived before the close."""
-    received: list[Any] = []
-    try:
-        while True:
-            received.append(await asyncio.wait_for(ws.recv(), timeout))
-    except websockets.ConnectionClosed:
-        return received
 
 
 # -- message rules ---------------------------------------------------------------

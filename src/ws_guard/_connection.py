@@ -36,6 +36,14 @@ GUARD_CLOSED = 3  # closed by ws_guard; the app sees a disconnect, its sends are
 _STATE_NAMES = {CONNECTING: "connecting", OPEN: "open", CLOSED: "closed", GUARD_CLOSED: "closed"}
 
 
+_DISCONNECT_ERRORS = frozenset({"ClientDisconnected", "WebSocketDisconnect"})
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """Whether *exc* says the client left (matched by name: no server imports)."""
+    return any(cls.__name__ in _DISCONNECT_ERRORS for cls in type(exc).__mro__)
+
+
 class ConnectionInfo:
     """What the app may read about its connection, at ``scope["ws_guard"]``."""
 
@@ -289,7 +297,16 @@ class Connection:
                 self.guard.record_close(self, None, int(message.get("code", 1005)), "client")
             return message
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine: on the open path the server's own awaitable goes
+        # straight back to the app, one frame less per message. ASGI apps
+        # await a send at once, so checking the state here rather than at the
+        # await is the same thing; a gone client is classified in app_crashed.
+        if self.state == OPEN and message["type"] == "websocket.send":
+            return self._send(message)
+        return self._send_slow(message)
+
+    async def _send_slow(self, message: Message) -> None:
         state = self.state
         if state == OPEN:
             if message["type"] == "websocket.close":
@@ -443,10 +460,16 @@ class Connection:
         if self.state == OPEN:
             self.state = CLOSED
             close = Close(INTERNAL_ERROR, "internal_error", "internal_error")
-            self.guard.record_close(self, close, initiator="app")
-            await self._send_quietly(
-                {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
-            )
+            frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
+            if _is_disconnect(exc):
+                # The app tripped over a client that had left (uvicorn raises
+                # ClientDisconnected on a send, Starlette turns it into
+                # WebSocketDisconnect): the client's close, not an app crash.
+                self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
+            elif await self._send_quietly(frame):
+                self.guard.record_close(self, close, initiator="app")
+            else:  # the server refused the close as well: the client is gone
+                self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     async def app_returned(self) -> None:
         """The app returned while open: close normally rather than drop TCP."""
