@@ -90,6 +90,7 @@ class Connection:
         "_close_task",
         "_connect_message",
         "_deadlines",
+        "_extra",
         "_finished",
         "_guard_close",
         "_headers",
@@ -100,9 +101,9 @@ class Connection:
         "_receive",
         "_send",
         "admitted",
+        "auth",
         "claims",
         "client_ip",
-        "extra",
         "guard",
         "opened_at",
         "scope",
@@ -127,8 +128,9 @@ class Connection:
         )
         self.subject: str | None = None
         self.claims: Mapping[str, Any] | None = None
-        #: Per-connection state rules may keep, keyed by the rule's own choice.
-        self.extra: dict[Any, Any] = {}
+        #: The auth rule's per-connection session (one auth rule per guard).
+        self.auth: Any = None
+        self._extra: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
         self._checks: tuple[Checker, ...] = ()
@@ -142,6 +144,13 @@ class Connection:
         self._hold: Awaitable[Close | None] | None = None
         self._asides: set[asyncio.Future[Any]] | None = None
         self._finished = False
+
+    @property
+    def extra(self) -> dict[Any, Any]:
+        """Per-connection state rules may keep, keyed by the rule's own choice."""
+        if self._extra is None:
+            self._extra = {}
+        return self._extra
 
     @property
     def id(self) -> str:

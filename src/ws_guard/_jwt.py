@@ -202,6 +202,13 @@ class JWTAuth(Rule):
         if self.jwks is not None:
             await self.jwks.refresh(guard)  # a failure is counted, logged, and retried later
 
+    def bind(self, guard: Guard) -> None:
+        others = [r for r in guard.rules if r.provides_subject and r is not self]
+        if others:
+            raise ConfigurationError(
+                f"a guard takes one auth rule; {self!r} is given together with {others[0]!r}"
+            )
+
     def on_connect(self, conn: Connection) -> None:
         session = Session(self, conn)
         for source in self._handshake_sources:
@@ -210,13 +217,13 @@ class JWTAuth(Rule):
                 session.token = token
         if self.subprotocol is not None:
             session.marker = self.subprotocol.offered(conn)
-        conn.extra[self] = session
+        conn.auth = session
 
     async def admit(self, conn: Connection) -> Close | None:
-        session: Session | None = conn.extra.get(self)
+        session: Session | None = conn.auth
         if session is None:
             self.on_connect(conn)
-            session = conn.extra[self]
+            session = conn.auth
         token, session.token = session.token, None  # held no longer than needed
         if token is None:
             if self.first_message is None:
@@ -232,13 +239,13 @@ class JWTAuth(Rule):
         return None
 
     def checker(self, conn: Connection) -> Checker | None:
-        session: Session | None = conn.extra.get(self)
+        session: Session | None = conn.auth
         if session is None or not (session.pending or self.refresh_token is not None):
             return None
         return session.check
 
     def on_accept(self, conn: Connection, message: Message) -> None:
-        session: Session | None = conn.extra.get(self)
+        session: Session | None = conn.auth
         if session is None or not session.marker or self.subprotocol is None:
             return
         chosen = message.get("subprotocol")
@@ -246,11 +253,12 @@ class JWTAuth(Rule):
             message["subprotocol"] = self.subprotocol.marker  # never the token
 
     def on_open(self, conn: Connection) -> None:
-        session: Session | None = conn.extra.get(self)
+        session: Session | None = conn.auth
         if session is not None:
             session.start()
 
     async def release(self, conn: Connection) -> None:
-        session: Session | None = conn.extra.pop(self, None)
+        session: Session | None = conn.auth
+        conn.auth = None
         if session is not None:
             session.disarm()
