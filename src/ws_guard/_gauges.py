@@ -160,6 +160,7 @@ class Gauge(LoadGauge):
     async def startup(self, guard: Guard) -> None:
         await super().startup(guard)
         if self._task is None and not guard.scheduler.manual:
+            self._state.reset()  # times from a previous loop mean nothing in this one
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def shutdown(self, guard: Guard) -> None:

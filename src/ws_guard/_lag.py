@@ -123,6 +123,8 @@ class EventLoopLag(LoadGauge):
     async def startup(self, guard: Guard) -> None:
         await super().startup(guard)
         if self._handle is None and not guard.scheduler.manual:
+            self._state.reset()  # times from a previous loop mean nothing in this one
+            self._window.clear()
             loop = asyncio.get_running_loop()
             self._loop = loop
             self._arm(loop, loop.time())
