@@ -198,6 +198,7 @@ async def test_gauge_readings_in_snapshot_as_dict() -> None:
             "tripped": False,
             "sheds": 0,
             "shadow_sheds": 0,
+            "open_sheds": 0,
         }
     ]
     await ws.disconnect()

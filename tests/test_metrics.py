@@ -92,6 +92,7 @@ async def test_as_dict_round_trips_through_json() -> None:
         "tripped": False,
         "sheds": 0,
         "shadow_sheds": 1,
+        "open_sheds": 0,
     }
     assert data["durations"]["buckets"][-1] == "+Inf"
     assert data["durations"]["total"] == 9

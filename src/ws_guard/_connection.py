@@ -209,6 +209,10 @@ class Connection:
         guard = self.guard
         for rule in guard.connect_rules:
             rule.on_connect(self)
+        refusal = guard.drain_refusal()
+        if refusal is not None:
+            await self._reject(refusal)
+            return False
         for gauge in guard.gauges:
             verdict = gauge.check(self)
             if verdict is not None:

@@ -3,54 +3,76 @@
 A gauge is read synchronously at admission, before any rule, because it is
 the cheapest check and the one that protects the server. Anything slow
 (sampling lag, an async user read) happens in the background and only
-updates the value the check reads.
+updates the state the check reads.
+
+The retry hint a shed client gets is never one constant: a constant brings
+every shed client back in the same second, which is the next overload. The
+hint grows with how long the overload has lasted and is jittered per client.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from typing import TYPE_CHECKING
 
 from ._close import TRY_AGAIN_LATER, Close
 from ._errors import ConfigurationError
 from ._metrics import GaugeReading
+from ._shed import ShedOpen, ShedTimer
+from ._validate import check_non_negative, check_positive
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._guard import Guard
 
-
-def check_positive(what: str, value: object, *, integer: bool = False) -> float:
-    """Validate a positive finite number (or int), naming *what* in the error."""
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kinds)
-        or not math.isfinite(value)  # type: ignore[arg-type]
-        or value <= 0  # type: ignore[operator]
-    ):
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigurationError(f"{what} must be {kind}, not {value!r}")
-    return float(value)  # type: ignore[arg-type]
+__all__ = ["LoadGauge", "check_non_negative", "check_positive"]
 
 
 class LoadGauge:
-    """Base class: subclasses provide :meth:`value` and may refine :meth:`tripped`."""
+    """Base class: subclasses provide :meth:`value` and may refine :meth:`observe`.
 
-    def __init__(self, limit: float, *, name: str, enforce: bool = True) -> None:
+    ``retry_min``/``retry_max`` bound the ``retry-after`` hint: it starts
+    between ``retry_min`` and twice that, grows by half a second per second
+    of overload, and never exceeds ``retry_max``. ``shed_open`` (off by
+    default) also closes open connections when the overload lasts.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        *,
+        name: str,
+        enforce: bool = True,
+        shed_open: ShedOpen | None = None,
+        retry_min: float = 1.0,
+        retry_max: float = 60.0,
+    ) -> None:
         if not isinstance(enforce, bool):
             raise ConfigurationError(f"enforce must be True or False, not {enforce!r}")
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"gauge name must be a non-empty string, not {name!r}")
+        if shed_open is not None and not isinstance(shed_open, ShedOpen):
+            raise ConfigurationError(f"shed_open must be a load.ShedOpen, not {shed_open!r}")
+        self.retry_min = check_positive("retry_min", retry_min)
+        self.retry_max = check_positive("retry_max", retry_max)
+        if self.retry_max < 2 * self.retry_min:
+            raise ConfigurationError(
+                f"retry_max must be at least twice retry_min ({retry_min!r}), not {retry_max!r}"
+            )
         self.limit = limit
         self.name = name
         self.enforce = enforce
+        self.shed_open = shed_open
+        #: Handshakes refused with 1013 (enforcing).
         self.sheds = 0
+        #: Open connections closed with 1013 (enforcing, ``shed_open``).
+        self.open_sheds = 0
+        #: Would-be sheds in shadow mode, handshakes and open connections.
         self.shadow_sheds = 0
         self._guard: Guard | None = None
         self._random = random.Random()
-        self._tripped_since: float | None = None
+        self._since: float | None = None
+        self._shed_timer: ShedTimer | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(limit={self.limit!r}, name={self.name!r})"
@@ -60,37 +82,61 @@ class LoadGauge:
         self._random = guard.random
 
     async def startup(self, guard: Guard) -> None:
-        """Start background sampling inside the running loop."""
+        """Start background work inside the running loop (subclasses call super)."""
+        if self.shed_open is not None and self._shed_timer is None:
+            self._shed_timer = ShedTimer(self, guard, self.shed_open)
+            self._shed_timer.start()
 
     async def shutdown(self, guard: Guard) -> None:
-        """Stop what :meth:`startup` started."""
+        """Stop what :meth:`startup` started (subclasses call super)."""
+        if self._shed_timer is not None:
+            self._shed_timer.stop()
+            self._shed_timer = None
 
+    # -- state ----------------------------------------------------------------
     def value(self) -> float:
         raise NotImplementedError
 
     def tripped(self) -> bool:
+        """The state as last known, without a clock (safe from any thread)."""
         return self.value() >= self.limit
+
+    def observe(self, now: float) -> bool:
+        """Bring the state up to *now* and return it; tracks when it tripped."""
+        tripped = self.tripped()
+        if not tripped:
+            self._since = None
+        elif self._since is None:
+            self._since = now
+        return tripped
+
+    @property
+    def tripped_since(self) -> float | None:
+        """Clock time the current overload began, ``None`` when clear."""
+        return self._since
 
     def retry_after(self, now: float) -> float:
         """A hint that spreads clients out: jittered, longer as overload lasts."""
-        if self._tripped_since is None:
-            self._tripped_since = now
-        lasted = max(0.0, now - self._tripped_since)
-        base = min(60.0, 1.0 + lasted / 2.0)
+        since = self.tripped_since
+        lasted = 0.0 if since is None else max(0.0, now - since)
+        base = min(self.retry_min + lasted / 2.0, self.retry_max / 2.0)
         return base * (1.0 + self._random.random())
 
+    def overload_close(self, now: float) -> Close:
+        """The 1013 decision for one client, with its own jittered hint."""
+        return Close(
+            TRY_AGAIN_LATER, "overloaded", "overloaded", self.retry_after(now), not self.enforce
+        )
+
     def check(self, conn: Connection) -> Close | None:
-        if not self.tripped():
-            self._tripped_since = None
+        now = conn.guard.scheduler.now()
+        if not self.observe(now):
             return None
         if self.enforce:
             self.sheds += 1
         else:
             self.shadow_sheds += 1
-        now = conn.guard.scheduler.now()
-        return Close(
-            TRY_AGAIN_LATER, "overloaded", "overloaded", self.retry_after(now), not self.enforce
-        )
+        return self.overload_close(now)
 
     def reading(self) -> GaugeReading:
         return GaugeReading(
@@ -100,4 +146,5 @@ class LoadGauge:
             self.tripped(),
             self.sheds,
             self.shadow_sheds,
+            self.open_sheds,
         )

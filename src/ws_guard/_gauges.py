@@ -1,16 +1,209 @@
-"""Built-in load gauges."""
+"""Built-in load gauges: open connections, and gauges the user reads."""
 
 from __future__ import annotations
 
-from ._gauge import LoadGauge, check_positive
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from ._errors import ConfigurationError
+from ._gauge import LoadGauge
+from ._hysteresis import Hysteresis
+from ._validate import check_non_negative, check_positive
+
+if TYPE_CHECKING:
+    from ._guard import Guard
+    from ._shed import ShedOpen
+
+logger = logging.getLogger("ws_guard")
+
+#: A user gauge's reading: a number, or an awaitable of one.
+Read = Callable[[], "float | Awaitable[float]"]
 
 
 class ConnectionCount(LoadGauge):
-    """Open guarded connections in this process; connection ``limit + 1`` is shed."""
+    """Open guarded connections in this process; connection ``limit + 1`` is shed.
 
-    def __init__(self, limit: int, *, enforce: bool = True, name: str = "connections") -> None:
+    Checked before auth and storage, so handshakes that are still being
+    admitted are not counted yet: with slow admission rules, concurrent
+    handshakes may pass the count by at most the number in flight.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        enforce: bool = True,
+        name: str = "connections",
+        shed_open: ShedOpen | None = None,
+        retry_min: float = 1.0,
+        retry_max: float = 60.0,
+    ) -> None:
         check_positive("ConnectionCount limit", limit, integer=True)
-        super().__init__(limit, name=name, enforce=enforce)
+        super().__init__(
+            limit,
+            name=name,
+            enforce=enforce,
+            shed_open=shed_open,
+            retry_min=retry_min,
+            retry_max=retry_max,
+        )
 
     def value(self) -> float:
         return 0 if self._guard is None else self._guard.metrics.active_connections
+
+
+class Gauge(LoadGauge):
+    """A gauge the user reads: RSS, a queue's depth, a downstream's health.
+
+    A sync ``read`` must be cheap: it runs at every handshake (and every
+    ``interval`` in the background, to keep metrics and hysteresis current).
+    An async ``read`` never runs on the handshake path: a background task
+    samples it every ``interval`` with a ``timeout`` (default ``interval``).
+    A read that raises or times out is logged and the last value is kept.
+    The gauge trips at ``limit`` and clears once readings stay below
+    ``clear_below`` (default ``limit``) for ``hold`` seconds (default 0).
+    """
+
+    def __init__(
+        self,
+        read: Read,
+        limit: float,
+        *,
+        name: str,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        clear_below: float | None = None,
+        hold: float = 0.0,
+        enforce: bool = True,
+        shed_open: ShedOpen | None = None,
+        retry_min: float = 1.0,
+        retry_max: float = 60.0,
+    ) -> None:
+        if not callable(read):
+            raise ConfigurationError(f"Gauge read must be callable, not {read!r}")
+        limit = check_positive("Gauge limit", limit)
+        clear = limit if clear_below is None else check_positive("clear_below", clear_below)
+        if clear > limit:
+            raise ConfigurationError(
+                f"clear_below must not exceed the limit ({limit!r}), not {clear_below!r}"
+            )
+        self.interval = check_positive("interval", interval)
+        self.timeout = self.interval if timeout is None else check_positive("timeout", timeout)
+        self.hold = check_non_negative("hold", hold)
+        super().__init__(
+            limit,
+            name=name,
+            enforce=enforce,
+            shed_open=shed_open,
+            retry_min=retry_min,
+            retry_max=retry_max,
+        )
+        self.read = read
+        self.clear_below = clear
+        self.is_async = inspect.iscoroutinefunction(read) or inspect.iscoroutinefunction(
+            getattr(read, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        #: Reads that raised, returned a non-number or timed out.
+        self.read_errors = 0
+        self._state = Hysteresis(limit, clear, self.hold)
+        self._value = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._last_error_log = float("-inf")
+
+    def value(self) -> float:
+        """The last reading."""
+        return self._value
+
+    def tripped(self) -> bool:
+        return self._state.tripped
+
+    def observe(self, now: float) -> bool:
+        if self.is_async:
+            return self._state.poll(now)
+        try:
+            result = self.read()
+        except Exception as exc:  # noqa: BLE001 - the user's code; counted and logged
+            return self._read_failed(now, exc)
+        if inspect.isawaitable(result):  # a sync-looking callable that returns a coroutine
+            self.is_async = True
+            if inspect.iscoroutine(result):
+                result.close()
+            return self._state.poll(now)
+        return self._feed(now, result)
+
+    @property
+    def tripped_since(self) -> float | None:
+        return self._state.tripped_since
+
+    # -- sampling --------------------------------------------------------------
+    async def sample(self, now: float | None = None) -> bool:
+        """Read once (awaiting an async read) and feed the reading at *now*.
+
+        The background task calls this every ``interval``; with an injected
+        guard clock it does not run, and tests call this directly.
+        """
+        try:
+            result = self.read()
+            if inspect.isawaitable(result):
+                self.is_async = True
+                result = await asyncio.wait_for(result, self.timeout)
+        except Exception as exc:  # noqa: BLE001 - the user's code (or its timeout); logged
+            return self._read_failed(self._now() if now is None else now, exc)
+        return self._feed(self._now() if now is None else now, result)
+
+    async def startup(self, guard: Guard) -> None:
+        await super().startup(guard)
+        if self._task is None and not guard.scheduler.manual:
+            self._state.reset()  # times from a previous loop mean nothing in this one
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def shutdown(self, guard: Guard) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().shutdown(guard)
+
+    async def _run(self) -> None:
+        while True:
+            await self.sample()
+            await asyncio.sleep(self.interval)
+
+    def _now(self) -> float:
+        guard = self._guard
+        return asyncio.get_running_loop().time() if guard is None else guard.scheduler.now()
+
+    def _feed(self, now: float, result: object) -> bool:
+        if (
+            isinstance(result, bool)
+            or not isinstance(result, (int, float))
+            or not math.isfinite(result)
+        ):
+            return self._read_failed(
+                now, TypeError(f"read returned {result!r}, not a finite number")
+            )
+        self._value = float(result)
+        return self._state.observe(now, self._value)
+
+    def _read_failed(self, now: float, exc: BaseException) -> bool:
+        """Count and log (at most every 30 s); the last value stands for this read."""
+        self.read_errors += 1
+        stamp = time.monotonic()
+        if stamp - self._last_error_log >= 30.0:
+            self._last_error_log = stamp
+            logger.warning(
+                "ws_guard gauge %s could not read (%s: %s); keeping the last value %r",
+                self.name,
+                type(exc).__name__,
+                exc,
+                self._value,
+                extra={"ws_gauge": self.name},
+            )
+        return self._state.observe(now, self._value)

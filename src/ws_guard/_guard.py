@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, format_retry_after
+from ._drain import Drain
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._keys import IPNetwork, parse_trusted_proxies
 from ._metrics import Metrics
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
+from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
+from ._validate import check_non_negative
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -69,6 +73,8 @@ class Guard:
         on_close: OnClose | None = None,
         clock: Callable[[], float] | None = None,
         random_source: random.Random | None = None,
+        drain_window: float = 10.0,
+        drain_signals: Iterable[signal.Signals | int | str] = (),
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
@@ -94,6 +100,10 @@ class Guard:
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Admitted connections that have not finished.
         self.connections: set[Connection] = set()
+        #: Seconds a shutdown drain spreads its 1012 closes over.
+        self.drain_window = check_non_negative("drain_window", drain_window)
+        self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
+        self._drain: Drain | None = None
 
         ordered = sorted(
             self.rules, key=lambda rule: rule.stage
@@ -147,19 +157,64 @@ class Guard:
                     await rule.startup(self)
                 for gauge in self.gauges:
                     await gauge.startup(self)
+                self._signal_drain.install()
                 self._started = True
 
     async def shutdown(self) -> None:
-        """Stop background work and release storage; the guard may start again."""
+        """Drain, stop background work, release storage; the guard may start again."""
         if not self._started:
             return
+        if self.connections or self._drain is not None:
+            await self.drain()
         self._started = False
+        self._signal_drain.uninstall()
         for gauge in self.gauges:
             await gauge.shutdown(self)
         for rule in self.rules:
             await rule.shutdown(self)
         await self.storage.close()
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
         self.scheduler.close()
+
+    # -- drain -----------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        """True from the start of a drain until shutdown ends (for readiness probes)."""
+        return self._drain is not None
+
+    async def drain(
+        self,
+        window: float | None = None,
+        *,
+        code: int = SERVICE_RESTART,
+        retry_after: float = 1.0,
+        grace: float = 2.0,
+    ) -> None:
+        """Close open connections with 1012 ``restarting``, spread over *window*.
+
+        Connection *i* of *n* is closed at ``window * i / n`` seconds, each with
+        its own ``retry-after`` in ``[retry_after, 2 * retry_after)``; new
+        handshakes meanwhile get the same close. Returns once the last wave
+        ran and the closed connections finished (at most *grace* seconds
+        later). A second call joins the drain in progress.
+        """
+        if self._drain is None:
+            self._drain = Drain(
+                self,
+                self.drain_window if window is None else window,
+                code,
+                retry_after,
+                grace,
+            )
+            self._drain.start()
+        await self._drain.wait()
+
+    def drain_refusal(self) -> Close | None:
+        """The close a handshake gets while the guard drains, else ``None``."""
+        drain = self._drain
+        return None if drain is None else drain.close_for_one()
 
     # -- closes ----------------------------------------------------------------
     def record_close(

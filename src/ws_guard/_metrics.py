@@ -41,6 +41,8 @@ class GaugeReading:
     tripped: bool
     sheds: int
     shadow_sheds: int
+    #: Open connections closed because the overload lasted (``ShedOpen``).
+    open_sheds: int = 0
 
 
 @dataclass(frozen=True, slots=True)

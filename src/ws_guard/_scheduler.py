@@ -69,6 +69,11 @@ class Scheduler:
             return self._clock()
         return asyncio.get_running_loop().time()
 
+    @property
+    def manual(self) -> bool:
+        """True with an injected clock: nothing runs unless a test calls run_due."""
+        return self._manual
+
     def __len__(self) -> int:
         """Deadlines still pending (cancelled ones excluded)."""
         return self._live
