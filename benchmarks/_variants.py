@@ -23,7 +23,7 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from ws_guard import Guard, rules  # noqa: E402
+from ws_guard import Guard, load, rules  # noqa: E402
 
 #: The message-size limit of the ``rules`` variant (far above any benchmark message).
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -89,6 +89,21 @@ def _build_rate_user() -> Guard:
     return Guard(rules=[auth, *_message_rules(), rate], storage=url)
 
 
+def _jwt_auth() -> rules.JWTAuth:
+    return rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token"))
+
+
+def _build_jwt() -> Guard:
+    return Guard(rules=[_jwt_auth(), *_message_rules()])
+
+
+def _build_all() -> Guard:
+    return Guard(
+        rules=[_jwt_auth(), *_message_rules(), rules.MessageRate(UNREACHED_RATE)],
+        load=[load.ConnectionCount(limit=10_000), load.EventLoopLag(limit=0.25)],
+    )
+
+
 VARIANTS: dict[str, Variant] = {
     "none": Variant("Guard() with no rules: the middleware's own fixed cost", Guard),
     "rules": Variant(
@@ -111,11 +126,19 @@ VARIANTS: dict[str, Variant] = {
         _build_rate_user,
         client_query=lambda i: f"token={token_for(f'user{i % BENCH_USERS}')}",
     ),
-    # Add variants here as their rules land on main, for example:
-    #   "jwt":       rules + JWTAuth(SECRET, algorithms=["HS256"], token=from_query("token")),
-    #                client_query=lambda i: f"token={token_for(f'user{i}')}"
-    # Limits must be far above the benchmark's rate: the benchmark measures the
-    # cost of checking, not of closing.
+    "jwt": Variant(
+        "rules + JWTAuth(HS256, ?token=, refresh on): one token per connection",
+        _build_jwt,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "all": Variant(
+        "jwt + MessageRate per connection + ConnectionCount(10 000) + EventLoopLag(0.25 s) "
+        "sampling every 50 ms",
+        _build_all,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    # Add variants here. Limits must be far above the benchmark's rate: the
+    # benchmark measures the cost of checking, not of closing.
 }
 
 

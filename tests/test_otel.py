@@ -56,6 +56,7 @@ def expected_points(snap: MetricsSnapshot) -> Points:
         put("ws_guard.load.tripped", float(g.tripped), gauge=g.name)
         put("ws_guard.load.sheds", g.sheds, gauge=g.name, mode="enforced")
         put("ws_guard.load.sheds", g.shadow_sheds, gauge=g.name, mode="shadow")
+        put("ws_guard.load.open_sheds", g.open_sheds, gauge=g.name)
         if g.name == "event_loop_lag":
             put("ws_guard.event_loop.lag", g.value)
     for bound, count in zip(snap.durations.buckets, snap.durations.counts, strict=True):

@@ -66,6 +66,7 @@ def expected_samples(snap: MetricsSnapshot) -> Samples:
         put("ws_guard_load_tripped", float(g.tripped), gauge=g.name)
         put("ws_guard_load_sheds_total", g.sheds, gauge=g.name, mode="enforced")
         put("ws_guard_load_sheds_total", g.shadow_sheds, gauge=g.name, mode="shadow")
+        put("ws_guard_load_open_sheds_total", g.open_sheds, gauge=g.name)
         if g.name == "event_loop_lag":
             put("ws_guard_event_loop_lag_seconds", g.value)
     running = 0

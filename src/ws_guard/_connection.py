@@ -238,11 +238,12 @@ class Connection:
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
         guard.connections.add(self)
-        self._checks = tuple(
-            check
-            for check in (rule.checker(self) for rule in guard.checker_rules)
-            if check is not None
-        )
+        checks: list[Checker] = []
+        for item in guard.check_plan:
+            check = item.checker(self) if isinstance(item, Rule) else item
+            if check is not None:
+                checks.append(check)
+        self._checks = tuple(checks)
         self.scope["ws_guard"] = ConnectionInfo(self)
         return True
 
@@ -267,12 +268,13 @@ class Connection:
 
     # -- the app's receive/send -------------------------------------------------
     async def receive(self) -> Message:
-        if self._connect_message is not None:
-            message = self._connect_message
-            self._connect_message = None
-            return message
-        if self.state == GUARD_CLOSED:
-            return self._disconnect_message()
+        if self.state != OPEN:  # one comparison on the message path; the rest is rare
+            if self._connect_message is not None:
+                message = self._connect_message
+                self._connect_message = None
+                return message
+            if self.state == GUARD_CLOSED:
+                return self._disconnect_message()
         while True:
             message = await self._receive()
             if self.state == GUARD_CLOSED:

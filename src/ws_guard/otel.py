@@ -82,6 +82,12 @@ def instrument(guard: Guard, meter_provider: MeterProvider | None = None) -> Gua
         ),
         ("ws_guard.load.sheds", "{handshake}", "Handshakes refused by load gauges.", _sheds),
         (
+            "ws_guard.load.open_sheds",
+            "{connection}",
+            "Open connections closed because an overload lasted.",
+            _open_sheds,
+        ),
+        (
             "ws_guard.connections.finished",
             "{connection}",
             "Finished connections by duration bucket (non-cumulative).",
@@ -152,6 +158,11 @@ def _sheds(snap: MetricsSnapshot) -> Iterable[Observation]:
     for reading in snap.gauges:
         yield Observation(reading.sheds, {"gauge": reading.name, "mode": "enforced"})
         yield Observation(reading.shadow_sheds, {"gauge": reading.name, "mode": "shadow"})
+
+
+def _open_sheds(snap: MetricsSnapshot) -> Iterable[Observation]:
+    for reading in snap.gauges:
+        yield Observation(reading.open_sheds, {"gauge": reading.name})
 
 
 def _finished(snap: MetricsSnapshot) -> Iterable[Observation]:

@@ -140,6 +140,11 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         "Handshakes a load gauge refused with 1013 (mode=shadow: would have refused).",
         labels=("gauge", "mode"),
     )
+    open_sheds = CounterMetricFamily(
+        "ws_guard_load_open_sheds",
+        "Open connections closed with 1013 because an overload lasted (load.ShedOpen).",
+        labels=("gauge",),
+    )
     lag = GaugeMetricFamily(
         "ws_guard_event_loop_lag_seconds",
         f"Event-loop lag measured by the {EVENT_LOOP_LAG_GAUGE!r} load gauge.",
@@ -152,9 +157,10 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         tripped.add_metric(labels, 1.0 if reading.tripped else 0.0)
         sheds.add_metric((reading.name, "enforced"), reading.sheds)
         sheds.add_metric((reading.name, "shadow"), reading.shadow_sheds)
+        open_sheds.add_metric(labels, reading.open_sheds)
         if reading.name == EVENT_LOOP_LAG_GAUGE:
             lag.add_metric((), reading.value)
-    yield from (value, limit, tripped, sheds)
+    yield from (value, limit, tripped, sheds, open_sheds)
     if describe or lag.samples:
         yield lag
 
