@@ -194,6 +194,27 @@ async def test_each_rule_closes_with_its_code_and_reason(
         await eventually(lambda: example.guard.metrics.snapshot().active_connections == 1)
 
 
+async def test_a_flood_is_rate_limited(example: ModuleType, server: Any) -> None:
+    async with member(server.url, "guest-1", 1) as ws:
+        for i in range(30):
+            await ws.send(f"flood {i}")
+        echoed: list[str] = []
+
+        async def read_until_closed() -> None:
+            while True:
+                echoed.append((await recv_json(ws))["text"])
+
+        with pytest.raises(ConnectionClosedError) as closed:
+            await read_until_closed()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason == "rate_limited; retry-after=1"
+        # Exactly the first MESSAGES_PER_SECOND reached the room, in order.
+        assert echoed == [f"flood {i}" for i in range(example.MESSAGES_PER_SECOND)]
+    snap = example.guard.metrics.snapshot()
+    assert dict(snap.closes_by_rule) == {"rate_limited": 1}
+
+
 async def test_a_word_that_only_contains_the_forbidden_word_passes(server: Any) -> None:
     async with member(server.url, "guest-1", 1) as ws:
         await ws.send("spammer, spamming")  # the pattern matches the whole word only

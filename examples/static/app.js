@@ -109,6 +109,9 @@ $("too-big").addEventListener("click", () => send("x".repeat(limits.maxMessageBy
 $("binary").addEventListener("click", () => send(new Uint8Array([1, 2, 3])));
 $("link").addEventListener("click", () => send("have a look at http://example.com"));
 $("forbidden").addEventListener("click", () => send(`buy ${limits.forbiddenWord} now`));
+$("flood").addEventListener("click", () => {
+  for (let i = 1; i <= 30; i++) send(`flood ${i}`);
+});
 $("leave").addEventListener("click", () => handle && handle.close(1000, "bye"));
 $("reconnect").addEventListener("click", () => {
   if (handle) handle.close(1000, "reconnecting");
