@@ -9,6 +9,7 @@ all connections), so an idle authenticated socket costs no wake-ups.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
-from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
+from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
 from ._jwt_config import check_algorithms, check_seconds, check_strings, prepare_key
@@ -113,6 +114,9 @@ class JWTAuth(Rule):
         self.refresh = refresh
         self.refresh_field = refresh_field
         self.refresh_token = refresh_matcher(refresh, refresh_field, max_token_bytes)
+        #: The built-in refresh message's type as it appears in JSON: a message
+        #: without it is not a refresh, decided by one substring test.
+        self._refresh_needle = json.dumps(refresh) if isinstance(refresh, str) else None
         self.expiring_notice = (
             None if expiring_notice is None else check_seconds("expiring_notice", expiring_notice)
         )
@@ -242,7 +246,20 @@ class JWTAuth(Rule):
         session: Session | None = conn.auth
         if session is None or not (session.pending or self.refresh_token is not None):
             return None
-        return session.check
+        needle = self._refresh_needle
+        if session.pending or needle is None:
+            return session.check
+        full = session.check
+
+        def check(message: Message) -> Close | Consume | None:
+            # Every message passes here: most are not refreshes, and one
+            # substring test says so without a call into the session.
+            text = message.get("text")
+            if text is None or needle not in text:
+                return None
+            return full(message)
+
+        return check
 
     def on_accept(self, conn: Connection, message: Message) -> None:
         session: Session | None = conn.auth
