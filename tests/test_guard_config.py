@@ -68,6 +68,15 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("count inf", lambda: load.ConnectionCount(limit=float("inf")), "inf"),  # type: ignore[arg-type]
     ("gauge name", lambda: Named(1.0, name=""), "''"),
     ("gauge enforce", lambda: load.ConnectionCount(limit=1, enforce=None), "None"),  # type: ignore[arg-type]
+    # settings in seconds are finite
+    ("heartbeat nan", lambda: rules.MaxConnectionsPerKey(2, heartbeat=float("nan")), "nan"),
+    ("heartbeat inf", lambda: rules.MaxConnectionsPerKey(2, heartbeat=float("inf")), "inf"),
+    ("first message timeout inf", lambda: rules.from_first_message(float("inf")), "inf"),
+    (
+        "jwt leeway nan",
+        lambda: rules.JWTAuth("k" * 32, algorithms=["HS256"], leeway=float("nan")),
+        "nan",
+    ),
     # close decisions
     ("close 1004", lambda: Close(1004, "x", "x"), "1004"),
     ("close 1005", lambda: Close(1005, "x", "x"), "1005"),

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
-from ._errors import ConfigurationError
 from ._keys import KeyFunc, by_ip
 from ._rule import Rule, Stage
 from ._shared import bind_once, check_key, key_label, redis_key, require_subject
+from ._validate import check_count, check_positive
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -54,17 +54,9 @@ class MaxConnectionsPerKey(Rule):
         name: str | None = None,
     ) -> None:
         super().__init__(enforce=enforce, name=name)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(
-                f"MaxConnectionsPerKey limit must be a positive int, not {limit!r}"
-            )
-        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat <= 0:
-            raise ConfigurationError(
-                f"heartbeat must be a positive number of seconds, not {heartbeat!r}"
-            )
-        self.limit = limit
+        self.limit = check_count("MaxConnectionsPerKey limit", limit)
+        self.heartbeat = check_positive("heartbeat", heartbeat, unit="seconds")
         self.key = check_key(key, "MaxConnectionsPerKey")
-        self.heartbeat = float(heartbeat)
         #: A slot lives this long in Redis without a heartbeat.
         self.slot_ttl = 3 * self.heartbeat
         self.id = name or f"{key_label(self.key)}:{limit}"

@@ -19,13 +19,13 @@ from ._close import TRY_AGAIN_LATER, Close
 from ._errors import ConfigurationError
 from ._metrics import GaugeReading
 from ._shed import ShedOpen, ShedTimer
-from ._validate import check_non_negative, check_positive
+from ._validate import check_positive
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._guard import Guard
 
-__all__ = ["LoadGauge", "check_non_negative", "check_positive"]
+__all__ = ["LoadGauge"]
 
 
 class LoadGauge:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._hysteresis import Hysteresis
-from ._validate import check_non_negative, check_positive
+from ._validate import check_clear_below, check_count, check_non_negative, check_positive, is_number
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -44,7 +43,7 @@ class ConnectionCount(LoadGauge):
         retry_min: float = 1.0,
         retry_max: float = 60.0,
     ) -> None:
-        check_positive("ConnectionCount limit", limit, integer=True)
+        check_count("ConnectionCount limit", limit)
         super().__init__(
             limit,
             name=name,
@@ -88,11 +87,7 @@ class Gauge(LoadGauge):
         if not callable(read):
             raise ConfigurationError(f"Gauge read must be callable, not {read!r}")
         limit = check_positive("Gauge limit", limit)
-        clear = limit if clear_below is None else check_positive("clear_below", clear_below)
-        if clear > limit:
-            raise ConfigurationError(
-                f"clear_below must not exceed the limit ({limit!r}), not {clear_below!r}"
-            )
+        clear = check_clear_below(clear_below, limit, default=limit)
         self.interval = check_positive("interval", interval)
         self.timeout = self.interval if timeout is None else check_positive("timeout", timeout)
         self.hold = check_non_negative("hold", hold)
@@ -181,11 +176,7 @@ class Gauge(LoadGauge):
         return asyncio.get_running_loop().time() if guard is None else guard.scheduler.now()
 
     def _feed(self, now: float, result: object) -> bool:
-        if (
-            isinstance(result, bool)
-            or not isinstance(result, (int, float))
-            or not math.isfinite(result)
-        ):
+        if not is_number(result):
             return self._read_failed(
                 now, TypeError(f"read returned {result!r}, not a finite number")
             )

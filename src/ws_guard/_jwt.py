@@ -20,11 +20,12 @@ from jwt.exceptions import ExpiredSignatureError, PyJWTError
 from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
-from ._jwt_config import check_algorithms, check_seconds, check_strings, prepare_key
+from ._jwt_config import check_algorithms, check_strings, prepare_key
 from ._jwt_session import RefreshMatcher, Session, refresh_matcher
 from ._rule import Checker, Rule, Stage
 from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
 from ._types import Message
+from ._validate import check_non_negative, check_number, check_positive
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -96,20 +97,13 @@ class JWTAuth(Rule):
         self._handshake_sources = tuple(s for s in self.sources if not s.deferred)
         self.audience = check_strings("audience", audience)
         self.issuer = check_strings("issuer", issuer)
-        self.leeway = check_seconds("leeway", leeway, zero=True)
+        self.leeway = check_non_negative("JWTAuth leeway", leeway, unit="seconds")
         if isinstance(require, str) or not all(isinstance(c, str) for c in require):
             raise ConfigurationError(
                 f"JWTAuth require must be a list of claim names, not {require!r}"
             )
         self.require = tuple(require)
-        if (
-            isinstance(max_token_bytes, bool)
-            or not isinstance(max_token_bytes, int)
-            or (max_token_bytes < 256)
-        ):
-            raise ConfigurationError(
-                f"JWTAuth max_token_bytes must be an int of at least 256, not {max_token_bytes!r}"
-            )
+        check_number("JWTAuth max_token_bytes", max_token_bytes, minimum=256, integer=True)
         self.max_token_bytes = max_token_bytes
         self.refresh = refresh
         self.refresh_field = refresh_field
@@ -118,7 +112,9 @@ class JWTAuth(Rule):
         #: without it is not a refresh, decided by one substring test.
         self._refresh_needle = json.dumps(refresh) if isinstance(refresh, str) else None
         self.expiring_notice = (
-            None if expiring_notice is None else check_seconds("expiring_notice", expiring_notice)
+            None
+            if expiring_notice is None
+            else check_positive("JWTAuth expiring_notice", expiring_notice, unit="seconds")
         )
         self._pyjwt = jwt.PyJWT({"require": list(self.require), "enforce_minimum_key_length": True})
         self._audience_arg = (

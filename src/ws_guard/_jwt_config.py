@@ -8,7 +8,6 @@ algorithms they are configured for. Secrets never appear in the messages.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -105,17 +104,3 @@ def check_strings(what: str, value: object) -> tuple[str, ...] | None:
             f"JWTAuth {what} must be a string or a list of strings, not {value!r}"
         )
     return checked
-
-
-def check_seconds(what: str, value: object, *, zero: bool = False) -> float:
-    """A finite number of seconds, positive (or zero when *zero*)."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        bound = "zero or more" if zero else "positive"
-        raise ConfigurationError(f"JWTAuth {what} must be {bound} seconds, not {value!r}")
-    return float(value)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._hysteresis import Hysteresis
-from ._validate import check_non_negative, check_positive
+from ._validate import check_clear_below, check_non_negative, check_positive
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -86,11 +86,7 @@ class EventLoopLag(LoadGauge):
         retry_max: float = 60.0,
     ) -> None:
         limit = check_positive("EventLoopLag limit", limit)
-        clear = limit / 2 if clear_below is None else check_positive("clear_below", clear_below)
-        if clear > limit:
-            raise ConfigurationError(
-                f"clear_below must not exceed the limit ({limit!r}), not {clear_below!r}"
-            )
+        clear = check_clear_below(clear_below, limit, default=limit / 2)
         self.hold = check_non_negative("hold", hold)
         self.window = check_positive("window", window)
         self.interval = check_positive("interval", interval)

@@ -15,6 +15,7 @@ from ._close import MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA, Close
 from ._errors import ConfigurationError
 from ._rule import Checker, Rule
 from ._types import Message
+from ._validate import check_count
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -38,10 +39,7 @@ class MaxMessageSize(Rule):
     """
 
     def __init__(self, max_bytes: int, *, enforce: bool = True, name: str | None = None) -> None:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ConfigurationError(
-                f"MaxMessageSize needs a positive byte count, not {max_bytes!r}"
-            )
+        max_bytes = check_count("MaxMessageSize max_bytes", max_bytes)
         super().__init__(enforce=enforce, name=name)
         self.max_bytes = max_bytes
         self._breach = self.breach(MESSAGE_TOO_BIG, "message_too_big")

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
-from ._errors import ConfigurationError
 from ._keys import KeyFunc, by_connection
 from ._lease import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
 from ._rule import Checker, Rule
@@ -31,6 +30,7 @@ from ._shared import (
     require_subject,
 )
 from ._types import Message
+from ._validate import check_count
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -62,11 +62,7 @@ class MessageRate(Rule):
         super().__init__(enforce=enforce, name=name)
         self.rates: tuple[Rate, ...] = parse_rates(rate)
         self.key = check_key(key, "MessageRate")
-        if lease is not None and (
-            isinstance(lease, bool) or not isinstance(lease, int) or lease < 1
-        ):
-            raise ConfigurationError(f"lease must be a positive integer, not {lease!r}")
-        self.lease = lease
+        self.lease = None if lease is None else check_count("lease", lease)
         #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
         self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
         self._guard: Guard | None = None

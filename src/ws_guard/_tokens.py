@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from ._errors import ConfigurationError
 from ._types import Message
+from ._validate import check_positive
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -185,11 +186,7 @@ class FromFirstMessage(TokenSource):
     deferred = True
 
     def __init__(self, timeout: float = 10.0, *, field: str = "token") -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ConfigurationError(
-                f"from_first_message timeout must be a positive number of seconds, not {timeout!r}"
-            )
-        self.timeout = float(timeout)
+        self.timeout = check_positive("from_first_message timeout", timeout, unit="seconds")
         self.field = _check_name("from_first_message field", field)
 
     def parse(self, message: Message) -> str | None:

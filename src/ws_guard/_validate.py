@@ -1,33 +1,77 @@
-"""Construction-time checks shared by gauges, shedding and drain settings."""
+"""Construction-time numeric checks, in one place for every setting.
+
+A setting is a real number: never a bool (``True`` is an ``int`` to Python,
+never a count to a user), never NaN or infinite. Every message names the
+setting and the bad value; *what* carries the owner when it helps
+(``"JWTAuth leeway"``).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 from ._errors import ConfigurationError
 
 
-def check_positive(what: str, value: object, *, integer: bool = False) -> float:
-    """Validate a positive finite number (or int), naming *what* in the error."""
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kinds)
-        or not math.isfinite(value)  # type: ignore[arg-type]
-        or value <= 0  # type: ignore[operator]
-    ):
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigurationError(f"{what} must be {kind}, not {value!r}")
-    return float(value)  # type: ignore[arg-type]
+def is_number(value: object, *, integer: bool = False) -> TypeGuard[float]:
+    """A finite int or float (only an int when *integer*), never a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return not integer and isinstance(value, float) and math.isfinite(value)
 
 
-def check_non_negative(what: str, value: object) -> float:
-    """Validate a finite number >= 0, naming *what* in the error."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ConfigurationError(f"{what} must be a number >= 0, not {value!r}")
+def _of(unit: str) -> str:
+    return f" of {unit}" if unit else ""
+
+
+def check_positive(what: str, value: object, *, unit: str = "") -> float:
+    """A finite number > 0: ``retry_min must be a positive number, not 0``."""
+    if not is_number(value) or value <= 0:
+        raise ConfigurationError(f"{what} must be a positive number{_of(unit)}, not {value!r}")
     return float(value)
+
+
+def check_non_negative(what: str, value: object, *, unit: str = "") -> float:
+    """A finite number >= 0: ``hold must be a number >= 0, not -1``."""
+    if not is_number(value) or value < 0:
+        raise ConfigurationError(f"{what} must be a number{_of(unit)} >= 0, not {value!r}")
+    return float(value)
+
+
+def check_count(what: str, value: object) -> int:
+    """An int >= 1: ``lease must be a positive integer, not 0``."""
+    if not is_number(value, integer=True) or value < 1:
+        raise ConfigurationError(f"{what} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def check_number(
+    what: str,
+    value: object,
+    *,
+    minimum: float = 0.0,
+    strict: bool = False,
+    integer: bool = False,
+) -> None:
+    """Any lower bound, spelled as a comparison: ``cap must be a finite number > 0, not 0``.
+
+    With *integer*: ``max_token_bytes must be an int >= 256, not 10``.
+    """
+    ok = is_number(value, integer=integer) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        kind = "an int" if integer else "a finite number"
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ConfigurationError(f"{what} must be {kind} {bound}, not {value!r}")
+
+
+def check_clear_below(clear_below: object, limit: float, *, default: float) -> float:
+    """Where a tripped gauge clears: *default* when None, else positive and at most *limit*."""
+    clear = default if clear_below is None else check_positive("clear_below", clear_below)
+    if clear > limit:
+        raise ConfigurationError(
+            f"clear_below must not exceed the limit ({limit!r}), not {clear_below!r}"
+        )
+    return clear

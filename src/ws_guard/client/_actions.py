@@ -12,18 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._errors import ConfigurationError
-
-
-def check_number(what: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        number = float(value)  # type: ignore[arg-type]
-        ok = number == number and number != float("inf")
-        ok = ok and (number > minimum if strict else number >= minimum)
-    if not ok:
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ConfigurationError(f"{what} must be a finite number {bound}, not {value!r}")
-
+from .._validate import check_number
 
 # -- actions: what the table says for a code ---------------------------------
 
@@ -71,9 +60,7 @@ class RefreshToken:
     backoff: Backoff = Backoff()
 
     def __post_init__(self) -> None:
-        n = self.max_refreshes
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigurationError(f"RefreshToken max_refreshes must be an int >= 1, not {n!r}")
+        check_number("RefreshToken max_refreshes", self.max_refreshes, minimum=1, integer=True)
         if not isinstance(self.backoff, Backoff):
             raise ConfigurationError(
                 f"RefreshToken backoff must be a Backoff, not {self.backoff!r}"

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .._errors import ConfigurationError
+from .._validate import check_number, is_number
 from ._actions import (
     DEFAULT_ACTIONS,
     DEFAULT_FALLBACK,
@@ -33,7 +34,6 @@ from ._actions import (
     Stop,
     check_action,
     check_actions,
-    check_number,
 )
 from ._reason import reason_slug, retry_after_hint
 
@@ -74,8 +74,8 @@ class ReconnectPolicy:
         check_number("cap", cap, strict=True)
         check_number("stable_after", stable_after)
         check_number("max_hint", max_hint)
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        if max_attempts is not None and not (
+            is_number(max_attempts, integer=True) and max_attempts >= 1
         ):
             raise ConfigurationError(
                 f"max_attempts must be None or an int >= 1, not {max_attempts!r}"
