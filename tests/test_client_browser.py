@@ -126,8 +126,7 @@ async def test_reconnect_js_policy_table_in_chromium() -> None:
                     const { runCases } = await import('/test/policy_cases.mjs');
                     const table = await (await fetch('/test/reconnect_cases.json')).json();
                     return JSON.stringify(runCases(lib, table));
-                })()""",
-                await_promise=True,
+                })()"""
             )
     check_js_results(json.loads(raw))
 

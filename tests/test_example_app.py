@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,8 +27,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
+from chromium import open_page
 from servers import free_port, serve
-from services import require_binary
 from ws_guard import Guard
 from ws_guard.testing import ScriptedWebSocket
 
@@ -312,85 +311,14 @@ async def test_readme_usage_example_runs() -> None:
 # -- the page in a real browser -------------------------------------------------------
 
 
-class DevTools:
-    """Headless chromium driven over the DevTools protocol with the websockets client."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 0
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        await self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            reply = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return dict(reply["result"])
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, expected: Any, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while (value := await self.evaluate(expression)) != expected:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{expression} stayed {value!r}, expected {expected!r}")
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def chromium_page() -> AsyncIterator[DevTools]:
-    binary = require_binary("chromium")
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 30
-            while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
-                assert process.poll() is None, "chromium exited early"
-                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-                await asyncio.sleep(0.1)
-            port = port_file.read_text().splitlines()[0]
-            async with httpx.AsyncClient(timeout=5) as client:
-                targets = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
-            page = next(t for t in targets if t["type"] == "page")
-            async with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
-                yield DevTools(ws)
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 @pytest.mark.browser
 async def test_page_shows_each_close_code_and_reason_in_a_browser(server: Any) -> None:
     last_close = "[...document.querySelectorAll('#closes li.close')].pop()?.textContent ?? ''"
     last_decision = "[...document.querySelectorAll('#closes li.decision')].pop()?.textContent ?? ''"
-    async with chromium_page() as page:
+    async with open_page() as page:
         await page.call("Page.navigate", url=server.http_url + "/")
-        await page.wait_for("document.getElementById('status')?.textContent", "open")
-        await page.wait_for("document.getElementById('me').textContent", "(you are guest-1)")
+        await page.wait_for("document.getElementById('status')?.textContent", equals="open")
+        await page.wait_for("document.getElementById('me').textContent", equals="(you are guest-1)")
         for count, (button, shown) in enumerate(
             [
                 ("too-big", "closed 1009 message_too_big → message too big"),
@@ -401,16 +329,20 @@ async def test_page_shows_each_close_code_and_reason_in_a_browser(server: Any) -
             start=1,
         ):
             await page.evaluate(f"document.getElementById('{button}').click()")
-            await page.wait_for("document.querySelectorAll('#closes li.close').length", count)
+            await page.wait_for(
+                "document.querySelectorAll('#closes li.close').length", equals=count
+            )
             text = await page.evaluate(last_close)
             assert shown in text, text
             # reconnect.js's policy: these codes mean "fix the client", never a blind retry.
-            await page.wait_for("document.querySelectorAll('#closes li.decision').length", count)
+            await page.wait_for(
+                "document.querySelectorAll('#closes li.decision').length", equals=count
+            )
             assert "policy: stop" in await page.evaluate(last_decision)
-            await page.wait_for("document.getElementById('status').textContent", "closed")
+            await page.wait_for("document.getElementById('status').textContent", equals="closed")
             assert await page.evaluate("document.getElementById('link').disabled") is True
             await page.evaluate("document.getElementById('reconnect').click()")
-            await page.wait_for("document.getElementById('status').textContent", "open")
+            await page.wait_for("document.getElementById('status').textContent", equals="open")
         # A chat message round-trips through the room.
         await page.evaluate(
             "document.getElementById('message').value = 'hello from the browser';"
@@ -419,5 +351,5 @@ async def test_page_shows_each_close_code_and_reason_in_a_browser(server: Any) -
         await page.wait_for(
             "[...document.querySelectorAll('#chat li')].some("
             "li => li.textContent.endsWith('guest-5: hello from the browser'))",
-            True,
+            equals=True,
         )

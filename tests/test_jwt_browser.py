@@ -9,25 +9,16 @@ token reaches the page as 1008 with its reason.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import json
-import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
-import httpx
 import pytest
-from websockets.asyncio.client import connect
 
+from chromium import Page, open_page
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
 from servers import ServerThread, serve
-from services import require_binary
 from ws_guard import Guard, WSGuardMiddleware, rules
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -54,87 +45,30 @@ def server() -> Iterator[ServerThread]:
         yield thread
 
 
-@contextlib.asynccontextmanager
-async def page() -> AsyncIterator[Any]:
-    binary = require_binary("chromium")
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 20
-            while not port_file.exists() or not port_file.read_text().strip():
-                assert process.poll() is None, "chromium exited early"
-                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-                await asyncio.sleep(0.05)
-            port = port_file.read_text().split()[0]
-            async with httpx.AsyncClient() as http:
-                targets = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
-            target = next(t for t in targets if t["type"] == "page")
-            async with connect(target["webSocketDebuggerUrl"], proxy=None, max_size=None) as ws:
-                yield ws
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-_ids = itertools.count(1)
-
-
-async def run_in_page(devtools: Any, url: str, protocols: list[str], *, say: bool) -> dict:
+async def run_in_page(page: Page, url: str, protocols: list[str], *, say: bool) -> dict:
     expression = SCRIPT % {
         "url": json.dumps(url),
         "protocols": json.dumps(protocols),
         "say": "true" if say else "false",
         "leave": "true" if say else "false",
     }
-    ident = next(_ids)
-    await devtools.send(
-        json.dumps(
-            {
-                "id": ident,
-                "method": "Runtime.evaluate",
-                "params": {"expression": expression, "awaitPromise": True, "returnByValue": True},
-            }
-        )
-    )
-    while True:
-        reply = json.loads(await asyncio.wait_for(devtools.recv(), 15))
-        if reply.get("id") == ident:
-            return dict(reply["result"]["result"]["value"])
+    return dict(await page.evaluate(expression))
 
 
 async def test_browser_subprotocol_token(server: ServerThread) -> None:
     url = f"{server.url}/ws"
-    async with page() as devtools:
-        ok = await run_in_page(devtools, url, ["access_token", mint("browser")], say=True)
+    async with open_page() as page:
+        ok = await run_in_page(page, url, ["access_token", mint("browser")], say=True)
         assert ok["protocol"] == "access_token"
         assert json.loads(ok["messages"][0])["sub"] == "browser"
         assert ok["messages"][1] == "hi"
         assert ok["code"] == 1000
 
-        expired = await run_in_page(devtools, url, ["access_token", mint(exp_in=-1)], say=False)
+        expired = await run_in_page(page, url, ["access_token", mint(exp_in=-1)], say=False)
         assert (expired["code"], expired["reason"]) == (1008, "token_expired")
 
         started = time.time()
         token = mint("soon", exp_in=2)
-        live = await run_in_page(devtools, url, ["access_token", token], say=False)
+        live = await run_in_page(page, url, ["access_token", token], say=False)
         assert (live["code"], live["reason"]) == (1008, "token_expired")
         assert time.time() - started < 3.5

@@ -22,7 +22,7 @@ from starlette.responses import FileResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from browser import chromium_page
+from chromium import open_page
 from close_mix import ManualGauge
 from servers import serve
 from services import require_binary
@@ -86,7 +86,7 @@ async def test_status_page_renders_and_updates_in_chromium(tmp_path: Path) -> No
     require_binary("chromium")
     guard, lag = make_guard()
     with serve(status_site(guard)) as server:
-        async with chromium_page(server.http_url + "/status", tmp_path / "profile") as page:
+        async with open_page(server.http_url + "/status") as page:
             await page.wait_for(f"{text('state')} === 'live'")
             assert await page.evaluate(text("active")) == "0"
             assert await page.evaluate(text("lag")) == "0.0 ms"
