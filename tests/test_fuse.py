@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ws_guard import Close, rules
-from ws_guard._fuse import plan_checks
-from ws_guard._rule import Rule
+from helpers import ManualClock
+from ws_guard import CONSUME, Close, Guard, rules
+from ws_guard._fuse import FusedRun, plan_checks
+from ws_guard._rule import Checker, Rule
 
 
-def sequential(rule_list: list[Rule], message: dict[str, Any]) -> Close | None:
-    """The reference: every checker in rule order, first enforced breach wins."""
-    for rule in rule_list:
-        check = rule.checker(None)  # type: ignore[arg-type]
-        if check is None:
-            continue
+def checks_of(items: Any, conn: Any) -> list[Checker]:
+    return [c for c in (item.checker(conn) for item in items) if c is not None]
+
+
+def decide(checks: list[Checker], message: dict[str, Any]) -> Any:
+    """What the connection does with a message: first enforced breach, or consumed, or passed."""
+    for check in checks:
         verdict = check(message)
-        if isinstance(verdict, Close) and not verdict.shadow:
-            return verdict
-    return None
-
-
-def planned(rule_list: list[Rule], message: dict[str, Any]) -> Close | None:
-    for item in plan_checks(rule_list):
-        check = item.checker(None) if isinstance(item, Rule) else item  # type: ignore[arg-type]
-        if check is None:
+        if verdict is None:
             continue
-        verdict = check(message)
+        if verdict is CONSUME:
+            return CONSUME
         if isinstance(verdict, Close) and not verdict.shadow:
             return verdict
     return None
@@ -55,11 +51,13 @@ def make_rule(kind: str, n: int, enforce: bool) -> Rule:
         return rules.Content(_no_z, name=f"c{n}", enforce=enforce)
     if kind == "pattern":
         return rules.Pattern(r"q+", name=f"p{n}", enforce=enforce)
+    if kind == "rate":
+        return rules.MessageRate(f"{n % 4 + 1}/second", enforce=enforce)
     return rules.Json(name=f"j{n}", enforce=enforce)
 
 
 rule_spec = st.tuples(
-    st.sampled_from(["size", "text", "binary", "both", "content", "pattern", "json"]),
+    st.sampled_from(["size", "text", "binary", "both", "content", "pattern", "json", "rate"]),
     st.integers(0, 12),
     st.booleans(),
 )
@@ -73,27 +71,37 @@ message = st.one_of(
 )
 
 
-@given(st.lists(rule_spec, max_size=6), st.lists(message, min_size=1, max_size=8))
+@given(
+    st.lists(rule_spec, max_size=7),
+    st.lists(st.tuples(message, st.sampled_from([0.0, 0.0, 0.3, 1.0])), min_size=1, max_size=12),
+)
 def test_fused_plan_decides_like_rule_by_rule(
-    specs: list[tuple[str, int, bool]], messages: list[dict[str, Any]]
+    specs: list[tuple[str, int, bool]], script: list[tuple[dict[str, Any], float]]
 ) -> None:
     rule_list = [make_rule(kind, n + 1, enforce) for kind, n, enforce in specs]
-    for m in messages:
-        assert planned(rule_list, m) == sequential(rule_list, m)
+    clock = ManualClock(10.0)
+    guard = Guard(rules=rule_list, clock=clock)
+    conn = SimpleNamespace(guard=guard, auth=None)
+    one_by_one = checks_of(guard.checker_rules, conn)
+    fused = checks_of(plan_checks(guard.checker_rules), conn)
+    for m, step in script:
+        clock.now += step
+        assert decide(fused, m) == decide(one_by_one, m)
 
 
-def test_the_usual_trio_becomes_one_check() -> None:
-    trio = [
+def test_the_usual_rules_become_one_check() -> None:
+    usual = [
         rules.MaxMessageSize(64),
         rules.MessageTypes(binary=False),
         rules.Content(lambda m: "http://" not in m, name="no_links"),
+        rules.MessageRate("20/second"),
     ]
-    plan = plan_checks(trio)
+    plan = plan_checks(usual)
     assert len(plan) == 1
-    assert not isinstance(plan[0], Rule)
+    assert isinstance(plan[0], FusedRun)
 
 
-def test_other_orders_and_shadow_rules_stay_separate() -> None:
+def test_other_orders_shared_keys_and_shadow_rules_stay_separate() -> None:
     size, types = rules.MaxMessageSize(64), rules.MessageTypes(binary=False)
     assert plan_checks([types, size]) == (types, size)
     shadow = rules.MaxMessageSize(64, enforce=False)
@@ -102,3 +110,121 @@ def test_other_orders_and_shadow_rules_stay_separate() -> None:
     assert plan_checks([both]) == ()
     pattern = rules.Pattern(re.compile("x"), name="x")
     assert len(plan_checks([size, pattern, pattern])) == 1
+    rate = rules.MessageRate("5/second")
+    assert plan_checks([rate, size]) == (rate, size)
+    by_ip = rules.MessageRate("5/second", key=rules.by_ip)
+    assert plan_checks([size, by_ip])[1] is by_ip
+    two_rates = rules.MessageRate("5/second; 100/minute")
+    assert plan_checks([size, two_rates])[1] is two_rates
+
+
+# -- JWT in a fused run, through the real connection path ----------------------------
+
+SECRET = "fused-run-test-secret-0123456789abcdef"
+
+
+def token(sub: str, exp: float) -> str:
+    import jwt
+
+    return jwt.encode({"sub": sub, "exp": int(exp)}, SECRET, algorithm="HS256")
+
+
+async def test_jwt_refresh_and_message_rules_in_one_fused_check() -> None:
+    import json
+    import time
+
+    from apps import echo
+    from ws_guard import WSGuardMiddleware
+    from ws_guard.testing import ScriptedWebSocket
+
+    guard = Guard(
+        rules=[
+            rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token")),
+            rules.MaxMessageSize(200),
+            rules.Content(lambda m: "http://" not in m, name="no_links"),
+            rules.MessageRate("3/minute"),
+        ]
+    )
+    assert len(guard.check_plan) == 1
+    assert isinstance(guard.check_plan[0], FusedRun)
+    now = time.time()
+    ws = ScriptedWebSocket(
+        WSGuardMiddleware(echo, guard=guard),
+        query_string=f"token={token('alice', now + 60)}".encode(),
+    )
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("one")
+    await ws.expect("websocket.send", text="one")
+    # A refresh is consumed (never echoed) and does not count against the rate.
+    refresh = {"type": "auth.refresh", "token": token("alice", now + 120)}
+    await ws.send_text(json.dumps(refresh))
+    await ws.send_text("two")
+    await ws.expect("websocket.send", text="two")
+    await ws.send_text("three")
+    await ws.expect("websocket.send", text="three")
+    await ws.send_text("four")  # the fourth app message in a minute
+    await ws.expect("websocket.close", code=1008, reason="rate_limited; retry-after=60")
+    await ws.finished()
+    assert guard.metrics.snapshot().closes_by_rule == {"rate_limited": 1}
+
+
+async def test_jwt_refresh_for_another_subject_closes_in_a_fused_run() -> None:
+    import json
+    import time
+
+    from apps import echo
+    from ws_guard import WSGuardMiddleware
+    from ws_guard.testing import ScriptedWebSocket
+
+    guard = Guard(
+        rules=[
+            rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token")),
+            rules.MaxMessageSize(200),
+        ]
+    )
+    now = time.time()
+    ws = ScriptedWebSocket(
+        WSGuardMiddleware(echo, guard=guard),
+        query_string=f"token={token('alice', now + 60)}".encode(),
+    )
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("x" * 201)
+    await ws.expect("websocket.close", code=1009, reason="message_too_big")
+    await ws.finished()
+
+    ws = ScriptedWebSocket(
+        WSGuardMiddleware(echo, guard=guard),
+        query_string=f"token={token('alice', now + 60)}".encode(),
+    )
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text(json.dumps({"type": "auth.refresh", "token": token("mallory", now + 90)}))
+    await ws.expect("websocket.close", code=1008, reason="token_invalid")
+    await ws.finished()
+
+
+async def test_first_message_token_then_rules_in_a_fused_run() -> None:
+    import json
+    import time
+
+    from apps import echo
+    from ws_guard import WSGuardMiddleware
+    from ws_guard.testing import ScriptedWebSocket
+
+    guard = Guard(
+        rules=[
+            rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_first_message(5)),
+            rules.Content(lambda m: "http://" not in m, name="no_links"),
+        ]
+    )
+    ws = ScriptedWebSocket(WSGuardMiddleware(echo, guard=guard))
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text(json.dumps({"token": token("bob", time.time() + 60)}))
+    await ws.send_text("hello")
+    await ws.expect("websocket.send", text="hello")  # the token message was consumed
+    await ws.send_text("see http://x")
+    await ws.expect("websocket.close", code=1008, reason="content:no_links")
+    await ws.finished()

@@ -240,7 +240,7 @@ class Connection:
         guard.connections.add(self)
         checks: list[Checker] = []
         for item in guard.check_plan:
-            check = item.checker(self) if isinstance(item, Rule) else item
+            check = item.checker(self)
             if check is not None:
                 checks.append(check)
         self._checks = tuple(checks)

@@ -242,10 +242,10 @@ class JWTAuth(Rule):
         session: Session | None = conn.auth
         if session is None or not (session.pending or self.refresh_token is not None):
             return None
-        needle = self._refresh_needle
-        if session.pending or needle is None:
+        prefilter = self.refresh_prefilter(conn)
+        if prefilter is None:
             return session.check
-        full = session.check
+        needle, full = prefilter
 
         def check(message: Message) -> Close | Consume | None:
             # Every message passes here: most are not refreshes, and one
@@ -256,6 +256,18 @@ class JWTAuth(Rule):
             return full(message)
 
         return check
+
+    def refresh_prefilter(self, conn: Connection) -> tuple[str, Checker] | None:
+        """``(needle, check)``: only a text message containing *needle* needs *check*.
+
+        ``None`` when every message needs the session's check (a first-message
+        token is awaited, or the refresh matcher is the user's own).
+        """
+        session: Session | None = conn.auth
+        needle = self._refresh_needle
+        if session is None or session.pending or needle is None or self.refresh_token is None:
+            return None
+        return needle, session.check
 
     def on_accept(self, conn: Connection, message: Message) -> None:
         session: Session | None = conn.auth
