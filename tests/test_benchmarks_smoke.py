@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,30 @@ def test_echo_tiny_run_reports_both_apps() -> None:
     assert [row.split("|")[1].strip() for row in rows[:3]] == ["app", "bare", "rules"]
     assert "guard admitted 2 connections, rejected 0, closes by guard/app: 0" in done.stdout
     assert "wrong-size echoes" not in done.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+def test_soak_tiny_run_writes_report_plot_and_json(tmp_path: Path) -> None:
+    from services import require_binary
+
+    require_binary("redis-server")
+    paths = {name: tmp_path / name for name in ("soak.md", "soak.json", "soak.png")}
+    done = run(
+        "soak.py",
+        *("--duration", "2", "--warmup", "1", "--ramp", "0.5", "--concurrency", "6"),
+        *("--key-wait", "4", "--report", str(paths["soak.md"])),
+        *("--json", str(paths["soak.json"]), "--plot", str(paths["soak.png"])),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = paths["soak.md"].read_text()
+    assert report in done.stdout
+    assert "**Short verification run** (2 s, 6 client tasks)" in report
+    for heading in ("## Targets", "## Close codes", "## Memory (server RSS)", "## Redis keys"):
+        assert heading in report
+    data = json.loads(paths["soak.json"].read_text())
+    assert data["client"]["attempts"] > 0
+    assert data["milestones"]["final"]["status"]["active_connections"] == 0
+    assert [s for s in data["samples"] if s.get("rss_kib")]
+    assert paths["soak.png"].read_bytes().startswith(b"\x89PNG")

@@ -33,6 +33,14 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+clust
 #: for seconds during an outage; one immediate retry still heals the stale
 #: pooled connections a Redis restart leaves behind.
 REDIS_DEFAULTS: dict[str, float] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+#: Connections in the pool of a single Redis (``redis://``, ``rediss://``,
+#: ``redis+unix://``; ``?max_connections=`` in the URI wins). redis-py's own
+#: pool raises ``MaxConnectionsError`` for the command after the last one, so
+#: a burst of handshakes against a healthy Redis would count as an outage;
+#: ws_guard's pool makes that command wait for a free connection instead, at
+#: most ``socket_timeout``.
+REDIS_MAX_CONNECTIONS = 100
+_POOLED_SCHEMES = ("redis", "rediss", "redis+unix")
 
 Job = Callable[[], Awaitable[None]]
 
@@ -59,6 +67,7 @@ class SharedStorage:
         self.scheme = scheme
         self.is_memory = scheme in MEMORY_SCHEMES
         self._limits: Any = None
+        self._pool: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
         self._jobs: list[_Job] = []
         self._task: asyncio.Task[None] | None = None
@@ -87,6 +96,9 @@ class SharedStorage:
 
         options: dict[str, Any] = dict(REDIS_DEFAULTS)
         options["retry"] = Retry(NoBackoff(), 1)
+        if self.scheme in _POOLED_SCHEMES:
+            self._pool = _blocking_pool(self.uri, options)
+            options["connection_pool"] = self._pool
         # limits' coredis default does not work with current coredis; redis-py does.
         self._limits = storage_from_string(
             "async+" + self.uri, implementation="redispy", **cast(Any, options)
@@ -114,6 +126,12 @@ class SharedStorage:
                 await client.aclose()
             except self._errors as exc:  # a dead Redis cannot be closed politely
                 logger.debug("ws_guard: closing a Redis client failed: %r", exc)
+        pool, self._pool = self._pool, None
+        if pool is not None:  # a client never closes a pool it was given
+            try:
+                await pool.disconnect()
+            except self._errors as exc:
+                logger.debug("ws_guard: closing the Redis pool failed: %r", exc)
 
     # -- what rules use ---------------------------------------------------------
     @property
@@ -193,6 +211,18 @@ class _Job:
         self.interval = interval
         self.run = run
         self.due = due
+
+
+def _blocking_pool(uri: str, options: dict[str, Any]) -> Any:
+    """A redis-py pool whose commands wait for a free connection rather than fail."""
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.connection import parse_url
+
+    url = "unix" + uri[len("redis+unix") :] if uri.startswith("redis+unix") else uri
+    wait = parse_url(url).get("socket_timeout", options["socket_timeout"])
+    return BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=wait, **options
+    )
 
 
 def _redact(uri: str) -> str:

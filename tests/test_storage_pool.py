@@ -1,0 +1,87 @@
+"""A burst of handshakes larger than the Redis connection pool waits; it is not an outage.
+
+redis-py's asyncio pool (100 connections) raises ``MaxConnectionsError`` for
+the 101st concurrent command, so a burst of handshakes against a healthy
+Redis would be counted as storage errors and fail open (or 1013 with
+``on_storage_error="deny"``). The soak benchmark found this at 300 concurrent
+clients. ws_guard's pool waits for a free connection instead, at most
+``socket_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from redis_server import RedisServer, redis_server
+from ws_guard import Guard, rules
+from ws_guard._storage import REDIS_MAX_CONNECTIONS
+
+pytestmark = [pytest.mark.redis]
+
+BURST = 3 * REDIS_MAX_CONNECTIONS
+
+
+class FakeConn:
+    """Just enough of a connection for ConnectRate.admit: a key and a guard."""
+
+    def __init__(self, guard: Guard, ip: str) -> None:
+        self.guard = guard
+        self.client_ip = ip
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections(redis: RedisServer) -> None:
+    rate = rules.ConnectRate("5/minute", key=lambda conn: conn.client_ip)
+    guard = Guard(rules=[rate], storage=redis.url, on_storage_error="deny")
+    await guard.startup()
+    try:
+        decisions = await asyncio.gather(
+            *(rate.admit(FakeConn(guard, f"10.0.{i // 250}.{i % 250}")) for i in range(BURST))  # type: ignore[arg-type]
+        )
+        assert decisions == [None] * BURST  # every address's first attempt: admitted
+        assert guard.metrics.storage_errors == 0
+        pool = guard.storage.redis().connection_pool
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= (
+            REDIS_MAX_CONNECTIONS
+        )
+    finally:
+        await guard.shutdown()
+    assert not pool._in_use_connections
+    assert not pool._available_connections or all(
+        not c.is_connected for c in pool._available_connections
+    )
+
+
+async def test_a_pool_limit_in_the_uri_wins(redis: RedisServer) -> None:
+    guard = Guard(storage=f"{redis.url}?max_connections=7")
+    await guard.startup()
+    try:
+        assert guard.storage.redis().connection_pool.max_connections == 7
+    finally:
+        await guard.shutdown()
+
+
+async def test_waiting_for_a_connection_is_bounded(redis: RedisServer) -> None:
+    """With every connection busy, a command gives up after socket_timeout: a storage error."""
+    guard = Guard(storage=f"{redis.url}?max_connections=1&socket_timeout=0.3")
+    await guard.startup()
+    try:
+        client = guard.storage.redis()
+        busy = await client.connection_pool.get_connection()  # the pool's only connection
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(guard.storage.errors, match="No connection available"):
+            await client.ping()
+        assert 0.25 <= loop.time() - started < 1.0
+        await client.connection_pool.release(busy)
+        assert await client.ping()
+    finally:
+        await guard.shutdown()
