@@ -64,7 +64,7 @@ RS = rules.JWTAuth(RSA_PUBLIC_PEM, algorithms=["RS256"])
         (HS, mint(exp_in=None), "token_invalid"),  # no exp
         (HS, mint(nbf=2_000_000_000_0), "token_invalid"),  # nbf in the future
         (HS, mint(iat=2_000_000_000_0), "token_invalid"),  # issued in the future
-        (HS, mint(aud="other"), "token_invalid"),  # aud while none is expected
+        (HS, mint(aud="other", exp_in=3600), "token_invalid"),  # aud while none is expected
         (HS, "not-a-jwt", "token_invalid"),
         (HS, "a.b.c", "token_invalid"),
         (HS, mint()[:-3], "token_invalid"),  # truncated signature

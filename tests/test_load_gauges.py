@@ -341,3 +341,45 @@ def test_user_gauge_config_errors() -> None:
         load.Gauge(lambda: 0.0, 1, name="x", shed_open=3)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="fraction"):
         load.ShedOpen(fraction=1.5)
+
+
+async def test_async_user_gauge_state_stands_between_samples() -> None:
+    """With hold=0 the last sample decides until the next one, not the clock."""
+    clock = Clock(0.0)
+    level = [5.0]
+
+    async def read() -> float:
+        return level[0]
+
+    gauge = load.Gauge(read, 1, name="between", interval=1.0)
+    guard = Guard(load=[gauge], clock=clock)
+    assert await gauge.sample() is True
+    clock.now = 0.5  # half an interval later, no new sample: still tripped
+    await shed(guard)
+    assert gauge.tripped()
+    level[0] = 0.0
+    clock.now = 1.0
+    assert await gauge.sample() is False  # a low reading clears it
+    ws = await admitted(guard)
+    await ws.disconnect()
+    await ws.finished()
+
+
+async def test_shutdown_ends_the_sampler_even_when_a_cancel_is_lost() -> None:
+    """Before Python 3.12, ``asyncio.wait_for`` returns the read's result and
+    drops a cancel that lands as the read finishes; shutdown must still end."""
+    stopping: list[asyncio.Task[None]] = []
+
+    async def read() -> float:
+        if not stopping:  # shut down just as this read returns
+            stopping.append(asyncio.get_running_loop().create_task(guard.shutdown()))
+        return 0.0
+
+    gauge = load.Gauge(read, 1, name="racy", interval=0.05)
+    guard = Guard(load=[gauge])
+    await guard.startup()
+    while not stopping:
+        await asyncio.sleep(0)
+    done, _ = await asyncio.wait(stopping, timeout=2)  # no cancel on timeout, unlike wait_for
+    assert done, "Guard.shutdown() never returned: the sampler outlived its cancel"
+    assert gauge._task is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -120,7 +119,10 @@ class Gauge(LoadGauge):
 
     def observe(self, now: float) -> bool:
         if self.is_async:
-            return self._state.poll(now)
+            # The last sample stands until the next one: only a reading may
+            # change the state. Polling the clock here would clear a gauge
+            # with hold=0 a moment after every high sample.
+            return self._state.tripped
         try:
             result = self.read()
         except Exception as exc:  # noqa: BLE001 - the user's code; counted and logged
@@ -129,7 +131,7 @@ class Gauge(LoadGauge):
             self.is_async = True
             if inspect.iscoroutine(result):
                 result.close()
-            return self._state.poll(now)
+            return self._state.tripped
         return self._feed(now, result)
 
     @property
@@ -162,12 +164,15 @@ class Gauge(LoadGauge):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # gather, not suppress(CancelledError): a cancel of the caller itself must go on.
+            await asyncio.gather(task, return_exceptions=True)
         await super().shutdown(guard)
 
     async def _run(self) -> None:
-        while True:
+        # Before Python 3.12, asyncio.wait_for drops a cancel that lands as the
+        # read finishes; the loop then ends by itself once shutdown let go of it.
+        me = asyncio.current_task()
+        while self._task is me:
             await self.sample()
             await asyncio.sleep(self.interval)
 

@@ -92,10 +92,13 @@ class SharedStorage:
             return
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import RedisError
 
         options: dict[str, Any] = dict(REDIS_DEFAULTS)
-        options["retry"] = Retry(NoBackoff(), 1)
+        # Retry a dropped connection, never a timeout: a Redis that hangs
+        # would otherwise cost every call twice the socket timeout.
+        options["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         if self.scheme in _POOLED_SCHEMES:
             self._pool = _blocking_pool(self.uri, options)
             options["connection_pool"] = self._pool
@@ -186,7 +189,10 @@ class SharedStorage:
 
     async def _run(self, wake: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        # Before Python 3.12, asyncio.wait_for drops a cancel that lands as the
+        # wake-up does; the loop then ends by itself once close() let go of it.
+        me = asyncio.current_task()
+        while self._task is me:
             now = loop.time()
             due = [job for job in self._jobs if job.due <= now]
             for job in due:
