@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -463,3 +464,85 @@ async def test_checker_exception_is_an_app_crash_with_1011() -> None:
     await ws.expect("websocket.close", code=1011, reason="internal_error")
     with pytest.raises(KeyError, match="bug in the check"):
         await ws.finished()
+
+
+# -- an app that never reads after a guard close ----------------------------------------
+
+
+def pusher_app(sent: list[str], finished: list[str]) -> Any:
+    """Accepts, then only sends, once per event-loop turn; never calls receive() again."""
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[type-arg]
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            while True:
+                await send({"type": "websocket.send", "text": "tick"})
+                sent.append("tick")
+                await asyncio.sleep(0)
+        finally:
+            finished.append("cleanup ran")
+
+    return app
+
+
+async def test_a_push_only_app_is_cancelled_app_exit_timeout_after_a_guard_close() -> None:
+    clock = ManualClock(100.0)
+    sent: list[str] = []
+    finished: list[str] = []
+    guard = Guard(rules=[SessionLimit(30.0)], clock=clock, app_exit_timeout=2.0)
+    ws = guarded(pusher_app(sent, finished), guard)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    clock.now = 130.0
+    guard.scheduler.run_due()
+    while not ws.closed:
+        await asyncio.sleep(0)
+    assert ws.sent[-1] == {"type": "websocket.close", "code": 1008, "reason": "session_expired"}
+    clock.now = 131.9
+    guard.scheduler.run_due()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ws.task is not None
+    assert not ws.task.done()  # still inside its grace: it runs on, its sends dropped
+    clock.now = 132.0
+    guard.scheduler.run_due()
+    await ws.finished()  # cancelled by ws_guard, seen by the server as a plain return
+    assert finished == ["cleanup ran"]  # the app's own finally blocks ran
+    snap = guard.metrics.snapshot()
+    assert snap.active_connections == 0
+    assert snap.dropped_sends == len(sent) - sum(1 for m in ws.sent if m.get("text") == "tick")
+    assert len(guard.scheduler) == 0
+
+
+async def test_app_exit_timeout_none_never_cancels() -> None:
+    clock = ManualClock(100.0)
+    sent: list[str] = []
+    guard = Guard(rules=[SessionLimit(1.0)], clock=clock, app_exit_timeout=None)
+    ws = guarded(pusher_app(sent, []), guard)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    clock.now = 1000.0
+    guard.scheduler.run_due()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ws.task is not None
+    assert not ws.task.done()
+    assert len(guard.scheduler) == 0  # nothing scheduled to stop it
+    ws.task.cancel()  # the test's own clean-up
+    with pytest.raises(asyncio.CancelledError):
+        await ws.task
+
+
+async def test_an_app_that_returns_within_the_timeout_is_not_cancelled() -> None:
+    clock = ManualClock(100.0)
+    app = Recorder()
+    guard = Guard(rules=[rules.MaxMessageSize(4)], clock=clock, app_exit_timeout=1.0)
+    ws = guarded(app, guard)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("too long")
+    await ws.expect("websocket.close", code=1009, reason="message_too_big")
+    await ws.finished()
+    assert app.returned
+    assert len(guard.scheduler) == 0  # the exit deadline went with the connection

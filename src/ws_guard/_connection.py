@@ -102,6 +102,7 @@ class Connection:
         "_send",
         "admitted",
         "auth",
+        "cancelled_by_guard",
         "claims",
         "client_ip",
         "guard",
@@ -109,6 +110,7 @@ class Connection:
         "scope",
         "state",
         "subject",
+        "task",
     )
 
     def __init__(self, guard: Guard, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +146,10 @@ class Connection:
         self._hold: Awaitable[Close | None] | None = None
         self._asides: set[asyncio.Future[Any]] | None = None
         self._finished = False
+        #: The task running the app (set by the middleware), and whether ws_guard
+        #: cancelled it because it ran on after a guard close.
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled_by_guard = False
 
     @property
     def extra(self) -> dict[Any, Any]:
@@ -443,6 +449,29 @@ class Connection:
         self.state = GUARD_CLOSED
         self._guard_close = close
         self.guard.record_close(self, close)
+        timeout = self.guard.app_exit_timeout
+        if timeout is not None and self.task is not None:
+            self.call_at(self.guard.scheduler.now() + timeout, self._cancel_app)
+
+    def _cancel_app(self) -> None:
+        """The app outlived its connection by ``app_exit_timeout``: stop it.
+
+        Sends after a guard close are dropped, so a handler that never calls
+        ``receive()`` would run forever. The middleware absorbs this cancel,
+        so the server sees an ordinary return.
+        """
+        task = self.task
+        if self._finished or task is None or task.done():
+            return
+        self.cancelled_by_guard = True
+        logger.info(
+            "ws_guard cancelled an app handler still running %.1f s after its connection "
+            "was closed (code=%d) path=%s",
+            self.guard.app_exit_timeout or 0.0,
+            self._guard_close.code if self._guard_close is not None else 0,
+            self.path,
+        )
+        task.cancel()
 
     def _client_gone(self) -> None:
         """The server refused an app send because the client left (ClientDisconnected).

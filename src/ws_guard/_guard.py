@@ -76,6 +76,7 @@ class Guard:
         random_source: random.Random | None = None,
         drain_window: float = 10.0,
         drain_signals: Iterable[signal.Signals | int | str] = (),
+        app_exit_timeout: float | None = 5.0,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
@@ -103,6 +104,14 @@ class Guard:
         self.connections: set[Connection] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.
         self.drain_window = check_non_negative("drain_window", drain_window)
+        #: Seconds an app handler may run on after ws_guard closed its connection
+        #: before ws_guard cancels it (None: never). A handler that only sends
+        #: never sees the disconnect; this is what makes it end.
+        self.app_exit_timeout = (
+            None
+            if app_exit_timeout is None
+            else check_non_negative("app_exit_timeout", app_exit_timeout)
+        )
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
 

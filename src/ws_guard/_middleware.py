@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ._connection import Connection
 from ._errors import ConfigurationError
 from ._guard import Guard
@@ -33,12 +35,18 @@ class WSGuardMiddleware:
             try:
                 if not await conn.handshake():
                     return
+                conn.task = asyncio.current_task()
                 try:
                     await self.app(scope, conn.receive, conn.send)
+                except asyncio.CancelledError:
+                    if not conn.cancelled_by_guard:
+                        raise
+                    _uncancel()  # ws_guard's own cancel ends here, as an ordinary return
                 except Exception as exc:
                     await conn.app_crashed(exc)
                     raise
-                await conn.app_returned()
+                else:
+                    await conn.app_returned()
             finally:
                 await conn.finish()
         elif kind == "lifespan":
@@ -58,3 +66,11 @@ class WSGuardMiddleware:
             return message
 
         return lifespan_receive
+
+
+def _uncancel() -> None:
+    """Forget one cancel request on the current task (Python 3.11+ counts them)."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
