@@ -25,11 +25,15 @@ def mint(
     *,
     key: Any = SECRET,
     alg: str = "HS256",
-    exp_in: float | None = 60,
+    exp_in: float | None = 3600,
     headers: dict[str, Any] | None = None,
     **claims: Any,
 ) -> str:
-    """A signed token; ``exp`` is ``exp_in`` seconds from now (an int, as issuers write it)."""
+    """A signed token; ``exp`` is ``exp_in`` seconds from now (an int, as issuers write it).
+
+    The default hour outlives the whole test run: parametrized tokens are
+    minted at collection, long before their test runs.
+    """
     payload: dict[str, Any] = dict(claims)
     if sub is not None:
         payload["sub"] = sub
@@ -42,7 +46,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def unsigned(sub: str = "alice", exp_in: float = 60) -> str:
+def unsigned(sub: str = "alice", exp_in: float = 3600) -> str:
     """An ``alg: none`` token, as an attacker writes it."""
     header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     body = _b64(json.dumps({"sub": sub, "exp": int(time.time() + exp_in)}).encode())
@@ -58,7 +62,7 @@ def hs256_with_public_key(sub: str = "alice") -> str:
     import hmac
 
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = _b64(json.dumps({"sub": sub, "exp": int(time.time() + 60)}).encode())
+    body = _b64(json.dumps({"sub": sub, "exp": int(time.time() + 3600)}).encode())
     signing_input = f"{header}.{body}".encode()
     signature = hmac.new(RSA_PUBLIC_PEM, signing_input, hashlib.sha256).digest()
     return f"{header}.{body}.{_b64(signature)}"

@@ -28,7 +28,13 @@ class Clock:
 def setup(app: ASGIApp = echo, **options: object) -> tuple[Guard, WSGuardMiddleware, Clock]:
     options.setdefault("algorithms", ["HS256"])
     clock = Clock()
-    guard = Guard(rules=[rules.JWTAuth(SECRET, **options)], clock=clock)  # type: ignore[arg-type]
+    # app_exit_timeout=None: these tests jump the clock far past a close and
+    # count the deadlines that fire; the exit deadline would be one more.
+    guard = Guard(
+        rules=[rules.JWTAuth(SECRET, **options)],  # type: ignore[arg-type]
+        clock=clock,
+        app_exit_timeout=None,
+    )
     return guard, WSGuardMiddleware(app, guard=guard), clock
 
 
