@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
-from ._rule import Checker, Rule
+from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
 from ._types import Message, Receive, Scope, Send
 
@@ -86,7 +86,7 @@ class Connection:
 
     __slots__ = (
         "_asides",
-        "_checks",
+        "_check",
         "_close_task",
         "_connect_message",
         "_deadlines",
@@ -135,7 +135,8 @@ class Connection:
         self._extra: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
-        self._checks: tuple[Checker, ...] = ()
+        #: The message check: one rule's (or fused run's) checker, or a chain.
+        self._check: Checker | None = None
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
         self._close_task: asyncio.Future[Any] | None = None
@@ -249,9 +250,28 @@ class Connection:
             check = item.checker(self)
             if check is not None:
                 checks.append(check)
-        self._checks = tuple(checks)
+        self._check = (
+            checks[0] if len(checks) == 1 else self._chain(tuple(checks)) if checks else None
+        )
         self.scope["ws_guard"] = ConnectionInfo(self)
         return True
+
+    def _chain(self, checks: tuple[Checker, ...]) -> Checker:
+        """Several checks as one: the first enforced breach or a consume ends it."""
+        record_shadow = self._record_shadow
+
+        def chain(message: Message) -> Verdict:
+            for check in checks:
+                verdict = check(message)
+                if verdict is None:
+                    continue
+                if verdict is not CONSUME and cast(Close, verdict).shadow:
+                    record_shadow(cast(Close, verdict))
+                    continue
+                return verdict
+            return None
+
+        return chain
 
     async def _reject(self, close: Close) -> None:
         guard = self.guard
@@ -286,22 +306,21 @@ class Connection:
             if self.state == GUARD_CLOSED:
                 return self._disconnect_message()  # closed while we waited: drop what came
             if message["type"] == "websocket.receive":
-                for check in self._checks:
-                    verdict = check(message)
-                    if verdict is None:
-                        continue
-                    if verdict is CONSUME:
-                        break
+                check = self._check
+                if check is None:
+                    return message
+                verdict = check(message)
+                if verdict is None:
+                    return message
+                if verdict is not CONSUME:
                     verdict = cast(Close, verdict)
-                    if verdict.shadow:
+                    if verdict.shadow:  # only from a lone check; a chain records its own
                         self._record_shadow(verdict)
-                        continue
+                        return message
                     if self.state != OPEN:
-                        break  # the app already closed: drop the refused frame, no second close
+                        continue  # the app already closed: drop the refused frame, no second close
                     await self._close_open(verdict)
                     return self._disconnect_message()
-                else:
-                    return message
                 # Consumed by a rule. If it left a follow-up (a key fetch for an
                 # in-band token), settle it before reading on, so no message
                 # overtakes the decision.

@@ -150,6 +150,8 @@ class FusedRun:
         size_breach, types_breach = self.size_breach, self.types_breach
         allow_text, allow_bytes, tests = self.allow_text, self.allow_bytes, self.tests
         sequential = tuple(self.payload_rules)
+        # The usual case, one content check, without a loop around it.
+        single, single_breach = tests[0] if len(tests) == 1 else (None, None)
 
         def check(message: Message) -> Verdict:
             text = message.get("text")
@@ -162,6 +164,8 @@ class FusedRun:
                         return size_breach
                 if not allow_text:
                     return types_breach
+                if single is not None:
+                    return None if single(text) else single_breach
                 for allowed, breach in tests:
                     if not allowed(text):
                         return breach
@@ -191,6 +195,7 @@ class FusedRun:
         size_breach, types_breach = self.size_breach, self.types_breach
         allow_text, allow_bytes, tests = self.allow_text, self.allow_bytes, self.tests
         sequential = tuple(self.payload_rules)
+        single, single_breach = tests[0] if len(tests) == 1 else (None, None)
 
         needle: str | None = None
         on_needle: Checker | None = None
@@ -234,9 +239,13 @@ class FusedRun:
                         return size_breach
                 if not allow_text:
                     return types_breach
-                for allowed, breach in tests:
-                    if not allowed(text):
-                        return breach
+                if single is not None:
+                    if not single(text):
+                        return single_breach
+                else:
+                    for allowed, breach in tests:
+                        if not allowed(text):
+                            return breach
             else:
                 data = message.get("bytes")
                 if data is None:  # neither payload: not valid ASGI; decide rule by rule
