@@ -303,7 +303,92 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def orchestrate_paired(args: argparse.Namespace) -> None:
+    """Bare and guarded served at once, on the same core, by two clients at once.
+
+    Both servers share one pinned core and whatever else the machine does to
+    it at that moment, so the ratio of their throughputs in the same window
+    is the ratio of their per-message costs, with the neighbours' noise
+    common to both. Each client holds half of --connections.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [BARE, *args.guard]
+    half = argparse.Namespace(**{**vars(args), "connections": max(1, args.connections // 2)})
+    servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
+    try:
+        for name in names:
+            servers[name] = start_server(name, args)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for number in range(args.rounds):
+                results: dict[str, dict[str, Any]] = {}
+                for name in args.guard:
+                    futures = {
+                        key: pool.submit(
+                            client_round, key, servers[key][1], servers[key][0].pid, half
+                        )
+                        for key in (BARE, name)
+                    }
+                    pair = {key: future.result() for key, future in futures.items()}
+                    results[name] = pair[name]
+                    results[f"{BARE}:{name}"] = pair[BARE]
+                    print(
+                        f"round {number + 1} {name}: {pair[name]['rate']:,.0f} msg/s beside "
+                        f"bare {pair[BARE]['rate']:,.0f} "
+                        f"(ratio {pair[name]['rate'] / pair[BARE]['rate']:.3f})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                rounds.append(results)
+    finally:
+        summaries = {}
+        for name, (proc, _) in servers.items():
+            if proc.poll() is None:
+                summaries[name] = stop_server(proc)
+    print(report_paired(args, rounds, summaries))
+
+
+def report_paired(
+    args: argparse.Namespace,
+    rounds: list[dict[str, dict[str, Any]]],
+    summaries: dict[str, dict[str, Any]],
+) -> str:
+    out = [
+        f"Command: `{shlex.join(['python', 'benchmarks/echo.py', *sys.argv[1:]])}`",
+        "",
+        f"Paired: bare and guarded served at the same time on "
+        f"{'unpinned cores' if args.server_cpu is None else f'CPU {args.server_cpu}'}, "
+        f"{max(1, args.connections // 2)} closed-loop "
+        f"connections each from two clients"
+        f"{'' if args.client_cpu is None else f' on CPU {args.client_cpu}'}; "
+        f"{args.rounds} rounds of {args.duration:g} s "
+        f"(after {args.warmup:g} s warm-up); median of the per-round ratios.",
+        "",
+        "| guard | guarded/bare (median) | min | max | guarded msg/s | bare msg/s beside it "
+        "| p50 RTT µs guarded / bare |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in args.guard:
+        ratios = sorted(r[name]["rate"] / r[f"{BARE}:{name}"]["rate"] for r in rounds)
+        guarded = statistics.median(r[name]["rate"] for r in rounds)
+        bare = statistics.median(r[f"{BARE}:{name}"]["rate"] for r in rounds)
+        p50 = statistics.median(r[name]["p50"] for r in rounds)
+        p50_bare = statistics.median(r[f"{BARE}:{name}"]["p50"] for r in rounds)
+        out.append(
+            f"| {name} | **{statistics.median(ratios):.3f}** | {ratios[0]:.3f} | "
+            f"{ratios[-1]:.3f} | {guarded:,.0f} | {bare:,.0f} | {p50:.0f} / {p50_bare:.0f} |"
+        )
+    problems = sum(r[k]["errors"] + r[k]["closes"] for r in rounds for k in r)
+    if problems:
+        out.append(f"\nWARNING: {problems} wrong-size echoes or server closes during the runs")
+    return "\n".join(out)
+
+
 def orchestrate(args: argparse.Namespace) -> None:
+    if args.paired:
+        orchestrate_paired(args)
+        return
     names = [BARE, *args.guard]
     servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
     rounds: list[dict[str, dict[str, Any]]] = []
@@ -440,6 +525,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=0, help="core for the servers")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for the load client")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPU cores")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="serve bare and each guarded app at the same time on the same core",
+    )
     # Internal: the same script is the server and the client subprocess.
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)

@@ -62,6 +62,20 @@ def test_echo_tiny_run_reports_both_apps() -> None:
 
 
 @pytest.mark.e2e
+def test_echo_paired_tiny_run_reports_a_ratio() -> None:
+    done = run(
+        "echo.py",
+        *("--paired", "--no-pin", "--rounds", "1", "--duration", "0.3", "--warmup", "0"),
+        *("--connections", "4"),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["guard", "rules"]
+    assert float(rows[1].split("|")[2].strip(" *")) > 0
+    assert "WARNING" not in done.stdout
+
+
+@pytest.mark.e2e
 @pytest.mark.redis
 def test_soak_tiny_run_writes_report_plot_and_json(tmp_path: Path) -> None:
     from services import require_binary
