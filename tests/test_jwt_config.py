@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from jwt_keys import EC_KEY, RSA_KEY, RSA_PUBLIC_PEM, SECRET
@@ -141,3 +143,17 @@ def test_jwt_rule_provides_the_subject_and_runs_at_the_auth_stage() -> None:
     assert rule.stage == rules.Stage.AUTH
     guard = Guard(rules=[rule])
     assert guard.connect_rules == (rule,)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("lifespan", 0, "JWKS lifespan must be a positive number of seconds, not 0"),
+        ("timeout", float("nan"), "JWKS timeout must be a positive number of seconds, not nan"),
+        ("cooldown", -1, "JWKS cooldown must be a number of seconds >= 0, not -1"),
+        ("retry", True, "JWKS retry must be a number of seconds >= 0, not True"),
+    ],
+)
+def test_jwks_timing_options_name_the_bad_value(option: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        rules.JWKS("https://example.invalid/jwks.json", **{option: value})  # type: ignore[arg-type]

@@ -35,18 +35,6 @@ if TYPE_CHECKING:
 _AUTH, _SIZE, _TYPES, _CONTENT, _RATE = range(5)
 
 
-class Shared:
-    """A plan item whose checker is the same for every connection."""
-
-    __slots__ = ("check",)
-
-    def __init__(self, check: Checker) -> None:
-        self.check = check
-
-    def checker(self, conn: Connection) -> Checker:
-        return self.check
-
-
 def _phase(rule: Rule) -> int | None:
     """Where *rule* may stand in a fused run, or None when it cannot join one."""
     if not rule.enforce:
@@ -276,7 +264,7 @@ class FusedRun:
 
 
 #: What a connection's checks are built from: each item's ``checker(conn)``.
-PlanItem = Rule | Shared | FusedRun
+PlanItem = Rule | FusedRun
 
 
 def _no_deny(retry: float) -> Close:  # pragma: no cover - only called with a rate

@@ -27,6 +27,7 @@ from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWKSetError
 
 from ._errors import ConfigurationError
+from ._validate import check_non_negative, check_positive
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -38,19 +39,6 @@ class KeyState(enum.Enum):
     FETCH = "fetch"  # the answer needs a fetch (stale set, or unknown kid past cooldown)
     UNKNOWN = "unknown"  # the endpoint does not list this kid
     UNAVAILABLE = "unavailable"  # the endpoint could not be reached
-
-
-def _positive(what: str, value: object, *, zero: bool = False) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        bound = "zero or more" if zero else "a positive number of"
-        raise ConfigurationError(f"JWKS {what} must be {bound} seconds, not {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 class JWKS:
@@ -70,10 +58,10 @@ class JWKS:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise ConfigurationError(f"jwks_url must be an http:// or https:// URL, not {url!r}")
         self.url = url
-        self.lifespan = _positive("lifespan", lifespan)
-        self.cooldown = _positive("cooldown", cooldown, zero=True)
-        self.timeout = _positive("timeout", timeout)
-        self.retry = _positive("retry", retry, zero=True)
+        self.lifespan = check_positive("JWKS lifespan", lifespan, unit="seconds")
+        self.cooldown = check_non_negative("JWKS cooldown", cooldown, unit="seconds")
+        self.timeout = check_positive("JWKS timeout", timeout, unit="seconds")
+        self.retry = check_non_negative("JWKS retry", retry, unit="seconds")
         self._clock = clock
         # No cache inside the client: the loop-side dict below is the cache.
         self.client = PyJWKClient(
