@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from types import SimpleNamespace
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apps import echo
 from helpers import ManualClock
-from ws_guard import CONSUME, Close, Guard, rules
+from ws_guard import CONSUME, Close, Guard, WSGuardMiddleware, rules
 from ws_guard._fuse import FusedRun, plan_checks
 from ws_guard._rule import Checker, Rule
+from ws_guard.testing import ScriptedWebSocket
 
 
 def checks_of(items: Any, conn: Any) -> list[Checker]:
@@ -83,10 +86,86 @@ def test_fused_plan_decides_like_rule_by_rule(
     guard = Guard(rules=rule_list, clock=clock)
     conn = SimpleNamespace(guard=guard, auth=None)
     one_by_one = checks_of(guard.checker_rules, conn)
-    fused = checks_of(plan_checks(guard.checker_rules), conn)
+    fused = checks_of(plan_checks(guard.checker_rules, guard.scheduler.clock), conn)
     for m, step in script:
         clock.now += step
         assert decide(fused, m) == decide(one_by_one, m)
+
+
+class _SteppedWebSocket(ScriptedWebSocket):
+    """Moves the clock by a message's ``_step`` as the guard takes the message."""
+
+    def __init__(self, app: Any, clock: ManualClock) -> None:
+        super().__init__(app)
+        self.clock = clock
+
+    async def _receive(self) -> dict[str, Any]:
+        message = await super()._receive()
+        self.clock.now += message.pop("_step", 0.0)
+        return message
+
+
+async def _serve(
+    specs: list[tuple[str, int, bool]],
+    script: list[tuple[dict[str, Any], float]],
+    *,
+    fused: bool,
+) -> tuple[list[dict[str, Any]], Any]:
+    clock = ManualClock(10.0)
+    guard = Guard(rules=[make_rule(kind, n + 1, on) for kind, n, on in specs], clock=clock)
+    if not fused:
+        guard.check_plan = tuple(guard.checker_rules)  # rule by rule, the generic receive
+    ws = _SteppedWebSocket(WSGuardMiddleware(echo, guard=guard), clock)
+    await ws.connect()
+    for m, step in script:
+        await ws._incoming.put(dict(m, _step=step))
+    await ws.disconnect()
+    await ws.finished()
+    snap = guard.metrics.snapshot()
+    return ws.sent, (snap.closes_by_rule, snap.closes_by_code, snap.dropped_sends)
+
+
+#: Rules mostly in the fused order, mostly enforcing, mostly with a rate:
+#: most plans then lead with a fused run (a Json rule, last, is a check after it).
+_ORDER = {"size": 0, "text": 1, "binary": 1, "both": 1, "content": 2, "pattern": 2, "rate": 3}
+_some_enforce = st.sampled_from([True, True, True, False])
+_rate_spec = st.tuples(st.just("rate"), st.integers(0, 12), _some_enforce)
+fusing_specs = st.builds(
+    lambda head, rate: sorted([*head, *rate], key=lambda spec: _ORDER.get(spec[0], 9)),
+    st.lists(
+        st.tuples(st.sampled_from([*_ORDER, "json"]), st.integers(0, 12), _some_enforce),
+        max_size=4,
+    ),
+    st.one_of(
+        st.just([]), _rate_spec.map(lambda spec: [spec]), _rate_spec.map(lambda spec: [spec])
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fusing_specs,
+    st.lists(st.tuples(message, st.sampled_from([0.0, 0.0, 0.3, 1.0])), min_size=1, max_size=16),
+)
+def test_compiled_receive_serves_like_rule_by_rule(
+    specs: list[tuple[str, int, bool]], script: list[tuple[dict[str, Any], float]]
+) -> None:
+    """The fused receive inlined into the message path: same echoes, same close, same counts."""
+    fused = asyncio.run(_serve(specs, script, fused=True))
+    reference = asyncio.run(_serve(specs, script, fused=False))
+    assert fused == reference
+
+
+def test_the_compiled_source_has_only_the_branches_its_run_needs() -> None:
+    guard = Guard(rules=[rules.MaxMessageSize(64), rules.MessageRate("20/second")])
+    run = guard.check_plan[0]
+    assert isinstance(run, FusedRun)
+    assert "if size > 16 and (size > 64 or len(text.encode(" in run.source
+    assert "if count < 20:" in run.source
+    assert "t + 1.0" in run.source
+    assert "ALLOWED_" not in run.source
+    assert "NEEDLE" not in run.source
+    assert "async def receive(self):" in run.source  # the plan's first item: inlined
 
 
 def test_the_usual_rules_become_one_check() -> None:
@@ -103,7 +182,11 @@ def test_the_usual_rules_become_one_check() -> None:
 
 def test_other_orders_shared_keys_and_shadow_rules_stay_separate() -> None:
     size, types = rules.MaxMessageSize(64), rules.MessageTypes(binary=False)
-    assert plan_checks([types, size]) == (types, size)
+    # Out of order: two runs. A lone rule at the head is a run of its own (so it
+    # is inlined into receive); further on it checks itself.
+    head, tail = plan_checks([types, size])
+    assert isinstance(head, FusedRun)
+    assert tail is size
     shadow = rules.MaxMessageSize(64, enforce=False)
     assert plan_checks([shadow, types]) == (shadow, types)
     both = rules.MessageTypes()
@@ -111,11 +194,27 @@ def test_other_orders_shared_keys_and_shadow_rules_stay_separate() -> None:
     pattern = rules.Pattern(re.compile("x"), name="x")
     assert len(plan_checks([size, pattern, pattern])) == 1
     rate = rules.MessageRate("5/second")
-    assert plan_checks([rate, size]) == (rate, size)
+    head, tail = plan_checks([rate, size])
+    assert isinstance(head, FusedRun)
+    assert head.rate is rate
+    assert tail is size
     by_ip = rules.MessageRate("5/second", key=rules.by_ip)
     assert plan_checks([size, by_ip])[1] is by_ip
     two_rates = rules.MessageRate("5/second; 100/minute")
     assert plan_checks([size, two_rates])[1] is two_rates
+    # One rate window per connection: a second per-connection rate checks itself.
+    second = rules.MessageRate("50/minute")
+    plan = plan_checks([size, rate, types, second])
+    assert isinstance(plan[0], FusedRun)
+    assert plan[0].rate is rate
+    assert plan[-1] is second
+
+
+def test_a_lone_rate_is_inlined_into_receive() -> None:
+    rate = rules.MessageRate("5/second")
+    (only,) = plan_checks([rate])
+    assert isinstance(only, FusedRun)
+    assert "async def receive(self):" in only.source
 
 
 # -- JWT in a fused run, through the real connection path ----------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
+from ._fuse import FusedRun
 from ._keys import resolve_client_ip
 from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
@@ -32,6 +33,9 @@ CONNECTING = 0
 OPEN = 1
 CLOSED = 2  # closed by the client or the app; ws_guard stays transparent
 GUARD_CLOSED = 3  # closed by ws_guard; the app sees a disconnect, its sends are dropped
+
+#: What _receive_slow is given for a message no check has seen yet.
+_UNCHECKED: Any = object()
 
 _STATE_NAMES = {CONNECTING: "connecting", OPEN: "open", CLOSED: "closed", GUARD_CLOSED: "closed"}
 
@@ -86,6 +90,8 @@ class Connection:
 
     __slots__ = (
         "_asides",
+        "_auth_every",
+        "_auth_refresh",
         "_check",
         "_close_task",
         "_connect_message",
@@ -98,9 +104,13 @@ class Connection:
         "_hold",
         "_id",
         "_query",
+        "_rate_count",
+        "_rate_end",
         "_receive",
         "_send",
+        "_slow_check",
         "admitted",
+        "app_receive",
         "auth",
         "cancelled_by_guard",
         "claims",
@@ -135,8 +145,21 @@ class Connection:
         self._extra: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
-        #: The message check: one rule's (or fused run's) checker, or a chain.
+        #: The message checks receive() runs: one rule's (or fused run's)
+        #: checker, or a chain; without the plan's leading fused run when that
+        #: run is inlined into app_receive.
         self._check: Checker | None = None
+        #: All of the message checks, for the rare paths (_receive_slow).
+        self._slow_check: Checker | None = None
+        #: The receive the app is given: :meth:`receive`, or a fused run's
+        #: compiled receive with its checks inlined (see _fuse.py).
+        self.app_receive: Receive = self.receive
+        # The plan's fused run keeps its per-connection state in these slots
+        # (set by FusedRun.checker): the rate window and the auth session's check.
+        self._rate_end = float("-inf")
+        self._rate_count = 0
+        self._auth_every: Checker | None = None
+        self._auth_refresh: Checker | None = None
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
         self._close_task: asyncio.Future[Any] | None = None
@@ -245,16 +268,23 @@ class Connection:
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
         guard.connections.add(self)
+        plan = guard.check_plan
         checks: list[Checker] = []
-        for item in guard.check_plan:
+        for item in plan:
             check = item.checker(self)
             if check is not None:
                 checks.append(check)
-        self._check = (
-            checks[0] if len(checks) == 1 else self._chain(tuple(checks)) if checks else None
-        )
+        self._check = self._slow_check = self._combine(checks)
+        if plan and isinstance(plan[0], FusedRun):
+            self.app_receive = plan[0].receiver(self)
+            self._check = self._combine(checks[1:])  # a fused run always has a check
         self.scope["ws_guard"] = ConnectionInfo(self)
         return True
+
+    def _combine(self, checks: list[Checker]) -> Checker | None:
+        if not checks:
+            return None
+        return checks[0] if len(checks) == 1 else self._chain(tuple(checks))
 
     def _chain(self, checks: tuple[Checker, ...]) -> Checker:
         """Several checks as one: the first enforced breach or a consume ends it."""
@@ -294,7 +324,33 @@ class Connection:
 
     # -- the app's receive/send -------------------------------------------------
     async def receive(self) -> Message:
-        if self.state != OPEN:  # one comparison on the message path; the rest is rare
+        # The message path: open before and after the wait, a data message the
+        # checks pass. Everything else goes to _receive_slow. The server's
+        # receive is read into a local first: calling it straight off the
+        # slot is a method lookup the interpreter cannot specialise. Early
+        # returns keep every jump short: CPython 3.11 leaves a comparison
+        # unspecialised when its jump needs an EXTENDED_ARG.
+        if self.state != OPEN:
+            return await self._receive_slow(None, _UNCHECKED)
+        server_receive = self._receive
+        message = await server_receive()
+        if self.state != OPEN or message["type"] != "websocket.receive":
+            return await self._receive_slow(message, _UNCHECKED)
+        check = self._check
+        if check is None:
+            return message
+        verdict = check(message)
+        if verdict is None:
+            return message
+        return await self._receive_slow(message, verdict)
+
+    async def _receive_slow(self, message: Message | None, verdict: Any) -> Message:
+        """The rest of :meth:`receive`: replay, closes, refusals, consumed messages.
+
+        *message* is one already read from the server (None: read one), and
+        *verdict* its checks' decision (``_UNCHECKED``: not checked yet).
+        """
+        if message is None:
             if self._connect_message is not None:
                 message = self._connect_message
                 self._connect_message = None
@@ -302,14 +358,15 @@ class Connection:
             if self.state == GUARD_CLOSED:
                 return self._disconnect_message()
         while True:
-            message = await self._receive()
+            if message is None:
+                message = await self._receive()
+                verdict = _UNCHECKED
             if self.state == GUARD_CLOSED:
                 return self._disconnect_message()  # closed while we waited: drop what came
             if message["type"] == "websocket.receive":
-                check = self._check
-                if check is None:
-                    return message
-                verdict = check(message)
+                if verdict is _UNCHECKED:
+                    check = self._slow_check
+                    verdict = None if check is None else check(message)
                 if verdict is None:
                     return message
                 if verdict is not CONSUME:
@@ -318,6 +375,7 @@ class Connection:
                         self._record_shadow(verdict)
                         return message
                     if self.state != OPEN:
+                        message = None
                         continue  # the app already closed: drop the refused frame, no second close
                     await self._close_open(verdict)
                     return self._disconnect_message()
@@ -331,6 +389,7 @@ class Connection:
                     if close is not None and self.state == OPEN:
                         await self._close_open(close)
                         return self._disconnect_message()
+                message = None
                 continue
             if message["type"] == "websocket.disconnect" and self.state == OPEN:
                 self.state = CLOSED
@@ -343,7 +402,8 @@ class Connection:
         # await a send at once, so checking the state here rather than at the
         # await is the same thing; a gone client is classified in app_crashed.
         if self.state == OPEN and message["type"] == "websocket.send":
-            return self._send(message)
+            server_send = self._send  # a local: see receive()
+            return server_send(message)
         return self._send_slow(message)
 
     async def _send_slow(self, message: Message) -> None:

@@ -1,38 +1,55 @@
-"""One function for a run of built-in message rules.
+"""One compiled function for a run of built-in message rules.
 
-Each rule checked on its own costs a Python call and a turn of the
-connection's loop, about 1 000 machine instructions, on a message path whose
-whole budget (5 % of an echo's ~127 000) is some 6 000. A run of enforcing
-built-in rules, in the order
+On CPython 3.11 a Python call costs some 700 machine instructions and each
+value a closure carries costs more on every call, on a message path whose
+whole budget (5 % of an echo's ~127 000 instructions) is some 6 000. A run of
+enforcing built-in rules, in the order
 
     JWTAuth (its refresh test) -> MaxMessageSize -> MessageTypes -> Content...
     -> MessageRate (per connection, one rate)
 
-(any of them may be missing), is therefore checked by one closure per
-connection that reads the payload once. Any other order, and any rule in
-shadow mode, is checked rule by rule. The decisions are the same either way:
-the first breach in rule order wins, a consumed message goes no further, and
-a rate counts only the messages the rules before it let through.
-``tests/test_fuse.py`` checks this property-wise against rule-by-rule checks.
+(any of them may be missing), is therefore written out as Python source once
+per guard, with the limits as literals and only the branches this run needs,
+and compiled (as :mod:`dataclasses` does for ``__init__``). Two functions come
+out of it:
+
+- ``check(conn, message)``: the run as one message check (a verdict).
+- ``receive(conn)``: when the run leads the guard's plan, the connection's
+  whole receive path with the run inlined, so the common message costs one
+  wrapper coroutine and no check call at all.
+
+Per-connection state (the rate window, the auth session's check) lives in
+slots of the :class:`~ws_guard._connection.Connection`. Any other order, and
+any rule in shadow mode, is checked rule by rule. The decisions are the same
+either way: the first breach in rule order wins, a consumed message goes no
+further, and a rate counts only the messages the rules before it let through.
+``tests/test_fuse.py`` checks both functions property-wise against
+rule-by-rule checks; ``FusedRun.source`` shows the generated code.
 """
 
 from __future__ import annotations
 
+import itertools
+import linecache
+import time
 from collections.abc import Callable, Sequence
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
-from ._close import Close
 from ._jwt import JWTAuth
 from ._keys import by_connection
 from ._message_rules import Content, MaxMessageSize, MessageTypes
 from ._rate import MessageRate
 from ._rule import Checker, Rule, Verdict
-from ._types import Message
+from ._types import Message, Receive
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
 _AUTH, _SIZE, _TYPES, _CONTENT, _RATE = range(5)
+
+#: Distinct file names for the generated code, so tracebacks show its source.
+_serial = itertools.count(1)
 
 
 def _phase(rule: Rule) -> int | None:
@@ -58,23 +75,37 @@ def _phase(rule: Rule) -> int | None:
     return None
 
 
-def plan_checks(rules: Sequence[Rule]) -> tuple[PlanItem, ...]:
-    """The rules with checkers, runs of fusable ones replaced by one item."""
+def plan_checks(
+    rules: Sequence[Rule], clock: Callable[[], float] = time.monotonic
+) -> tuple[PlanItem, ...]:
+    """The rules with checkers, runs of fusable ones replaced by one item.
+
+    *clock* is what a fused rate reads (the guard scheduler's). Only one run
+    keeps a rate window (the connection has one set of slots for it); a
+    second per-connection rate is checked on its own.
+    """
     plan: list[PlanItem] = []
     run: list[Rule] = []
     last = -1
+    rate_fused = False
 
     def flush() -> None:
-        if len(run) == 1:
+        # A lone rule checks itself as cheaply as a run of one would, except
+        # at the head of the plan, where a run is inlined into receive.
+        if len(run) == 1 and plan:
             plan.append(run[0])
         elif run:
-            plan.append(FusedRun(run))
+            plan.append(FusedRun(run, clock))
         run.clear()
 
     for rule in rules:
         if type(rule) is MessageTypes and rule.check is None:
             continue  # text and binary both allowed: nothing to check
         phase = _phase(rule)
+        if phase == _RATE:
+            if rate_fused:
+                phase = None
+            rate_fused = True
         if phase is None:
             flush()
             last = -1
@@ -85,187 +116,256 @@ def plan_checks(rules: Sequence[Rule]) -> tuple[PlanItem, ...]:
         run.append(rule)
         last = phase
     flush()
+    if plan and isinstance(plan[0], FusedRun):
+        plan[0].lead(followed=len(plan) > 1)
     return tuple(plan)
 
 
 class FusedRun:
-    """A run of fusable rules; :meth:`checker` builds one closure per connection."""
+    """A run of fusable rules, compiled into one check (and one receive if it leads)."""
 
-    __slots__ = ("allow_bytes", "allow_text", "auth", "limit", "payload_rules", "rate",
-                 "size_breach", "tests", "types_breach")  # fmt: skip
+    __slots__ = ("_check", "_code", "_receive", "auth", "rate", "source")
 
-    def __init__(self, run: Sequence[Rule]) -> None:
+    def __init__(self, run: Sequence[Rule], clock: Callable[[], float] = time.monotonic) -> None:
         self.auth: JWTAuth | None = None
         self.rate: MessageRate | None = None
-        self.limit = -1
-        self.size_breach: Close | None = None
-        self.allow_text = self.allow_bytes = True
-        self.types_breach: Close | None = None
-        tests: list[tuple[Callable[[Any], bool], Close]] = []
-        self.payload_rules: list[Checker] = []
+        size: MaxMessageSize | None = None
+        types: MessageTypes | None = None
+        contents: list[Content] = []
         for rule in run:
             if isinstance(rule, JWTAuth):
                 self.auth = rule
             elif isinstance(rule, MessageRate):
                 self.rate = rule
             elif isinstance(rule, MaxMessageSize):
-                self.limit, self.size_breach = rule.max_bytes, rule._breach
-                self.payload_rules.append(rule.check)
-            elif isinstance(rule, MessageTypes) and rule.check is not None:
-                self.allow_text, self.allow_bytes = rule.text, rule.binary
-                self.types_breach = rule._breach
-                self.payload_rules.append(rule.check)
+                size = rule
+            elif isinstance(rule, MessageTypes):
+                types = rule
             elif isinstance(rule, Content):
-                tests.append((rule.allowed, rule._breach))
-                self.payload_rules.append(rule.check)
-        self.tests = tuple(tests)
+                contents.append(rule)
+        self._code = _Code(self.auth, size, types, contents, self.rate, clock)
+        self._check: Callable[..., Verdict] = self._code.compile("check")
+        self._receive: Callable[..., Any] | None = None
+        #: The generated source, for reading and for tracebacks.
+        self.source = self._code.text("check")
+
+    def lead(self, *, followed: bool) -> None:
+        """This run is the plan's first item: also compile its receive path.
+
+        *followed*: more checks come after the run (``Connection._check``).
+        """
+        self._receive = self._code.compile("receive", followed=followed)
+        self.source += "\n" + self._code.text("receive", followed=followed)
 
     def checker(self, conn: Connection) -> Checker:
-        if self.auth is None and self.rate is None:
-            return self.payload_check()  # no per-connection state: the leanest closure
-        return self.full_check(conn)
-
-    def payload_check(self) -> Checker:
-        """Size, type and content only: every branch here is one the message needs.
-
-        The payload steps are written out again in :meth:`full_check` on
-        purpose: a shared helper would be one more Python call per message,
-        the very cost this module removes. ``tests/test_fuse.py`` checks both
-        closures against rule-by-rule decisions.
-        """
-        limit = self.limit
-        quarter = limit >> 2 if limit >= 0 else -1
-        size_breach, types_breach = self.size_breach, self.types_breach
-        allow_text, allow_bytes, tests = self.allow_text, self.allow_bytes, self.tests
-        sequential = tuple(self.payload_rules)
-        # The usual case, one content check, without a loop around it.
-        single, single_breach = tests[0] if len(tests) == 1 else (None, None)
-
-        def check(message: Message) -> Verdict:
-            text = message.get("text")
-            if text is not None:
-                if limit >= 0:
-                    size = len(text)
-                    if size > quarter and (
-                        size > limit or len(text.encode("utf-8", "surrogatepass")) > limit
-                    ):
-                        return size_breach
-                if not allow_text:
-                    return types_breach
-                if single is not None:
-                    return None if single(text) else single_breach
-                for allowed, breach in tests:
-                    if not allowed(text):
-                        return breach
-                return None
-            data = message.get("bytes")
-            if data is None:  # neither payload: not valid ASGI; decide rule by rule
-                for one in sequential:
-                    verdict = one(message)
-                    if verdict is not None:
-                        return verdict
-                return None
-            if limit >= 0 and len(data) > limit:
-                return size_breach
-            if not allow_bytes:
-                return types_breach
-            for allowed, breach in tests:
-                if not allowed(data):
-                    return breach
-            return None
-
-        return check
-
-    def full_check(self, conn: Connection) -> Checker:
-        """With the auth rule's refresh test and/or a per-connection rate."""
-        limit = self.limit
-        quarter = limit >> 2 if limit >= 0 else -1
-        size_breach, types_breach = self.size_breach, self.types_breach
-        allow_text, allow_bytes, tests = self.allow_text, self.allow_bytes, self.tests
-        sequential = tuple(self.payload_rules)
-        single, single_breach = tests[0] if len(tests) == 1 else (None, None)
-
-        needle: str | None = None
-        on_needle: Checker | None = None
-        first: Checker | None = None  # the auth check every message needs (a first-message token)
+        """The run as one check on *conn*; sets up the connection's run state."""
         if self.auth is not None:
+            conn._auth_every = conn._auth_refresh = None
             prefilter = self.auth.refresh_prefilter(conn)
             if prefilter is not None:
-                needle, on_needle = prefilter
+                conn._auth_refresh = prefilter[1]
             else:
-                first = self.auth.checker(conn)
+                conn._auth_every = self.auth.checker(conn)
+        if self.rate is not None:
+            conn._rate_end = float("-inf")
+            conn._rate_count = 0
+        return MethodType(self._check, conn)
 
-        rate = self.rate
-        rate_limit = 0
-        window = 0.0
-        clock: Callable[[], float] = float
-        deny: Callable[[float], Close] = _no_deny
-        if rate is not None:
-            rate_limit, window = rate.rates[0].limit, rate.rates[0].window
-            clock = conn.guard.scheduler.clock
-            deny = rate._deny
-        end = float("-inf")
-        count = 0
-
-        def check(message: Message) -> Verdict:
-            nonlocal end, count
-            if first is not None:
-                verdict = first(message)
-                if verdict is not None:
-                    return verdict
-            text = message.get("text")
-            if text is not None:
-                if needle is not None and needle in text:
-                    verdict = on_needle(message)  # type: ignore[misc]
-                    if verdict is not None:
-                        return verdict
-                if limit >= 0:
-                    size = len(text)
-                    if size > quarter and (
-                        size > limit or len(text.encode("utf-8", "surrogatepass")) > limit
-                    ):
-                        return size_breach
-                if not allow_text:
-                    return types_breach
-                if single is not None:
-                    if not single(text):
-                        return single_breach
-                else:
-                    for allowed, breach in tests:
-                        if not allowed(text):
-                            return breach
-            else:
-                data = message.get("bytes")
-                if data is None:  # neither payload: not valid ASGI; decide rule by rule
-                    for one in sequential:
-                        verdict = one(message)
-                        if verdict is not None:
-                            return verdict
-                else:
-                    if limit >= 0 and len(data) > limit:
-                        return size_breach
-                    if not allow_bytes:
-                        return types_breach
-                    for allowed, breach in tests:
-                        if not allowed(data):
-                            return breach
-            if rate_limit:
-                t = clock()
-                if t >= end:
-                    end = t + window
-                    count = 1
-                elif count < rate_limit:
-                    count += 1
-                else:
-                    return deny(end - t)
-            return None
-
-        return check
+    def receiver(self, conn: Connection) -> Receive:
+        """*conn*'s receive with this run inlined (after :meth:`checker`)."""
+        if self._receive is None:
+            raise RuntimeError("only the plan's first item has a receive path")
+        return MethodType(self._receive, conn)
 
 
 #: What a connection's checks are built from: each item's ``checker(conn)``.
 PlanItem = Rule | FusedRun
 
 
-def _no_deny(retry: float) -> Close:  # pragma: no cover - only called with a rate
-    raise AssertionError("no rate in this run")
+class _Code:
+    """Writes and compiles a fused run's source.
+
+    The generated function's globals hold the objects it needs (breach
+    decisions, content predicates, the clock); numbers are literals. A
+    refusal is written through ``refuse``, which differs between the two
+    forms: ``check`` returns the verdict, ``receive`` hands the message and
+    its verdict to ``Connection._receive_slow``.
+    """
+
+    def __init__(
+        self,
+        auth: JWTAuth | None,
+        size: MaxMessageSize | None,
+        types: MessageTypes | None,
+        contents: Sequence[Content],
+        rate: MessageRate | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.auth, self.size, self.types, self.rate = auth, size, types, rate
+        self.contents = tuple(contents)
+        self.names: dict[str, Any] = {}
+        if size is not None:
+            self.names["SIZE_BREACH"] = size._breach
+        if types is not None:
+            self.names["TYPES_BREACH"] = types._breach
+        for i, content in enumerate(self.contents):
+            self.names[f"ALLOWED_{i}"] = content.allowed
+            self.names[f"BREACH_{i}"] = content._breach
+        payload_checks = [r.check for r in (size, types, *self.contents) if r is not None]
+        self.names["BY_RULE"] = _by_rule(tuple(c for c in payload_checks if c is not None))
+        self.needle = auth._refresh_needle if auth is not None else None
+        self.names["NEEDLE"] = self.needle
+        if rate is not None:
+            self.names["CLOCK"] = clock
+            self.names["DENY"] = rate._deny
+
+    # -- the checks, as lines at an indent, with a form's way to refuse ----------
+    def body(self, refuse: Callable[[str], str]) -> list[str]:
+        out: list[str] = []
+        if self.auth is not None:
+            out += [
+                "auth = self._auth_every",
+                "if auth is not None:",
+                "    verdict = auth(message)",
+                "    if verdict is not None:",
+                f"        {refuse('verdict')}",
+            ]
+        payload = (self.needle, self.size, self.types)
+        if self.contents or any(part is not None for part in payload):
+            out += ["text = message.get('text')", "if text is not None:"]
+            out += _indent(self._text(refuse))
+            out += ["else:", "    data = message.get('bytes')", "    if data is None:"]
+            out += _indent(self._neither(refuse), 2)
+            out += ["    else:"]
+            out += _indent(self._bytes(refuse), 2)
+        if self.rate is not None:
+            limit, window = self.rate.rates[0].limit, self.rate.rates[0].window
+            out += [
+                "t = CLOCK()",
+                "if t >= self._rate_end:",
+                f"    self._rate_end = t + {window!r}",
+                "    self._rate_count = 1",
+                "else:",
+                "    count = self._rate_count",
+                f"    if count < {limit!r}:",
+                "        self._rate_count = count + 1",
+                "    else:",
+                f"        {refuse('DENY(self._rate_end - t)')}",
+            ]
+        return out
+
+    def _text(self, refuse: Callable[[str], str]) -> list[str]:
+        out: list[str] = []
+        if self.needle is not None:
+            out += [
+                "if NEEDLE in text:",  # most messages are no refresh: one substring test
+                "    auth = self._auth_refresh",
+                "    if auth is not None:",
+                "        verdict = auth(message)",
+                "        if verdict is not None:",
+                f"            {refuse('verdict')}",
+            ]
+        if self.size is not None:
+            limit = self.size.max_bytes
+            # Text this short fits even at 4 bytes a character: no encode.
+            out += [
+                "size = len(text)",
+                f"if size > {limit >> 2} and (size > {limit} or "
+                f"len(text.encode('utf-8', 'surrogatepass')) > {limit}):",
+                f"    {refuse('SIZE_BREACH')}",
+            ]
+        if self.types is not None and not self.types.text:
+            return [*out, refuse("TYPES_BREACH")]
+        out += self._contents("text", refuse)
+        return out or ["pass"]
+
+    def _bytes(self, refuse: Callable[[str], str]) -> list[str]:
+        out: list[str] = []
+        if self.size is not None:
+            out += [f"if len(data) > {self.size.max_bytes}:", f"    {refuse('SIZE_BREACH')}"]
+        if self.types is not None and not self.types.binary:
+            return [*out, refuse("TYPES_BREACH")]
+        out += self._contents("data", refuse)
+        return out or ["pass"]
+
+    def _neither(self, refuse: Callable[[str], str]) -> list[str]:
+        # Neither payload is not valid ASGI: the payload rules decide one by one.
+        return [
+            "verdict = BY_RULE(message)",
+            "if verdict is not None:",
+            f"    {refuse('verdict')}",
+        ]
+
+    def _contents(self, payload: str, refuse: Callable[[str], str]) -> list[str]:
+        out: list[str] = []
+        for i in range(len(self.contents)):
+            out += [f"if not ALLOWED_{i}({payload}):", f"    {refuse(f'BREACH_{i}')}"]
+        return out
+
+    # -- the two forms ------------------------------------------------------------
+    def text(self, form: str, *, followed: bool = False) -> str:
+        from ._connection import OPEN
+
+        if form == "check":
+            lines = ["def check(self, message):"]
+            lines += _indent([*self.body(lambda v: f"return {v}"), "return None"])
+            return "\n".join(lines) + "\n"
+
+        def refuse(verdict: str) -> str:
+            return f"return await self._receive_slow(message, {verdict})"
+
+        rest = (
+            [
+                "check = self._check",
+                "if check is not None:",
+                "    verdict = check(message)",
+                "    if verdict is not None:",
+                f"        {refuse('verdict')}",
+            ]
+            if followed
+            else []
+        )
+        # The server's receive is read into a local first: a call straight
+        # off the slot is a method lookup the interpreter cannot specialise.
+        # Early returns keep every jump short: CPython 3.11 leaves a
+        # comparison unspecialised when its jump needs an EXTENDED_ARG.
+        lines = [
+            "async def receive(self):",
+            f"    if self.state != {OPEN}:",
+            "        return await self._receive_slow(None, UNCHECKED)",
+            "    server_receive = self._receive",
+            "    message = await server_receive()",
+            f"    if self.state != {OPEN} or message['type'] != 'websocket.receive':",
+            "        return await self._receive_slow(message, UNCHECKED)",
+            *_indent([*self.body(refuse), *rest, "return message"]),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def compile(self, form: str, *, followed: bool = False) -> Callable[..., Any]:
+        from ._connection import _UNCHECKED
+
+        source = self.text(form, followed=followed)
+        filename = f"<ws_guard fused {form} {next(_serial)}>"
+        # Registered so that a traceback through the generated code shows it.
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        namespace = dict(self.names, UNCHECKED=_UNCHECKED)
+        # Our own source, written above from the run's rules; no user text in it.
+        exec(compile(source, filename, "exec"), namespace)
+        function: Callable[..., Any] = namespace[form]
+        return function
+
+
+def _indent(lines: list[str], levels: int = 1) -> list[str]:
+    pad = "    " * levels
+    return [pad + line for line in lines]
+
+
+def _by_rule(checks: tuple[Checker, ...]) -> Checker:
+    def by_rule(message: Message) -> Verdict:
+        for check in checks:
+            verdict = check(message)
+            if verdict is not None:
+                return verdict
+        return None
+
+    return by_rule

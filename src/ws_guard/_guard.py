@@ -124,7 +124,7 @@ class Guard:
         self.connect_rules = tuple(r for r in ordered if overrides(r, "on_connect"))
         self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
         #: What each connection's message checks are built from (see _fuse.py).
-        self.check_plan = plan_checks(self.checker_rules)
+        self.check_plan = plan_checks(self.checker_rules, self.scheduler.clock)
         self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))
         self.open_rules = tuple(r for r in self.rules if overrides(r, "on_open"))
         self.storage_error_log_interval = 5.0

@@ -37,7 +37,7 @@ class WSGuardMiddleware:
                     return
                 conn.task = asyncio.current_task()
                 try:
-                    await self.app(scope, conn.receive, conn.send)
+                    await self.app(scope, conn.app_receive, conn.send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise
