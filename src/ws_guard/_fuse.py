@@ -220,7 +220,13 @@ class _Code:
             self.names["DENY"] = rate._deny
 
     # -- the checks, as lines at an indent, with a form's way to refuse ----------
-    def body(self, refuse: Callable[[str], str]) -> list[str]:
+    @property
+    def reads_payload(self) -> bool:
+        payload = (self.needle, self.size, self.types)
+        return bool(self.contents) or any(part is not None for part in payload)
+
+    def body(self, refuse: Callable[[str], str], *, text_read: bool = False) -> list[str]:
+        """The checks; *text_read*: ``text = message.get('text')`` ran already."""
         out: list[str] = []
         if self.auth is not None:
             out += [
@@ -230,9 +236,10 @@ class _Code:
                 "    if verdict is not None:",
                 f"        {refuse('verdict')}",
             ]
-        payload = (self.needle, self.size, self.types)
-        if self.contents or any(part is not None for part in payload):
-            out += ["text = message.get('text')", "if text is not None:"]
+        if self.reads_payload:
+            if not text_read:
+                out += ["text = message.get('text')"]
+            out += ["if text is not None:"]
             out += _indent(self._text(refuse))
             out += ["else:", "    data = message.get('bytes')", "    if data is None:"]
             out += _indent(self._neither(refuse), 2)
@@ -335,10 +342,23 @@ class _Code:
             "        return await self._receive_slow(None, UNCHECKED)",
             "    server_receive = self._receive",
             "    message = await server_receive()",
-            f"    if self.state != {OPEN} or message['type'] != 'websocket.receive':",
+            f"    if self.state != {OPEN}:",
             "        return await self._receive_slow(message, UNCHECKED)",
-            *_indent([*self.body(refuse), *rest, "return message"]),
         ]
+        if self.reads_payload:
+            # Only a websocket.receive event carries a payload (ASGI), so a
+            # text message needs no type test: one dict lookup less.
+            lines += [
+                "    text = message.get('text')",
+                "    if text is None and message['type'] != 'websocket.receive':",
+                "        return await self._receive_slow(message, UNCHECKED)",
+            ]
+        else:
+            lines += [
+                "    if message['type'] != 'websocket.receive':",
+                "        return await self._receive_slow(message, UNCHECKED)",
+            ]
+        lines += _indent([*self.body(refuse, text_read=True), *rest, "return message"])
         return "\n".join(lines) + "\n"
 
     def compile(self, form: str, *, followed: bool = False) -> Callable[..., Any]:
