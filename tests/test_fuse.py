@@ -115,6 +115,7 @@ async def _serve(
     guard = Guard(rules=[make_rule(kind, n + 1, on) for kind, n, on in specs], clock=clock)
     if not fused:
         guard.check_plan = tuple(guard.checker_rules)  # rule by rule, the generic receive
+        guard.lead_run = None
     ws = _SteppedWebSocket(WSGuardMiddleware(echo, guard=guard), clock)
     await ws.connect()
     for m, step in script:
@@ -327,3 +328,39 @@ async def test_first_message_token_then_rules_in_a_fused_run() -> None:
     await ws.send_text("see http://x")
     await ws.expect("websocket.close", code=1008, reason="content:no_links")
     await ws.finished()
+
+
+async def test_after_the_app_closes_the_lead_run_still_decides() -> None:
+    """Messages read after the app's own close take the slow path with every check."""
+    from ws_guard._types import Message, Receive, Scope, Send
+
+    seen: list[Message] = []
+
+    async def closes_then_reads(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        seen.append(await receive())
+        await send({"type": "websocket.close", "code": 1000})
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    clock = ManualClock(10.0)
+    guard = Guard(rules=[rules.MaxMessageSize(10), rules.MessageRate("2/second")], clock=clock)
+    assert guard.lead_run is not None
+    ws = ScriptedWebSocket(WSGuardMiddleware(closes_then_reads, guard=guard))
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    for text in ("a", "x" * 20, "b", "c"):
+        await ws.send_text(text)
+    await ws.disconnect()
+    await ws.finished()
+    # "x"*20 is too big and "c" is over the rate ("a" and "b" used it): both
+    # dropped without a second close, since the app had closed already.
+    assert [m.get("text") for m in seen] == ["a", "b", None]
+    assert seen[-1]["type"] == "websocket.disconnect"
+    assert [m["type"] for m in ws.sent] == ["websocket.accept", "websocket.close"]
+    snap = guard.metrics.snapshot()
+    assert dict(snap.closes_by_initiator) == {"app": 1}

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
-from ._fuse import FusedRun
 from ._keys import resolve_client_ip
 from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
@@ -108,7 +107,6 @@ class Connection:
         "_rate_end",
         "_receive",
         "_send",
-        "_slow_check",
         "admitted",
         "app_receive",
         "auth",
@@ -145,21 +143,18 @@ class Connection:
         self._extra: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
-        #: The message checks receive() runs: one rule's (or fused run's)
-        #: checker, or a chain; without the plan's leading fused run when that
-        #: run is inlined into app_receive.
+        #: The message checks: one rule's (or fused run's) checker, or a chain.
+        #: Without the guard's lead run, which app_receive has inlined.
         self._check: Checker | None = None
-        #: All of the message checks, for the rare paths (_receive_slow).
-        self._slow_check: Checker | None = None
-        #: The receive the app is given: :meth:`receive`, or a fused run's
-        #: compiled receive with its checks inlined (see _fuse.py).
-        self.app_receive: Receive = self.receive
-        # The plan's fused run keeps its per-connection state in these slots
-        # (set by FusedRun.checker): the rate window and the auth session's check.
-        self._rate_end = float("-inf")
-        self._rate_count = 0
+        #: The receive the app is given (set at admission): :meth:`receive`,
+        #: or the lead run's compiled receive with its checks inlined.
+        self.app_receive: Receive
+        # A fused run keeps its per-connection state in these slots (set by
+        # FusedRun.bind): the auth session's check and the rate window.
         self._auth_every: Checker | None = None
         self._auth_refresh: Checker | None = None
+        self._rate_end: float
+        self._rate_count: int
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
         self._close_task: asyncio.Future[Any] | None = None
@@ -269,17 +264,30 @@ class Connection:
         guard.metrics.connection_opened()
         guard.connections.add(self)
         plan = guard.check_plan
+        lead = guard.lead_run
+        if lead is not None:
+            self.app_receive = lead.receiver(self)
+            plan = plan[1:]
+        else:
+            self.app_receive = self.receive
         checks: list[Checker] = []
         for item in plan:
             check = item.checker(self)
             if check is not None:
                 checks.append(check)
-        self._check = self._slow_check = self._combine(checks)
-        if plan and isinstance(plan[0], FusedRun):
-            self.app_receive = plan[0].receiver(self)
-            self._check = self._combine(checks[1:])  # a fused run always has a check
+        self._check = self._combine(checks)
         self.scope["ws_guard"] = ConnectionInfo(self)
         return True
+
+    def _check_all(self, message: Message) -> Verdict:
+        """Every message check, the inlined lead run's too (for _receive_slow)."""
+        lead = self.guard.lead_run
+        if lead is not None:
+            verdict = lead.check(self, message)
+            if verdict is not None:
+                return verdict
+        check = self._check
+        return None if check is None else check(message)
 
     def _combine(self, checks: list[Checker]) -> Checker | None:
         if not checks:
@@ -365,8 +373,7 @@ class Connection:
                 return self._disconnect_message()  # closed while we waited: drop what came
             if message["type"] == "websocket.receive":
                 if verdict is _UNCHECKED:
-                    check = self._slow_check
-                    verdict = None if check is None else check(message)
+                    verdict = self._check_all(message)
                 if verdict is None:
                     return message
                 if verdict is not CONSUME:

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 _AUTH, _SIZE, _TYPES, _CONTENT, _RATE = range(5)
 
+#: A rate window's end before its first message: shared, not one float per connection.
+_NEVER = float("-inf")
+
 #: Distinct file names for the generated code, so tracebacks show its source.
 _serial = itertools.count(1)
 
@@ -157,8 +160,8 @@ class FusedRun:
         self._receive = self._code.compile("receive", followed=followed)
         self.source += "\n" + self._code.text("receive", followed=followed)
 
-    def checker(self, conn: Connection) -> Checker:
-        """The run as one check on *conn*; sets up the connection's run state."""
+    def bind(self, conn: Connection) -> None:
+        """Set up *conn*'s state for this run: the auth session's check, the rate window."""
         if self.auth is not None:
             conn._auth_every = conn._auth_refresh = None
             prefilter = self.auth.refresh_prefilter(conn)
@@ -167,14 +170,23 @@ class FusedRun:
             else:
                 conn._auth_every = self.auth.checker(conn)
         if self.rate is not None:
-            conn._rate_end = float("-inf")
+            conn._rate_end = _NEVER
             conn._rate_count = 0
+
+    def checker(self, conn: Connection) -> Checker:
+        """The run as one check on *conn*."""
+        self.bind(conn)
         return MethodType(self._check, conn)
 
+    def check(self, conn: Connection, message: Message) -> Verdict:
+        """The run's decision on *message* (for a connection bound to it)."""
+        return self._check(conn, message)
+
     def receiver(self, conn: Connection) -> Receive:
-        """*conn*'s receive with this run inlined (after :meth:`checker`)."""
+        """*conn*'s receive with this run inlined."""
         if self._receive is None:
             raise RuntimeError("only the plan's first item has a receive path")
+        self.bind(conn)
         return MethodType(self._receive, conn)
 
 

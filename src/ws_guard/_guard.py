@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, format_retry_after
 from ._drain import Drain
 from ._errors import ConfigurationError
-from ._fuse import plan_checks
+from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
 from ._keys import IPNetwork, parse_trusted_proxies
 from ._metrics import Metrics
@@ -125,6 +125,10 @@ class Guard:
         self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
         #: What each connection's message checks are built from (see _fuse.py).
         self.check_plan = plan_checks(self.checker_rules, self.scheduler.clock)
+        #: The plan's first item when it is a fused run: each connection's
+        #: receive has it inlined (FusedRun.receiver).
+        first = self.check_plan[0] if self.check_plan else None
+        self.lead_run = first if isinstance(first, FusedRun) else None
         self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))
         self.open_rules = tuple(r for r in self.rules if overrides(r, "on_open"))
         self.storage_error_log_interval = 5.0
