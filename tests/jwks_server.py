@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -28,11 +29,14 @@ class JWKSServer:
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.hits = 0
         self.status = 200
+        #: Seconds each response waits (a slow key endpoint).
+        self.delay = 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.hits += 1
+                time.sleep(server.delay)
                 body = json.dumps({"keys": [jwk(k, kid) for kid, k in server.keys.items()]})
                 self.send_response(server.status)
                 self.send_header("content-type", "application/json")

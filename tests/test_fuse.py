@@ -364,3 +364,34 @@ async def test_after_the_app_closes_the_lead_run_still_decides() -> None:
     assert [m["type"] for m in ws.sent] == ["websocket.accept", "websocket.close"]
     snap = guard.metrics.snapshot()
     assert dict(snap.closes_by_initiator) == {"app": 1}
+
+
+def test_a_content_rule_with_its_own_checker_is_not_compiled() -> None:
+    """The compiled run calls ``allowed`` directly: a subclass that decides in
+    ``checker()`` (here: not on /admin) must keep being asked."""
+
+    class NotOnAdmin(rules.Content):
+        def checker(self, conn: Any) -> Checker | None:
+            return None if conn.path == "/admin" else super().checker(conn)
+
+    own = NotOnAdmin(lambda p: "z" not in p, name="noz")
+    assert plan_checks([own]) == (own,)
+    assert plan_checks([rules.MaxMessageSize(9), own])[1] is own
+    pattern, json_rule = rules.Pattern("q"), rules.Json()
+    assert len(plan_checks([rules.MaxMessageSize(9), pattern, json_rule])) == 1
+
+
+def test_the_generated_source_is_forgotten_with_its_run() -> None:
+    import gc
+    import linecache
+
+    guard = Guard(rules=[rules.MaxMessageSize(64), rules.MessageRate("20/second")])
+    run = guard.lead_run
+    assert run is not None
+    names = [n for n in linecache.cache if str(n).startswith("<ws_guard fused")]
+    assert len(names) >= 2
+    files = list(run._code.files)
+    assert all(f in linecache.cache for f in files)
+    del guard, run
+    gc.collect()
+    assert not any(f in linecache.cache for f in files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from jwks_server import JWKSServer, new_rsa_key
 from jwt_keys import hs256_with_public_key, mint
 from servers import free_port
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._types import Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
 KEY_A = new_rsa_key()
@@ -241,6 +243,62 @@ async def test_first_message_with_a_key_fetch(jwks_server: JWKSServer) -> None:
     assert ws.scope["ws_guard"].subject == "fm"
     await ws.disconnect()
     await ws.finished()
+
+
+async def _impatient(scope: Scope, receive: Receive, send: Send) -> None:
+    """Echoes, but waits only 50 ms per receive (asyncio.wait_for), as many apps do."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    scope["timeouts"] = 0
+    while True:
+        try:
+            message = await asyncio.wait_for(receive(), 0.05)
+        except asyncio.TimeoutError:
+            scope["timeouts"] += 1
+            continue
+        if message["type"] == "websocket.disconnect":
+            return
+        subject = scope["ws_guard"].subject
+        await send({"type": "websocket.send", "text": f"{message['text']} as {subject}"})
+
+
+async def test_a_receive_cancelled_during_a_key_fetch_keeps_the_decision(
+    jwks_server: JWKSServer,
+) -> None:
+    """A wait_for that times out while a token waits for its key loses no decision.
+
+    The cancelled receive leaves the check running; the next receive settles
+    it before reading on. Without that, the message after a first-message
+    token would reach the app unauthenticated, and a refresh for another
+    subject would never close the connection.
+    """
+    clock = Clock()
+    jwks_server.publish(b=KEY_B)
+    source = rules.JWKS(jwks_server.url, clock=clock)
+    rule = rules.JWTAuth(algorithms=["RS256"], jwks_url=source, token=rules.from_first_message(5))
+    guard = Guard(rules=[rule])
+    ws = ScriptedWebSocket(WSGuardMiddleware(_impatient, guard=guard))
+    await ws.connect()
+    await ws.expect("websocket.accept")  # the guard started: key "b" is known
+    # The token's key "a" is not: verifying it waits for a (slow) fetch.
+    jwks_server.publish(a=KEY_A, b=KEY_B)
+    jwks_server.delay = 0.3
+    clock.now = 31
+    await ws.send_text(rs(KEY_A, "a", "fm"))
+    await ws.send_text("hello")
+    await ws.expect("websocket.send", text="hello as fm", timeout=10)
+    assert ws.scope["timeouts"] >= 3  # the app's receive was cancelled during the fetch
+    # A refresh for another subject under a key not fetched yet: closed, not lost.
+    key_c = new_rsa_key()
+    jwks_server.publish(a=KEY_A, b=KEY_B, c=key_c)
+    clock.now = 62
+    await ws.send_text(json.dumps({"type": "auth.refresh", "token": rs(key_c, "c", "eve")}))
+    await ws.send_text("after")
+    await ws.expect("websocket.close", code=1008, reason="token_invalid", timeout=10)
+    await ws.disconnect(1008)
+    await ws.finished()
+    assert jwks_server.hits == 3
+    assert guard.metrics.snapshot().closes_by_rule == {"token_invalid": 1}
 
 
 def test_jwks_options_are_checked() -> None:

@@ -333,12 +333,14 @@ class Connection:
     # -- the app's receive/send -------------------------------------------------
     async def receive(self) -> Message:
         # The message path: open before and after the wait, a data message the
-        # checks pass. Everything else goes to _receive_slow. The server's
+        # checks pass. Everything else goes to _receive_slow. (With a lead
+        # run, the app is given that run's compiled receive instead, and
+        # self._check leaves the run out: see handshake.) The server's
         # receive is read into a local first: calling it straight off the
         # slot is a method lookup the interpreter cannot specialise. Early
         # returns keep every jump short: CPython 3.11 leaves a comparison
         # unspecialised when its jump needs an EXTENDED_ARG.
-        if self.state != OPEN:
+        if self.state != OPEN or self._hold is not None:
             return await self._receive_slow(None, _UNCHECKED)
         server_receive = self._receive
         message = await server_receive()
@@ -365,6 +367,10 @@ class Connection:
                 return message
             if self.state == GUARD_CLOSED:
                 return self._disconnect_message()
+            if self._hold is not None:  # an earlier receive was cancelled while it settled
+                closed = await self._settle_hold_or_close()
+                if closed is not None:
+                    return closed
         while True:
             if message is None:
                 message = await self._receive()
@@ -390,12 +396,9 @@ class Connection:
                 # in-band token), settle it before reading on, so no message
                 # overtakes the decision.
                 if self._hold is not None:
-                    close = await self._settle_hold()
-                    if self.state == GUARD_CLOSED:
-                        return self._disconnect_message()
-                    if close is not None and self.state == OPEN:
-                        await self._close_open(close)
-                        return self._disconnect_message()
+                    closed = await self._settle_hold_or_close()
+                    if closed is not None:
+                        return closed
                 message = None
                 continue
             if message["type"] == "websocket.disconnect" and self.state == OPEN:
@@ -467,14 +470,36 @@ class Connection:
         self._hold = pending
 
     async def _settle_hold(self) -> Close | None:
-        pending, self._hold = self._hold, None
+        pending = self._hold
         if pending is None:
             return None
-        close = await pending
+        if not isinstance(pending, asyncio.Future):
+            # A task of its own, awaited through a shield: a receive cancelled
+            # while it waits (an app's wait_for timing out) leaves the decision
+            # running and held, and the next receive settles it before reading
+            # on. Otherwise the cancel would throw the decision away and the
+            # next message would pass unauthenticated.
+            pending = asyncio.ensure_future(pending)
+            self._hold = pending
+        try:
+            close: Close | None = await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                self._hold = None
         if close is not None and close.shadow:
             self._record_shadow(close)
             return None
         return close
+
+    async def _settle_hold_or_close(self) -> Message | None:
+        """Settle the hold; the app's disconnect message when that closed the connection."""
+        close = await self._settle_hold()
+        if self.state == GUARD_CLOSED:
+            return self._disconnect_message()
+        if close is not None and self.state == OPEN:
+            await self._close_open(close)
+            return self._disconnect_message()
+        return None
 
     def send_soon(self, message: Message) -> bool:
         """Send a frame of ws_guard's own to the client (a notice), from sync code.
@@ -617,6 +642,11 @@ class Connection:
             for deadline in self._deadlines:
                 deadline.cancel()
             self._deadlines = None
+        hold, self._hold = self._hold, None
+        if isinstance(hold, asyncio.Future):
+            hold.cancel()  # nobody will read on: its decision has no message to guard
+        elif asyncio.iscoroutine(hold):
+            hold.close()
         if self._close_task is not None and not self._close_task.done():
             await self._close_task
         await self._release()

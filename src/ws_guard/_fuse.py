@@ -1,6 +1,6 @@
 """One compiled function for a run of built-in message rules.
 
-On CPython 3.11 a Python call costs some 700 machine instructions and each
+On CPython 3.11 a Python call costs 700-1,000 machine instructions and each
 value a closure carries costs more on every call, on a message path whose
 whole budget (5 % of an echo's ~127 000 instructions) is some 6 000. A run of
 enforcing built-in rules, in the order
@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import linecache
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from types import MethodType
 from typing import TYPE_CHECKING, Any
@@ -66,8 +67,8 @@ def _phase(rule: Rule) -> int | None:
         return _SIZE
     if kind is MessageTypes:
         return _TYPES
-    if isinstance(rule, Content):
-        return _CONTENT
+    if isinstance(rule, Content) and type(rule).checker is Content.checker:
+        return _CONTENT  # Pattern, Json, and subclasses that keep Content's checker
     if (
         isinstance(rule, MessageRate)
         and kind is MessageRate
@@ -127,7 +128,7 @@ def plan_checks(
 class FusedRun:
     """A run of fusable rules, compiled into one check (and one receive if it leads)."""
 
-    __slots__ = ("_check", "_code", "_receive", "auth", "rate", "source")
+    __slots__ = ("__weakref__", "_check", "_code", "_receive", "auth", "rate", "source")
 
     def __init__(self, run: Sequence[Rule], clock: Callable[[], float] = time.monotonic) -> None:
         self.auth: JWTAuth | None = None
@@ -147,6 +148,8 @@ class FusedRun:
             elif isinstance(rule, Content):
                 contents.append(rule)
         self._code = _Code(self.auth, size, types, contents, self.rate, clock)
+        # The generated source stays readable for tracebacks while the run lives.
+        weakref.finalize(self, _forget, self._code.files)
         self._check: Callable[..., Verdict] = self._code.compile("check")
         self._receive: Callable[..., Any] | None = None
         #: The generated source, for reading and for tracebacks.
@@ -216,6 +219,8 @@ class _Code:
         self.auth, self.size, self.types, self.rate = auth, size, types, rate
         self.contents = tuple(contents)
         self.names: dict[str, Any] = {}
+        #: The names the compiled source is registered under in linecache.
+        self.files: list[str] = []
         if size is not None:
             self.names["SIZE_BREACH"] = size._breach
         if types is not None:
@@ -350,7 +355,7 @@ class _Code:
         # comparison unspecialised when its jump needs an EXTENDED_ARG.
         lines = [
             "async def receive(self):",
-            f"    if self.state != {OPEN}:",
+            f"    if self.state != {OPEN} or self._hold is not None:",
             "        return await self._receive_slow(None, UNCHECKED)",
             "    server_receive = self._receive",
             "    message = await server_receive()",
@@ -380,11 +385,17 @@ class _Code:
         filename = f"<ws_guard fused {form} {next(_serial)}>"
         # Registered so that a traceback through the generated code shows it.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        self.files.append(filename)
         namespace = dict(self.names, UNCHECKED=_UNCHECKED)
         # Our own source, written above from the run's rules; no user text in it.
         exec(compile(source, filename, "exec"), namespace)
         function: Callable[..., Any] = namespace[form]
         return function
+
+
+def _forget(files: list[str]) -> None:
+    for filename in files:
+        linecache.cache.pop(filename, None)
 
 
 def _indent(lines: list[str], levels: int = 1) -> list[str]:
