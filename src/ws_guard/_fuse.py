@@ -128,7 +128,7 @@ def plan_checks(
 class FusedRun:
     """A run of fusable rules, compiled into one check (and one receive if it leads)."""
 
-    __slots__ = ("__weakref__", "_check", "_code", "_receive", "auth", "rate", "source")
+    __slots__ = ("__weakref__", "_check", "_code", "_receive", "auth", "rate")
 
     def __init__(self, run: Sequence[Rule], clock: Callable[[], float] = time.monotonic) -> None:
         self.auth: JWTAuth | None = None
@@ -152,8 +152,6 @@ class FusedRun:
         weakref.finalize(self, _forget, self._code.files)
         self._check: Callable[..., Verdict] = self._code.compile("check")
         self._receive: Callable[..., Any] | None = None
-        #: The generated source, for reading and for tracebacks.
-        self.source = self._code.text("check")
 
     def lead(self, *, followed: bool) -> None:
         """This run is the plan's first item: also compile its receive path.
@@ -161,7 +159,11 @@ class FusedRun:
         *followed*: more checks come after the run (``Connection._check``).
         """
         self._receive = self._code.compile("receive", followed=followed)
-        self.source += "\n" + self._code.text("receive", followed=followed)
+
+    @property
+    def source(self) -> str:
+        """The generated code, for reading (tracebacks show it too)."""
+        return "\n".join(self._code.sources)
 
     def bind(self, conn: Connection) -> None:
         """Set up *conn*'s state for this run: the auth session's check, the rate window."""
@@ -219,7 +221,8 @@ class _Code:
         self.auth, self.size, self.types, self.rate = auth, size, types, rate
         self.contents = tuple(contents)
         self.names: dict[str, Any] = {}
-        #: The names the compiled source is registered under in linecache.
+        #: The compiled sources, and the names linecache holds them under.
+        self.sources: list[str] = []
         self.files: list[str] = []
         if size is not None:
             self.names["SIZE_BREACH"] = size._breach
@@ -228,8 +231,10 @@ class _Code:
         for i, content in enumerate(self.contents):
             self.names[f"ALLOWED_{i}"] = content.allowed
             self.names[f"BREACH_{i}"] = content._breach
-        payload_checks = [r.check for r in (size, types, *self.contents) if r is not None]
-        self.names["BY_RULE"] = _by_rule(tuple(c for c in payload_checks if c is not None))
+        payload_rules = (size, types, *self.contents)
+        self.names["BY_RULE"] = _by_rule(
+            tuple(r.check for r in payload_rules if r is not None and r.check is not None)
+        )
         self.needle = auth._refresh_needle if auth is not None else None
         self.names["NEEDLE"] = self.needle
         if rate is not None:
@@ -385,6 +390,7 @@ class _Code:
         filename = f"<ws_guard fused {form} {next(_serial)}>"
         # Registered so that a traceback through the generated code shows it.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        self.sources.append(source)
         self.files.append(filename)
         namespace = dict(self.names, UNCHECKED=_UNCHECKED)
         # Our own source, written above from the run's rules; no user text in it.
