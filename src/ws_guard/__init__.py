@@ -15,6 +15,7 @@ from ._guard import CloseEvent, Guard
 from ._metrics import CloseKey, DurationHistogram, GaugeReading, MetricsSnapshot
 from ._middleware import WSGuardMiddleware
 from ._scope import connection_info
+from ._version import __version__
 
 __all__ = [
     "CONSUME",
@@ -30,6 +31,7 @@ __all__ = [
     "MetricsSnapshot",
     "WSGuardError",
     "WSGuardMiddleware",
+    "__version__",
     "connection_info",
     "load",
     "metrics_app",
