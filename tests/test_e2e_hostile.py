@@ -306,18 +306,24 @@ async def test_huge_and_malformed_tokens_are_token_invalid(kind: str) -> None:
 # -- a handshake flood from many loopback addresses -----------------------------------
 
 
+#: The flood shares two cores with the server thread (and, in CI, whatever else runs):
+#: what is asserted is each handshake's outcome, not how fast it came, so the waits
+#: are long and the window ("3/hour") cannot roll over while the burst is served.
+FLOOD_TIMEOUT = 120
+
+
 async def test_handshake_flood_from_many_loopback_addresses() -> None:
-    guard = Guard(rules=[rules.ConnectRate("3/minute", key=rules.by_ip)])
+    guard = Guard(rules=[rules.ConnectRate("3/hour", key=rules.by_ip)])
     with serve(WSGuardMiddleware(echo, guard=guard)) as server:
 
         async def attempt(source: str) -> tuple[int | None, str | None]:
             try:
                 async with connect(
-                    server.url + "/ws", open_timeout=5, local_addr=(source, 0)
+                    server.url + "/ws", open_timeout=FLOOD_TIMEOUT, local_addr=(source, 0)
                 ) as ws:
                     try:
                         await ws.send("x")
-                        await asyncio.wait_for(ws.recv(), 5)
+                        await asyncio.wait_for(ws.recv(), FLOOD_TIMEOUT)
                     except ConnectionClosed:
                         pass
                     else:
