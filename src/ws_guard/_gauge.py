@@ -78,6 +78,15 @@ class LoadGauge:
         return f"{type(self).__name__}(limit={self.limit!r}, name={self.name!r})"
 
     def bind(self, guard: Guard) -> None:
+        """Tie the gauge to *guard*; one guard only.
+
+        A gauge reads and sheds for the guard it is bound to (``ConnectionCount``
+        counts that guard's connections), so a second guard would get none of it.
+        """
+        if self._guard is not None and self._guard is not guard:
+            raise ConfigurationError(
+                f"{self!r} is already part of another Guard; make one per Guard"
+            )
         self._guard = guard
         self._random = guard.random
 
