@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,65 @@ def test_jwt_rule_provides_the_subject_and_runs_at_the_auth_stage() -> None:
 def test_jwks_timing_options_name_the_bad_value(option: str, value: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         rules.JWKS("https://example.invalid/jwks.json", **{option: value})  # type: ignore[arg-type]
+
+
+MS = "looks like milliseconds"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: rules.JWTAuth(SECRET, algorithms=["HS256"], leeway=30_000),
+            f"JWTAuth leeway is in seconds (at most 300); 30000 {MS}",
+        ),
+        (
+            lambda: rules.JWTAuth(SECRET, algorithms=["HS256"], leeway=86400 * 365),
+            "JWTAuth leeway is in seconds (at most 300); 31536000 is far too long",
+        ),
+        (
+            lambda: rules.JWTAuth(SECRET, algorithms=["HS256"], expiring_notice=60_000),
+            f"JWTAuth expiring_notice is in seconds (at most 3600); 60000 {MS}",
+        ),
+        (
+            lambda: rules.from_first_message(10_000),
+            f"from_first_message timeout is in seconds (at most 300); 10000 {MS}",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", lifespan=300_000),
+            "JWKS lifespan is in seconds (at most 86400); 300000 looks like milliseconds",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", cooldown=30_000),
+            f"JWKS cooldown is in seconds (at most 3600); 30000 {MS}",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", timeout=5000),
+            f"JWKS timeout is in seconds (at most 60); 5000 {MS}",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", retry=5000),
+            f"JWKS retry is in seconds (at most 600); 5000 {MS}",
+        ),
+    ],
+)
+def test_auth_seconds_that_look_like_milliseconds_are_refused(build: Any, message: str) -> None:
+    # A leeway of 30000 accepts tokens for 8 hours past their exp: expiry is off.
+    with pytest.raises(ConfigurationError) as info:
+        build()
+    assert str(info.value) == message
+
+
+def test_auth_seconds_at_their_bounds_are_accepted() -> None:
+    auth = rules.JWTAuth(
+        SECRET,
+        algorithms=["HS256"],
+        leeway=300,
+        expiring_notice=3600,
+        token=rules.from_first_message(300),
+    )
+    assert (auth.leeway, auth.expiring_notice) == (300.0, 3600.0)
+    jwks = rules.JWKS(
+        "https://id.example/jwks", lifespan=86400, cooldown=3600, timeout=60, retry=600
+    )
+    assert (jwks.lifespan, jwks.cooldown, jwks.timeout, jwks.retry) == (86400, 3600, 60, 600)

@@ -318,6 +318,24 @@ def test_misconfiguration_raises_with_the_value(build: Any, message: str) -> Non
         build()
 
 
+@pytest.mark.parametrize(
+    ("heartbeat", "message"),
+    [
+        (10_000, "10000 looks like milliseconds"),
+        (10_000.0, "10000 looks like milliseconds"),
+        (10**6, "1000000 is far too long"),
+    ],
+)
+def test_cap_heartbeat_in_milliseconds_is_refused(heartbeat: float, message: str) -> None:
+    # A dead process' slots live 3 heartbeats: 10000 would lock its clients out for 8 hours.
+    with pytest.raises(ConfigurationError) as info:
+        rules.MaxConnectionsPerKey(3, heartbeat=heartbeat)
+    assert (
+        str(info.value) == f"MaxConnectionsPerKey heartbeat is in seconds (at most 300); {message}"
+    )
+    assert rules.MaxConnectionsPerKey(3, heartbeat=300).slot_ttl == 900.0
+
+
 def test_by_user_needs_a_subject_rule() -> None:
     with pytest.raises(ConfigurationError, match="by_user"):
         Guard(rules=[rules.MessageRate("1/second", key=rules.by_user)])

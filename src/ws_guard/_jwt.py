@@ -25,7 +25,7 @@ from ._jwt_session import RefreshMatcher, Session, refresh_matcher
 from ._rule import Checker, Rule, Stage
 from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
 from ._types import Message
-from ._validate import check_non_negative, check_number, check_positive
+from ._validate import check_number, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -97,7 +97,9 @@ class JWTAuth(Rule):
         self._handshake_sources = tuple(s for s in self.sources if not s.deferred)
         self.audience = check_strings("audience", audience)
         self.issuer = check_strings("issuer", issuer)
-        self.leeway = check_non_negative("JWTAuth leeway", leeway, unit="seconds")
+        # Leeway accepts expired tokens for that long; past the 5 minutes
+        # commonly allowed for clock skew it outlives the tokens themselves.
+        self.leeway = check_seconds("JWTAuth leeway", leeway, maximum=300.0, positive=False)
         if isinstance(require, str) or not all(isinstance(c, str) for c in require):
             raise ConfigurationError(
                 f"JWTAuth require must be a list of claim names, not {require!r}"
@@ -114,7 +116,7 @@ class JWTAuth(Rule):
         self.expiring_notice = (
             None
             if expiring_notice is None
-            else check_positive("JWTAuth expiring_notice", expiring_notice, unit="seconds")
+            else check_seconds("JWTAuth expiring_notice", expiring_notice, maximum=3600.0)
         )
         self._pyjwt = jwt.PyJWT({"require": list(self.require), "enforce_minimum_key_length": True})
         self._audience_arg = (

@@ -49,10 +49,16 @@ def check_seconds(what: str, value: object, *, maximum: float, positive: bool = 
     written in milliseconds, so the mistake cannot pass silently.
     """
     seconds = (check_positive if positive else check_non_negative)(what, value, unit="seconds")
+    check_at_most_seconds(what, seconds, maximum=maximum)
+    return seconds
+
+
+def check_at_most_seconds(what: str, seconds: float, *, maximum: float) -> None:
+    """The upper half of :func:`check_seconds`, for a number already checked below."""
     if seconds > maximum:
         hint = "looks like milliseconds" if seconds / 1000 <= maximum else "is far too long"
-        raise ConfigurationError(f"{what} is in seconds (at most {maximum:g}); {value!r} {hint}")
-    return seconds
+        shown = f"{seconds:.0f}" if seconds.is_integer() else repr(seconds)
+        raise ConfigurationError(f"{what} is in seconds (at most {maximum:g}); {shown} {hint}")
 
 
 def check_count(what: str, value: object) -> int:
