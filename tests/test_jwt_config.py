@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jwt_keys import EC_KEY, RSA_KEY, RSA_PUBLIC_PEM, SECRET
+from jwt_keys import EC_KEY, RSA_KEY, RSA_PUBLIC_PEM, SECRET, mint
 from ws_guard import ConfigurationError, Guard, rules
 
 
@@ -220,3 +220,55 @@ def test_auth_seconds_at_their_bounds_are_accepted() -> None:
         "https://id.example/jwks", lifespan=86400, cooldown=3600, timeout=60, retry=600
     )
     assert (jwks.lifespan, jwks.cooldown, jwks.timeout, jwks.retry) == (86400, 3600, 60, 600)
+
+
+@pytest.mark.parametrize(
+    ("require", "claims"),
+    [
+        ((), ("exp",)),
+        (["sub"], ("exp", "sub")),
+        (("jti", "sub"), ("exp", "jti", "sub")),
+        (["sub", "exp"], ("exp", "sub")),
+        (iter(["iat"]), ("exp", "iat")),
+    ],
+    ids=["empty", "sub", "two", "exp listed", "iterator"],
+)
+def test_exp_stays_required_whatever_require_lists(require: Any, claims: tuple[str, ...]) -> None:
+    # require=["sub"] used to replace the default ("exp",): a token without exp never expired.
+    rule = rules.JWTAuth(SECRET, algorithms=["HS256"], require=require)
+    assert rule.require == claims
+    assert rule.verify_now(mint(exp_in=None, jti="j", iat=1)) is rule.invalid
+    assert rule.verify_now(mint(jti="j", iat=1))["sub"] == "alice"  # type: ignore[index]
+
+
+def test_require_exp_false_is_the_visible_opt_out(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="ws_guard"):
+        rule = rules.JWTAuth(SECRET, algorithms=["HS256"], require=["sub"], require_exp=False)
+    assert rule.require == ("sub",)
+    assert rule.verify_now(mint(exp_in=None))["sub"] == "alice"  # type: ignore[index]
+    assert "require_exp=False" in repr(rule)
+    assert "require_exp" not in repr(rules.JWTAuth(SECRET, algorithms=["HS256"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "ws_guard JWTAuth(require_exp=False): a token without exp is admitted and never expires"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"require": ["exp"], "require_exp": False},
+            "JWTAuth require=['exp'] lists 'exp' while require_exp=False drops it",
+        ),
+        ({"require_exp": 0}, "JWTAuth require_exp must be True or False, not 0"),
+        ({"require_exp": None}, "JWTAuth require_exp must be True or False, not None"),
+        ({"require": "sub"}, "JWTAuth require must be a list of claim names, not 'sub'"),
+        ({"require": [""]}, "JWTAuth require must be a list of claim names, not ['']"),
+        ({"require": None}, "JWTAuth require must be a list of claim names, not None"),
+    ],
+    ids=["exp both ways", "exp int", "exp None", "string", "empty name", "None"],
+)
+def test_require_misconfiguration_is_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        rules.JWTAuth(SECRET, algorithms=["HS256"], **options)
+    assert str(info.value) == message

@@ -20,7 +20,7 @@ from jwt.exceptions import ExpiredSignatureError, PyJWTError
 from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
-from ._jwt_config import check_algorithms, check_strings, prepare_key
+from ._jwt_config import check_algorithms, check_required_claims, check_strings, prepare_key
 from ._jwt_session import RefreshMatcher, Session, refresh_matcher
 from ._rule import Checker, Rule, Stage
 from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
@@ -60,7 +60,8 @@ class JWTAuth(Rule):
         audience: str | Iterable[str] | None = None,
         issuer: str | Iterable[str] | None = None,
         leeway: float = 0.0,
-        require: Iterable[str] = ("exp",),
+        require: Iterable[str] = (),
+        require_exp: bool = True,
         jwks_url: str | JWKS | None = None,
         refresh: str | RefreshMatcher | None = "auth.refresh",
         refresh_field: str = "token",
@@ -100,11 +101,13 @@ class JWTAuth(Rule):
         # Leeway accepts expired tokens for that long; past the 5 minutes
         # commonly allowed for clock skew it outlives the tokens themselves.
         self.leeway = check_seconds("JWTAuth leeway", leeway, maximum=300.0, positive=False)
-        if isinstance(require, str) or not all(isinstance(c, str) for c in require):
-            raise ConfigurationError(
-                f"JWTAuth require must be a list of claim names, not {require!r}"
+        self.require_exp = require_exp
+        self.require = check_required_claims(require, require_exp)
+        if not require_exp:
+            logger.warning(
+                "ws_guard JWTAuth(require_exp=False): a token without exp is admitted "
+                "and never expires"
             )
-        self.require = tuple(require)
         check_number("JWTAuth max_token_bytes", max_token_bytes, minimum=256, integer=True)
         self.max_token_bytes = max_token_bytes
         self.refresh = refresh
@@ -136,9 +139,10 @@ class JWTAuth(Rule):
 
     def __repr__(self) -> str:
         keys = f"jwks_url={self.jwks.url!r}" if self.jwks else "key=<hidden>"
+        no_exp = "" if self.require_exp else ", require_exp=False"
         return (
-            f"JWTAuth({keys}, algorithms={list(self.algorithms)!r}, token={list(self.sources)!r}, "
-            f"enforce={self.enforce!r})"
+            f"JWTAuth({keys}, algorithms={list(self.algorithms)!r}, token={list(self.sources)!r}"
+            f"{no_exp}, enforce={self.enforce!r})"
         )
 
     # -- verification ---------------------------------------------------------
