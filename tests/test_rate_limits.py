@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -334,6 +335,50 @@ def test_cap_heartbeat_in_milliseconds_is_refused(heartbeat: float, message: str
         str(info.value) == f"MaxConnectionsPerKey heartbeat is in seconds (at most 300); {message}"
     )
     assert rules.MaxConnectionsPerKey(3, heartbeat=300).slot_ttl == 900.0
+
+
+ROUND_TRIP = [
+    "5/second",
+    "5 per second",
+    "100/minute",
+    "3 per 2 minutes",
+    "10/90 seconds",
+    "4/hour",
+    "1/day",
+    "2/month",
+    "7/year",
+    "10/second; 100/minute",
+    "10/second, 600/hour",
+    ["20/second", "600 per minute"],
+]
+
+
+@pytest.mark.parametrize("rate", ROUND_TRIP, ids=[str(r) for r in ROUND_TRIP])
+@pytest.mark.parametrize("rule", [rules.MessageRate, rules.ConnectRate])
+def test_the_rate_a_repr_shows_is_accepted_back(rule: Any, rate: Any) -> None:
+    # repr once showed '5/1s', which the constructor refused.
+    first = rule(rate)
+    shown = re.fullmatch(rf"{rule.__name__}\('([^']+)', key=.*\)", repr(first))
+    assert shown is not None, repr(first)
+    again = rule(shown.group(1))
+    assert again.rates == first.rates
+    assert repr(again) == repr(first)
+    assert again.id == first.id  # storage key names do not change with the repr
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown", "rule_id"),
+    [
+        ("5/second", "5/second", "by_ip:5/1s"),
+        ("3 per 2 minutes", "3/2 minutes", "by_ip:3/120s"),
+        ("10/second; 100/minute", "10/second; 100/minute", "by_ip:10/1s,100/60s"),
+        ("2/month", "2/30 days", "by_ip:2/2.592e+06s"),
+    ],
+)
+def test_rate_repr_and_storage_id(rate: str, shown: str, rule_id: str) -> None:
+    rule = rules.ConnectRate(rate)
+    assert repr(rule) == f"ConnectRate({shown!r}, key=by_ip, enforce=True, name=None)"
+    assert rule.id == rule_id
 
 
 def test_by_user_needs_a_subject_rule() -> None:

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from ._guard import Guard
 
 
+#: ``limits`` granularities from the longest, in seconds; a window is written
+#: in the longest one that divides it, so ``str(rate)`` parses back to it.
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """``limit`` events per ``window`` seconds."""
@@ -28,6 +33,18 @@ class Rate:
     window: float
 
     def __str__(self) -> str:
+        """In ``limits`` syntax, which the rules take back: ``5/second``, ``100/2 minutes``."""
+        for unit, seconds in _UNITS:
+            count, rest = divmod(self.window, seconds)
+            if rest == 0 and count >= 1:
+                return (
+                    f"{self.limit}/{unit}" if count == 1 else f"{self.limit}/{int(count)} {unit}s"
+                )
+        return f"{self.limit}/{self.window:g} seconds"  # not from limits: no exact unit
+
+    @property
+    def compact(self) -> str:
+        """``5/1s``: the form in storage key names, kept as it was so keys stay stable."""
         return f"{self.limit}/{self.window:g}s"
 
 
@@ -151,4 +168,10 @@ def redis_key(kind: str, rule_id: str, key: str, *suffix: object) -> str:
 
 
 def join_rates(rates: Iterable[Rate]) -> str:
-    return ",".join(str(rate) for rate in rates)
+    """``5/1s,100/60s``: the rates' part of a rule's storage id."""
+    return ",".join(rate.compact for rate in rates)
+
+
+def describe_rates(rates: Iterable[Rate]) -> str:
+    """``5/second; 100/minute``: what a rule's repr shows, and its constructor accepts."""
+    return "; ".join(str(rate) for rate in rates)
