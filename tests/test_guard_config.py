@@ -246,3 +246,28 @@ def test_guard_durations_in_milliseconds_are_refused(
     with pytest.raises(ConfigurationError) as info:
         make()
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    ["0.0.0.0/0", "::/0", " 0.0.0.0/0 ", "10.1.2.3/0"],
+    ids=["v4", "v6", "blanks", "host bits"],
+)
+def test_trusting_every_address_as_a_proxy_is_refused(proxy: str) -> None:
+    # Every client could then write the X-Forwarded-For that by_ip counts.
+    with pytest.raises(ConfigurationError) as info:
+        Guard(trusted_proxies=["10.0.0.0/8", proxy])
+    assert str(info.value) == (
+        f"trusted_proxies entry {proxy!r} trusts every address, so any client could "
+        "forge X-Forwarded-For; name the proxies' own addresses or subnet"
+    )
+
+
+@pytest.mark.parametrize("make", ["status_app", "metrics_app"])
+@pytest.mark.parametrize("guard", [None, "guard", {"rules": []}], ids=["None", "str", "dict"])
+def test_status_and_metrics_apps_need_a_guard(make: str, guard: Any) -> None:
+    import ws_guard
+
+    with pytest.raises(ConfigurationError) as info:
+        getattr(ws_guard, make)(guard)
+    assert str(info.value) == f"{make} needs a Guard, not {guard!r}"

@@ -337,6 +337,62 @@ def test_cap_heartbeat_in_milliseconds_is_refused(heartbeat: float, message: str
     assert rules.MaxConnectionsPerKey(3, heartbeat=300).slot_ttl == 900.0
 
 
+def _no_args() -> str:
+    return "everyone"
+
+
+def _two_args(conn: Any, other: Any) -> str:
+    return "x"
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda k: rules.MessageRate("5/second", key=k), "MessageRate key must take one argument"),
+        (lambda k: rules.ConnectRate("5/minute", key=k), "ConnectRate key must take one argument"),
+        (
+            lambda k: rules.MaxConnectionsPerKey(3, key=k),
+            "MaxConnectionsPerKey key must take one argument",
+        ),
+    ],
+    ids=["MessageRate", "ConnectRate", "MaxConnectionsPerKey"],
+)
+@pytest.mark.parametrize("key", [_no_args, _two_args, lambda: "x"], ids=["none", "two", "lambda"])
+def test_key_that_cannot_take_the_connection_is_refused(make: Any, fragment: str, key: Any) -> None:
+    # It would raise on every handshake or message instead of counting.
+    with pytest.raises(ConfigurationError) as info:
+        make(key)
+    assert str(info.value) == f"{fragment}, the connection; {key!r} cannot"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rules.ConnectRate("5/minute", key=rules.by_connection),
+        lambda: rules.MaxConnectionsPerKey(3, key=rules.by_connection),
+    ],
+    ids=["ConnectRate", "MaxConnectionsPerKey"],
+)
+def test_per_connection_key_that_never_limits_is_refused(make: Any) -> None:
+    # Every handshake has a new connection id: its count never passes 1.
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    assert "key=rules.by_connection gives every connection its own key, so it never limits" in str(
+        info.value
+    )
+
+
+def test_key_callables_of_every_shape_are_accepted() -> None:
+    class ByHeader:
+        def __call__(self, conn: Any, *, default: str = "-") -> str:
+            return default
+
+    for key in (ByHeader(), lambda conn, extra=1: "x", lambda *args: "x", str):
+        rules.MessageRate("5/second", key=key)
+        rules.ConnectRate("5/minute", key=key)
+    rules.MessageRate("5/second", key=rules.by_connection)  # its own window per connection
+
+
 ROUND_TRIP = [
     "5/second",
     "5 per second",

@@ -58,7 +58,7 @@ class MaxConnectionsPerKey(Rule):
         # Slots of a dead process live 3 heartbeats: past minutes, its clients
         # would stay locked out long after it died.
         self.heartbeat = check_seconds("MaxConnectionsPerKey heartbeat", heartbeat, maximum=300.0)
-        self.key = check_key(key, "MaxConnectionsPerKey")
+        self.key = check_key(key, "MaxConnectionsPerKey", per_connection=False)
         #: A slot lives this long in Redis without a heartbeat.
         self.slot_ttl = 3 * self.heartbeat
         self.id = name or f"{key_label(self.key)}:{limit}"

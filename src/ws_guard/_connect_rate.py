@@ -108,7 +108,7 @@ class ConnectRate(Rule):
     ) -> None:
         super().__init__(enforce=enforce, name=name)
         self.rates: tuple[Rate, ...] = parse_rates(rate)
-        self.key = check_key(key, "ConnectRate")
+        self.key = check_key(key, "ConnectRate", per_connection=False)
         if key is by_user:
             raise ConfigurationError(
                 "ConnectRate runs before authentication, so key=rules.by_user is not known "

@@ -9,6 +9,7 @@ follows the keys seen recently, not every key ever seen.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
@@ -76,11 +77,30 @@ def parse_rates(value: object) -> tuple[Rate, ...]:
     return tuple(rates)
 
 
-def check_key(key: object, rule: str) -> KeyFunc:
+def check_key(key: object, rule: str, *, per_connection: bool = True) -> KeyFunc:
+    """A key function that can be called with one connection.
+
+    A callable that cannot take the connection would raise on every
+    handshake or message; *per_connection* False refuses ``by_connection``
+    for rules where one key per connection never limits anything.
+    """
     if not callable(key):
         raise ConfigurationError(
             f"{rule} key must be rules.by_connection, rules.by_ip, rules.by_user or a "
             f"callable of the connection, not {key!r}"
+        )
+    try:
+        inspect.signature(key).bind(None)
+    except TypeError:
+        raise ConfigurationError(
+            f"{rule} key must take one argument, the connection; {key!r} cannot"
+        ) from None
+    except ValueError:  # no signature to read (some builtins): trust the caller
+        pass
+    if key is by_connection and not per_connection:
+        raise ConfigurationError(
+            f"{rule} key=rules.by_connection gives every connection its own key, so it "
+            "never limits; use rules.by_ip, rules.by_user or a callable of the connection"
         )
     return cast(KeyFunc, key)
 
