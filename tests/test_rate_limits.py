@@ -523,3 +523,29 @@ async def test_one_maintenance_task_runs_every_job_until_removed() -> None:
     assert task is not None
     assert task.cancelled()
     assert not storage.is_open
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda name=None: rules.MessageRate("5/second", key=rules.by_ip, name=name),
+        lambda name=None: rules.ConnectRate("5/minute", name=name),
+        lambda name=None: rules.MaxConnectionsPerKey(3, name=name),
+    ],
+    ids=["MessageRate", "ConnectRate", "MaxConnectionsPerKey"],
+)
+def test_two_rules_with_one_storage_id_are_refused(make: Any) -> None:
+    # With Redis both would count in the same keys: every event twice.
+    first, second = make(), make()
+    with pytest.raises(ConfigurationError) as info:
+        Guard(rules=[first, second])
+    assert str(info.value) == (
+        f"{second!r} and {first!r} share the storage id {first.id!r}, so with Redis "
+        "they would count in the same keys; give one a distinct name="
+    )
+    Guard(rules=[make("a"), make("b")])
+
+
+def test_per_connection_rates_share_no_storage_and_may_repeat() -> None:
+    guard = Guard(rules=[rules.MessageRate("5/second"), rules.MessageRate("5/second")])
+    assert [r.id for r in guard.rules] == ["by_connection:5/1s"] * 2

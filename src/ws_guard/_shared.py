@@ -122,8 +122,27 @@ def require_subject(guard: Guard, key: KeyFunc, rule: object) -> None:
 
 
 def bind_once(current: Guard | None, guard: Guard, rule: object) -> Guard:
+    """The guard a stateful rule belongs to; a second guard is refused.
+
+    Where the rule names storage keys (``rule.id``), another rule of the same
+    class and id in the guard is refused too: with Redis both would count in
+    the same keys, so each event would count twice.
+    """
     if current is not None and current is not guard:
         raise ConfigurationError(f"{rule!r} is already part of another Guard; make one per Guard")
+    rule_id = getattr(rule, "id", None)
+    if getattr(rule, "key", None) is by_connection:
+        return guard  # counted in the connection's own state, never in storage
+    for other in guard.rules:
+        if (
+            other is not rule
+            and type(other) is type(rule)
+            and getattr(other, "id", None) == rule_id
+        ):
+            raise ConfigurationError(
+                f"{rule!r} and {other!r} share the storage id {rule_id!r}, so with Redis "
+                "they would count in the same keys; give one a distinct name="
+            )
     return guard
 
 
