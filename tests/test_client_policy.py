@@ -179,6 +179,30 @@ def test_http_refusals_drive_the_same_table() -> None:
         (lambda: ReconnectPolicy(cap=0), "cap must be a finite number > 0, not 0"),
         (lambda: ReconnectPolicy(cap=float("inf")), "cap must be a finite number > 0, not inf"),
         (lambda: ReconnectPolicy(stable_after=-1), "stable_after must be"),
+        # 0 would reset the attempt count at every accept-then-close: no back-off growth.
+        (
+            lambda: ReconnectPolicy(stable_after=0),
+            "stable_after must be a finite number > 0, not 0",
+        ),
+        # 0 would throw away every retry-after hint the server sends.
+        (lambda: ReconnectPolicy(max_hint=0), "max_hint must be a finite number > 0, not 0"),
+        (lambda: ReconnectPolicy(cap=60_000), "cap is in seconds (at most 3600); 60000 looks like"),
+        (
+            lambda: ReconnectPolicy(stable_after=30_000),
+            "stable_after is in seconds (at most 3600); 30000 looks like milliseconds",
+        ),
+        (
+            lambda: ReconnectPolicy(max_hint=3_600_000),
+            "max_hint is in seconds (at most 86400); 3600000 looks like milliseconds",
+        ),
+        (
+            lambda: Backoff(initial=1000),
+            "Backoff initial is in seconds (at most 600); 1000 looks like milliseconds",
+        ),
+        (
+            lambda: RandomDelay(0, 5000),
+            "RandomDelay high is in seconds (at most 600); 5000 looks like milliseconds",
+        ),
         (
             lambda: ReconnectPolicy(max_attempts=0),
             "max_attempts must be None or an int >= 1, not 0",

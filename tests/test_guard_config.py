@@ -138,3 +138,136 @@ def test_valid_configuration_builds() -> None:
     assert guard.paths == ("/ws", "/chat/")
     assert [str(n) for n in guard.trusted_proxies] == ["10.0.0.0/8", "::1/128", "192.168.1.1/32"]
     assert "MaxMessageSize" in repr(guard)
+
+
+# -- traps that would switch protection off without a word ----------------------
+
+
+@pytest.mark.parametrize("paths", [[], (), iter([])], ids=["list", "tuple", "iterator"])
+def test_empty_paths_are_refused(paths: Any) -> None:
+    # An empty list read from an unset setting guards nothing; None guards every path.
+    with pytest.raises(ConfigurationError) as info:
+        Guard(paths=paths)
+    assert "paths must name at least one prefix, not " in str(info.value)
+    assert "leave paths=None (the default) to guard every WebSocket path" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("/ws?token=1", "not '/ws?token=1'"),
+        ("/ws#top", "not '/ws#top'"),
+        ("/ws ", "not '/ws '"),
+        ("/ws\n", "not '/ws\\n'"),
+        (" /ws", "must start with '/', not ' /ws'"),  # from "/a, /ws".split(",")
+        ("ws://host/ws", "must start with '/', not 'ws://host/ws'"),
+    ],
+)
+def test_paths_that_can_never_match_are_refused(path: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Guard(paths=["/chat", path])
+    assert fragment in str(info.value)
+
+
+def _objects() -> list[tuple[str, Callable[[], Any]]]:
+    return [
+        ("MaxMessageSize", lambda: rules.MaxMessageSize(10)),
+        ("MaxConnectionsPerKey", lambda: rules.MaxConnectionsPerKey(3)),
+        ("MessageRate", lambda: rules.MessageRate("5/second")),
+        ("JWTAuth", lambda: rules.JWTAuth("k" * 32, algorithms=["HS256"])),
+        ("ConnectionCount", lambda: load.ConnectionCount(limit=5)),
+        ("EventLoopLag", lambda: load.EventLoopLag()),
+        ("Gauge", lambda: load.Gauge(lambda: 1.0, 5.0, name="queue")),
+    ]
+
+
+@pytest.mark.parametrize(("kind", "make"), _objects(), ids=[k for k, _ in _objects()])
+def test_one_object_listed_twice_in_a_guard_is_refused(kind: str, make: Callable[[], Any]) -> None:
+    # A connection cap listed twice would take two slots per connection and give back one.
+    item = make()
+    other = (
+        rules.MessageTypes(binary=False) if isinstance(item, rules.Rule) else Named(1.0, name="n")
+    )
+    what, base = ("rules", "Rule") if isinstance(item, rules.Rule) else ("load", "LoadGauge")
+    with pytest.raises(ConfigurationError) as info:
+        Guard(**{what: [item, other, item]})
+    assert str(info.value) == f"{what} lists {item!r} twice; give each {base} object once"
+    assert kind in str(info.value)
+
+
+STATEFUL: list[tuple[str, Callable[[], Any]]] = [
+    ("MessageRate", lambda: rules.MessageRate("5/second")),
+    ("ConnectRate", lambda: rules.ConnectRate("5/minute")),
+    ("MaxConnectionsPerKey", lambda: rules.MaxConnectionsPerKey(3)),
+    ("ConnectionCount", lambda: load.ConnectionCount(limit=5)),
+    ("EventLoopLag", lambda: load.EventLoopLag()),
+    ("Gauge", lambda: load.Gauge(lambda: 1.0, 5.0, name="queue")),
+]
+
+
+@pytest.mark.parametrize(("kind", "make"), STATEFUL, ids=[k for k, _ in STATEFUL])
+def test_stateful_object_in_two_guards_is_refused(kind: str, make: Callable[[], Any]) -> None:
+    # Counters, slots and gauge readings belong to the guard the object was bound
+    # to: a ConnectionCount in two guards would count only the second one's.
+    item = make()
+    what = "rules" if isinstance(item, rules.Rule) else "load"
+    Guard(**{what: [item]})
+    with pytest.raises(ConfigurationError) as info:
+        Guard(**{what: [item]})
+    assert str(info.value) == f"{item!r} is already part of another Guard; make one per Guard"
+    assert kind in str(info.value)
+
+
+def test_gauge_bound_again_to_its_own_guard_is_accepted() -> None:
+    gauge = load.ConnectionCount(limit=5)
+    guard = Guard(load=[gauge])
+    gauge.bind(guard)
+    assert gauge.reading().limit == 5.0
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (
+            lambda: Guard(drain_window=10_000),
+            "drain_window is in seconds (at most 3600); 10000 looks like milliseconds",
+        ),
+        (
+            lambda: Guard(app_exit_timeout=5000),
+            "app_exit_timeout is in seconds (at most 600); 5000 looks like milliseconds",
+        ),
+        (lambda: Guard(drain_window=-1), "drain_window must be a number of seconds >= 0, not -1"),
+    ],
+    ids=["drain_window ms", "app_exit_timeout ms", "drain_window negative"],
+)
+def test_guard_durations_in_milliseconds_are_refused(
+    make: Callable[[], Any], fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    ["0.0.0.0/0", "::/0", " 0.0.0.0/0 ", "10.1.2.3/0"],
+    ids=["v4", "v6", "blanks", "host bits"],
+)
+def test_trusting_every_address_as_a_proxy_is_refused(proxy: str) -> None:
+    # Every client could then write the X-Forwarded-For that by_ip counts.
+    with pytest.raises(ConfigurationError) as info:
+        Guard(trusted_proxies=["10.0.0.0/8", proxy])
+    assert str(info.value) == (
+        f"trusted_proxies entry {proxy!r} trusts every address, so any client could "
+        "forge X-Forwarded-For; name the proxies' own addresses or subnet"
+    )
+
+
+@pytest.mark.parametrize("make", ["status_app", "metrics_app"])
+@pytest.mark.parametrize("guard", [None, "guard", {"rules": []}], ids=["None", "str", "dict"])
+def test_status_and_metrics_apps_need_a_guard(make: str, guard: Any) -> None:
+    import ws_guard
+
+    with pytest.raises(ConfigurationError) as info:
+        getattr(ws_guard, make)(guard)
+    assert str(info.value) == f"{make} needs a Guard, not {guard!r}"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
-from jwt_keys import EC_KEY, RSA_KEY, RSA_PUBLIC_PEM, SECRET
+from jwt_keys import EC_KEY, RSA_KEY, RSA_PUBLIC_PEM, SECRET, mint
 from ws_guard import ConfigurationError, Guard, rules
 
 
@@ -157,3 +158,117 @@ def test_jwt_rule_provides_the_subject_and_runs_at_the_auth_stage() -> None:
 def test_jwks_timing_options_name_the_bad_value(option: str, value: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         rules.JWKS("https://example.invalid/jwks.json", **{option: value})  # type: ignore[arg-type]
+
+
+MS = "looks like milliseconds"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: rules.JWTAuth(SECRET, algorithms=["HS256"], leeway=30_000),
+            f"JWTAuth leeway is in seconds (at most 300); 30000 {MS}",
+        ),
+        (
+            lambda: rules.JWTAuth(SECRET, algorithms=["HS256"], leeway=86400 * 365),
+            "JWTAuth leeway is in seconds (at most 300); 31536000 is far too long",
+        ),
+        (
+            lambda: rules.JWTAuth(SECRET, algorithms=["HS256"], expiring_notice=60_000),
+            f"JWTAuth expiring_notice is in seconds (at most 3600); 60000 {MS}",
+        ),
+        (
+            lambda: rules.from_first_message(10_000),
+            f"from_first_message timeout is in seconds (at most 300); 10000 {MS}",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", lifespan=300_000),
+            "JWKS lifespan is in seconds (at most 86400); 300000 looks like milliseconds",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", cooldown=30_000),
+            f"JWKS cooldown is in seconds (at most 3600); 30000 {MS}",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", timeout=5000),
+            f"JWKS timeout is in seconds (at most 60); 5000 {MS}",
+        ),
+        (
+            lambda: rules.JWKS("https://id.example/jwks", retry=5000),
+            f"JWKS retry is in seconds (at most 600); 5000 {MS}",
+        ),
+    ],
+)
+def test_auth_seconds_that_look_like_milliseconds_are_refused(build: Any, message: str) -> None:
+    # A leeway of 30000 accepts tokens for 8 hours past their exp: expiry is off.
+    with pytest.raises(ConfigurationError) as info:
+        build()
+    assert str(info.value) == message
+
+
+def test_auth_seconds_at_their_bounds_are_accepted() -> None:
+    auth = rules.JWTAuth(
+        SECRET,
+        algorithms=["HS256"],
+        leeway=300,
+        expiring_notice=3600,
+        token=rules.from_first_message(300),
+    )
+    assert (auth.leeway, auth.expiring_notice) == (300.0, 3600.0)
+    jwks = rules.JWKS(
+        "https://id.example/jwks", lifespan=86400, cooldown=3600, timeout=60, retry=600
+    )
+    assert (jwks.lifespan, jwks.cooldown, jwks.timeout, jwks.retry) == (86400, 3600, 60, 600)
+
+
+@pytest.mark.parametrize(
+    ("require", "claims"),
+    [
+        ((), ("exp",)),
+        (["sub"], ("exp", "sub")),
+        (("jti", "sub"), ("exp", "jti", "sub")),
+        (["sub", "exp"], ("exp", "sub")),
+        (iter(["iat"]), ("exp", "iat")),
+    ],
+    ids=["empty", "sub", "two", "exp listed", "iterator"],
+)
+def test_exp_stays_required_whatever_require_lists(require: Any, claims: tuple[str, ...]) -> None:
+    # require=["sub"] used to replace the default ("exp",): a token without exp never expired.
+    rule = rules.JWTAuth(SECRET, algorithms=["HS256"], require=require)
+    assert rule.require == claims
+    assert rule.verify_now(mint(exp_in=None, jti="j", iat=1)) is rule.invalid
+    assert rule.verify_now(mint(jti="j", iat=1))["sub"] == "alice"  # type: ignore[index]
+
+
+def test_require_exp_false_is_the_visible_opt_out(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="ws_guard"):
+        rule = rules.JWTAuth(SECRET, algorithms=["HS256"], require=["sub"], require_exp=False)
+    assert rule.require == ("sub",)
+    assert rule.verify_now(mint(exp_in=None))["sub"] == "alice"  # type: ignore[index]
+    assert "require_exp=False" in repr(rule)
+    assert "require_exp" not in repr(rules.JWTAuth(SECRET, algorithms=["HS256"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "ws_guard JWTAuth(require_exp=False): a token without exp is admitted and never expires"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"require": ["exp"], "require_exp": False},
+            "JWTAuth require=['exp'] lists 'exp' while require_exp=False drops it",
+        ),
+        ({"require_exp": 0}, "JWTAuth require_exp must be True or False, not 0"),
+        ({"require_exp": None}, "JWTAuth require_exp must be True or False, not None"),
+        ({"require": "sub"}, "JWTAuth require must be a list of claim names, not 'sub'"),
+        ({"require": [""]}, "JWTAuth require must be a list of claim names, not ['']"),
+        ({"require": None}, "JWTAuth require must be a list of claim names, not None"),
+    ],
+    ids=["exp both ways", "exp int", "exp None", "string", "empty name", "None"],
+)
+def test_require_misconfiguration_is_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        rules.JWTAuth(SECRET, algorithms=["HS256"], **options)
+    assert str(info.value) == message

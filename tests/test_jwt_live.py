@@ -95,7 +95,7 @@ async def test_leeway_moves_the_live_deadline() -> None:
 
 
 async def test_no_exp_means_no_deadline() -> None:
-    guard, app, _ = setup(require=())
+    guard, app, _ = setup(require_exp=False)
     ws = await open_socket(app, mint(exp_in=None))
     assert len(guard.scheduler) == 0
     await ws.disconnect()

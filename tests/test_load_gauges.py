@@ -11,6 +11,7 @@ import asyncio
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,82 @@ def test_lag_config_errors_name_the_value() -> None:
         load.EventLoopLag(hold=-1)
     with pytest.raises(ConfigurationError, match="retry_max"):
         load.EventLoopLag(retry_min=10, retry_max=15)
+
+
+MS = "looks like milliseconds"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: load.EventLoopLag(limit=250),
+            f"EventLoopLag limit is in seconds (at most 10); 250 {MS}",
+        ),
+        (
+            lambda: load.EventLoopLag(limit=250.0),
+            f"EventLoopLag limit is in seconds (at most 10); 250 {MS}",
+        ),
+        (
+            lambda: load.EventLoopLag(hold=3000),
+            f"EventLoopLag hold is in seconds (at most 600); 3000 {MS}",
+        ),
+        (
+            lambda: load.EventLoopLag(window=1000),
+            f"EventLoopLag window is in seconds (at most 60); 1000 {MS}",
+        ),
+        (
+            lambda: load.EventLoopLag(interval=50),
+            f"EventLoopLag interval is in seconds (at most 10); 50 {MS}",
+        ),
+        (
+            lambda: load.Gauge(float, 1, name="q", interval=1000),
+            f"Gauge interval is in seconds (at most 600); 1000 {MS}",
+        ),
+        (
+            lambda: load.Gauge(float, 1, name="q", timeout=5000),
+            f"Gauge timeout is in seconds (at most 600); 5000 {MS}",
+        ),
+        (
+            lambda: load.Gauge(float, 1, name="q", hold=10**6),
+            "Gauge hold is in seconds (at most 600); 1000000 is far too long",
+        ),
+        (
+            lambda: load.ConnectionCount(5, retry_max=60_000),
+            f"retry_max is in seconds (at most 3600); 60000 {MS}",
+        ),
+        (
+            lambda: load.ConnectionCount(5, retry_min=5000, retry_max=3600),
+            f"retry_min is in seconds (at most 1800); 5000 {MS}",
+        ),
+        (
+            lambda: load.ShedOpen(after=10_000),
+            f"ShedOpen after is in seconds (at most 3600); 10000 {MS}",
+        ),
+        (
+            lambda: load.ShedOpen(interval=1000),
+            f"ShedOpen interval is in seconds (at most 600); 1000 {MS}",
+        ),
+    ],
+)
+def test_gauge_seconds_that_look_like_milliseconds_are_refused(build: Any, message: str) -> None:
+    # limit=250 meant as 250 ms would never trip: a 250 s stall is a dead server.
+    with pytest.raises(ConfigurationError) as info:
+        build()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: load.EventLoopLag(limit=10, hold=600, window=60, interval=10),
+        lambda: load.Gauge(float, 1, name="q", interval=600, timeout=600, hold=600),
+        lambda: load.ConnectionCount(5, retry_min=1800, retry_max=3600),
+        lambda: load.ShedOpen(after=3600, interval=600),
+    ],
+)
+def test_gauge_seconds_at_their_bounds_are_accepted(build: Any) -> None:
+    build()
 
 
 # -- the real sampler ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -318,6 +319,124 @@ def test_misconfiguration_raises_with_the_value(build: Any, message: str) -> Non
         build()
 
 
+@pytest.mark.parametrize(
+    ("heartbeat", "message"),
+    [
+        (10_000, "10000 looks like milliseconds"),
+        (10_000.0, "10000 looks like milliseconds"),
+        (10**6, "1000000 is far too long"),
+    ],
+)
+def test_cap_heartbeat_in_milliseconds_is_refused(heartbeat: float, message: str) -> None:
+    # A dead process' slots live 3 heartbeats: 10000 would lock its clients out for 8 hours.
+    with pytest.raises(ConfigurationError) as info:
+        rules.MaxConnectionsPerKey(3, heartbeat=heartbeat)
+    assert (
+        str(info.value) == f"MaxConnectionsPerKey heartbeat is in seconds (at most 300); {message}"
+    )
+    assert rules.MaxConnectionsPerKey(3, heartbeat=300).slot_ttl == 900.0
+
+
+def _no_args() -> str:
+    return "everyone"
+
+
+def _two_args(conn: Any, other: Any) -> str:
+    return "x"
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda k: rules.MessageRate("5/second", key=k), "MessageRate key must take one argument"),
+        (lambda k: rules.ConnectRate("5/minute", key=k), "ConnectRate key must take one argument"),
+        (
+            lambda k: rules.MaxConnectionsPerKey(3, key=k),
+            "MaxConnectionsPerKey key must take one argument",
+        ),
+    ],
+    ids=["MessageRate", "ConnectRate", "MaxConnectionsPerKey"],
+)
+@pytest.mark.parametrize("key", [_no_args, _two_args, lambda: "x"], ids=["none", "two", "lambda"])
+def test_key_that_cannot_take_the_connection_is_refused(make: Any, fragment: str, key: Any) -> None:
+    # It would raise on every handshake or message instead of counting.
+    with pytest.raises(ConfigurationError) as info:
+        make(key)
+    assert str(info.value) == f"{fragment}, the connection; {key!r} cannot"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rules.ConnectRate("5/minute", key=rules.by_connection),
+        lambda: rules.MaxConnectionsPerKey(3, key=rules.by_connection),
+    ],
+    ids=["ConnectRate", "MaxConnectionsPerKey"],
+)
+def test_per_connection_key_that_never_limits_is_refused(make: Any) -> None:
+    # Every handshake has a new connection id: its count never passes 1.
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    assert "key=rules.by_connection gives every connection its own key, so it never limits" in str(
+        info.value
+    )
+
+
+def test_key_callables_of_every_shape_are_accepted() -> None:
+    class ByHeader:
+        def __call__(self, conn: Any, *, default: str = "-") -> str:
+            return default
+
+    for key in (ByHeader(), lambda conn, extra=1: "x", lambda *args: "x", str):
+        rules.MessageRate("5/second", key=key)
+        rules.ConnectRate("5/minute", key=key)
+    rules.MessageRate("5/second", key=rules.by_connection)  # its own window per connection
+
+
+ROUND_TRIP = [
+    "5/second",
+    "5 per second",
+    "100/minute",
+    "3 per 2 minutes",
+    "10/90 seconds",
+    "4/hour",
+    "1/day",
+    "2/month",
+    "7/year",
+    "10/second; 100/minute",
+    "10/second, 600/hour",
+    ["20/second", "600 per minute"],
+]
+
+
+@pytest.mark.parametrize("rate", ROUND_TRIP, ids=[str(r) for r in ROUND_TRIP])
+@pytest.mark.parametrize("rule", [rules.MessageRate, rules.ConnectRate])
+def test_the_rate_a_repr_shows_is_accepted_back(rule: Any, rate: Any) -> None:
+    # repr once showed '5/1s', which the constructor refused.
+    first = rule(rate)
+    shown = re.fullmatch(rf"{rule.__name__}\('([^']+)', key=.*\)", repr(first))
+    assert shown is not None, repr(first)
+    again = rule(shown.group(1))
+    assert again.rates == first.rates
+    assert repr(again) == repr(first)
+    assert again.id == first.id  # storage key names do not change with the repr
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown", "rule_id"),
+    [
+        ("5/second", "5/second", "by_ip:5/1s"),
+        ("3 per 2 minutes", "3/2 minutes", "by_ip:3/120s"),
+        ("10/second; 100/minute", "10/second; 100/minute", "by_ip:10/1s,100/60s"),
+        ("2/month", "2/30 days", "by_ip:2/2.592e+06s"),
+    ],
+)
+def test_rate_repr_and_storage_id(rate: str, shown: str, rule_id: str) -> None:
+    rule = rules.ConnectRate(rate)
+    assert repr(rule) == f"ConnectRate({shown!r}, key=by_ip, enforce=True, name=None)"
+    assert rule.id == rule_id
+
+
 def test_by_user_needs_a_subject_rule() -> None:
     with pytest.raises(ConfigurationError, match="by_user"):
         Guard(rules=[rules.MessageRate("1/second", key=rules.by_user)])
@@ -404,3 +523,29 @@ async def test_one_maintenance_task_runs_every_job_until_removed() -> None:
     assert task is not None
     assert task.cancelled()
     assert not storage.is_open
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda name=None: rules.MessageRate("5/second", key=rules.by_ip, name=name),
+        lambda name=None: rules.ConnectRate("5/minute", name=name),
+        lambda name=None: rules.MaxConnectionsPerKey(3, name=name),
+    ],
+    ids=["MessageRate", "ConnectRate", "MaxConnectionsPerKey"],
+)
+def test_two_rules_with_one_storage_id_are_refused(make: Any) -> None:
+    # With Redis both would count in the same keys: every event twice.
+    first, second = make(), make()
+    with pytest.raises(ConfigurationError) as info:
+        Guard(rules=[first, second])
+    assert str(info.value) == (
+        f"{second!r} and {first!r} share the storage id {first.id!r}, so with Redis "
+        "they would count in the same keys; give one a distinct name="
+    )
+    Guard(rules=[make("a"), make("b")])
+
+
+def test_per_connection_rates_share_no_storage_and_may_repeat() -> None:
+    guard = Guard(rules=[rules.MessageRate("5/second"), rules.MessageRate("5/second")])
+    assert [r.id for r in guard.rules] == ["by_connection:5/1s"] * 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ._errors import ConfigurationError
 from ._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ class StatusApp:
     """``GET`` returns ``guard.metrics.snapshot().as_dict()`` as JSON."""
 
     def __init__(self, guard: Guard) -> None:
-        self.guard = guard
+        self.guard = _check_guard(guard, "status_app")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -50,6 +51,7 @@ class MetricsApp:
     def __init__(self, guard: Guard, registry: Any = None, *, disable_compression: bool = False):
         from .prometheus import GuardCollector, make_asgi_app, make_registry
 
+        _check_guard(guard, "metrics_app")
         if registry is None:
             registry = make_registry(guard)
         else:
@@ -90,6 +92,15 @@ def metrics_app(
     ``ws-guard[prometheus]`` extra.
     """
     return MetricsApp(guard, registry, disable_compression=disable_compression)
+
+
+def _check_guard(guard: object, what: str) -> Guard:
+    """The app reads the guard on every request: refuse anything else at once."""
+    from ._guard import Guard
+
+    if not isinstance(guard, Guard):
+        raise ConfigurationError(f"{what} needs a Guard, not {guard!r}")
+    return guard
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

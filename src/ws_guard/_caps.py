@@ -17,7 +17,7 @@ from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
 from ._keys import KeyFunc, by_ip
 from ._rule import Rule, Stage
 from ._shared import bind_once, check_key, key_label, redis_key, require_subject
-from ._validate import check_count, check_positive
+from ._validate import check_count, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -55,8 +55,10 @@ class MaxConnectionsPerKey(Rule):
     ) -> None:
         super().__init__(enforce=enforce, name=name)
         self.limit = check_count("MaxConnectionsPerKey limit", limit)
-        self.heartbeat = check_positive("heartbeat", heartbeat, unit="seconds")
-        self.key = check_key(key, "MaxConnectionsPerKey")
+        # Slots of a dead process live 3 heartbeats: past minutes, its clients
+        # would stay locked out long after it died.
+        self.heartbeat = check_seconds("MaxConnectionsPerKey heartbeat", heartbeat, maximum=300.0)
+        self.key = check_key(key, "MaxConnectionsPerKey", per_connection=False)
         #: A slot lives this long in Redis without a heartbeat.
         self.slot_ttl = 3 * self.heartbeat
         self.id = name or f"{key_label(self.key)}:{limit}"

@@ -27,6 +27,7 @@ from ._shared import (
     Rate,
     bind_once,
     check_key,
+    describe_rates,
     join_rates,
     key_label,
     parse_rates,
@@ -107,7 +108,7 @@ class ConnectRate(Rule):
     ) -> None:
         super().__init__(enforce=enforce, name=name)
         self.rates: tuple[Rate, ...] = parse_rates(rate)
-        self.key = check_key(key, "ConnectRate")
+        self.key = check_key(key, "ConnectRate", per_connection=False)
         if key is by_user:
             raise ConfigurationError(
                 "ConnectRate runs before authentication, so key=rules.by_user is not known "
@@ -123,7 +124,7 @@ class ConnectRate(Rule):
 
     def __repr__(self) -> str:
         return (
-            f"ConnectRate({join_rates(self.rates)!r}, key={key_label(self.key)}, "
+            f"ConnectRate({describe_rates(self.rates)!r}, key={key_label(self.key)}, "
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
 

@@ -19,13 +19,15 @@ from ._close import TRY_AGAIN_LATER, Close
 from ._errors import ConfigurationError
 from ._metrics import GaugeReading
 from ._shed import ShedOpen, ShedTimer
-from ._validate import check_positive
+from ._validate import check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._guard import Guard
 
 __all__ = ["LoadGauge"]
+
+_MAX_HINT = 3600.0
 
 
 class LoadGauge:
@@ -53,8 +55,9 @@ class LoadGauge:
             raise ConfigurationError(f"gauge name must be a non-empty string, not {name!r}")
         if shed_open is not None and not isinstance(shed_open, ShedOpen):
             raise ConfigurationError(f"shed_open must be a load.ShedOpen, not {shed_open!r}")
-        self.retry_min = check_positive("retry_min", retry_min)
-        self.retry_max = check_positive("retry_max", retry_max)
+        # An hour is the longest hint the client policy honours (its max_hint).
+        self.retry_min = check_seconds("retry_min", retry_min, maximum=_MAX_HINT / 2)
+        self.retry_max = check_seconds("retry_max", retry_max, maximum=_MAX_HINT)
         if self.retry_max < 2 * self.retry_min:
             raise ConfigurationError(
                 f"retry_max must be at least twice retry_min ({retry_min!r}), not {retry_max!r}"
@@ -78,6 +81,15 @@ class LoadGauge:
         return f"{type(self).__name__}(limit={self.limit!r}, name={self.name!r})"
 
     def bind(self, guard: Guard) -> None:
+        """Tie the gauge to *guard*; one guard only.
+
+        A gauge reads and sheds for the guard it is bound to (``ConnectionCount``
+        counts that guard's connections), so a second guard would get none of it.
+        """
+        if self._guard is not None and self._guard is not guard:
+            raise ConfigurationError(
+                f"{self!r} is already part of another Guard; make one per Guard"
+            )
         self._guard = guard
         self._random = guard.random
 

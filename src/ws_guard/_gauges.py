@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._hysteresis import Hysteresis
-from ._validate import check_clear_below, check_count, check_non_negative, check_positive, is_number
+from ._validate import check_clear_below, check_count, check_positive, check_seconds, is_number
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -87,9 +87,14 @@ class Gauge(LoadGauge):
             raise ConfigurationError(f"Gauge read must be callable, not {read!r}")
         limit = check_positive("Gauge limit", limit)
         clear = check_clear_below(clear_below, limit, default=limit)
-        self.interval = check_positive("interval", interval)
-        self.timeout = self.interval if timeout is None else check_positive("timeout", timeout)
-        self.hold = check_non_negative("hold", hold)
+        # A load reading older than minutes no longer describes the load.
+        self.interval = check_seconds("Gauge interval", interval, maximum=600.0)
+        self.timeout = (
+            self.interval
+            if timeout is None
+            else check_seconds("Gauge timeout", timeout, maximum=600.0)
+        )
+        self.hold = check_seconds("Gauge hold", hold, maximum=600.0, positive=False)
         super().__init__(
             limit,
             name=name,

@@ -28,7 +28,7 @@ from ._rule import Rule, overrides
 from ._scheduler import Scheduler
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
-from ._validate import check_non_negative
+from ._validate import check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -39,6 +39,10 @@ T = TypeVar("T")
 _RATE_REASONS = frozenset({"rate_limited", "connect_rate_limited", "too_many_connections"})
 _REJECT_MODES = ("close", "http")
 _STORAGE_ERROR_MODES = ("allow", "deny")
+#: Seconds; past these a value is a unit mistake (milliseconds), not a plan:
+#: no orchestrator waits an hour for a drain, nor ten minutes for a handler.
+_MAX_DRAIN_WINDOW = 3600.0
+_MAX_APP_EXIT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +107,18 @@ class Guard:
         #: Admitted connections that have not finished.
         self.connections: set[Connection] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.
-        self.drain_window = check_non_negative("drain_window", drain_window)
+        self.drain_window = check_seconds(
+            "drain_window", drain_window, maximum=_MAX_DRAIN_WINDOW, positive=False
+        )
         #: Seconds an app handler may run on after ws_guard closed its connection
         #: before ws_guard cancels it (None: never). A handler that only sends
         #: never sees the disconnect; this is what makes it end.
         self.app_exit_timeout = (
             None
             if app_exit_timeout is None
-            else check_non_negative("app_exit_timeout", app_exit_timeout)
+            else check_seconds(
+                "app_exit_timeout", app_exit_timeout, maximum=_MAX_APP_EXIT, positive=False
+            )
         )
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
@@ -330,10 +338,16 @@ def _check_items(what: str, items: Iterable[object], kind: type[T]) -> tuple[T, 
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise ConfigurationError(f"{what} must be a list, not {items!r}")
     checked = tuple(items)
-    for item in checked:
+    for i, item in enumerate(checked):
         if not isinstance(item, kind):
             raise ConfigurationError(
                 f"{what} entries must be {kind.__name__} objects, not {item!r}"
+            )
+        # One object twice would run its hooks twice per connection: a
+        # connection cap would take two slots and give back one.
+        if any(other is item for other in checked[:i]):
+            raise ConfigurationError(
+                f"{what} lists {item!r} twice; give each {kind.__name__} object once"
             )
     return cast(tuple[T, ...], checked)
 
@@ -344,7 +358,19 @@ def _check_paths(paths: Sequence[str] | None) -> tuple[str, ...] | None:
     if isinstance(paths, str):
         raise ConfigurationError(f"paths must be a list of prefixes, not the string {paths!r}")
     checked = tuple(paths)
+    if not checked:
+        # An empty list read from an unset setting must not switch protection off.
+        raise ConfigurationError(
+            f"paths must name at least one prefix, not {paths!r}; "
+            "leave paths=None (the default) to guard every WebSocket path"
+        )
     for path in checked:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(f"paths entries must start with '/', not {path!r}")
+        # A route path carries no query, fragment or surrounding blanks: such a
+        # prefix would never match, and its endpoint would go unguarded.
+        if path != path.strip() or "?" in path or "#" in path:
+            raise ConfigurationError(
+                f"paths entries are route paths without blanks, '?' or '#', not {path!r}"
+            )
     return checked

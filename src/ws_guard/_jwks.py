@@ -27,7 +27,7 @@ from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWKSetError
 
 from ._errors import ConfigurationError
-from ._validate import check_non_negative, check_positive
+from ._validate import check_seconds
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -58,10 +58,11 @@ class JWKS:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise ConfigurationError(f"jwks_url must be an http:// or https:// URL, not {url!r}")
         self.url = url
-        self.lifespan = check_positive("JWKS lifespan", lifespan, unit="seconds")
-        self.cooldown = check_non_negative("JWKS cooldown", cooldown, unit="seconds")
-        self.timeout = check_positive("JWKS timeout", timeout, unit="seconds")
-        self.retry = check_non_negative("JWKS retry", retry, unit="seconds")
+        # A key set kept past a day misses a rotation that revokes a key.
+        self.lifespan = check_seconds("JWKS lifespan", lifespan, maximum=86400.0)
+        self.cooldown = check_seconds("JWKS cooldown", cooldown, maximum=3600.0, positive=False)
+        self.timeout = check_seconds("JWKS timeout", timeout, maximum=60.0)
+        self.retry = check_seconds("JWKS retry", retry, maximum=600.0, positive=False)
         self._clock = clock
         # No cache inside the client: the loop-side dict below is the cache.
         self.client = PyJWKClient(

@@ -20,12 +20,12 @@ from jwt.exceptions import ExpiredSignatureError, PyJWTError
 from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
-from ._jwt_config import check_algorithms, check_strings, prepare_key
+from ._jwt_config import check_algorithms, check_required_claims, check_strings, prepare_key
 from ._jwt_session import RefreshMatcher, Session, refresh_matcher
 from ._rule import Checker, Rule, Stage
 from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
 from ._types import Message
-from ._validate import check_non_negative, check_number, check_positive
+from ._validate import check_number, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -60,7 +60,8 @@ class JWTAuth(Rule):
         audience: str | Iterable[str] | None = None,
         issuer: str | Iterable[str] | None = None,
         leeway: float = 0.0,
-        require: Iterable[str] = ("exp",),
+        require: Iterable[str] = (),
+        require_exp: bool = True,
         jwks_url: str | JWKS | None = None,
         refresh: str | RefreshMatcher | None = "auth.refresh",
         refresh_field: str = "token",
@@ -97,12 +98,16 @@ class JWTAuth(Rule):
         self._handshake_sources = tuple(s for s in self.sources if not s.deferred)
         self.audience = check_strings("audience", audience)
         self.issuer = check_strings("issuer", issuer)
-        self.leeway = check_non_negative("JWTAuth leeway", leeway, unit="seconds")
-        if isinstance(require, str) or not all(isinstance(c, str) for c in require):
-            raise ConfigurationError(
-                f"JWTAuth require must be a list of claim names, not {require!r}"
+        # Leeway accepts expired tokens for that long; past the 5 minutes
+        # commonly allowed for clock skew it outlives the tokens themselves.
+        self.leeway = check_seconds("JWTAuth leeway", leeway, maximum=300.0, positive=False)
+        self.require_exp = require_exp
+        self.require = check_required_claims(require, require_exp)
+        if not require_exp:
+            logger.warning(
+                "ws_guard JWTAuth(require_exp=False): a token without exp is admitted "
+                "and never expires"
             )
-        self.require = tuple(require)
         check_number("JWTAuth max_token_bytes", max_token_bytes, minimum=256, integer=True)
         self.max_token_bytes = max_token_bytes
         self.refresh = refresh
@@ -114,7 +119,7 @@ class JWTAuth(Rule):
         self.expiring_notice = (
             None
             if expiring_notice is None
-            else check_positive("JWTAuth expiring_notice", expiring_notice, unit="seconds")
+            else check_seconds("JWTAuth expiring_notice", expiring_notice, maximum=3600.0)
         )
         self._pyjwt = jwt.PyJWT({"require": list(self.require), "enforce_minimum_key_length": True})
         self._audience_arg = (
@@ -134,9 +139,10 @@ class JWTAuth(Rule):
 
     def __repr__(self) -> str:
         keys = f"jwks_url={self.jwks.url!r}" if self.jwks else "key=<hidden>"
+        no_exp = "" if self.require_exp else ", require_exp=False"
         return (
-            f"JWTAuth({keys}, algorithms={list(self.algorithms)!r}, token={list(self.sources)!r}, "
-            f"enforce={self.enforce!r})"
+            f"JWTAuth({keys}, algorithms={list(self.algorithms)!r}, token={list(self.sources)!r}"
+            f"{no_exp}, enforce={self.enforce!r})"
         )
 
     # -- verification ---------------------------------------------------------

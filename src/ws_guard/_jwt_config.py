@@ -89,6 +89,27 @@ def prepare_key(key: object, algorithms: tuple[str, ...]) -> Any:
     return prepared
 
 
+def check_required_claims(require: object, require_exp: object) -> tuple[str, ...]:
+    """The claims a token must carry: ``exp`` first, then *require*, without repeats.
+
+    PyJWT admits a token with no ``exp`` unless told to require it, and such
+    a token never expires; so ``exp`` is required whatever *require* lists,
+    unless ``require_exp=False`` says otherwise in so many words.
+    """
+    if not isinstance(require_exp, bool):
+        raise ConfigurationError(f"JWTAuth require_exp must be True or False, not {require_exp!r}")
+    if isinstance(require, (str, bytes)) or not isinstance(require, Iterable):
+        raise ConfigurationError(f"JWTAuth require must be a list of claim names, not {require!r}")
+    claims = tuple(require)
+    if not all(isinstance(c, str) and c for c in claims):
+        raise ConfigurationError(f"JWTAuth require must be a list of claim names, not {require!r}")
+    if not require_exp and "exp" in claims:
+        raise ConfigurationError(
+            f"JWTAuth require={list(claims)!r} lists 'exp' while require_exp=False drops it"
+        )
+    return tuple(dict.fromkeys((("exp",) if require_exp else ()) + claims))
+
+
 def check_strings(what: str, value: object) -> tuple[str, ...] | None:
     """``None``, one string, or a list of strings (audience, issuer)."""
     if value is None:

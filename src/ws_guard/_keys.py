@@ -43,11 +43,19 @@ def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     networks: list[IPNetwork] = []
     for value in values:
         try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+            network = ipaddress.ip_network(value.strip(), strict=False)
         except (ValueError, AttributeError) as exc:
             raise ConfigurationError(
                 f"trusted_proxies entry {value!r} is not an IP address or CIDR"
             ) from exc
+        # Trusting every address lets any client write its own X-Forwarded-For
+        # and pick the IP that by_ip limits count.
+        if network.prefixlen == 0:
+            raise ConfigurationError(
+                f"trusted_proxies entry {value!r} trusts every address, so any client could "
+                "forge X-Forwarded-For; name the proxies' own addresses or subnet"
+            )
+        networks.append(network)
     return tuple(networks)
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._hysteresis import Hysteresis
-from ._validate import check_clear_below, check_non_negative, check_positive
+from ._validate import check_clear_below, check_seconds
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -85,11 +85,13 @@ class EventLoopLag(LoadGauge):
         retry_min: float = 1.0,
         retry_max: float = 60.0,
     ) -> None:
-        limit = check_positive("EventLoopLag limit", limit)
+        # Bounds: ws_guard's and browsers' pings time out long before 10 s of
+        # lag; a window or hold past minutes would shed long after recovery.
+        limit = check_seconds("EventLoopLag limit", limit, maximum=10.0)
         clear = check_clear_below(clear_below, limit, default=limit / 2)
-        self.hold = check_non_negative("hold", hold)
-        self.window = check_positive("window", window)
-        self.interval = check_positive("interval", interval)
+        self.hold = check_seconds("EventLoopLag hold", hold, maximum=600.0, positive=False)
+        self.window = check_seconds("EventLoopLag window", window, maximum=60.0)
+        self.interval = check_seconds("EventLoopLag interval", interval, maximum=10.0)
         if self.interval > self.window:
             raise ConfigurationError(
                 f"interval must not exceed the window ({window!r}), not {interval!r}"

@@ -23,6 +23,7 @@ from ._shared import (
     Rate,
     bind_once,
     check_key,
+    describe_rates,
     join_rates,
     key_label,
     parse_rates,
@@ -72,7 +73,7 @@ class MessageRate(Rule):
 
     def __repr__(self) -> str:
         return (
-            f"MessageRate({join_rates(self.rates)!r}, key={key_label(self.key)}, "
+            f"MessageRate({describe_rates(self.rates)!r}, key={key_label(self.key)}, "
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
 

@@ -9,6 +9,7 @@ follows the keys seen recently, not every key ever seen.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
     from ._guard import Guard
 
 
+#: ``limits`` granularities from the longest, in seconds; a window is written
+#: in the longest one that divides it, so ``str(rate)`` parses back to it.
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """``limit`` events per ``window`` seconds."""
@@ -28,6 +34,18 @@ class Rate:
     window: float
 
     def __str__(self) -> str:
+        """In ``limits`` syntax, which the rules take back: ``5/second``, ``100/2 minutes``."""
+        for unit, seconds in _UNITS:
+            count, rest = divmod(self.window, seconds)
+            if rest == 0 and count >= 1:
+                return (
+                    f"{self.limit}/{unit}" if count == 1 else f"{self.limit}/{int(count)} {unit}s"
+                )
+        return f"{self.limit}/{self.window:g} seconds"  # not from limits: no exact unit
+
+    @property
+    def compact(self) -> str:
+        """``5/1s``: the form in storage key names, kept as it was so keys stay stable."""
         return f"{self.limit}/{self.window:g}s"
 
 
@@ -59,11 +77,30 @@ def parse_rates(value: object) -> tuple[Rate, ...]:
     return tuple(rates)
 
 
-def check_key(key: object, rule: str) -> KeyFunc:
+def check_key(key: object, rule: str, *, per_connection: bool = True) -> KeyFunc:
+    """A key function that can be called with one connection.
+
+    A callable that cannot take the connection would raise on every
+    handshake or message; *per_connection* False refuses ``by_connection``
+    for rules where one key per connection never limits anything.
+    """
     if not callable(key):
         raise ConfigurationError(
             f"{rule} key must be rules.by_connection, rules.by_ip, rules.by_user or a "
             f"callable of the connection, not {key!r}"
+        )
+    try:
+        inspect.signature(key).bind(None)
+    except TypeError:
+        raise ConfigurationError(
+            f"{rule} key must take one argument, the connection; {key!r} cannot"
+        ) from None
+    except ValueError:  # no signature to read (some builtins): trust the caller
+        pass
+    if key is by_connection and not per_connection:
+        raise ConfigurationError(
+            f"{rule} key=rules.by_connection gives every connection its own key, so it "
+            "never limits; use rules.by_ip, rules.by_user or a callable of the connection"
         )
     return cast(KeyFunc, key)
 
@@ -85,8 +122,27 @@ def require_subject(guard: Guard, key: KeyFunc, rule: object) -> None:
 
 
 def bind_once(current: Guard | None, guard: Guard, rule: object) -> Guard:
+    """The guard a stateful rule belongs to; a second guard is refused.
+
+    Where the rule names storage keys (``rule.id``), another rule of the same
+    class and id in the guard is refused too: with Redis both would count in
+    the same keys, so each event would count twice.
+    """
     if current is not None and current is not guard:
         raise ConfigurationError(f"{rule!r} is already part of another Guard; make one per Guard")
+    rule_id = getattr(rule, "id", None)
+    if getattr(rule, "key", None) is by_connection:
+        return guard  # counted in the connection's own state, never in storage
+    for other in guard.rules:
+        if (
+            other is not rule
+            and type(other) is type(rule)
+            and getattr(other, "id", None) == rule_id
+        ):
+            raise ConfigurationError(
+                f"{rule!r} and {other!r} share the storage id {rule_id!r}, so with Redis "
+                "they would count in the same keys; give one a distinct name="
+            )
     return guard
 
 
@@ -151,4 +207,10 @@ def redis_key(kind: str, rule_id: str, key: str, *suffix: object) -> str:
 
 
 def join_rates(rates: Iterable[Rate]) -> str:
-    return ",".join(str(rate) for rate in rates)
+    """``5/1s,100/60s``: the rates' part of a rule's storage id."""
+    return ",".join(rate.compact for rate in rates)
+
+
+def describe_rates(rates: Iterable[Rate]) -> str:
+    """``5/second; 100/minute``: what a rule's repr shows, and its constructor accepts."""
+    return "; ".join(str(rate) for rate in rates)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ._connection import OPEN
 from ._errors import ConfigurationError
-from ._validate import check_non_negative, check_positive
+from ._validate import check_positive, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -53,8 +53,8 @@ class ShedOpen:
     priority: Priority | None = None
 
     def __post_init__(self) -> None:
-        check_non_negative("ShedOpen after", self.after)
-        check_positive("ShedOpen interval", self.interval)
+        check_seconds("ShedOpen after", self.after, maximum=3600.0, positive=False)
+        check_seconds("ShedOpen interval", self.interval, maximum=600.0)
         fraction = check_positive("ShedOpen fraction", self.fraction)
         if fraction > 1:
             raise ConfigurationError(f"ShedOpen fraction must be at most 1, not {fraction!r}")

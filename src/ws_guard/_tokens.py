@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from ._errors import ConfigurationError
 from ._types import Message
-from ._validate import check_positive
+from ._validate import check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -186,7 +186,8 @@ class FromFirstMessage(TokenSource):
     deferred = True
 
     def __init__(self, timeout: float = 10.0, *, field: str = "token") -> None:
-        self.timeout = check_positive("from_first_message timeout", timeout, unit="seconds")
+        # An unauthenticated connection is held this long: minutes at most.
+        self.timeout = check_seconds("from_first_message timeout", timeout, maximum=300.0)
         self.field = _check_name("from_first_message field", field)
 
     def parse(self, message: Message) -> str | None:

@@ -41,6 +41,26 @@ def check_non_negative(what: str, value: object, *, unit: str = "") -> float:
     return float(value)
 
 
+def check_seconds(what: str, value: object, *, maximum: float, positive: bool = True) -> float:
+    """A duration in seconds, refused above *maximum*: a value past it is a unit mistake.
+
+    ``EventLoopLag limit is in seconds (at most 10); 250 looks like milliseconds``.
+    Every bound is far above any sane setting and below the same setting
+    written in milliseconds, so the mistake cannot pass silently.
+    """
+    seconds = (check_positive if positive else check_non_negative)(what, value, unit="seconds")
+    check_at_most_seconds(what, seconds, maximum=maximum)
+    return seconds
+
+
+def check_at_most_seconds(what: str, seconds: float, *, maximum: float) -> None:
+    """The upper half of :func:`check_seconds`, for a number already checked below."""
+    if seconds > maximum:
+        hint = "looks like milliseconds" if seconds / 1000 <= maximum else "is far too long"
+        shown = f"{seconds:.0f}" if seconds.is_integer() else repr(seconds)
+        raise ConfigurationError(f"{what} is in seconds (at most {maximum:g}); {shown} {hint}")
+
+
 def check_count(what: str, value: object) -> int:
     """An int >= 1: ``lease must be a positive integer, not 0``."""
     if not is_number(value, integer=True) or value < 1:

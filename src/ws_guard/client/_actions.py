@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._errors import ConfigurationError
-from .._validate import check_number
+from .._validate import check_at_most_seconds, check_number
 
 # -- actions: what the table says for a code ---------------------------------
 
@@ -30,6 +30,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         check_number("Backoff initial", self.initial, strict=True)
+        check_at_most_seconds("Backoff initial", float(self.initial), maximum=600.0)
         check_number("Backoff factor", self.factor, minimum=1.0)
 
 
@@ -45,6 +46,7 @@ class RandomDelay:
         check_number("RandomDelay high", self.high)
         if self.high < self.low:
             raise ConfigurationError(f"RandomDelay high {self.high!r} is below low {self.low!r}")
+        check_at_most_seconds("RandomDelay high", float(self.high), maximum=600.0)
 
 
 @dataclass(frozen=True, slots=True)

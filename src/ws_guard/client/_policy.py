@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .._errors import ConfigurationError
-from .._validate import check_number, is_number
+from .._validate import check_at_most_seconds, check_number, is_number
 from ._actions import (
     DEFAULT_ACTIONS,
     DEFAULT_FALLBACK,
@@ -72,8 +72,14 @@ class ReconnectPolicy:
         clock: Callable[[], float] | None = None,
     ) -> None:
         check_number("cap", cap, strict=True)
-        check_number("stable_after", stable_after)
-        check_number("max_hint", max_hint)
+        # stable_after=0 would reset the attempt count on every accept-then-close
+        # (how a guard refuses browsers), so back-off would never grow; max_hint=0
+        # would throw away every retry-after the server sends.
+        check_number("stable_after", stable_after, strict=True)
+        check_number("max_hint", max_hint, strict=True)
+        check_at_most_seconds("cap", float(cap), maximum=3600.0)
+        check_at_most_seconds("stable_after", float(stable_after), maximum=3600.0)
+        check_at_most_seconds("max_hint", float(max_hint), maximum=86400.0)
         if max_attempts is not None and not (
             is_number(max_attempts, integer=True) and max_attempts >= 1
         ):
