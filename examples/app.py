@@ -13,7 +13,8 @@ the page at ``/`` has a button for each and shows the code and reason:
     1003 unsupported_data    a binary frame (the room is text only)
     1008 content:no_links    a message containing "http://"
     1008 content:no_spam     a message containing FORBIDDEN_WORD as a word
-    1008 rate_limited        more than MESSAGES_PER_SECOND messages in a second
+    1008 rate_limited; retry-after=<seconds>
+                             more than MESSAGES_PER_SECOND messages in a second
 
 What the guard counts is on show too: ``/status`` is a live page (active
 connections, loop lag, closes by code, refreshed every second), ``/status.json``
@@ -57,9 +58,10 @@ guard = Guard(
         rules.MessageTypes(text=True, binary=False),  # 1003 unsupported_data
         rules.Content(lambda text: "http://" not in text, name="no_links"),  # 1008
         rules.Pattern(rf"\b{FORBIDDEN_WORD}\b", name="no_spam", flags=re.IGNORECASE),  # 1008
-        # Per connection, plain arithmetic on every message: 1008 rate_limited.
+        # Per connection, plain arithmetic on every message:
+        # 1008 rate_limited; retry-after=<seconds>.
         rules.MessageRate(f"{MESSAGES_PER_SECOND}/second"),
-        # Per client address, at the handshake: 1008 connect_rate_limited.
+        # Per client address, at the handshake: 1008 connect_rate_limited; retry-after=<seconds>.
         rules.ConnectRate("60/minute", key=rules.by_ip),
     ],
     # Checked at each handshake: with 1000 connections open, the next one is
@@ -67,8 +69,8 @@ guard = Guard(
     # The event-loop lag gauge also feeds the status page's lag tile.
     load=[load.ConnectionCount(limit=1000), load.EventLoopLag(limit=0.25)],
     paths=["/ws"],
-    # Ctrl+C / SIGTERM: close open sockets with 1012 restarting, spread over
-    # 2 s, before uvicorn closes them all at once (docs/load-shedding.md).
+    # Ctrl+C / SIGTERM: close open sockets with 1012 restarting; retry-after=<seconds>,
+    # spread over 2 s, before uvicorn closes them all at once (docs/load-shedding.md).
     drain_signals=["SIGINT", "SIGTERM"],
     drain_window=2.0,
 )

@@ -3,7 +3,7 @@
 // A dependency-free ES module with the same table as ws_guard.client (Python):
 //   1013 (and 1001, 1006, 1011, 1014, unknown codes): exponential back-off from
 //        1 s, doubling, full jitter, capped (60 s), never before the server's
-//        "retry-after=<s>" hint;
+//        "retry-after=<seconds>" hint;
 //   1012: a short random delay (0-5 s) after the hint;
 //   1008 "token_expired": get a fresh token, reconnect at once (back off on
 //        repeats, stop after 3 refreshes in a row);

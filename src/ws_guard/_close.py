@@ -55,7 +55,7 @@ class Close:
     """A decision to close a connection, returned by rules and gauges.
 
     ``reason`` is a stable ASCII slug (``rate_limited``); ``retry_after`` adds
-    a ``; retry-after=<s>`` hint. ``shadow`` marks a breach by a rule in shadow
+    a ``; retry-after=<seconds>`` hint. ``shadow`` marks a breach by a rule in shadow
     mode: it is counted and logged, and the connection lives on.
     """
 

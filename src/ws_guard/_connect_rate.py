@@ -1,4 +1,5 @@
-"""``ConnectRate``: handshake attempts per key, else 1008 ``connect_rate_limited``.
+"""``ConnectRate``: handshake attempts per key, else 1008
+``connect_rate_limited; retry-after=<seconds>``.
 
 Every attempt counts, admitted or rejected, in a moving window: an attempt
 is rejected when ``limit`` attempts already fell within the last ``T``

@@ -216,7 +216,7 @@ class Guard:
         retry_after: float = 1.0,
         grace: float = 2.0,
     ) -> None:
-        """Close open connections with 1012 ``restarting``, spread over *window*.
+        """Close open connections with 1012 ``restarting; retry-after=<seconds>``, over *window*.
 
         Connection *i* of *n* is closed at ``window * i / n`` seconds, each with
         its own ``retry-after`` in ``[retry_after, 2 * retry_after)``; new

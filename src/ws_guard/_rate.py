@@ -1,4 +1,4 @@
-"""``MessageRate``: client messages per key, else 1008 ``rate_limited``.
+"""``MessageRate``: client messages per key, else 1008 ``rate_limited; retry-after=<seconds>``.
 
 Every window here is a *fixed window opened by the first message*, the
 semantics of ``limits``' fixed-window strategy: the first message at ``t0``
@@ -42,7 +42,7 @@ Window = CountedWindow | LeasedWindow
 
 
 class MessageRate(Rule):
-    """At most ``rate`` client messages per key, else 1008 ``rate_limited``.
+    """At most ``rate`` messages per key, else 1008 ``rate_limited; retry-after=<seconds>``.
 
     ``key=rules.by_connection`` (the default) counts each connection on its
     own, in the connection's check. Shared keys (``by_ip``, ``by_user``, a

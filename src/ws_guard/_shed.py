@@ -43,7 +43,7 @@ class ShedOpen:
 
     Every ``interval`` seconds while it stays tripped, at most ``fraction``
     of the open connections (at least one) are closed with 1013
-    ``overloaded; retry-after=<s>``. ``priority(conn)`` orders them, lowest
+    ``overloaded; retry-after=<seconds>``. ``priority(conn)`` orders them, lowest
     first; the default sheds the newest first.
     """
 
