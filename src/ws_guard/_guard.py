@@ -24,6 +24,7 @@ from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
 from ._keys import IPNetwork, parse_trusted_proxies
 from ._metrics import Metrics
+from ._request import route_path
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
 from ._signals import SignalDrain, parse_signals
@@ -112,6 +113,7 @@ class Guard:
             if app_exit_timeout is None
             else check_non_negative("app_exit_timeout", app_exit_timeout)
         )
+        self._warned_prefixes: set[str] = set()
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
 
@@ -146,14 +148,42 @@ class Guard:
         )
 
     # -- paths ----------------------------------------------------------------
-    def guards_path(self, path: str) -> bool:
-        """Whether a WebSocket at *path* is guarded (prefix match on segments)."""
+    def guards_path(self, path: str, root_path: str = "") -> bool:
+        """Whether a WebSocket at *path* is guarded (prefix match on segments).
+
+        *path* and *root_path* are the scope's. ``paths`` match the route
+        path, *path* without *root_path* (see :func:`route_path`), so
+        ``paths=["/ws"]`` guards ``/ws`` in an app mounted at ``/api``
+        (Starlette ``Mount``, uvicorn ``--root-path``). A prefix that names
+        the mount too (``"/api/ws"``) still guards it, matched on the full
+        path, and a warning says once to drop the mount part: a guard never
+        guards less than either reading of its ``paths``.
+        """
         if self.paths is None:
             return True
+        routed = route_path(path, root_path) or "/"  # the mount's own root routes as "/"
         for prefix in self.paths:
-            if path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/"):
+            if _under(routed, prefix):
                 return True
+        if routed != path:
+            for prefix in self.paths:
+                if _under(path, prefix):
+                    self._warn_mount_prefix(prefix, root_path)
+                    return True
         return False
+
+    def _warn_mount_prefix(self, prefix: str, root_path: str) -> None:
+        if prefix in self._warned_prefixes:
+            return
+        self._warned_prefixes.add(prefix)
+        logger.warning(
+            "ws_guard paths entry %r matched only the full path: the app is mounted at "
+            "root_path=%r and routes without it. Guarded anyway; write the route path "
+            "(paths=%r) to say what is meant",
+            prefix,
+            root_path,
+            [route_path(p, root_path) or "/" for p in self.paths or ()],
+        )
 
     # -- lifespan -------------------------------------------------------------
     @property
@@ -324,6 +354,11 @@ class Guard:
         if close.retry_after is not None:
             headers.append((b"retry-after", format_retry_after(close.retry_after).encode()))
         return status, headers
+
+
+def _under(path: str, prefix: str) -> bool:
+    """*path* is *prefix* or lies below it, on a segment boundary."""
+    return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
 
 
 def _check_items(what: str, items: Iterable[object], kind: type[T]) -> tuple[T, ...]:
