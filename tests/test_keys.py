@@ -46,6 +46,9 @@ TRUSTED = parse_trusted_proxies(["10.0.0.0/8", "::1", "2001:db8:ffff::/48"])
         # no peer / not an IP peer
         (None, "203.0.113.5", "unknown"),
         ("/run/app.sock", "203.0.113.5", "/run/app.sock"),
+        # several X-Forwarded-For lines, joined: the proxy's appended line counts
+        ("10.0.0.1", "198.51.100.66, 203.0.113.5", "203.0.113.5"),
+        ("10.0.0.1", "198.51.100.66, 198.51.100.67, 203.0.113.5, 10.0.0.2", "203.0.113.5"),
     ],
 )
 def test_resolve_client_ip(peer: str | None, forwarded: str | None, expected: str) -> None:
@@ -106,6 +109,7 @@ async def test_connection_request_data() -> None:
         async def admit(self, conn):  # type: ignore[no-untyped-def]
             captured.update(
                 header=conn.header("x-token"),
+                cookie=conn.header("cookie"),
                 missing=conn.header("nope"),
                 query=conn.query,
                 subprotocols=conn.subprotocols,
@@ -117,7 +121,12 @@ async def test_connection_request_data() -> None:
         WSGuardMiddleware(Recorder(), guard=guard),
         "/ws/room",
         query_string=b"token=a%20b&x=&x=2",
-        headers=[(b"X-Token", b"first"), (b"x-token", b"second")],
+        headers=[
+            (b"X-Token", b"first"),
+            (b"x-token", b"second"),
+            (b"Cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+        ],
         subprotocols=["chat", "bearer.abc"],
     )
     await ws.connect()
@@ -125,7 +134,8 @@ async def test_connection_request_data() -> None:
     await ws.disconnect()
     await ws.finished()
     assert captured == {
-        "header": "first",
+        "header": "first, second",
+        "cookie": "a=1; b=2",
         "missing": None,
         "query": {"token": ["a b"], "x": ["", "2"]},
         "subprotocols": ["chat", "bearer.abc"],
