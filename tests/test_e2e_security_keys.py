@@ -11,17 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 from apps import echo
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
 from rate_helpers import Clock, read_until_closed
-from servers import serve
+from servers import ServerThread, UvicornThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._types import ASGIApp
 
 pytestmark = [pytest.mark.e2e]
 
@@ -175,3 +181,142 @@ async def test_cookie_lines_are_joined() -> None:
             "alice"
         )
         assert await subject(url + f"?token={ALICE}&token={ALICE}") == "alice"
+
+
+# -- IPv6: one host's /64 is one key -------------------------------------------
+def free_port_v6() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.bind(("::1", 0))
+        return int(sock.getsockname()[1])
+
+
+class UvicornV6(UvicornThread):
+    """uvicorn bound to the IPv6 loopback ``::1``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        ServerThread.__init__(self, free_port_v6())
+        self.url = f"ws://[::1]:{self.port}"
+        self.http_url = f"http://[::1]:{self.port}"
+        self.config = uvicorn.Config(
+            app, host="::1", port=self.port, log_level="warning", proxy_headers=False
+        )
+        self.server = uvicorn.Server(self.config)
+
+
+@contextlib.contextmanager
+def serve_v6(app: ASGIApp) -> Iterator[ServerThread]:
+    server = UvicornV6(app)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+ONE_64 = [f"2001:db8:1:2:{i:x}:{i * 7:x}:{i * 13:x}:{i * 31:x}" for i in range(1, 9)]
+
+
+async def test_an_ipv6_peer_is_keyed_by_its_64_on_real_ipv6() -> None:
+    cap = rules.MaxConnectionsPerKey(2)
+    guard = Guard(rules=[cap])
+    with serve_v6(WSGuardMiddleware(echo, guard=guard)) as server:
+        url = server.url + "/ws"
+        async with held(url, ()), held(url, ()):
+            assert cap.count("::/64") == 2  # the peer ::1, keyed by its /64
+            assert await rejected(url) == (1008, "too_many_connections")
+
+
+async def test_eight_addresses_of_one_64_are_one_key() -> None:
+    cap = rules.MaxConnectionsPerKey(2)
+    guard = Guard(rules=[cap], trusted_proxies=["::1"])
+    with serve_v6(WSGuardMiddleware(echo, guard=guard)) as server:
+        url = server.url + "/ws"
+        async with held(url, lines(ONE_64[0])), held(url, lines(ONE_64[1])):
+            assert cap.count("2001:db8:1:2::/64") == 2
+            refusals = [await rejected(url, lines(address)) for address in ONE_64[2:]]
+            # Other /64s (the neighbour's, another site's) are other keys.
+            await admitted(url, lines("2001:db8:1:3::1"))
+            await admitted(url, lines("2001:db8:1:3::1"))
+            await admitted(url, lines("2001:db8:2:2::1"))
+    assert refusals == [(1008, "too_many_connections")] * 6
+
+
+async def test_a_128_prefix_keys_each_ipv6_address() -> None:
+    cap = rules.MaxConnectionsPerKey(2)
+    guard = Guard(rules=[cap], trusted_proxies=["::1"], ipv6_prefix=128)
+    with serve_v6(WSGuardMiddleware(echo, guard=guard)) as server:
+        url = server.url + "/ws"
+        async with held(url, lines(ONE_64[0])), held(url, lines(ONE_64[0])):
+            assert await rejected(url, lines(ONE_64[0])) == (1008, "too_many_connections")
+            await admitted(url, lines(ONE_64[1]))
+
+
+async def test_ipv4_mapped_addresses_key_as_ipv4() -> None:
+    cap = rules.MaxConnectionsPerKey(2)
+    guard = Guard(rules=[cap], trusted_proxies=["::1"])
+    with serve_v6(WSGuardMiddleware(echo, guard=guard)) as server:
+        url = server.url + "/ws"
+        async with held(url, lines("::ffff:198.51.100.7")), held(url, lines("198.51.100.7")):
+            assert cap.count("198.51.100.7") == 2
+            assert await rejected(url, lines("::ffff:c633:6407")) == (1008, "too_many_connections")
+
+
+# -- no client address: a Unix socket --------------------------------------------
+class UvicornUnix(UvicornThread):
+    """uvicorn on a Unix socket: ``scope["client"]`` is ``None``."""
+
+    def __init__(self, app: ASGIApp, path: str, **config: Any) -> None:
+        ServerThread.__init__(self, 0)
+        self.path = path
+        self.url = "ws://localhost"
+        self.config = uvicorn.Config(app, uds=path, log_level="warning", **config)
+        self.server = uvicorn.Server(self.config)
+
+
+@contextlib.contextmanager
+def serve_unix(app: ASGIApp, path: Path, **config: Any) -> Iterator[UvicornUnix]:
+    server = UvicornUnix(app, str(path), **config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def unix_outcome(server: UvicornUnix, headers: Headers = ()) -> tuple[int, str] | str:
+    """The close of a refused handshake, or ``"admitted"`` after an echo."""
+    async with unix_connect(server.path, server.url + "/ws", additional_headers=headers) as ws:
+        try:
+            await ws.send("ping")  # raises if the close came first
+            reply = await asyncio.wait_for(ws.recv(), 5)
+        except websockets.ConnectionClosed as exc:
+            if exc.rcvd is None:
+                raise AssertionError("the connection ended without a close frame") from exc
+            return exc.rcvd.code, exc.rcvd.reason
+    assert reply == "ping"
+    return "admitted"
+
+
+async def test_a_peer_without_an_address_is_refused_not_shared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = Guard(rules=[rules.MaxConnectionsPerKey(2)], trusted_proxies=["127.0.0.1"])
+    with serve_unix(WSGuardMiddleware(echo, guard=guard), tmp_path / "ws.sock") as server:
+        outcomes = [await unix_outcome(server) for _ in range(3)]
+        # A forwarded address over the socket is nobody's word: still refused.
+        outcomes.append(await unix_outcome(server, lines(REAL)))
+    assert outcomes == [(1008, "client_unknown")] * 4
+    assert guard.metrics.snapshot().closes_by_rule == {"client_unknown": 4}
+    warnings = [r for r in caplog.records if "without a client address" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_a_unix_socket_behind_a_trusted_proxy_header_is_keyed(tmp_path: Path) -> None:
+    cap = rules.MaxConnectionsPerKey(1)
+    guard = Guard(rules=[cap])
+    app = WSGuardMiddleware(echo, guard=guard)
+    # uvicorn sets scope["client"] from X-Forwarded-For when told to trust the socket.
+    with serve_unix(app, tmp_path / "ws.sock", forwarded_allow_ips="*") as server:
+        assert await unix_outcome(server, lines(REAL)) == "admitted"
+        assert await unix_outcome(server, lines(VICTIM)) == "admitted"
+        assert await unix_outcome(server) == (1008, "client_unknown")

@@ -22,7 +22,13 @@ from ._drain import Drain
 from ._errors import ConfigurationError
 from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
-from ._keys import IPNetwork, parse_trusted_proxies
+from ._keys import (
+    DEFAULT_IPV6_PREFIX,
+    IPNetwork,
+    check_ipv6_prefix,
+    parse_trusted_proxies,
+    peer_checks,
+)
 from ._metrics import Metrics
 from ._request import route_path
 from ._rule import Rule, overrides
@@ -78,6 +84,7 @@ class Guard:
         drain_window: float = 10.0,
         drain_signals: Iterable[signal.Signals | int | str] = (),
         app_exit_timeout: float | None = 5.0,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
@@ -86,6 +93,8 @@ class Guard:
         self.storage_uri = storage
         self.paths = _check_paths(paths)
         self.trusted_proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(trusted_proxies)
+        #: ``rules.by_ip`` keys an IPv6 client by this many leading bits (a /64).
+        self.ipv6_prefix = check_ipv6_prefix(ipv6_prefix)
         if reject not in _REJECT_MODES:
             raise ConfigurationError(f"reject must be one of {_REJECT_MODES}, not {reject!r}")
         self.reject = reject
@@ -118,8 +127,8 @@ class Guard:
         self._drain: Drain | None = None
 
         ordered = sorted(
-            self.rules, key=lambda rule: rule.stage
-        )  # stable: user order within a stage
+            peer_checks(self.rules) + self.rules, key=lambda rule: rule.stage
+        )  # stable: user order within a stage, the peer check first
         self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
             (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
         )
