@@ -180,3 +180,47 @@ def test_a_prefix_with_the_mount_matches_the_full_path(caplog: pytest.LogCapture
     assert not guard.guards_path("/api/open", "/api")
     assert guard.guards_path("/api/ws", "")  # no mount: the plain match, no warning
     assert len([r for r in caplog.records if "matched only the full path" in r.message]) == 1
+
+
+async def test_paths_that_match_nothing_below_a_mount_warn_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The guard sits on the outer app, whose route path keeps the mount.
+    guard = Guard(
+        rules=[rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token"))],
+        paths=["/ws"],
+    )
+    app = Starlette(
+        routes=[Mount("/api", routes=[WebSocketRoute("/ws", who_echo)])],
+        middleware=[Middleware(WSGuardMiddleware, guard=guard)],
+    )
+    with serve(app) as server:
+        for _ in range(2):
+            assert await answered(server.url + "/api/ws") is None  # unguarded, as configured
+    warnings = [r.getMessage() for r in caplog.records if "matched no WebSocket path" in r.message]
+    assert warnings == [
+        "ws_guard paths=['/ws'] matched no WebSocket path yet, and route path '/api/ws' ends "
+        "in '/ws' (root_path=''): paths are matched on the route path where the middleware "
+        "sits. Add the middleware to the mounted app or name the full route path"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("paths", "seen", "warned"),
+    [
+        (["/ws"], ["/api/ws"], True),
+        (["/ws"], ["/api/ws/room"], True),
+        (["/ws"], ["/api/wsx"], False),
+        (["/ws"], ["/other"], False),
+        (["/ws"], ["/ws", "/api/ws"], False),  # something matched first: misses are meant
+        (["/chat/"], ["/api/chat/room"], True),
+    ],
+)
+def test_unmatched_warning_needs_a_deeper_prefix(
+    paths: list[str], seen: list[str], warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = Guard(paths=paths)
+    for path in seen:
+        guard.guards_path(path)
+    count = len([r for r in caplog.records if "matched no WebSocket path" in r.message])
+    assert count == (1 if warned else 0)

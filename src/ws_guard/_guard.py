@@ -123,6 +123,8 @@ class Guard:
             else check_non_negative("app_exit_timeout", app_exit_timeout)
         )
         self._warned_prefixes: set[str] = set()
+        self._matched = False  # some WebSocket path matched ``paths``
+        self._warned_unmatched = False
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
 
@@ -166,20 +168,48 @@ class Guard:
         (Starlette ``Mount``, uvicorn ``--root-path``). A prefix that names
         the mount too (``"/api/ws"``) still guards it, matched on the full
         path, and a warning says once to drop the mount part: a guard never
-        guards less than either reading of its ``paths``.
+        guards less than either reading of its ``paths``. While nothing has
+        matched, a path that ends in a prefix below a mount warns once too.
         """
         if self.paths is None:
             return True
         routed = route_path(path, root_path) or "/"  # the mount's own root routes as "/"
         for prefix in self.paths:
             if _under(routed, prefix):
+                self._matched = True
                 return True
         if routed != path:
             for prefix in self.paths:
                 if _under(path, prefix):
                     self._warn_mount_prefix(prefix, root_path)
+                    self._matched = True
                     return True
+        if not self._matched and not self._warned_unmatched:
+            self._warn_unmatched(routed, root_path)
         return False
+
+    def _warn_unmatched(self, routed: str, root_path: str) -> None:
+        """Say once that ``paths`` name a route deeper in the app than the guard sits.
+
+        A guard on the outer app of ``Mount("/api", routes=[...])`` sees
+        ``/api/ws``; ``paths=["/ws"]`` never matches it. Only while no
+        WebSocket path has matched yet: after that, misses are the
+        unguarded paths the user meant.
+        """
+        for prefix in self.paths or ():
+            if _below_root(routed, prefix):
+                self._warned_unmatched = True
+                logger.warning(
+                    "ws_guard paths=%r matched no WebSocket path yet, and route path %r ends "
+                    "in %r (root_path=%r): paths are matched on the route path where the "
+                    "middleware sits. Add the middleware to the mounted app or name the full "
+                    "route path",
+                    list(self.paths or ()),
+                    routed,
+                    prefix,
+                    root_path,
+                )
+                return
 
     def _warn_mount_prefix(self, prefix: str, root_path: str) -> None:
         if prefix in self._warned_prefixes:
@@ -368,6 +398,17 @@ class Guard:
 def _under(path: str, prefix: str) -> bool:
     """*path* is *prefix* or lies below it, on a segment boundary."""
     return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def _below_root(path: str, prefix: str) -> bool:
+    """*prefix* occurs in *path* past its start, on segment boundaries (``/api/ws`` vs ``/ws``)."""
+    start = path.find(prefix, 1)
+    while start > 0:
+        end = start + len(prefix)
+        if prefix.endswith("/") or end == len(path) or path[end] == "/":
+            return True
+        start = path.find(prefix, start + 1)
+    return False
 
 
 def _check_items(what: str, items: Iterable[object], kind: type[T]) -> tuple[T, ...]:
