@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
+from ._request import joined_headers
 from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
 from ._types import Message, Receive, Scope, Send
@@ -190,12 +191,14 @@ class Connection:
         return str(self.scope.get("path", ""))
 
     def header(self, name: str) -> str | None:
-        """A request header by lower-case name (the first one, latin-1)."""
+        """A request header by lower-case name, latin-1; ``None`` when absent.
+
+        Repeated field lines are joined in order, as RFC 9110 section 5.3
+        says (``"; "`` for Cookie, RFC 6265 section 5.4): a proxy's appended
+        line is never hidden behind one the client wrote.
+        """
         if self._headers is None:
-            headers: dict[str, str] = {}
-            for key, value in self.scope.get("headers", ()):
-                headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-            self._headers = headers
+            self._headers = joined_headers(self.scope.get("headers", ()))
         return self._headers.get(name)
 
     @property

@@ -22,8 +22,15 @@ from ._drain import Drain
 from ._errors import ConfigurationError
 from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
-from ._keys import IPNetwork, parse_trusted_proxies
+from ._keys import (
+    DEFAULT_IPV6_PREFIX,
+    IPNetwork,
+    check_ipv6_prefix,
+    parse_trusted_proxies,
+    peer_checks,
+)
 from ._metrics import Metrics
+from ._request import route_path
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
 from ._signals import SignalDrain, parse_signals
@@ -81,6 +88,7 @@ class Guard:
         drain_window: float = 10.0,
         drain_signals: Iterable[signal.Signals | int | str] = (),
         app_exit_timeout: float | None = 5.0,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
@@ -89,6 +97,8 @@ class Guard:
         self.storage_uri = storage
         self.paths = _check_paths(paths)
         self.trusted_proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(trusted_proxies)
+        #: ``rules.by_ip`` keys an IPv6 client by this many leading bits (a /64).
+        self.ipv6_prefix = check_ipv6_prefix(ipv6_prefix)
         if reject not in _REJECT_MODES:
             raise ConfigurationError(f"reject must be one of {_REJECT_MODES}, not {reject!r}")
         self.reject = reject
@@ -120,12 +130,15 @@ class Guard:
                 "app_exit_timeout", app_exit_timeout, maximum=_MAX_APP_EXIT, positive=False
             )
         )
+        self._warned_prefixes: set[str] = set()
+        self._matched = False  # some WebSocket path matched ``paths``
+        self._warned_unmatched = False
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
 
         ordered = sorted(
-            self.rules, key=lambda rule: rule.stage
-        )  # stable: user order within a stage
+            peer_checks(self.rules) + self.rules, key=lambda rule: rule.stage
+        )  # stable: user order within a stage, the peer check first
         self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
             (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
         )
@@ -154,14 +167,70 @@ class Guard:
         )
 
     # -- paths ----------------------------------------------------------------
-    def guards_path(self, path: str) -> bool:
-        """Whether a WebSocket at *path* is guarded (prefix match on segments)."""
+    def guards_path(self, path: str, root_path: str = "") -> bool:
+        """Whether a WebSocket at *path* is guarded (prefix match on segments).
+
+        *path* and *root_path* are the scope's. ``paths`` match the route
+        path, *path* without *root_path* (see :func:`route_path`), so
+        ``paths=["/ws"]`` guards ``/ws`` in an app mounted at ``/api``
+        (Starlette ``Mount``, uvicorn ``--root-path``). A prefix that names
+        the mount too (``"/api/ws"``) still guards it, matched on the full
+        path, and a warning says once to drop the mount part: a guard never
+        guards less than either reading of its ``paths``. While nothing has
+        matched, a path that ends in a prefix below a mount warns once too.
+        """
         if self.paths is None:
             return True
+        routed = route_path(path, root_path) or "/"  # the mount's own root routes as "/"
         for prefix in self.paths:
-            if path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/"):
+            if _under(routed, prefix):
+                self._matched = True
                 return True
+        if routed != path:
+            for prefix in self.paths:
+                if _under(path, prefix):
+                    self._warn_mount_prefix(prefix, root_path)
+                    self._matched = True
+                    return True
+        if not self._matched and not self._warned_unmatched:
+            self._warn_unmatched(routed, root_path)
         return False
+
+    def _warn_unmatched(self, routed: str, root_path: str) -> None:
+        """Say once that ``paths`` name a route deeper in the app than the guard sits.
+
+        A guard on the outer app of ``Mount("/api", routes=[...])`` sees
+        ``/api/ws``; ``paths=["/ws"]`` never matches it. Only while no
+        WebSocket path has matched yet: after that, misses are the
+        unguarded paths the user meant.
+        """
+        for prefix in self.paths or ():
+            if _below_root(routed, prefix):
+                self._warned_unmatched = True
+                logger.warning(
+                    "ws_guard paths=%r matched no WebSocket path yet, and route path %r ends "
+                    "in %r (root_path=%r): paths are matched on the route path where the "
+                    "middleware sits. Add the middleware to the mounted app or name the full "
+                    "route path",
+                    list(self.paths or ()),
+                    routed,
+                    prefix,
+                    root_path,
+                )
+                return
+
+    def _warn_mount_prefix(self, prefix: str, root_path: str) -> None:
+        if prefix in self._warned_prefixes:
+            return
+        self._warned_prefixes.add(prefix)
+        logger.warning(
+            "ws_guard paths entry %r matched only the full path: the app is mounted at "
+            "root_path=%r and routes without it. Guarded anyway; write the route path "
+            "(paths=%r) to say what is meant",
+            prefix,
+            root_path,
+            [route_path(p, root_path) or "/" for p in self.paths or ()],
+        )
 
     # -- lifespan -------------------------------------------------------------
     @property
@@ -332,6 +401,22 @@ class Guard:
         if close.retry_after is not None:
             headers.append((b"retry-after", format_retry_after(close.retry_after).encode()))
         return status, headers
+
+
+def _under(path: str, prefix: str) -> bool:
+    """*path* is *prefix* or lies below it, on a segment boundary."""
+    return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def _below_root(path: str, prefix: str) -> bool:
+    """*prefix* occurs in *path* past its start, on segment boundaries (``/api/ws`` vs ``/ws``)."""
+    start = path.find(prefix, 1)
+    while start > 0:
+        end = start + len(prefix)
+        if prefix.endswith("/") or end == len(path) or path[end] == "/":
+            return True
+        start = path.find(prefix, start + 1)
+    return False
 
 
 def _check_items(what: str, items: Iterable[object], kind: type[T]) -> tuple[T, ...]:

@@ -26,7 +26,7 @@ class WSGuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         guard = self.guard
-        if kind == "websocket" and guard.guards_path(scope["path"]):
+        if kind == "websocket" and guard.guards_path(scope["path"], scope.get("root_path", "")):
             # Inline rather than a helper coroutine: one frame less for every
             # open connection, and one call less on every message's path.
             if not guard.started:  # the server runs no lifespan: start on first use

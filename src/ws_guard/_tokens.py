@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote_plus
 
 from ._errors import ConfigurationError
+from ._request import field_lines, join_field
 from ._types import Message
 from ._validate import check_seconds
 
@@ -24,20 +25,34 @@ if TYPE_CHECKING:
     from ._connection import Connection
 
 REDACTED = "redacted"
+#: What a source takes from a request that carries a token it must not read
+#: (two Authorization lines): not ``None``, so no later source is asked, and
+#: empty, so verification refuses it as ``token_invalid``.
+INVALID_TOKEN = ""
 # RFC 7230 "token": what a Sec-WebSocket-Protocol value may be.
 _HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def _header(conn: Connection, name: bytes) -> str | None:
-    """The first header *name* (lower-case bytes), read straight from the scope.
+def _field_lines(conn: Connection, name: bytes) -> list[str]:
+    """Every line of header *name* (lower-case bytes), read straight from the scope.
 
     Not through ``conn.header``, whose cache would keep every header (the
     token among them) for the connection's whole life.
     """
-    for key, value in conn.scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+    return field_lines(conn.scope.get("headers", ()), name)
+
+
+def _single(values: list[str]) -> str | None:
+    """The one token a request carries under a name given once or more.
+
+    The same value repeated is that value; different values make the token
+    invalid: ws_guard would verify one while the app (Starlette's
+    ``query_params`` keeps the last) or a cookie jar might read another.
+    """
+    first = values[0]
+    if any(value != first for value in values):
+        return INVALID_TOKEN
+    return first or None
 
 
 def _check_name(what: str, name: object) -> str:
@@ -71,16 +86,16 @@ class FromQuery(TokenSource):
         raw: bytes = conn.scope.get("query_string", b"")
         if not raw:
             return None
-        token = None
-        for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
-            if key == self.name:
-                token = value
-                break
-        if token is None:
+        values = [
+            value
+            for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+            if key == self.name
+        ]
+        if not values:
             return None
         if self.redact:
             conn.scope["query_string"] = self._redacted(raw)
-        return token or None
+        return _single(values)
 
     def _redacted(self, raw: bytes) -> bytes:
         parts = []
@@ -109,9 +124,15 @@ class FromHeader(TokenSource):
         self.scheme = scheme
 
     def take(self, conn: Connection) -> str | None:
-        value = _header(conn, self._raw_name)
-        if value is None:
+        lines = _field_lines(conn, self._raw_name)
+        if not lines:
             return None
+        if len(lines) > 1:
+            # A credential field is a singleton (RFC 9110 sections 5.3 and
+            # 11.6.2): two lines make the request invalid. Picking one would
+            # let the client choose which a proxy or the app reads.
+            return INVALID_TOKEN
+        value = lines[0]
         if self.scheme is None:
             return value.strip() or None
         parts = value.split(None, 1)
@@ -131,17 +152,18 @@ class FromCookie(TokenSource):
         self.name = _check_name("from_cookie", name)
 
     def take(self, conn: Connection) -> str | None:
-        header = _header(conn, b"cookie")
+        header = join_field("cookie", _field_lines(conn, b"cookie"))
         if not header:
             return None
+        values = []
         for pair in header.split(";"):
             key, sep, value = pair.partition("=")
             if sep and key.strip() == self.name:
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] == '"':
                     value = value[1:-1]
-                return value or None
-        return None
+                values.append(value)
+        return _single(values) if values else None
 
 
 class FromSubprotocol(TokenSource):
