@@ -452,7 +452,9 @@ async def test_long_non_ascii_reason_is_cut_on_a_character_boundary() -> None:
     assert dict(guard.metrics.snapshot().closes_by_rule) == {"long": 1}
 
 
-async def test_checker_exception_is_an_app_crash_with_1011() -> None:
+async def test_a_raising_content_check_closes_1011_and_never_reaches_the_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     def broken(message: object) -> bool:
         raise KeyError("bug in the check")
 
@@ -462,8 +464,10 @@ async def test_checker_exception_is_an_app_crash_with_1011() -> None:
     await ws.expect("websocket.accept")
     await ws.send_text("x")
     await ws.expect("websocket.close", code=1011, reason="internal_error")
-    with pytest.raises(KeyError, match="bug in the check"):
-        await ws.finished()
+    await ws.finished()  # the app saw a disconnect, not the KeyError
+    assert guard.metrics.snapshot().closes_by_rule == {"content:broken": 1}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.exc_info[1].args for r in errors if r.exc_info] == [("bug in the check",)]
 
 
 # -- an app that never reads after a guard close ----------------------------------------

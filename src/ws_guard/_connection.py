@@ -163,7 +163,7 @@ class Connection:
         # connection's footprint is what 10 000 of them multiply.
         self._deadlines: list[Deadline] | None = None
         self._held: list[Rule] | None = None
-        self._hold: Awaitable[Close | None] | None = None
+        self._hold: asyncio.Future[Close | None] | None = None
         self._asides: set[asyncio.Future[Any]] | None = None
         self._finished = False
         #: The task running the app (set by the middleware), and whether ws_guard
@@ -250,11 +250,13 @@ class Connection:
                     await self._reject(verdict)
                     return False
         for rule, holds in guard.admission_rules:
-            decision = await rule.admit(self)
             if holds:
+                # Held before the await: a handshake cancelled inside admit()
+                # (the client left) still releases what admit() took so far.
                 if self._held is None:
                     self._held = []
                 self._held.append(rule)
+            decision = await rule.admit(self)
             if decision is not None:
                 if decision.shadow:
                     self._record_shadow(decision)
@@ -469,38 +471,45 @@ class Connection:
         (a token signed by a key not fetched yet): it returns ``CONSUME`` and
         hands the rest here. A ``Close`` result closes the connection. Costs
         nothing on the message path: only a consumed message looks here.
-        """
-        self._hold = pending
 
-    async def _settle_hold(self) -> Close | None:
-        pending = self._hold
-        if pending is None:
-            return None
-        if not isinstance(pending, asyncio.Future):
-            # A task of its own, awaited through a shield: a receive cancelled
-            # while it waits (an app's wait_for timing out) leaves the decision
-            # running and held, and the next receive settles it before reading
-            # on. Otherwise the cancel would throw the decision away and the
-            # next message would pass unauthenticated.
-            pending = asyncio.ensure_future(pending)
-            self._hold = pending
-        try:
-            close: Close | None = await asyncio.shield(pending)
-        finally:
-            if pending.done():
-                self._hold = None
-        if close is not None and close.shadow:
-            self._record_shadow(close)
-            return None
-        return close
+        The decision runs as a task of its own and is applied by that task's
+        done callback, not by the receive that waits for it: an app's
+        ``wait_for(receive(), t)`` or a receive task it cancels, even in the
+        very loop turn the decision arrives, can never drop it.
+        """
+        future = asyncio.ensure_future(pending)
+        self._hold = future
+        future.add_done_callback(self._decided)
+
+    def _decided(self, future: asyncio.Future[Close | None]) -> None:
+        """Apply the held decision *future* once; a no-op when applied or dropped by finish()."""
+        if self._hold is not future:
+            return
+        self._hold = None
+        if future.cancelled():
+            return  # only finish() cancels a hold: nobody reads on
+        exc = future.exception()
+        if exc is not None:
+            # A bug in the deciding code: fail closed, never let the next message pass.
+            logger.error("ws_guard could not decide a held message", exc_info=exc)
+            self.close_soon(Close(INTERNAL_ERROR, "internal_error", "internal_error"))
+            return
+        close = future.result()
+        if close is not None:
+            self.close_soon(close)  # a shadow close is counted and logged, nothing more
 
     async def _settle_hold_or_close(self) -> Message | None:
-        """Settle the hold; the app's disconnect message when that closed the connection."""
-        close = await self._settle_hold()
+        """Wait for the held decision; the app's disconnect message when it closed the connection.
+
+        A cancel while waiting leaves the hold in place (``asyncio.wait`` never
+        cancels what it waits for): the decision is applied when it arrives,
+        and the next receive waits for it before reading on.
+        """
+        pending = self._hold
+        if pending is not None:
+            await asyncio.wait((pending,))
+            self._decided(pending)  # normally applied already, by its own callback
         if self.state == GUARD_CLOSED:
-            return self._disconnect_message()
-        if close is not None and self.state == OPEN:
-            await self._close_open(close)
             return self._disconnect_message()
         return None
 
@@ -646,10 +655,8 @@ class Connection:
                 deadline.cancel()
             self._deadlines = None
         hold, self._hold = self._hold, None
-        if isinstance(hold, asyncio.Future):
+        if hold is not None:
             hold.cancel()  # nobody will read on: its decision has no message to guard
-        elif asyncio.iscoroutine(hold):
-            hold.close()
         if self._close_task is not None and not self._close_task.done():
             await self._close_task
         await self._release()

@@ -231,6 +231,7 @@ class _Code:
         for i, content in enumerate(self.contents):
             self.names[f"ALLOWED_{i}"] = content.allowed
             self.names[f"BREACH_{i}"] = content._breach
+            self.names[f"FAILED_{i}"] = content.failed
         payload_rules = (size, types, *self.contents)
         self.names["BY_RULE"] = _by_rule(
             tuple(r.check for r in payload_rules if r is not None and r.check is not None)
@@ -328,7 +329,17 @@ class _Code:
     def _contents(self, payload: str, refuse: Callable[[str], str]) -> list[str]:
         out: list[str] = []
         for i in range(len(self.contents)):
-            out += [f"if not ALLOWED_{i}({payload}):", f"    {refuse(f'BREACH_{i}')}"]
+            # As Content's own check: a raising check is the user's bug, 1011
+            # (FAILED logs the traceback). The refusal stays outside the try,
+            # so nothing _receive_slow raises is mistaken for the check's.
+            out += [
+                "try:",
+                f"    verdict = None if ALLOWED_{i}({payload}) else BREACH_{i}",
+                "except Exception:",
+                f"    verdict = FAILED_{i}()",
+                "if verdict is not None:",
+                f"    {refuse('verdict')}",
+            ]
         return out
 
     # -- the two forms ------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
-from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close, Consume
+from ._close import INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
 from ._jwt_config import check_algorithms, check_required_claims, check_strings, prepare_key
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ws_guard")
 
 Claims = dict[str, Any]
+#: What decoding a hostile token may raise. PyJWT wraps most failures in its
+#: own errors; older releases let ``RecursionError`` (a deeply nested header)
+#: and ``ValueError`` (``UnicodeEncodeError`` for a non-ASCII token) through.
+_DECODE_ERRORS = (PyJWTError, ValueError, RecursionError)
 #: What verification can end in: claims, a close, or "the key server is down".
 Outcome = Claims | Close | KeyState
 
@@ -136,6 +140,8 @@ class JWTAuth(Rule):
         self.invalid = self.breach(POLICY_VIOLATION, "token_invalid")
         self.expired = self.breach(POLICY_VIOLATION, "token_expired")
         self.unavailable = self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+        #: A refresh matcher of the user's own raised: a bug in it, not the client's fault.
+        self.failed = self.breach(INTERNAL_ERROR, "internal_error")
 
     def __repr__(self) -> str:
         keys = f"jwks_url={self.jwks.url!r}" if self.jwks else "key=<hidden>"
@@ -159,21 +165,24 @@ class JWTAuth(Rule):
             )
         except ExpiredSignatureError:
             return self.expired
-        except PyJWTError as exc:
+        except _DECODE_ERRORS as exc:
             logger.debug("ws_guard rejected a token: %s", type(exc).__name__)
             return self.invalid
         return claims
 
     def verify_now(self, token: str) -> Outcome:
         """Verify without I/O; ``KeyState.FETCH`` when a JWKS fetch must come first."""
-        if not token or len(token) > self.max_token_bytes:
+        # A JWT is ASCII (base64url and dots, RFC 7519 section 3); anything
+        # else, such as a lone surrogate a JSON envelope can carry, is refused
+        # before PyJWT encodes it.
+        if not token or len(token) > self.max_token_bytes or not token.isascii():
             return self.invalid
         jwks = self.jwks
         if jwks is None:
             return self.decode(token, self._key)
         try:
             header = jwt.get_unverified_header(token)
-        except PyJWTError:
+        except _DECODE_ERRORS:
             return self.invalid
         found = jwks.cached(header.get("kid"))
         if found is KeyState.FETCH:

@@ -10,6 +10,7 @@ time is converted at the moment the deadline is set.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 from ._close import CONSUME, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import KeyState
+from ._parse import Unreadable, read_json
 from ._scheduler import Deadline
 from ._types import Message
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._jwt import JWTAuth, Outcome
+
+logger = logging.getLogger("ws_guard")
 
 #: Room around the token in a JSON first or refresh message.
 ENVELOPE_BYTES = 1024
@@ -128,7 +132,13 @@ class Session:
         match = self.rule.refresh_token
         if match is None:
             return None
-        token = match(message)
+        try:
+            token = match(message)
+        except Exception:
+            # Only a matcher of the user's own can raise (the built-in one
+            # never does): a bug in it, so 1011, with its traceback, once.
+            logger.exception("ws_guard: the JWTAuth refresh matcher raised")
+            return self.rule.failed
         if token is None:
             return None
         outcome = self.rule.verify_now(token)
@@ -152,6 +162,8 @@ class Session:
         token = None if first is None else first.parse(message)
         if token is None:
             return self._sync(rule.missing)
+        if isinstance(token, Unreadable):
+            return self._sync(rule.invalid)
         outcome = rule.verify_now(token)
         if outcome is KeyState.FETCH:
             self.conn.hold(self._first_later(token))
@@ -217,10 +229,11 @@ def refresh_matcher(
         text = message.get("text")
         if text is None or needle not in text or len(text) > envelope:
             return None
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None
+        value = read_json(text)
+        if value is Unreadable.NOT_JSON:
+            return None  # mentions the type, is no JSON: app content
+        if value is Unreadable.REFUSED:
+            return ""  # JSON naming the refresh type that cannot be read: token_invalid
         if not isinstance(value, dict) or value.get("type") != refresh:
             return None
         token = value.get(field)

@@ -6,19 +6,22 @@ the message path costs a few attribute reads per rule.
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._close import MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA, Close
+from ._close import INTERNAL_ERROR, MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA, Close
 from ._errors import ConfigurationError
+from ._parse import Unreadable, read_json
 from ._rule import Checker, Rule
 from ._types import Message
 from ._validate import check_count
 
 if TYPE_CHECKING:
     from ._connection import Connection
+
+logger = logging.getLogger("ws_guard")
 
 _RULE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -117,8 +120,11 @@ class Content(Rule):
     """Close with 1008 ``content:<name>`` when ``check(payload)`` returns False.
 
     ``check`` gets the payload: ``str`` for text frames, ``bytes`` for binary.
-    It runs on every message, so keep it cheap; an exception in it is a bug
-    in the check and propagates (it is not silently treated as allowed).
+    It runs on every message, so keep it cheap. An exception in it is a bug
+    in the check, not the client's fault, and never taken as "allowed": the
+    connection closes 1011 ``internal_error`` (counted under this rule's
+    label), the traceback is logged once at ERROR, and the exception does not
+    reach the app.
     """
 
     def __init__(self, check: Callable[[Any], bool], *, name: str, enforce: bool = True) -> None:
@@ -128,18 +134,29 @@ class Content(Rule):
         super().__init__(enforce=enforce, name=f"content:{name}")
         self.allowed = check
         self._breach = self.breach(POLICY_VIOLATION, f"content:{name}")
-        self.check: Checker = _content_check(check, self._breach)
+        self._failed = self.breach(INTERNAL_ERROR, "internal_error")
+        self.check: Checker = _content_check(check, self._breach, self.failed)
 
     def checker(self, conn: Connection) -> Checker:
         return self.check
 
+    def failed(self) -> Close:
+        """The decision when ``check`` raised (called in its ``except``: logs the traceback)."""
+        logger.exception("ws_guard content rule %r raised; closing 1011", self.content_name)
+        return self._failed
 
-def _content_check(allowed: Callable[[Any], bool], breach: Close) -> Checker:
+
+def _content_check(
+    allowed: Callable[[Any], bool], breach: Close, failed: Callable[[], Close]
+) -> Checker:
     def check(message: Message) -> Close | None:
         payload = message.get("text")
         if payload is None:
             payload = message.get("bytes")
-        return None if allowed(payload) else breach
+        try:
+            return None if allowed(payload) else breach  # bool() inside: it may raise too
+        except Exception:  # noqa: BLE001 - the user's check is broken: failed() logs it, 1011
+            return failed()
 
     return check
 
@@ -179,7 +196,10 @@ class Pattern(Content):
 class Json(Content):
     """Close with 1008 ``content:<name>`` unless a message is JSON that ``validator`` accepts.
 
-    Text and binary frames are both parsed (binary as UTF-8 JSON).
+    Text and binary frames are both parsed (binary as UTF-8 JSON). JSON the
+    parser refuses is not JSON here: nesting past the recursion limit, an
+    integer literal past ``sys.get_int_max_str_digits()``, ``NaN`` and
+    ``Infinity`` (not JSON by RFC 8259 section 6).
     """
 
     def __init__(
@@ -195,8 +215,9 @@ class Json(Content):
         super().__init__(self._valid, name=name, enforce=enforce)
 
     def _valid(self, payload: str | bytes) -> bool:
-        try:
-            value = json.loads(payload)
-        except (ValueError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        # Never raises for the client's input (too deep, too long a number,
+        # NaN, not UTF-8: content:<name>); a raising validator is a bug (1011).
+        value = read_json(payload)
+        if isinstance(value, Unreadable):
             return False
         return True if self.validator is None else bool(self.validator(value))

@@ -10,13 +10,13 @@ query token is overwritten in place; a subprotocol token is dropped from
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote_plus
 
 from ._errors import ConfigurationError
+from ._parse import Unreadable, read_json
 from ._request import field_lines, join_field
 from ._types import Message
 from ._validate import check_seconds
@@ -212,25 +212,35 @@ class FromFirstMessage(TokenSource):
         self.timeout = check_seconds("from_first_message timeout", timeout, maximum=300.0)
         self.field = _check_name("from_first_message field", field)
 
-    def parse(self, message: Message) -> str | None:
-        """The token in *message*, or ``None`` when it carries none."""
+    def parse(self, message: Message) -> str | Unreadable | None:
+        """The token in *message*, ``None`` when it carries none, or why it cannot be read.
+
+        ``None``: an empty message, or a JSON object without ``field``
+        (``token_missing``). An :class:`~ws_guard._parse.Unreadable`: binary
+        that is not UTF-8, JSON that cannot be read (see ``_parse``), or a
+        ``field`` that is not a non-empty string (``token_invalid``). Never
+        raises, whatever the client sent.
+        """
         payload = message.get("text")
         if payload is None:
             data = message.get("bytes")
-            if data is None:
+            if not isinstance(data, bytes):
                 return None
             try:
                 payload = data.decode("utf-8")
             except UnicodeDecodeError:
-                return None
+                return Unreadable.NOT_JSON
         payload = payload.strip()
         if payload.startswith("{"):
-            try:
-                value = json.loads(payload)
-            except ValueError:
+            value = read_json(payload)
+            if isinstance(value, Unreadable):
+                return value
+            if not isinstance(value, dict):  # "{" opens an object: never taken
+                return Unreadable.NOT_JSON
+            if self.field not in value:
                 return None
-            token = value.get(self.field) if isinstance(value, dict) else None
-            return token if isinstance(token, str) and token else None
+            token = value[self.field]
+            return token if isinstance(token, str) and token else Unreadable.REFUSED
         return payload or None
 
 
