@@ -245,7 +245,10 @@ async def test_unknown_peer_is_refused_when_a_rule_keys_by_ip(
 
 
 async def test_unknown_peer_is_admitted_without_a_by_ip_rule() -> None:
-    guard = Guard(rules=[rules.MaxConnectionsPerKey(2, key=rules.by_connection)])
+    def by_path(conn: object) -> str:  # a key that does not read the client address
+        return "one"
+
+    guard = Guard(rules=[rules.MaxConnectionsPerKey(2, key=by_path)])
     assert await client_ip_of(guard, None, None) == "unknown"
 
 
