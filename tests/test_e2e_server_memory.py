@@ -233,8 +233,8 @@ async def test_server_behaviour_hypercorn_decompresses_a_bomb_past_its_limit(
     """Documents hypercorn 0.18: deflate is always offered, and checked after inflating.
 
     ``websocket_max_message_size`` still closes 1009 (no reason), but only after
-    wsproto inflated the whole read (up to 64 KiB compressed). An over-size
-    plain message gets the close frame at once and stays bounded.
+    wsproto inflated what was read, with no bound. An over-size plain message
+    gets the close frame at once and stays bounded.
     """
     port = free_port()
     with server_process(hypercorn(port, tmp_path), port) as process:
