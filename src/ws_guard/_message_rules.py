@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._close import INTERNAL_ERROR, MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA, Close
 from ._errors import ConfigurationError
 from ._parse import Unreadable, read_json
+from ._regex_engine import compile_search
 from ._rule import Checker, Rule
 from ._types import Message
 from ._validate import check_count
@@ -166,6 +167,13 @@ class Pattern(Content):
 
     Binary frames are not searched (a text pattern has no meaning there);
     combine with :class:`MessageTypes` to refuse them.
+
+    ``engine`` picks the regex engine: ``"auto"`` (RE2 from the optional
+    google-re2 package when installed and the pattern compiles there, else
+    Python's ``re``, with a WARNING naming the pattern), ``"re2"`` (linear
+    time; :class:`ConfigurationError` when google-re2 is missing or the
+    pattern needs backtracking), or ``"re"`` (backtracking: a crafted message
+    can stall the event loop). ``self.engine`` says which one runs.
     """
 
     def __init__(
@@ -174,18 +182,14 @@ class Pattern(Content):
         *,
         name: str = "pattern",
         flags: int = 0,
+        engine: str = "auto",
         enforce: bool = True,
     ) -> None:
-        try:
-            compiled = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
-        except re.error as exc:
-            raise ConfigurationError(
-                f"Pattern {pattern!r} is not a valid regular expression: {exc}"
-            ) from exc
-        if not isinstance(compiled, re.Pattern) or not isinstance(compiled.pattern, str):
-            raise ConfigurationError(f"Pattern needs a str regular expression, not {pattern!r}")
-        self.pattern = compiled
-        search = compiled.search
+        search, used, compiled = compile_search(pattern, flags, engine)
+        #: The engine that runs: "re" or "re2".
+        self.engine = used
+        #: The compiled ``re.Pattern`` under the re engine, None under RE2.
+        self.pattern: re.Pattern[str] | None = compiled
         super().__init__(
             lambda payload: not (isinstance(payload, str) and search(payload)),
             name=name,
