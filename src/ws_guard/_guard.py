@@ -24,6 +24,7 @@ from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
 from ._keys import IPNetwork, parse_trusted_proxies
 from ._metrics import Metrics
+from ._origin import check_cookie_origin
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
 from ._signals import SignalDrain, parse_signals
@@ -79,6 +80,7 @@ class Guard:
         app_exit_timeout: float | None = 5.0,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
+        check_cookie_origin(self.rules)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
         #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
         self.storage = SharedStorage(storage)
