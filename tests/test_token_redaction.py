@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from apps import http_ok
 from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, ServerThread, serve
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
+from ws_guard._redact import redact_query, remove_cookie
 from ws_guard._types import Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
@@ -267,3 +270,35 @@ def test_redact_must_be_a_bool(source: Any) -> None:
         source(*args, redact="no")
     with pytest.raises(ConfigurationError, match="'no'"):
         rules.from_query(redact="no")  # type: ignore[arg-type]
+
+
+NAMES = st.sampled_from(["session", "sess", "Session", "a", "theme", "session2"])
+VALUES = st.from_regex(r"[A-Za-z0-9._\-]{0,12}", fullmatch=True)
+SPACES = st.sampled_from(["", " ", "  "])
+
+
+@given(st.lists(st.lists(st.tuples(SPACES, NAMES, VALUES), min_size=1, max_size=4), max_size=3))
+def test_cookie_removal_drops_exactly_the_sources_pairs(
+    lines: list[list[tuple[str, str, str]]],
+) -> None:
+    raw = [";".join(f"{sp}{n}={v}" for sp, n, v in pairs).encode() for pairs in lines]
+    scope: dict[str, Any] = {"headers": [(b"x", b"1"), *((b"cookie", line) for line in raw)]}
+    remove_cookie(scope, "session")
+    expected = []  # the other pairs, byte for byte; a line left empty is gone
+    for pairs in lines:
+        kept = [f"{sp}{n}={v}" for sp, n, v in pairs if n != "session"]
+        if kept and len(kept) < len(pairs):
+            kept[0] = kept[0].lstrip()  # no leading space where the removed pair stood
+        if kept:  # a line without the cookie is left as it was
+            expected.append((b"cookie", ";".join(kept).encode()))
+    assert scope["headers"] == [(b"x", b"1"), *expected]
+
+
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=6))
+def test_query_redaction_touches_only_the_sources_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = "&".join(f"{n}={v}" for n, v in pairs).encode()
+    scope: dict[str, Any] = {"query_string": query, "raw_path": b"/ws?" + query}
+    redact_query(scope, "session")
+    expected = "&".join(f"{n}={'redacted' if n == 'session' else v}" for n, v in pairs).encode()
+    assert scope["query_string"] == (expected if query else b"")
+    assert scope["raw_path"] == b"/ws?" + expected

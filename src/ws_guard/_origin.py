@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from ._close import POLICY_VIOLATION, Close
 from ._errors import ConfigurationError
+from ._jwt import JWTAuth
 from ._rule import Rule, Stage
 from ._tokens import FromCookie
 
@@ -229,7 +230,9 @@ def check_cookie_origin(rules: Iterable[Rule]) -> None:
     if any(isinstance(rule, AllowedOrigins) for rule in rules):
         return
     for rule in rules:
-        cookies = [s for s in getattr(rule, "sources", ()) if isinstance(s, FromCookie)]
+        if not isinstance(rule, JWTAuth):
+            continue
+        cookies = [s for s in rule.sources if isinstance(s, FromCookie)]
         if cookies:
             raise ConfigurationError(
                 f"{rule!r} reads a token from a cookie ({cookies[0]!r}), which a browser sends "
