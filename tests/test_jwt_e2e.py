@@ -33,7 +33,9 @@ def make_guard() -> Guard:
         ],
         expiring_notice=1.0,
     )
-    return Guard(rules=[rule], paths=["/ws"])
+    # Cookie auth needs an origin check; the websockets client sends no Origin.
+    origins = rules.AllowedOrigins(["https://app.example"], allow_missing=True)
+    return Guard(rules=[origins, rule], paths=["/ws"])
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,10 @@ async def test_custom_header_without_scheme() -> None:
 )
 async def test_cookie(cookie: str) -> None:
     ws = ScriptedWebSocket(
-        guarded(rules.from_cookie("session")),
+        guarded(
+            rules.from_cookie("session"),
+            extra=(rules.AllowedOrigins(["null"], allow_missing=True),),
+        ),
         headers=[(b"cookie", cookie.format(t=mint("c")).encode())],
     )
     assert (await who(ws))["sub"] == "c"

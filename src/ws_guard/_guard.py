@@ -30,6 +30,7 @@ from ._keys import (
     peer_checks,
 )
 from ._metrics import Metrics
+from ._origin import check_cookie_origin
 from ._request import route_path
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
@@ -91,6 +92,7 @@ class Guard:
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
+        check_cookie_origin(self.rules)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
         #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
         self.storage = SharedStorage(storage)

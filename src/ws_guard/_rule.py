@@ -32,6 +32,9 @@ class Stage(enum.IntEnum):
     in-band token before size, type or content rules see it.
     """
 
+    #: ``AllowedOrigins``: pure and cheapest, and a hostile page's attempts
+    #: must not spend its victim's connect-rate budget.
+    ORIGIN = 5
     CONNECT_RATE = 10
     AUTH = 20
     CONNECTION_CAP = 30

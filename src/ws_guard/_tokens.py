@@ -6,6 +6,7 @@ might print it: uvicorn's access log line (``"WebSocket /ws?token=..."
 [accepted]``) reads ``scope["query_string"]`` when the accept goes out, so a
 query token is overwritten in place; a subprotocol token is dropped from
 ``scope["subprotocols"]`` so the app cannot echo it back as its choice.
+Each source also edits its header copies (``redact=True``, see _redact.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl
 
 from ._errors import ConfigurationError
 from ._parse import Unreadable, read_json
+from ._redact import (
+    check_redact,
+    redact_header,
+    redact_query,
+    remove_cookie,
+    remove_subprotocol,
+)
 from ._request import field_lines, join_field
 from ._types import Message
 from ._validate import check_seconds
@@ -24,7 +32,6 @@ from ._validate import check_seconds
 if TYPE_CHECKING:
     from ._connection import Connection
 
-REDACTED = "redacted"
 #: What a source takes from a request that carries a token it must not read
 #: (two Authorization lines): not ``None``, so no later source is asked, and
 #: empty, so verification refuses it as ``token_invalid``.
@@ -80,7 +87,7 @@ class FromQuery(TokenSource):
 
     def __init__(self, name: str = "token", *, redact: bool = True) -> None:
         self.name = _check_name("from_query", name)
-        self.redact = bool(redact)
+        self.redact = check_redact("from_query", redact)
 
     def take(self, conn: Connection) -> str | None:
         raw: bytes = conn.scope.get("query_string", b"")
@@ -94,17 +101,8 @@ class FromQuery(TokenSource):
         if not values:
             return None
         if self.redact:
-            conn.scope["query_string"] = self._redacted(raw)
+            redact_query(conn.scope, self.name)
         return _single(values)
-
-    def _redacted(self, raw: bytes) -> bytes:
-        parts = []
-        for part in raw.split(b"&"):
-            key = part.split(b"=", 1)[0]
-            if unquote_plus(key.decode("latin-1")) == self.name:
-                part = key + b"=" + REDACTED.encode()
-            parts.append(part)
-        return b"&".join(parts)
 
 
 class FromHeader(TokenSource):
@@ -114,8 +112,11 @@ class FromHeader(TokenSource):
     another scheme (``Basic ...``) counts as no token, so later sources run.
     """
 
-    def __init__(self, name: str = "authorization", *, scheme: str | None = "Bearer") -> None:
+    def __init__(
+        self, name: str = "authorization", *, scheme: str | None = "Bearer", redact: bool = True
+    ) -> None:
         self.name = _check_name("from_header", name).lower()
+        self.redact = check_redact("from_header", redact)
         self._raw_name = self.name.encode("latin-1")
         if scheme is not None and (not isinstance(scheme, str) or not _HTTP_TOKEN.match(scheme)):
             raise ConfigurationError(
@@ -124,6 +125,12 @@ class FromHeader(TokenSource):
         self.scheme = scheme
 
     def take(self, conn: Connection) -> str | None:
+        token = self._find(conn)
+        if self.redact:  # every line with the scheme, not only the one read
+            redact_header(conn.scope, self._raw_name, self.scheme)
+        return token
+
+    def _find(self, conn: Connection) -> str | None:
         lines = _field_lines(conn, self._raw_name)
         if not lines:
             return None
@@ -148,10 +155,17 @@ class FromCookie(TokenSource):
     header after one malformed pair, which browsers send happily.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, redact: bool = True) -> None:
         self.name = _check_name("from_cookie", name)
+        self.redact = check_redact("from_cookie", redact)
 
     def take(self, conn: Connection) -> str | None:
+        token = self._find(conn)
+        if self.redact:  # every pair of that name, on every Cookie line
+            remove_cookie(conn.scope, self.name)
+        return token
+
+    def _find(self, conn: Connection) -> str | None:
         header = join_field("cookie", _field_lines(conn, b"cookie"))
         if not header:
             return None
@@ -174,18 +188,25 @@ class FromSubprotocol(TokenSource):
     subprotocol (browsers fail a handshake that picks none), never the token.
     """
 
-    def __init__(self, marker: str = "access_token") -> None:
+    def __init__(self, marker: str = "access_token", *, redact: bool = True) -> None:
         if not isinstance(marker, str) or not _HTTP_TOKEN.match(marker):
             raise ConfigurationError(
                 f"from_subprotocol marker must be an HTTP token such as 'access_token', "
                 f"not {marker!r}"
             )
         self.marker = marker
+        self.redact = check_redact("from_subprotocol", redact)
 
     def offered(self, conn: Connection) -> bool:
         return self.marker in (conn.scope.get("subprotocols") or ())
 
     def take(self, conn: Connection) -> str | None:
+        token = self._find(conn)
+        if token is not None and self.redact and token != self.marker:
+            remove_subprotocol(conn.scope, token)  # the header line and any second copy
+        return token
+
+    def _find(self, conn: Connection) -> str | None:
         offered = list(conn.scope.get("subprotocols") or ())
         if self.marker not in offered:
             return None
@@ -249,19 +270,31 @@ def from_query(name: str = "token", *, redact: bool = True) -> FromQuery:
     return FromQuery(name, redact=redact)
 
 
-def from_header(name: str = "authorization", *, scheme: str | None = "Bearer") -> FromHeader:
-    """The token in header *name*, after ``scheme`` (``Bearer``) unless ``scheme=None``."""
-    return FromHeader(name, scheme=scheme)
+def from_header(
+    name: str = "authorization", *, scheme: str | None = "Bearer", redact: bool = True
+) -> FromHeader:
+    """The token in header *name*, after ``scheme`` (``Bearer``) unless ``scheme=None``.
+
+    The app sees ``<scheme> redacted`` unless ``redact=False``.
+    """
+    return FromHeader(name, scheme=scheme, redact=redact)
 
 
-def from_cookie(name: str) -> FromCookie:
-    """The token in cookie *name*."""
-    return FromCookie(name)
+def from_cookie(name: str, *, redact: bool = True) -> FromCookie:
+    """The token in cookie *name*, removed from the ``Cookie`` header unless ``redact=False``.
+
+    Needs ``rules.AllowedOrigins`` in the same guard (cross-site WebSocket hijacking).
+    """
+    return FromCookie(name, redact=redact)
 
 
-def from_subprotocol(marker: str = "access_token") -> FromSubprotocol:
-    """The token offered as the subprotocol after *marker*; the accept names *marker*."""
-    return FromSubprotocol(marker)
+def from_subprotocol(marker: str = "access_token", *, redact: bool = True) -> FromSubprotocol:
+    """The token offered as the subprotocol after *marker*; the accept names *marker*.
+
+    The token is removed from ``Sec-WebSocket-Protocol`` unless ``redact=False``;
+    it never stays in ``scope["subprotocols"]``.
+    """
+    return FromSubprotocol(marker, redact=redact)
 
 
 def from_first_message(timeout: float = 10.0, *, field: str = "token") -> FromFirstMessage:

@@ -6,6 +6,7 @@ from ._jwks import JWKS
 from ._jwt import JWTAuth
 from ._keys import by_connection, by_ip, by_user
 from ._message_rules import Content, Json, MaxMessageSize, MessageTypes, Pattern
+from ._origin import AllowedOrigins
 from ._rate import MessageRate
 from ._rule import Checker, Rule, Stage
 from ._tokens import (
@@ -19,6 +20,7 @@ from ._tokens import (
 
 __all__ = [
     "JWKS",
+    "AllowedOrigins",
     "Checker",
     "ConnectRate",
     "Content",
