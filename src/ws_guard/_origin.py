@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ws_guard")
 
-REASON = "origin_not_allowed"
 #: The serialisation of an opaque origin (RFC 6454 section 6.2): sandboxed
 #: iframes, ``file://`` pages, some redirects.
 NULL = "null"
@@ -177,7 +176,7 @@ class AllowedOrigins(Rule):
         self.allow_missing = allow_missing
         self._exact = frozenset(exact)
         self._suffixes = tuple(suffixes)
-        self._refusal = self.breach(POLICY_VIOLATION, REASON)
+        self._refusal = self.breach(POLICY_VIOLATION, "origin_not_allowed")
 
     def __repr__(self) -> str:
         return (
