@@ -226,14 +226,14 @@ class Run:
                     sheds={name: g["sheds"] for name, g in gauges.items()},
                     lag=gauges.get("event_loop_lag", {}).get("value"),
                 )
-            except (OSError, TimeoutError, ValueError) as exc:
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
                 row["status_error"] = type(exc).__name__
             if self.pool is not None:
                 row.update(attempts=self.pool.tally.attempts, opened=self.pool.tally.opened)
             if now >= next_detail:
                 next_detail = now + DETAIL_EVERY
                 row["keys"] = int(await self.redis.dbsize())
-                with contextlib.suppress(OSError, TimeoutError, ValueError):
+                with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
                     row["internals"] = await self.get("/debug.json", timeout=5)
             self.samples.append(row)
             await asyncio.sleep(max(0.0, STATUS_EVERY - (time.monotonic() - self.t0 - now)))
