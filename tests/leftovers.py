@@ -127,7 +127,7 @@ def clock() -> float:
     behind ``time.time()``; the same sum for now keeps the two comparable.
     """
     if hasattr(time, "CLOCK_BOOTTIME"):
-        return psutil.boot_time() + time.clock_gettime(time.CLOCK_BOOTTIME)
+        return float(psutil.boot_time()) + time.clock_gettime(time.CLOCK_BOOTTIME)
     return time.time()
 
 

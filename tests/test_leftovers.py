@@ -24,7 +24,7 @@ TESTS = Path(__file__).resolve().parent
 def gone(pid: int) -> bool:
     """The pid is free, or holds only a zombie (dead; init reaps it)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
