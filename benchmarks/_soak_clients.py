@@ -126,14 +126,23 @@ def token(subject: str, lifetime: float, secret: str = SECRET) -> str:
 
 
 async def http_get_json(host: str, port: int, target: str, timeout: float = 5.0) -> Any:
-    """One HTTP/1.0 GET on loopback; the body parsed as JSON."""
-    async with asyncio.timeout(timeout):
+    """One HTTP/1.0 GET on loopback; the body parsed as JSON.
+
+    Raises ``OSError`` (no connection, not 200), ``asyncio.TimeoutError`` after
+    *timeout* seconds (the builtin ``TimeoutError`` only from Python 3.11 on),
+    ``ValueError`` (not JSON).
+    """
+
+    async def fetch() -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(f"GET {target} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-            raw = await reader.read()
+            return await reader.read()
         finally:
             writer.close()
+
+    # asyncio.wait_for, not asyncio.timeout: the latter is Python 3.11+.
+    raw = await asyncio.wait_for(fetch(), timeout)
     head, _, body = raw.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
         raise OSError(f"GET {target}: {head[:40]!r}")
@@ -237,12 +246,11 @@ class Pool:
         error: str | None = None
         try:
             if body is not None:
-                async with asyncio.timeout(EPISODE_TIMEOUT):
-                    await body(ws)
+                await asyncio.wait_for(body(ws), EPISODE_TIMEOUT)
             phase = "client close"
         except ConnectionClosed:
             pass
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             error = "episode timed out"
         except OSError as exc:
             error = type(exc).__name__
@@ -275,7 +283,7 @@ class Pool:
         for _ in range(10):
             try:
                 answer = await http_get_json(self.host, self.port, f"/peer?addr={addr}")
-            except (OSError, TimeoutError, ValueError) as exc:
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
                 entry["lookup_error"] = type(exc).__name__
                 break
             record = answer["record"]
@@ -417,8 +425,7 @@ class Pool:
 
         async def gated(ws: ClientConnection) -> None:
             arrive()
-            async with asyncio.timeout(OPEN_TIMEOUT):
-                await everyone.wait()
+            await asyncio.wait_for(everyone.wait(), OPEN_TIMEOUT)
             await body(ws)
 
         async def one() -> str:

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from _children import exit_on_sigterm, spawn
 from _variants import SRC, VARIANTS, variant
 
 HERE = Path(__file__).resolve()
@@ -255,9 +256,7 @@ def start_server(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen[
     cmd = [sys.executable, str(HERE), "--serve", name, "--port", str(port)]
     if args.server_cpu is not None:
         cmd += ["--cpu", str(args.server_cpu)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
-    )
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     wait_listening(port, proc)
     return proc, f"ws://127.0.0.1:{port}/ws"
 
@@ -564,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         args.url = args.client
         run_client(args)
     else:
+        exit_on_sigterm()  # so that the servers are stopped
         orchestrate(args)
 
 

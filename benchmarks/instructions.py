@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _children import exit_on_sigterm, spawn
 from _variants import SRC, VARIANTS, variant
 
 HERE = Path(__file__).resolve()
@@ -104,7 +105,7 @@ def count(name: str, connections: int, messages: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        proc = subprocess.Popen(
+        proc = spawn(
             [
                 "valgrind",
                 "--tool=callgrind",
@@ -144,6 +145,7 @@ def main() -> None:
     if args.serve is not None:
         serve(args.serve, args.port)
         return
+    exit_on_sigterm()  # so that the server under valgrind is stopped
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
     if not 0 < args.short < args.long:

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _children import exit_on_sigterm, spawn
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 SRC = str(ROOT / "src")
@@ -248,7 +250,7 @@ def start_server(mode: str, args: argparse.Namespace) -> tuple[subprocess.Popen[
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
     )
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
@@ -399,6 +401,7 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
+    exit_on_sigterm()  # so that the server is stopped
     if args.replot:
         data = json.loads(Path(args.replot).read_text())
         data["note"] = args.note or data.get("note", "")

@@ -23,6 +23,10 @@ reads the final counts. Outputs: a Markdown report (stdout and ``--report``),
 the raw samples (``--json``) and a plot of RSS, connections and keys over
 time (``--plot``). Targets: RSS growth < 5 % after warm-up, zero leaked keys,
 zero 1006 closes caused by ws_guard.
+
+redis-server and the server die with the script: on SIGINT, SIGTERM or SIGHUP
+it stops them before it exits, and on Linux a SIGKILL of the script kills
+them too (see ``_children``).
 """
 
 from __future__ import annotations
@@ -98,11 +102,13 @@ def rss_kib(pid: int) -> int | None:
 # Processes: redis-server and the uvicorn server
 # ---------------------------------------------------------------------------
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    from _children import spawn
+
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server not found on PATH; install it: apt-get install redis-server")
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawn(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -126,6 +132,8 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
 def start_server(
     args: argparse.Namespace, redis_url: str, workdir: str
 ) -> tuple[subprocess.Popen[bytes], int]:
+    from _children import spawn
+
     port = free_port()
     cmd = [sys.executable, str(HERE), "--serve", "--port", str(port), "--redis-url", redis_url]
     cmd += ["--conn-limit", str(args.conn_limit), "--lag-limit", str(args.lag_limit)]
@@ -140,7 +148,7 @@ def start_server(
         open(Path(workdir) / "server.out", "wb") as out,
         open(Path(workdir) / "server.err", "wb") as err,
     ):
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        proc = spawn(cmd, stdout=out, stderr=err, env=env)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
@@ -226,14 +234,14 @@ class Run:
                     sheds={name: g["sheds"] for name, g in gauges.items()},
                     lag=gauges.get("event_loop_lag", {}).get("value"),
                 )
-            except (OSError, TimeoutError, ValueError) as exc:
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
                 row["status_error"] = type(exc).__name__
             if self.pool is not None:
                 row.update(attempts=self.pool.tally.attempts, opened=self.pool.tally.opened)
             if now >= next_detail:
                 next_detail = now + DETAIL_EVERY
                 row["keys"] = int(await self.redis.dbsize())
-                with contextlib.suppress(OSError, TimeoutError, ValueError):
+                with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
                     row["internals"] = await self.get("/debug.json", timeout=5)
             self.samples.append(row)
             await asyncio.sleep(max(0.0, STATUS_EVERY - (time.monotonic() - self.t0 - now)))
@@ -309,6 +317,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server = None
     try:
         server, port = start_server(args, redis_url, workdir)
+        print(
+            f"soak: redis-server pid {redis_proc.pid}, server pid {server.pid} on port {port}",
+            file=sys.stderr,
+            flush=True,
+        )
         data = uvloop.run(Run(args, server.pid, port, redis_url).main())
         stop_process(server)
         out = (Path(workdir) / "server.out").read_text().strip().splitlines()
@@ -400,8 +413,10 @@ def main() -> None:
         pin(args.server_cpu)
         serve(args.port, args.redis_url, args.conn_limit, args.lag_limit, args.ws)
         return
+    from _children import exit_on_sigterm
     from _soak_report import plot, report
 
+    exit_on_sigterm()  # so that run() stops redis-server and the server
     if args.replot:
         data = json.loads(Path(args.replot).read_text())
     else:

@@ -15,7 +15,6 @@ import base64
 import contextlib
 import itertools
 import json
-import os
 import signal
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import websockets
 
+from children import spawn, stop
 from services import require_binary
 
 FLAGS = (
@@ -113,11 +113,11 @@ async def open_page(url: str = "about:blank") -> AsyncIterator[Page]:
         profile = Path(profile_dir)
         log_path = profile / "chromium.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen(
+            # A session of its own: the browser's helpers join its group, stopped together.
+            process = spawn(
                 [binary, *FLAGS, f"--user-data-dir={profile}", url],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its helper processes share our group: stop them together
             )
         try:
             port = await _devtools_port(profile / "DevToolsActivePort", process, log_path)
@@ -125,13 +125,7 @@ async def open_page(url: str = "about:blank") -> AsyncIterator[Page]:
             async with websockets.connect(target, proxy=None, max_size=None, open_timeout=10) as ws:
                 yield Page(ws)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-            with contextlib.suppress(ProcessLookupError):  # helpers that outlived the browser
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+            stop(process, signal.SIGTERM, grace=10)  # then SIGKILL for helpers that outlived it
 
 
 async def _devtools_port(path: Path, process: subprocess.Popen[bytes], log: Path) -> int:

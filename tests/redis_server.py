@@ -2,12 +2,14 @@
 
 No persistence (``--save "" --appendonly no``), so a restart starts empty,
 like a crashed cache. ``kill()`` and ``start()`` on the same port let tests
-take Redis away mid-run and bring it back.
+take Redis away mid-run and bring it back. Each server runs in a session of
+its own and is killed with its whole group on every way out (``children``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from children import running, spawn, stop
 from servers import free_port
 from services import require_binary
 
@@ -31,7 +34,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 self.binary,
                 *self.args,
@@ -50,12 +53,18 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        try:
+            self._wait_ready(self.process, timeout)
+        except BaseException:  # also KeyboardInterrupt: no redis-server outlives its start
+            self.kill()
+            raise
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not self.ping():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
             if time.monotonic() > deadline:
-                self.kill()
                 raise RuntimeError(f"redis-server did not answer on port {self.port}")
             time.sleep(0.02)
 
@@ -71,8 +80,7 @@ class RedisServer:
     def kill(self) -> None:
         """Take Redis away at once, as a crash would."""
         if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
+            stop(self.process, signal.SIGKILL)
             self.process = None
 
     def command(self, *args: str) -> bytes:
@@ -130,13 +138,13 @@ def redis_sentinel() -> Iterator[str]:
         config.write_text(
             f"port {port}\nbind 127.0.0.1\nsentinel monitor primary 127.0.0.1 {primary.port} 1\n"
         )
-        sentinel = subprocess.Popen(
+        with running(
             [binary, str(config), "--sentinel"],
+            sig=signal.SIGKILL,
             cwd=workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
-        try:
+        ) as sentinel:
             probe = RedisServer(binary, port)
             deadline = time.monotonic() + 10
             while b"127.0.0.1" not in _command_or_empty(
@@ -146,9 +154,6 @@ def redis_sentinel() -> Iterator[str]:
                     raise RuntimeError("redis sentinel did not come up")
                 time.sleep(0.05)
             yield f"redis+sentinel://127.0.0.1:{port}/primary"
-        finally:
-            sentinel.kill()
-            sentinel.wait(10)
 
 
 def _command_or_empty(server: RedisServer, *args: str) -> bytes:

@@ -1,25 +1,38 @@
-"""The benchmark scripts still run: argument parsing, a tiny in-process run, a tiny echo run."""
+"""The benchmark scripts still run: argument parsing, a tiny in-process run, a tiny echo run.
+
+And they leave no process behind: a script killed at the test's timeout, or
+stopped with SIGTERM, or SIGKILLed alone, takes its children with it.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import DEVNULL
+from typing import Any
 
+import psutil
 import pytest
 
+import children
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+#: The line soak.py writes to stderr once redis-server and the server are up.
+SOAK_STARTED = re.compile(r"soak: redis-server pid (\d+), server pid (\d+) on port \d+")
+#: A soak run far longer than any test waits for it.
+LONG_SOAK = ("--duration", "300", "--warmup", "1", "--concurrency", "2", "--key-wait", "1")
 
 
 def run(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run a benchmark script; its whole process group is killed on any way out."""
+    return children.run([sys.executable, str(BENCHMARKS / script), *args], timeout=timeout)
 
 
 def test_per_message_tiny_run_prints_a_table() -> None:
@@ -100,3 +113,83 @@ def test_soak_tiny_run_writes_report_plot_and_json(tmp_path: Path) -> None:
     assert data["milestones"]["final"]["status"]["active_connections"] == 0
     assert [s for s in data["samples"] if s.get("rss_kib")]
     assert paths["soak.png"].read_bytes().startswith(b"\x89PNG")
+
+
+# -- no process left behind ---------------------------------------------------------------
+
+
+def long_soak(tmp_path: Path) -> list[str]:
+    """soak.py's command for a run no test waits out; its outputs land in *tmp_path*."""
+    from services import require_binary
+
+    require_binary("redis-server")
+    outputs = ("--report", "", "--plot", "", "--json", str(tmp_path / "soak.json"))
+    return [sys.executable, str(BENCHMARKS / "soak.py"), *LONG_SOAK, *outputs]
+
+
+def soak_children(stderr: str) -> list[psutil.Process]:
+    """redis-server and the server, from soak.py's start line."""
+    found = SOAK_STARTED.search(stderr)
+    assert found is not None, f"soak.py did not report its children:\n{stderr}"
+    return [psutil.Process(int(pid)) for pid in found.groups()]
+
+
+def gone(proc: psutil.Process) -> bool:
+    """*proc* has exited (the pid is free, reused, or a zombie waiting for init)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+Started = tuple["subprocess.Popen[Any]", list[psutil.Process]]
+
+
+@pytest.fixture
+def started_soak(tmp_path: Path) -> Iterator[Started]:
+    """A long soak.py in its own session, once its children are up: (it, its children)."""
+    command = long_soak(tmp_path)
+    log = tmp_path / "soak.err"
+    with log.open("w") as err, children.running(command, stdout=DEVNULL, stderr=err) as soak:
+        wait_until(
+            lambda: SOAK_STARTED.search(log.read_text()) or soak.poll() is not None,
+            timeout=60,
+            what="soak.py starting redis-server and its server",
+        )
+        assert soak.poll() is None, log.read_text()
+        yield soak, soak_children(log.read_text())
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+def test_soak_killed_at_the_test_timeout_leaves_no_process(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.TimeoutExpired) as expired:
+        children.run(long_soak(tmp_path), timeout=12)
+    for proc in soak_children(str(expired.value.stderr)):  # up when the timeout hit, gone now
+        assert gone(proc), proc
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+def test_soak_stops_its_children_on_sigterm(started_soak: Started) -> None:
+    soak, procs = started_soak
+    os.kill(soak.pid, signal.SIGTERM)  # the script alone, not its group
+    assert soak.wait(30) == 128 + signal.SIGTERM
+    assert [proc for proc in procs if not gone(proc)] == []
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_soak_children_die_when_soak_is_killed(started_soak: Started) -> None:
+    soak, procs = started_soak
+    os.kill(soak.pid, signal.SIGKILL)  # no cleanup runs in the script
+    soak.wait(10)
+    wait_until(lambda: all(gone(proc) for proc in procs), 10, "soak's children exiting")

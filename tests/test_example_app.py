@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
+from children import signal_group, spawn, stop
 from chromium import open_page
 from servers import free_port, serve
 from ws_guard import Guard
@@ -243,7 +245,7 @@ async def test_script_serves_the_app_on_the_given_port() -> None:
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, str(APP_PATH), "--port", str(port)],
         cwd=ROOT,
         env=env,
@@ -275,8 +277,10 @@ async def test_script_serves_the_app_on_the_given_port() -> None:
         try:
             output, _ = process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+            signal_group(process, signal.SIGKILL)
+            output, _ = process.communicate(timeout=10)
+        finally:  # on an interrupt too, nothing of its group stays
+            stop(process, signal.SIGKILL)
     # The script shows ws_guard's log line for the close.
     assert "ws_guard closed connection code=1009 rule=message_too_big" in output
 

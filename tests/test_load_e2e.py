@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps import echo
+from children import running
 from servers import UVICORN_WS, free_port, serve
 from ws_guard import Guard, WSGuardMiddleware, load
 from ws_guard._types import Receive, Scope, Send
@@ -212,28 +215,27 @@ async def test_uvicorn_closes_websockets_itself_before_lifespan_shutdown() -> No
     assert "restarting" not in guard.metrics.snapshot().closes_by_rule
 
 
-def _start_server(window: float, mode: str) -> tuple[subprocess.Popen[bytes], int]:
+@contextlib.contextmanager
+def _server(window: float, mode: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``load_server.py`` listening on a free port; killed with its group on the way out."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]))
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "load_server.py"), str(port), str(window), mode],
-        env=env,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("load_server did not start") from None
-            time.sleep(0.05)
+    command = [sys.executable, str(ROOT / "tests" / "load_server.py"), str(port), str(window)]
+    with running([*command, mode], sig=signal.SIGKILL, env=env) as proc:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("load_server did not start") from None
+                time.sleep(0.05)
+        yield proc, port
 
 
 async def test_sigterm_drains_with_restarting_before_uvicorn_shuts_down() -> None:
-    proc, port = _start_server(1.0, "hook")
-    try:
+    with _server(1.0, "hook") as (proc, port):
         url = f"ws://127.0.0.1:{port}/ws"
         clients = [await connect(url) for _ in range(4)]
         for ws in clients:
@@ -251,10 +253,6 @@ async def test_sigterm_drains_with_restarting_before_uvicorn_shuts_down() -> Non
             late_code, late_reason = await closed_by_server(late)
         results = await waiting
         returncode = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert (late_code, bool(RESTARTING.fullmatch(late_reason))) == (1012, True)
     assert all(code == 1012 and RESTARTING.fullmatch(reason) for _, code, reason in results)
     times = sorted(t for t, _, _ in results)

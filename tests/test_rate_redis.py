@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from apps import echo
+from children import running
 from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import free_port, serve
@@ -195,9 +195,8 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
     )
     command = [sys.executable, "-m", "uvicorn", "rate_app:make_app", "--factory"]
     command += ["--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=TESTS, env=env)
     url = f"ws://127.0.0.1:{port}/ws"
-    try:
+    with running(command, sig=signal.SIGKILL, cwd=TESTS, env=env) as process:
         await eventually(lambda: _listening(port), timeout=15)
         held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
         for ws in held:
@@ -207,10 +206,6 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
         assert zcard(redis, slots) == 2  # heartbeats keep the live process' slots
         process.send_signal(signal.SIGKILL)  # no release, no shutdown
         process.wait(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     survivor, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
     with serve(survivor) as b:
         url_b = b.url + "/ws"
