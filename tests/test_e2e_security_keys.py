@@ -129,7 +129,9 @@ def auth_guard() -> Guard:
         algorithms=["HS256"],
         token=[rules.from_query("token"), rules.from_header(), rules.from_cookie("session")],
     )
-    return Guard(rules=[rule])
+    # Cookie auth needs an origin rule; this client is a program (no Origin).
+    origin = rules.AllowedOrigins(["https://app.example"], allow_missing=True)
+    return Guard(rules=[rule, origin])
 
 
 async def subject(url: str, headers: Headers = ()) -> str:
