@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import inspect
 import tracemalloc
 
 from ws_guard import Guard, rules
@@ -23,6 +22,8 @@ from ws_guard._connection import Connection
 from ws_guard._types import Message
 
 DEFAULT_RATES = ("10/minute", "10000/day")
+#: A monotonic clock reading of a host up for 11 days: window numbers past 256.
+CLOCK_START = 1e6
 
 
 async def _receive() -> Message:
@@ -44,11 +45,8 @@ def _address(i: int) -> str:
 
 async def bytes_per_key(rate: str, keys: int) -> tuple[float, int]:
     """(bytes per key, keys the rule tracks) after *keys* addresses attempted once."""
-    now = [0.0]
-    options = (
-        {"max_keys": keys} if "max_keys" in inspect.signature(rules.ConnectRate).parameters else {}
-    )
-    rule = rules.ConnectRate(rate, **options)
+    now = [CLOCK_START]
+    rule = rules.ConnectRate(rate, max_keys=keys)
     guard = Guard(rules=[rule], clock=lambda: now[0])
     await guard.startup()
     try:
@@ -58,7 +56,7 @@ async def bytes_per_key(rate: str, keys: int) -> tuple[float, int]:
         try:
             start = tracemalloc.get_traced_memory()[0]
             for i in range(keys):
-                now[0] = i * 1e-6
+                now[0] = CLOCK_START + i * 1e-6
                 # A new connection per attempt, dropped after it: what stays is the rule's.
                 assert await rule.admit(_connection(guard, _address(i))) is None
             gc.collect()
