@@ -291,12 +291,12 @@ async def test_redis_killed_and_restarted_under_load(own_redis: RedisServer) -> 
 
         load_.assert_prompt(killed_at, restarted_at, PROMPT, at_least=21)
         # The heartbeat writes back the slots this process holds...
-        slots = redis_key("slots", "by_user:2", "carol")
+        slots = redis_key(guard.namespace, "slots", "by_user:2", "carol")
         await until(lambda: own_redis.command("ZCARD", slots).strip() == b":2", what="slots back")
         refused = await attempt(url, as_user("carol"))  # ...so carol's cap holds again
         assert (refused.code, refused.reason) == (1008, "too_many_connections")
         # The chatters' message windows lease from Redis again, no restart.
-        counter = redis_key("msg", "bulk", "load-0", 0)
+        counter = redis_key(guard.namespace, "msg", "bulk", "load-0", 0)
         await until(lambda: own_redis.command("EXISTS", counter).strip() == b":1", what="leases")
         await enforcement_is_back(url)
         await load_.stop()

@@ -159,8 +159,8 @@ async def test_connect_rate_keeps_one_small_hash_per_key_whatever_the_limit(
     redis: RedisServer,
 ) -> None:
     rule = rules.ConnectRate("10000/day; 2/minute")
-    guarded, _ = app(redis, rule)
-    key = redis_key("connect", rule.id, "127.0.0.1")
+    guarded, guard = app(redis, rule)
+    key = redis_key(guard.namespace, "connect", rule.id, "127.0.0.1")
     with serve(guarded) as server:
         url = server.url + "/ws"
         for _ in range(2):
@@ -180,9 +180,10 @@ async def test_connect_rate_keeps_one_small_hash_per_key_whatever_the_limit(
 
 async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisServer) -> None:
     cap_a = rules.MaxConnectionsPerKey(2, key=rules.by_user)
-    one, _ = app(redis, cap_a)
-    two, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
-    slots = redis_key("slots", cap_a.id, "alice")
+    one, guard_a = app(redis, cap_a)
+    two, guard_b = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
+    assert guard_a.namespace == guard_b.namespace  # built alike: they share counters
+    slots = redis_key(guard_a.namespace, "slots", cap_a.id, "alice")
     with serve(two) as b:
         with serve(one) as a:
             first = await connect(a.url + "/ws", additional_headers=as_user("alice"))
@@ -209,6 +210,9 @@ async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisS
 
 async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
     heartbeat = 0.3  # slots live 0.9 s without one
+    # Built alike in this process: the same derived namespace as the subprocess'
+    # guard, so the slots the killed process held count here too.
+    survivor, guard = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
     port = free_port()
     env = dict(
         os.environ,
@@ -225,7 +229,7 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
         held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
         for ws in held:
             await chat(ws, 1)
-        slots = redis_key("slots", "by_user:2", "alice")
+        slots = redis_key(guard.namespace, "slots", "by_user:2", "alice")
         await asyncio.sleep(3 * heartbeat * 1.5)
         assert zcard(redis, slots) == 2  # heartbeats keep the live process' slots
         process.send_signal(signal.SIGKILL)  # no release, no shutdown
@@ -234,7 +238,6 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    survivor, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
     with serve(survivor) as b:
         url_b = b.url + "/ws"
         assert await rejected(url_b, as_user("alice")) == (1008, "too_many_connections")
@@ -257,8 +260,8 @@ async def test_outage_with_allow_keeps_serving_and_recovers(own_redis: RedisServ
     cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=0.2)
     message_rate = rules.MessageRate("100/minute", key=rules.by_user)
     guarded, guard = app(own_redis, connect_rate, cap, message_rate)
-    slots = redis_key("slots", cap.id, "alice")
-    counter = redis_key("msg", message_rate.id, "alice", 0)
+    slots = redis_key(guard.namespace, "slots", cap.id, "alice")
+    counter = redis_key(guard.namespace, "msg", message_rate.id, "alice", 0)
     with serve(guarded) as server:
         url = server.url + "/ws"
         first = await connect(url, additional_headers=as_user("alice"))

@@ -168,7 +168,9 @@ class MaxConnectionsPerKey(Rule):
         return self.breach(POLICY_VIOLATION, "too_many_connections")
 
     def _rkey(self, key: str) -> str:
-        return redis_key("slots", self.id, key)
+        if self._guard is None:
+            raise RuntimeError("MaxConnectionsPerKey is not part of a Guard")
+        return redis_key(self._guard.namespace, "slots", self.id, key)
 
     async def _beat(self) -> None:
         client, guard = self._client, self._guard

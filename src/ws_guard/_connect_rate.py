@@ -119,7 +119,7 @@ class ConnectRate(Rule):
         if self._script is None:
             retry = counters.hit(key, guard.scheduler.clock())
         else:
-            rkey = redis_key("connect", self.id, key)
+            rkey = redis_key(guard.namespace, "connect", self.id, key)
             try:
                 admitted, wait_ms = await self._script([rkey], self._args)
             except guard.storage.errors as exc:

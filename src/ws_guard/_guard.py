@@ -26,6 +26,7 @@ from ._keys import IPNetwork, parse_trusted_proxies
 from ._metrics import Metrics
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
+from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
 from ._validate import check_non_negative
@@ -77,6 +78,7 @@ class Guard:
         drain_window: float = 10.0,
         drain_signals: Iterable[signal.Signals | int | str] = (),
         app_exit_timeout: float | None = 5.0,
+        namespace: str | None = None,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
@@ -112,6 +114,8 @@ class Guard:
             if app_exit_timeout is None
             else check_non_negative("app_exit_timeout", app_exit_timeout)
         )
+        #: Prefix of every key this guard writes to storage (see _shared.guard_namespace).
+        self.namespace = guard_namespace(namespace, self.paths, self.rules)
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
 
