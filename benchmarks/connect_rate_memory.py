@@ -15,14 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 import tracemalloc
+from pathlib import Path
 
-from ws_guard import Guard, rules
-from ws_guard._connection import Connection
-from ws_guard._types import Message
+# Measure this checkout's ws_guard, not whatever copy is installed.
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+from ws_guard import Guard, rules  # noqa: E402
+from ws_guard._connection import Connection  # noqa: E402
+from ws_guard._types import Message  # noqa: E402
 
 DEFAULT_RATES = ("10/minute", "10000/day")
-#: A monotonic clock reading of a host up for 11 days: window numbers past 256.
+#: A monotonic clock reading of a host up for 11 days.
 CLOCK_START = 1e6
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +215,19 @@ def test_max_keys_must_be_a_positive_integer(value: object) -> None:
 
 def test_the_default_bound() -> None:
     assert rules.ConnectRate("1/minute").max_keys == DEFAULT_MAX_KEYS == 100_000
+
+
+def test_the_memory_benchmark_runs_and_reports_under_the_bound() -> None:
+    """benchmarks/connect_rate_memory.py, on a few keys: the figures in the docs come from it."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "connect_rate_memory.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--keys", "2000", "--rate", "10000/day"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rate, keys, tracked, per_key = done.stdout.splitlines()[1].split()
+    assert (rate, keys, tracked) == ("10000/day", "2000", "2000")
+    assert int(per_key) < BYTES_PER_KEY_BOUND

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._guard import Guard
 
-#: Keys one rule tracks in process memory by default (about 200 B each).
+#: Keys one rule tracks in process memory by default (about 250 B each: 25 MB).
 DEFAULT_MAX_KEYS = 100_000
 
 
