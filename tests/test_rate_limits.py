@@ -189,9 +189,10 @@ async def test_connect_rate_rejects_and_counts_rejected_attempts() -> None:
         ws = await opened(app)
         await ws.disconnect()
         await ws.finished()
-    hammering = [(0.0, 60), (10.0, 50), (20.0, 40)] + [
-        (t, 40) for t in (30.0, 40.0, 50.0, 60.0, 70.0)
-    ]
+    # Every attempt counts, refused ones too (a window's count stops at the
+    # limit). In the second window (60-120 s) the first one's 3 attempts weigh
+    # (120 - t) / 60: at 60 s fully; at 70 s 2.5, plus the one refused at 60 s.
+    hammering = [(0.0, 60), (10.0, 50), (20.0, 40), (50.0, 10), (60.0, 20), (70.0, 30)]
     for t, hint in hammering:
         clock.now = t
         ws = ScriptedWebSocket(app, client=("10.0.0.1", 40000))
@@ -206,13 +207,13 @@ async def test_connect_rate_rejects_and_counts_rejected_attempts() -> None:
     other = await opened(app, ip="10.0.0.2")
     await other.disconnect()
     await other.finished()
-    clock.now = 110.0  # the hinted time: three attempts (50, 60, 70) are all a minute old
+    clock.now = 100.5  # just past the hint: 3 * 19.5/60 + 2 refused = 2.975 < 3
     ws = await opened(app)
     await ws.disconnect()
     await ws.finished()
     snap = guard.metrics.snapshot()
-    assert snap.closes_by_rule == {"connect_rate_limited": 8}
-    assert snap.handshakes_rejected == 8
+    assert snap.closes_by_rule == {"connect_rate_limited": 6}
+    assert snap.handshakes_rejected == 6
 
 
 async def test_connect_rate_http_denial_is_429_with_retry_after() -> None:

@@ -57,11 +57,11 @@ async def _come_and_go(count: int, measure: Callable[[], int]) -> tuple[int, int
     cap = rules.MaxConnectionsPerKey(2)
     guard = Guard(rules=[connect_rate, cap, message_rate], clock=clock)
     await guard.startup()
-    logs, windows = connect_rate._logs, message_rate._maps[0]
+    logs, windows = connect_rate._counters, message_rate._maps[0]
     assert logs is not None
     try:
         await _visit(guard, "192.0.2.1")  # warm every code path before measuring
-        clock.now = 100.0
+        clock.now = 200.0
         logs.sweep(clock.now)
         windows.sweep(clock.now)
         gc.collect()
@@ -72,7 +72,9 @@ async def _come_and_go(count: int, measure: Callable[[], int]) -> tuple[int, int
         full = measure()
         assert len(logs) == len(windows) == count
         assert cap._counts == {}  # every slot was given back at finish
-        clock.now += 60.0  # a window later the sweeps drop every key
+        # Two windows later (a ConnectRate key's counts matter until the end of
+        # the window after its last attempt's) the sweeps drop every key.
+        clock.now += 120.0
         assert logs.sweep(clock.now) == windows.sweep(clock.now) == count
         gc.collect()
         end = measure()

@@ -155,11 +155,35 @@ async def test_connect_rate_holds_across_servers(redis: RedisServer) -> None:
     assert (code, reason) == (1008, "connect_rate_limited; retry-after=60")
 
 
+async def test_connect_rate_keeps_one_small_hash_per_key_whatever_the_limit(
+    redis: RedisServer,
+) -> None:
+    rule = rules.ConnectRate("10000/day; 2/minute")
+    guarded, guard = app(redis, rule)
+    key = redis_key(guard.namespace, "connect", rule.id, "127.0.0.1")
+    with serve(guarded) as server:
+        url = server.url + "/ws"
+        for _ in range(2):
+            async with connect(url) as ws:
+                await chat(ws, 1)
+        assert await rejected(url) == (1008, "connect_rate_limited; retry-after=60")
+    assert redis.command("TYPE", key).strip() == b"+hash"
+    # The first attempt's time, then window, previous and current count per rate:
+    # the refused attempt counted in both (the minute's count stops at its limit).
+    fields = redis.command("HMGET", key, "c1", "c2").split(b"\r\n")
+    assert (fields[2], fields[4]) == (b"3", b"2")
+    assert redis.command("HLEN", key).strip() == b":7"
+    # It lives until the end of the window after the current one: two days at most.
+    assert 86_400_000 < int(redis.command("PTTL", key).strip().lstrip(b":")) <= 2 * 86_400_000
+    assert int(redis.command("MEMORY", "USAGE", key).strip().lstrip(b":")) < 200
+
+
 async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisServer) -> None:
     cap_a = rules.MaxConnectionsPerKey(2, key=rules.by_user)
-    one, _ = app(redis, cap_a)
-    two, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
-    slots = redis_key("slots", cap_a.id, "alice")
+    one, guard_a = app(redis, cap_a)
+    two, guard_b = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
+    assert guard_a.namespace == guard_b.namespace  # built alike: they share counters
+    slots = redis_key(guard_a.namespace, "slots", cap_a.id, "alice")
     with serve(two) as b:
         with serve(one) as a:
             first = await connect(a.url + "/ws", additional_headers=as_user("alice"))
@@ -186,6 +210,9 @@ async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisS
 
 async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
     heartbeat = 0.3  # slots live 0.9 s without one
+    # Built alike in this process: the same derived namespace as the subprocess'
+    # guard, so the slots the killed process held count here too.
+    survivor, guard = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
     port = free_port()
     env = dict(
         os.environ,
@@ -201,12 +228,11 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
         held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
         for ws in held:
             await chat(ws, 1)
-        slots = redis_key("slots", "by_user:2", "alice")
+        slots = redis_key(guard.namespace, "slots", "by_user:2", "alice")
         await asyncio.sleep(3 * heartbeat * 1.5)
         assert zcard(redis, slots) == 2  # heartbeats keep the live process' slots
         process.send_signal(signal.SIGKILL)  # no release, no shutdown
         process.wait(10)
-    survivor, _ = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
     with serve(survivor) as b:
         url_b = b.url + "/ws"
         assert await rejected(url_b, as_user("alice")) == (1008, "too_many_connections")
@@ -229,24 +255,26 @@ async def test_outage_with_allow_keeps_serving_and_recovers(own_redis: RedisServ
     cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=0.2)
     message_rate = rules.MessageRate("100/minute", key=rules.by_user)
     guarded, guard = app(own_redis, connect_rate, cap, message_rate)
-    slots = redis_key("slots", cap.id, "alice")
-    counter = redis_key("msg", message_rate.id, "alice", 0)
+    slots = redis_key(guard.namespace, "slots", cap.id, "alice")
+    counter = redis_key(guard.namespace, "msg", message_rate.id, "alice", 0)
     with serve(guarded) as server:
         url = server.url + "/ws"
         first = await connect(url, additional_headers=as_user("alice"))
         await chat(first, 3, "before")
         own_redis.kill()
         await chat(first, 5, "during")  # messages flow without storage
-        during = [await connect(url, additional_headers=as_user("alice")) for _ in range(4)]
-        for ws in during:  # more handshakes than ConnectRate allows: it fails open
+        during = [await connect(url, additional_headers=as_user("alice")) for _ in range(3)]
+        for ws in during:  # ConnectRate falls back to counting in this process...
             await chat(ws, 1)
+        code, reason = await rejected(url, as_user("alice"))  # ...and enforces there
+        assert (code, reason) == (1008, "connect_rate_limited; retry-after=60")
         errors = guard.metrics.snapshot().storage_errors
-        assert errors >= 5  # at least each handshake's ConnectRate and cap
-        assert guard.metrics.snapshot().closes_by_code == {}
+        assert errors >= 7  # at least each handshake's ConnectRate, and the cap's for three
+        assert guard.metrics.snapshot().closes_by_rule == {"connect_rate_limited": 1}
 
         own_redis.start()  # empty, like a crashed cache
-        # The heartbeat writes back the five slots this process holds.
-        await eventually(lambda: zcard(own_redis, slots) == 5)
+        # The heartbeat writes back the four slots this process holds.
+        await eventually(lambda: zcard(own_redis, slots) == 4)
         for _ in range(3):  # ConnectRate counts again from zero...
             async with connect(url, additional_headers=as_user("alice")) as ws:
                 await chat(ws, 1)

@@ -7,6 +7,14 @@ a sorted set of connection ids scored by expiry time (Redis' own clock);
 one heartbeat per guard, on the guard's maintenance task, pushes the expiry
 of every slot this process holds, so the slots of a process that died
 without releasing expire after ``3 * heartbeat`` seconds.
+
+While Redis cannot answer and ``on_storage_error="allow"``, the cap holds
+per process: a slot is taken only while this process holds fewer than
+``limit`` for the key (as ``MessageRate`` counts per process in an outage).
+Such slots are *pending*: not known to Redis. The next handshake for the
+key writes every slot this process holds for it before counting, in the
+same script, so connections admitted during the outage count against the
+cap as soon as Redis answers again (the heartbeat writes them too).
 """
 
 from __future__ import annotations
@@ -23,12 +31,17 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._guard import Guard
 
-#: Drop expired slots, then take one if there is room (or always, in shadow mode).
+#: Drop expired slots, write back the slots this process holds (ARGV[5..]:
+#: taken while Redis was away), then take one if there is room (or always,
+#: in shadow mode).
 ACQUIRE_SCRIPT = """
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 5, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
+end
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[1]) and ARGV[4] ~= '1' then return {0, n} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
@@ -37,6 +50,8 @@ return {1, redis.call('ZCARD', KEYS[1])}
 """
 
 _PIPELINE_KEYS = 500  # keys per heartbeat pipeline round trip
+#: Slots kept for removal after a write in flight; past this, they expire by TTL.
+_LATE_MAX = 10_000
 
 
 class MaxConnectionsPerKey(Rule):
@@ -65,11 +80,12 @@ class MaxConnectionsPerKey(Rule):
         self._guard: Guard | None = None
         self._counts: dict[str, int] = {}  # memory storage
         self._held: dict[str, set[str]] = {}  # Redis storage: key -> ids this process holds
+        self._pending: dict[str, set[str]] = {}  # of those, taken while Redis was away
         self._redis = False
         self._client: Any = None
         self._acquire: Any = None
         self._job: object | None = None
-        self._beating = False
+        self._writes = 0  # calls in flight that write held slots back (heartbeat, reconcile)
         self._late: list[tuple[str, str]] = []
 
     def __repr__(self) -> str:
@@ -104,6 +120,7 @@ class MaxConnectionsPerKey(Rule):
         self._acquire = None
         client, self._client = self._client, None
         held, self._held = self._held, {}
+        self._pending = {}
         if client is not None and held:  # free our slots now rather than at expiry
             try:
                 await self._pipeline(client, held, lambda pipe, rkey, ids: pipe.zrem(rkey, *ids))
@@ -122,21 +139,55 @@ class MaxConnectionsPerKey(Rule):
         elif self._acquire is None:
             return None  # the guard shut down; nothing to count against
         else:
-            guard = conn.guard
-            try:
-                taken, count = await self._acquire(
-                    [self._rkey(key)],
-                    [self.limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1],
-                )
-            except guard.storage.errors as exc:
-                if not guard.report_storage_error(exc, "connection cap"):
-                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
-                taken, count = 1, 0  # fail open; the next heartbeat writes the slot
-            if not int(taken):
+            taken, count = await self._take(conn, key)
+            if taken is None:
+                return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+            if not taken:
                 return self._full()
             self._held.setdefault(key, set()).add(conn.id)
         conn.extra[self] = key
         return self._full() if int(count) > self.limit else None  # over only in shadow mode
+
+    async def _take(self, conn: Connection, key: str) -> tuple[bool | None, int]:
+        """Take a slot in Redis, or per process if Redis fails and the policy allows.
+
+        Returns (taken, count after); ``taken`` is None when storage failed
+        and the policy denies.
+        """
+        guard = conn.guard
+        pending = self._pending.get(key)
+        # After an outage, write back what this process holds for the key
+        # before counting: the slots taken meanwhile, and any Redis lost.
+        back = sorted(self._held.get(key, ())) if pending else []
+        if back:
+            self._writes += 1
+        rkey = self._rkey(key)
+        try:
+            taken, count = await self._acquire(
+                [rkey],
+                [self.limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1, *back],
+            )
+        except guard.storage.errors as exc:
+            allow = guard.report_storage_error(exc, "connection cap")
+            held = len(self._held.get(key, ()))
+            if not allow or (held >= self.limit and self.enforce):
+                # A script that timed out may still run once Redis answers:
+                # take its slot out again at the next write.
+                if len(self._late) < _LATE_MAX:
+                    self._late.append((rkey, conn.id))
+                return (None if not allow else False), held
+            self._pending.setdefault(key, set()).add(conn.id)
+            return True, held + 1
+        finally:
+            if back:
+                self._writes -= 1
+        if pending is not None and back:
+            pending.difference_update(back)
+            if not pending:
+                self._pending.pop(key, None)
+        if self._late and not self._writes:
+            await self._remove_late()
+        return bool(int(taken)), int(count)
 
     async def release(self, conn: Connection) -> None:
         key = conn.extra.pop(self, None)
@@ -155,12 +206,17 @@ class MaxConnectionsPerKey(Rule):
         ids.discard(conn.id)
         if not ids:
             del self._held[key]
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.discard(conn.id)
+            if not pending:
+                del self._pending[key]
         client = self._client
         if client is None:
             return
         rkey = self._rkey(key)
-        if self._beating:  # a heartbeat in flight might write the slot back: remove it again after
-            self._late.append((rkey, conn.id))
+        if self._writes and len(self._late) < _LATE_MAX:
+            self._late.append((rkey, conn.id))  # a write in flight might put it back
         try:
             await client.zrem(rkey, conn.id)
         except conn.guard.storage.errors as exc:  # the slot expires without heartbeats
@@ -170,13 +226,16 @@ class MaxConnectionsPerKey(Rule):
         return self.breach(POLICY_VIOLATION, "too_many_connections")
 
     def _rkey(self, key: str) -> str:
-        return redis_key("slots", self.id, key)
+        if self._guard is None:
+            raise RuntimeError("MaxConnectionsPerKey is not part of a Guard")
+        return redis_key(self._guard.namespace, "slots", self.id, key)
 
     async def _beat(self) -> None:
         client, guard = self._client, self._guard
         if client is None or guard is None or not self._held:
             return
-        self._beating = True
+        self._writes += 1
+        written = [(key, set(ids)) for key, ids in self._pending.items()]
         try:
             seconds, micros = await client.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -191,14 +250,33 @@ class MaxConnectionsPerKey(Rule):
             await self._pipeline(client, self._held, refresh)
         except guard.storage.errors as exc:
             guard.report_storage_error(exc, "connection cap heartbeat")
+        else:
+            for key, ids in written:  # Redis knows these slots now
+                pending = self._pending.get(key)
+                if pending is not None:
+                    pending.difference_update(ids)
+                    if not pending:
+                        del self._pending[key]
         finally:
-            self._beating = False
+            self._writes -= 1
+        if not self._writes:
+            await self._remove_late()
+
+    async def _remove_late(self) -> None:
+        """Remove slots released while a write that could put them back was in flight."""
+        client, guard = self._client, self._guard
         late, self._late = self._late, []
-        for rkey, conn_id in late:
+        if client is None or guard is None:
+            return
+        for start in range(0, len(late), _PIPELINE_KEYS):
+            pipe = client.pipeline(transaction=False)
+            for rkey, conn_id in late[start : start + _PIPELINE_KEYS]:
+                pipe.zrem(rkey, conn_id)
             try:
-                await client.zrem(rkey, conn_id)
-            except guard.storage.errors as exc:
+                await pipe.execute()
+            except guard.storage.errors as exc:  # those slots expire by TTL
                 guard.report_storage_error(exc, "connection cap release")
+                return
 
     async def _pipeline(self, client: Any, held: dict[str, set[str]], add: Any) -> None:
         items = [(key, set(ids)) for key, ids in held.items()]

@@ -1,21 +1,19 @@
 """``ConnectRate``: handshake attempts per key, else 1008
 ``connect_rate_limited; retry-after=<seconds>``.
 
-Every attempt counts, admitted or rejected, in a moving window: an attempt
-is rejected when ``limit`` attempts already fell within the last ``T``
-seconds. A client that keeps hammering therefore stays out until it pauses
-for ``T``; the retry hint says when its next attempt would be admitted.
+Every attempt counts, admitted or rejected, in a sliding-window counter
+(:mod:`ws_guard._sliding`): three integers per key and rate, whatever the
+limit, in a bounded map in memory or a small hash in Redis. A client that
+keeps hammering stays out until it pauses; the retry hint says when its next
+attempt would be admitted.
 
-Only the last ``limit`` attempt times per key are kept (the ``limit``-th
-most recent one decides), in an array in memory or a capped list in Redis.
-``limits``' moving window records admitted hits only, and its fixed window
-lets a hammering client back in at every window edge, so this small log is
-written here.
+With Redis storage and ``on_storage_error="allow"``, a failed Redis call
+falls back to counting in this process (the same counters, in memory), so
+each process still enforces the limit on its own while Redis is away.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +22,6 @@ from ._errors import ConfigurationError
 from ._keys import KeyFunc, by_ip, by_user
 from ._rule import Rule, Stage
 from ._shared import (
-    ExpiringStates,
     Rate,
     bind_once,
     check_key,
@@ -34,64 +31,15 @@ from ._shared import (
     parse_rates,
     redis_key,
 )
+from ._sliding import ATTEMPT_SCRIPT, CounterStore
+from ._validate import check_count
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._guard import Guard
 
-#: One round trip for every rate of a key; Redis' clock, so hosts need not agree.
-ATTEMPT_SCRIPT = """
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local allowed = 1
-local retry = 0
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
-  local oldest = redis.call('LINDEX', key, limit - 1)
-  if oldest and now - tonumber(oldest) < window then allowed = 0 end
-  redis.call('LPUSH', key, string.format('%d', now))
-  redis.call('LTRIM', key, 0, limit - 1)
-  redis.call('PEXPIRE', key, window)
-  local first = redis.call('LINDEX', key, limit - 1)
-  if first then
-    local wait = tonumber(first) + window - now
-    if wait > retry then retry = wait end
-  end
-end
-return {allowed, retry}
-"""
-
-
-class AttemptLog:
-    """The last ``limit`` attempt times of one key, per rate, as ring buffers."""
-
-    __slots__ = ("heads", "last", "rates", "rings", "span")
-
-    def __init__(self, rates: tuple[Rate, ...]) -> None:
-        self.rates = rates
-        self.rings = [array("d", [float("-inf")]) * rate.limit for rate in rates]
-        self.heads = [0] * len(rates)
-        self.span = max(rate.window for rate in rates)
-        self.last = float("-inf")
-
-    def alive(self, now: float) -> bool:
-        return now < self.last + self.span
-
-    def hit(self, t: float) -> float | None:
-        """Record an attempt; ``None`` admits, a number is the retry hint."""
-        admitted = True
-        retry = 0.0
-        for i, rate in enumerate(self.rates):
-            ring, head = self.rings[i], self.heads[i]
-            if t - ring[head] < rate.window:  # the limit-th most recent attempt is recent
-                admitted = False
-            ring[head] = t
-            head = self.heads[i] = (head + 1) % rate.limit
-            retry = max(retry, ring[head] + rate.window - t)
-        self.last = t
-        return None if admitted else retry
+#: Keys one rule tracks in process memory by default (about 250 B each: 25 MB).
+DEFAULT_MAX_KEYS = 100_000
 
 
 class ConnectRate(Rule):
@@ -104,11 +52,14 @@ class ConnectRate(Rule):
         rate: str | Sequence[str] | Any,
         key: KeyFunc = by_ip,
         *,
+        max_keys: int = DEFAULT_MAX_KEYS,
         enforce: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(enforce=enforce, name=name)
         self.rates: tuple[Rate, ...] = parse_rates(rate)
+        #: Keys kept in process memory at most; the least recently used goes first.
+        self.max_keys = check_count("ConnectRate max_keys", max_keys)
         self.key = check_key(key, "ConnectRate", per_connection=False)
         if key is by_user:
             raise ConfigurationError(
@@ -119,7 +70,8 @@ class ConnectRate(Rule):
         self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
         self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
         self._guard: Guard | None = None
-        self._logs: ExpiringStates[AttemptLog] | None = None
+        #: memory:// counters, or the per-process fallback while Redis is down.
+        self._counters: CounterStore | None = None
         self._script: Any = None
         self._job: object | None = None
 
@@ -132,26 +84,29 @@ class ConnectRate(Rule):
     def bind(self, guard: Guard) -> None:
         self._guard = bind_once(self._guard, guard, self)
 
+    @property
+    def evicted(self) -> int:
+        """Live keys this process dropped to stay within ``max_keys``."""
+        return 0 if self._counters is None else self._counters.evicted
+
     async def startup(self, guard: Guard) -> None:
         storage = guard.storage
-        if storage.is_memory:
-            rates = self.rates
-            logs = self._logs = ExpiringStates(
-                max(r.window for r in rates), lambda k: AttemptLog(rates)
-            )
+        counters = self._counters = CounterStore(self.rates, self.max_keys)
 
-            async def sweep() -> None:
-                logs.sweep(guard.scheduler.clock())
+        async def sweep() -> None:
+            counters.sweep(guard.scheduler.clock())
 
-            self._job = storage.add_job(logs.interval, sweep)
-        else:
+        # Counters expire by the window after their last attempt; sweeping
+        # every shortest window keeps expired keys for at most one more.
+        self._job = storage.add_job(min(r.window for r in self.rates), sweep)
+        if not storage.is_memory:
             self._script = storage.script(ATTEMPT_SCRIPT)
 
     async def shutdown(self, guard: Guard) -> None:
         if self._job is not None:
             guard.storage.remove_job(self._job)
             self._job = None
-        self._logs = None
+        self._counters = None
         self._script = None
 
     async def admit(self, conn: Connection) -> Close | None:
@@ -159,21 +114,23 @@ class ConnectRate(Rule):
         if key is None:
             return None
         guard = conn.guard
-        retry: float | None
-        if self._logs is not None:
-            now = guard.scheduler.clock()
-            retry = self._logs.get(key, now).hit(now)
-        elif self._script is not None:
-            keys = [redis_key("connect", self.id, key, i) for i in range(len(self.rates))]
-            try:
-                admitted, wait_ms = await self._script(keys, self._args)
-            except guard.storage.errors as exc:
-                if guard.report_storage_error(exc, "connect rate"):
-                    return None
-                return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
-            retry = None if int(admitted) else int(wait_ms) / 1000.0
-        else:
+        counters = self._counters
+        if counters is None:
             raise RuntimeError("ConnectRate is used before Guard.startup()")
+        retry: float | None
+        if self._script is None:
+            retry = counters.hit(key, guard.scheduler.clock())
+        else:
+            rkey = redis_key(guard.namespace, "connect", self.id, key)
+            try:
+                admitted, wait_ms = await self._script([rkey], self._args)
+            except guard.storage.errors as exc:
+                if not guard.report_storage_error(exc, "connect rate"):
+                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                # Fail open to this process' own count, as MessageRate does.
+                retry = counters.hit(key, guard.scheduler.clock())
+            else:
+                retry = None if int(admitted) else int(wait_ms) / 1000.0
         if retry is None:
             return None
         return self.breach(POLICY_VIOLATION, "connect_rate_limited", retry)

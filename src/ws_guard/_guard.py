@@ -34,6 +34,7 @@ from ._origin import check_cookie_origin
 from ._request import route_path
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
+from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
 from ._validate import check_seconds
@@ -90,6 +91,7 @@ class Guard:
         drain_signals: Iterable[signal.Signals | int | str] = (),
         app_exit_timeout: float | None = 5.0,
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+        namespace: str | None = None,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         check_cookie_origin(self.rules)
@@ -135,6 +137,8 @@ class Guard:
         self._warned_prefixes: set[str] = set()
         self._matched = False  # some WebSocket path matched ``paths``
         self._warned_unmatched = False
+        #: Prefix of every key this guard writes to storage (see _shared.guard_namespace).
+        self.namespace = guard_namespace(namespace, self.paths, self.rules)
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None
 

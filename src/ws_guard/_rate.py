@@ -110,7 +110,11 @@ class MessageRate(Rule):
 
         def make(key: str) -> LeasedWindow:
             return LeasedWindow(
-                book, redis_key("msg", self.id, key, i), rate.limit, rate.window, max_lease
+                book,
+                redis_key(book.guard.namespace, "msg", self.id, key, i),
+                rate.limit,
+                rate.window,
+                max_lease,
             )
 
         return make
