@@ -145,7 +145,7 @@ async def send_and_wait_for_close(ws: ClientConnection, message: str, timeout: f
     deadline = time.monotonic() + timeout
     with contextlib.suppress(ConnectionClosed):
         while ws.protocol.close_rcvd is None and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.1)
 
 

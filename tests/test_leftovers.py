@@ -144,7 +144,10 @@ def test_a_module_that_leaves_a_process_fails_the_run(inner: pytest.Pytester) ->
     output = result.stdout.str()
     assert "test_tidy" not in output.partition("leftover processes")[2]
     pids = leftover_pids(output)
-    assert len(pids) == 2  # once in the teardown error, once in the summary
+    # The teardown error and the leftover summary name it; newer pytest repeats it in
+    # the short summary too.
+    assert len(pids) >= 2
+    assert len(set(pids)) == 1
     assert pids[0] == pids[1]
     assert gone(pids[0])
 
