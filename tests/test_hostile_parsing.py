@@ -22,7 +22,7 @@ from ws_guard import Close, Guard, WSGuardMiddleware, rules
 from ws_guard._connection import Connection
 from ws_guard._fuse import FusedRun
 from ws_guard._jwt_session import refresh_matcher
-from ws_guard._parse import Unreadable, read_json
+from ws_guard._parse import MAX_DEPTH, Unreadable, nesting_depth, read_json
 from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
@@ -178,6 +178,19 @@ def test_json_refuses_what_json_loads_cannot_read_or_rfc_8259_forbids() -> None:
     assert check({"type": "websocket.receive", "text": nested(50)}) is None  # not deep: JSON
 
 
+@pytest.mark.parametrize("kind", ["[", "{"])
+def test_json_nesting_limit_is_exact_and_the_same_on_every_python(kind: str) -> None:
+    # Python 3.12+ parses 3,000 levels that 3.11 refuses: ws_guard's own limit decides.
+    assert MAX_DEPTH == 64
+    assert not isinstance(read_json(nested(MAX_DEPTH, kind)), Unreadable)
+    assert read_json(nested(MAX_DEPTH + 1, kind)) is Unreadable.REFUSED
+    assert read_json(nested(DEPTH, kind)) is Unreadable.REFUSED
+    # Brackets inside strings, escaped quotes included, do not nest.
+    quoted = json.dumps("[" * 200 + '\\"' + "{" * 200)
+    assert read_json(f"[{quoted}]") == [json.loads(quoted)]
+    assert nesting_depth(f'[{quoted}, [{{"a": [1]}}]]') == 4
+
+
 async def _never() -> Message:
     raise AssertionError("not called")
 
@@ -310,7 +323,7 @@ async def test_a_raising_user_check_closes_1011_and_is_logged_once(
     fused: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(payload: object) -> bool:
-        return json.loads(payload) is not None  # type: ignore[arg-type]  # the user's bug
+        return int(payload) >= 0  # type: ignore[call-overload]  # the user's bug: ValueError
 
     content = rules.Content(broken, name="mine")
     guard = Guard(rules=[content] if fused else [Passes(), content])
@@ -327,7 +340,7 @@ async def test_a_raising_user_check_closes_1011_and_is_logged_once(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1
     assert errors[0].exc_info is not None
-    assert errors[0].exc_info[0] is RecursionError
+    assert errors[0].exc_info[0] is ValueError
 
 
 async def test_a_raising_refresh_matcher_closes_1011() -> None:

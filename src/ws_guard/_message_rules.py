@@ -201,9 +201,10 @@ class Json(Content):
     """Close with 1008 ``content:<name>`` unless a message is JSON that ``validator`` accepts.
 
     Text and binary frames are both parsed (binary as UTF-8 JSON). JSON the
-    parser refuses is not JSON here: nesting past the recursion limit, an
-    integer literal past ``sys.get_int_max_str_digits()``, ``NaN`` and
-    ``Infinity`` (not JSON by RFC 8259 section 6).
+    parser refuses is not JSON here: arrays and objects nested more than 64
+    levels deep (on every Python version), an integer literal past
+    ``sys.get_int_max_str_digits()``, ``NaN`` and ``Infinity`` (not JSON by
+    RFC 8259 section 6).
     """
 
     def __init__(
