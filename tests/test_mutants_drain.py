@@ -234,3 +234,36 @@ async def test_a_cancelled_drain_call_leaves_the_drain_running_and_joinable() ->
     await guard.shutdown()
     assert not guard.draining
     assert len(guard.scheduler) == 0
+
+
+# -- a handshake admitted after the drain's plan ran out ---------------------------------------
+@pytest.mark.parametrize("connections", [0, 1])
+async def test_a_handshake_admitted_after_the_last_wave_is_closed_at_once(
+    connections: int,
+) -> None:
+    clock = Clock(0.0)
+    gate = Gate()
+    guard = Guard(rules=[gate], clock=clock, random_source=random.Random(3))
+    app = WSGuardMiddleware(echo, guard=guard)
+    await guard.startup()
+    planned = await open_clients(app, connections)
+    gate.hold = True
+    late = ScriptedWebSocket(app)  # in admission for as long as, say, a Redis timeout
+    await late.connect()
+    await asyncio.wait_for(gate.waiting.wait(), 2)
+    drain = asyncio.ensure_future(guard.drain(window=8.0))
+    await settle(planned)
+    await asyncio.wait_for(drain, 2)  # one wave at most, at t=0: the plan is complete
+    assert guard.draining
+
+    gate.opened.set()
+    await late.expect("websocket.accept")
+    close = await late.expect("websocket.close", code=1012)
+    assert RESTARTING.fullmatch(close["reason"])
+    await late.disconnect(1012)
+    await late.finished()
+    assert [m["type"] for m in late.sent] == ["websocket.accept", "websocket.close"]
+    assert not guard.connections
+    assert guard.metrics.snapshot().closes_by_code == {1012: connections + 1}
+    await guard.shutdown()
+    assert len(guard.scheduler) == 0

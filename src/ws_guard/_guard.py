@@ -310,6 +310,15 @@ class Guard:
             self._drain.start()
         await self._drain.wait()
 
+    def drain_admitted(self, conn: Connection) -> None:
+        """*conn* was admitted; a drain whose waves all ran closes it at once.
+
+        A handshake can be past the drain check and still in admission (a
+        storage call, a key fetch) when the last wave runs.
+        """
+        if self._drain is not None:
+            self._drain.admitted(conn)
+
     def drain_refusal(self) -> Close | None:
         """The close a handshake gets while the guard drains, else ``None``."""
         drain = self._drain
