@@ -83,6 +83,11 @@ def test_connect_refuses_bad_arguments(build: Callable[[], Any], message: str) -
             "not (1008, 'a', 'b')",
         ),
         (lambda: ReconnectPolicy(fallback=Backoff), "fallback must be Backoff, RandomDelay"),  # type: ignore[arg-type]
+        (lambda: ReconnectPolicy(clock=5), "clock must be a callable returning seconds, not 5"),  # type: ignore[arg-type]
+        (
+            lambda: ReconnectPolicy(random_source="seed"),  # type: ignore[arg-type]
+            "random_source must be a random.Random, not 'seed'",
+        ),
         (
             lambda: Backoff(factor=float("inf")),
             "Backoff factor must be a finite number >= 1, not inf",

@@ -37,7 +37,7 @@ from ._scheduler import Scheduler
 from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
-from ._validate import check_seconds
+from ._validate import check_clock, check_random_source, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -114,8 +114,8 @@ class Guard:
         if on_close is not None and not callable(on_close):
             raise ConfigurationError(f"on_close must be callable, not {on_close!r}")
         self.on_close = on_close
-        self.random = random_source or random.Random()
-        self.scheduler = Scheduler(clock)
+        self.random = check_random_source(random_source) or random.Random()
+        self.scheduler = Scheduler(check_clock(clock))
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Admitted connections that have not finished.
