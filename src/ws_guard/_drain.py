@@ -89,6 +89,12 @@ class Drain:
                 self._close(conn)
         self._done.set()
 
+    def admitted(self, conn: Connection) -> None:
+        """A handshake admitted after the last wave: it missed the plan, so close it now."""
+        if self._done.is_set() and conn not in self._planned:
+            self._planned.add(conn)
+            self._close(conn)
+
     def _close(self, conn: Connection) -> None:
         if conn.state in _CLOSABLE:
             self.closed += 1

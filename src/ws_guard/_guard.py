@@ -37,7 +37,7 @@ from ._scheduler import Scheduler
 from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
-from ._validate import check_seconds
+from ._validate import check_clock, check_random_source, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -114,8 +114,8 @@ class Guard:
         if on_close is not None and not callable(on_close):
             raise ConfigurationError(f"on_close must be callable, not {on_close!r}")
         self.on_close = on_close
-        self.random = random_source or random.Random()
-        self.scheduler = Scheduler(clock)
+        self.random = check_random_source(random_source) or random.Random()
+        self.scheduler = Scheduler(check_clock(clock))
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Admitted connections that have not finished.
@@ -309,6 +309,15 @@ class Guard:
             )
             self._drain.start()
         await self._drain.wait()
+
+    def drain_admitted(self, conn: Connection) -> None:
+        """*conn* was admitted; a drain whose waves all ran closes it at once.
+
+        A handshake can be past the drain check and still in admission (a
+        storage call, a key fetch) when the last wave runs.
+        """
+        if self._drain is not None:
+            self._drain.admitted(conn)
 
     def drain_refusal(self) -> Close | None:
         """The close a handshake gets while the guard drains, else ``None``."""

@@ -27,7 +27,7 @@ from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWKSetError
 
 from ._errors import ConfigurationError
-from ._validate import check_seconds
+from ._validate import check_clock, check_seconds
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -63,7 +63,7 @@ class JWKS:
         self.cooldown = check_seconds("JWKS cooldown", cooldown, maximum=3600.0, positive=False)
         self.timeout = check_seconds("JWKS timeout", timeout, maximum=60.0)
         self.retry = check_seconds("JWKS retry", retry, maximum=600.0, positive=False)
-        self._clock = clock
+        self._clock = check_clock(clock) or time.monotonic
         # No cache inside the client: the loop-side dict below is the cache.
         self.client = PyJWKClient(
             url, cache_jwk_set=False, timeout=self.timeout, headers=dict(headers or {})

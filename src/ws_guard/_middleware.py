@@ -36,6 +36,7 @@ class WSGuardMiddleware:
                 if not await conn.handshake():
                     return
                 conn.task = asyncio.current_task()
+                guard.drain_admitted(conn)
                 try:
                     await self.app(scope, conn.app_receive, conn.send)
                 except asyncio.CancelledError:

@@ -9,6 +9,8 @@ setting and the bad value; *what* carries the owner when it helps
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 from typing import TypeGuard
 
 from ._errors import ConfigurationError
@@ -95,3 +97,17 @@ def check_clear_below(clear_below: object, limit: float, *, default: float) -> f
             f"clear_below must not exceed the limit ({limit!r}), not {clear_below!r}"
         )
     return clear
+
+
+def check_clock(clock: object) -> Callable[[], float] | None:
+    """An injected clock: ``None`` or a callable returning seconds (first called much later)."""
+    if clock is not None and not callable(clock):
+        raise ConfigurationError(f"clock must be a callable returning seconds, not {clock!r}")
+    return clock
+
+
+def check_random_source(source: object) -> random.Random | None:
+    """``None`` or a :class:`random.Random` (a seeded one, ``SystemRandom``, a subclass)."""
+    if source is not None and not isinstance(source, random.Random):
+        raise ConfigurationError(f"random_source must be a random.Random, not {source!r}")
+    return source

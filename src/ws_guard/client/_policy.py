@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 
 from .._errors import ConfigurationError
-from .._validate import check_at_most_seconds, check_number, is_number
+from .._validate import (
+    check_at_most_seconds,
+    check_clock,
+    check_number,
+    check_random_source,
+    is_number,
+)
 from ._actions import (
     DEFAULT_ACTIONS,
     DEFAULT_FALLBACK,
@@ -92,8 +98,8 @@ class ReconnectPolicy:
         self.max_hint = float(max_hint)
         self.fallback = check_action("fallback", fallback)
         self._actions = check_actions(overrides or {})
-        self._random = random_source or random.Random()
-        self.clock = clock or time.monotonic
+        self._random = check_random_source(random_source) or random.Random()
+        self.clock = check_clock(clock) or time.monotonic
 
     def __repr__(self) -> str:
         return (
