@@ -429,3 +429,50 @@ def test_the_per_ip_default_never_exceeds_the_total() -> None:
     assert source(1.0).max_pending_per_ip == 10
     assert source(1.0, max_pending=4).max_pending_per_ip == 4
     assert source(1.0).max_pending == 1000
+
+
+async def test_prometheus_otel_and_status_show_the_pending_count() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ws_guard.otel import instrument
+    from ws_guard.prometheus import make_registry
+
+    guard = make_guard(ManualClock())
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrument(guard, meter_provider=provider)
+    registry = make_registry(guard)
+
+    def views() -> tuple[float, float, int]:
+        exposition = generate_latest(registry).decode()
+        (prom,) = [
+            s.value
+            for f in text_string_to_metric_families(exposition)
+            for s in f.samples
+            if s.name == "ws_guard_pending_auth"
+        ]
+        data = reader.get_metrics_data()
+        assert data is not None
+        (otel,) = [
+            p.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "ws_guard.connections.pending_auth"
+            for p in m.data.data_points
+        ]
+        return prom, otel, guard.metrics.snapshot().as_dict()["pending_auth"]
+
+    waiting = [await open_tokenless(guard, f"10.0.3.{i}") for i in range(2)]
+    assert views() == (2, 2, 2)
+    await waiting[0].send_text(mint())
+    await waiting[0].expect("websocket.send", text="history")
+    assert views() == (1, 1, 1)
+    for ws in waiting:
+        await ws.disconnect()
+        await ws.finished()
+    assert views() == (0, 0, 0)
+    provider.shutdown()
