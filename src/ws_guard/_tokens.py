@@ -232,7 +232,8 @@ class FromFirstMessage(TokenSource):
     Connections waiting for it are bounded per process: ``max_pending_per_ip``
     per client address (``rules.by_ip`` keys; default 10, or ``max_pending``
     if smaller; past it 1008 ``too_many_unauthenticated``) and
-    ``max_pending`` in all (past it 1013 ``overloaded; retry-after=<timeout>``).
+    ``max_pending`` in all (past it 1013 ``overloaded; retry-after=<seconds>``, the
+    hint being ``timeout``).
     """
 
     deferred = True
