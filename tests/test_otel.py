@@ -48,6 +48,7 @@ def expected_points(snap: MetricsSnapshot) -> Points:
     put("ws_guard.handshakes", snap.handshakes_rejected, outcome="rejected")
     put("ws_guard.connections", snap.active_connections)
     put("ws_guard.connections.peak", snap.peak_connections)
+    put("ws_guard.connections.pending_auth", snap.pending_auth)
     put("ws_guard.dropped_sends", snap.dropped_sends)
     put("ws_guard.storage_errors", snap.storage_errors)
     for g in snap.gauges:

@@ -58,6 +58,7 @@ def expected_samples(snap: MetricsSnapshot) -> Samples:
     put("ws_guard_handshakes_total", snap.handshakes_rejected, outcome="rejected")
     put("ws_guard_connections", snap.active_connections)
     put("ws_guard_connections_peak", snap.peak_connections)
+    put("ws_guard_pending_auth", snap.pending_auth)
     put("ws_guard_dropped_sends_total", snap.dropped_sends)
     put("ws_guard_storage_errors_total", snap.storage_errors)
     for g in snap.gauges:

@@ -16,11 +16,13 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
+from ._auth_gate import AuthGate
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
 from ._request import joined_headers
 from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
+from ._states import AUTHENTICATING, CLOSED, CONNECTING, GUARD_CLOSED, LIVE, OPEN
 from ._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -28,16 +30,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ws_guard")
 
-# States as plain ints: the send fast path compares one attribute to one constant.
-CONNECTING = 0
-OPEN = 1
-CLOSED = 2  # closed by the client or the app; ws_guard stays transparent
-GUARD_CLOSED = 3  # closed by ws_guard; the app sees a disconnect, its sends are dropped
 
 #: What _receive_slow is given for a message no check has seen yet.
 _UNCHECKED: Any = object()
 
-_STATE_NAMES = {CONNECTING: "connecting", OPEN: "open", CLOSED: "closed", GUARD_CLOSED: "closed"}
+_STATE_NAMES = {
+    CONNECTING: "connecting",
+    OPEN: "open",
+    AUTHENTICATING: "authenticating",
+    CLOSED: "closed",
+    GUARD_CLOSED: "closed",
+}
 
 
 _DISCONNECT_ERRORS = frozenset({"ClientDisconnected", "WebSocketDisconnect"})
@@ -98,6 +101,7 @@ class Connection:
         "_deadlines",
         "_extra",
         "_finished",
+        "_gate",
         "_guard_close",
         "_headers",
         "_held",
@@ -165,6 +169,9 @@ class Connection:
         self._held: list[Rule] | None = None
         self._hold: asyncio.Future[Close | None] | None = None
         self._asides: set[asyncio.Future[Any]] | None = None
+        #: Set at admission when a first-message token must be verified before
+        #: the app's sends may reach the client (see _auth_gate.py).
+        self._gate: AuthGate | None = None
         self._finished = False
         #: The task running the app (set by the middleware), and whether ws_guard
         #: cancelled it because it ran on after a guard close.
@@ -370,12 +377,15 @@ class Connection:
                 message = self._connect_message
                 self._connect_message = None
                 return message
-            if self.state == GUARD_CLOSED:
-                return self._disconnect_message()
-            if self._hold is not None:  # an earlier receive was cancelled while it settled
-                closed = await self._settle_hold_or_close()
-                if closed is not None:
-                    return closed
+            if self._gate is not None:  # the reader reads until the token's verdict
+                message = await self._gate.read()
+            if message is None:
+                if self.state == GUARD_CLOSED:
+                    return self._disconnect_message()
+                if self._hold is not None:  # an earlier receive was cancelled while it settled
+                    closed = await self._settle_hold_or_close()
+                    if closed is not None:
+                        return closed
         while True:
             if message is None:
                 message = await self._receive()
@@ -392,7 +402,7 @@ class Connection:
                     if verdict.shadow:  # only from a lone check; a chain records its own
                         self._record_shadow(verdict)
                         return message
-                    if self.state != OPEN:
+                    if self.state not in LIVE:
                         message = None
                         continue  # the app already closed: drop the refused frame, no second close
                     await self._close_open(verdict)
@@ -406,10 +416,15 @@ class Connection:
                         return closed
                 message = None
                 continue
-            if message["type"] == "websocket.disconnect" and self.state == OPEN:
-                self.state = CLOSED
-                self.guard.record_close(self, None, int(message.get("code", 1005)), "client")
+            if message["type"] == "websocket.disconnect":
+                self.client_closed(message)
             return message
+
+    def client_closed(self, message: Message) -> None:
+        """The server reported the client's ``websocket.disconnect``: count it once."""
+        if self.state in LIVE:
+            self._set_closed(CLOSED)
+            self.guard.record_close(self, None, int(message.get("code", 1005)), "client")
 
     def send(self, message: Message) -> Awaitable[None]:
         # Not a coroutine: on the open path the server's own awaitable goes
@@ -435,12 +450,24 @@ class Connection:
         if state == GUARD_CLOSED:
             self.guard.metrics.dropped_sends += 1
             return
+        gate = self._gate
+        if state == AUTHENTICATING and gate is not None:
+            if message["type"] == "websocket.close":
+                # Not held: the app chose to end, and a close frame carries only
+                # its own code and reason. What it sent before is dropped.
+                self._app_closed(message)
+                await self._send(message)
+                return
+            await gate.send(message)  # until the verdict; then in order, or dropped
+            return
         if state == CONNECTING:
             kind = message["type"]
             if kind == "websocket.accept":
                 for rule in self.guard.accept_rules:
                     rule.on_accept(self, message)
-                self.state = OPEN
+                # The accept itself goes out (the client needs it to send its
+                # token); with a token pending, nothing after it does.
+                self.state = OPEN if gate is None else AUTHENTICATING
                 try:
                     await self._send(message)
                 except OSError:
@@ -448,6 +475,8 @@ class Connection:
                     raise
                 for rule in self.guard.open_rules:
                     rule.on_open(self)
+                if gate is not None and self.state == AUTHENTICATING:
+                    gate.start()
                 return
             if kind == "websocket.close":
                 self._app_closed(message)
@@ -456,14 +485,36 @@ class Connection:
         await self._send(message)
 
     def _app_closed(self, message: Message) -> None:
-        self.state = CLOSED
+        self._set_closed(CLOSED)
         reason = message.get("reason")
         if reason:
             # A reason over 123 bytes makes uvicorn drop the TCP connection (1006).
             message["reason"] = truncate_reason(reason)
         self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
 
+    def _set_closed(self, state: int) -> None:
+        """Enter CLOSED or GUARD_CLOSED; sends held for a token are dropped."""
+        self.state = state
+        gate = self._gate
+        if gate is not None:
+            gate.shut()
+
     # -- hooks for rules ----------------------------------------------------------
+    def hold_until_verified(self) -> None:
+        """Hold the app's sends after its accept until :meth:`verified` (first-message auth).
+
+        Called at admission. Until the verdict ws_guard reads the client's
+        messages itself; see _auth_gate.py for what the app sees.
+        """
+        if self._gate is None:
+            self._gate = AuthGate(self)
+
+    def verified(self) -> None:
+        """The pending token is valid: held sends go out in order, then the connection opens."""
+        gate = self._gate
+        if gate is not None and self.state == AUTHENTICATING:
+            gate.verified()
+
     def hold(self, pending: Awaitable[Close | None]) -> None:
         """Deliver no further client message until *pending* has decided.
 
@@ -539,7 +590,7 @@ class Connection:
         if close.shadow:
             self._record_shadow(close)
             return
-        if self.state == OPEN:
+        if self.state in LIVE:
             self._mark_guard_closed(close)
             frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
             self._close_task = asyncio.ensure_future(self._send_quietly(frame))
@@ -569,8 +620,8 @@ class Connection:
             )
 
     def _mark_guard_closed(self, close: Close) -> None:
-        self.state = GUARD_CLOSED
         self._guard_close = close
+        self._set_closed(GUARD_CLOSED)
         self.guard.record_close(self, close)
         timeout = self.guard.app_exit_timeout
         if timeout is not None and self.task is not None:
@@ -602,8 +653,8 @@ class Connection:
         Counted as the client's abnormal close, so the app's resulting
         exception is not mistaken for an app crash (1011).
         """
-        if self.state == OPEN:
-            self.state = CLOSED
+        if self.state in LIVE:
+            self._set_closed(CLOSED)
             self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     def _disconnect_message(self) -> Message:
@@ -624,8 +675,8 @@ class Connection:
     # -- ends of the app ----------------------------------------------------------
     async def app_crashed(self, exc: BaseException) -> None:
         """The app raised: the client gets 1011 instead of a dropped TCP (1006)."""
-        if self.state == OPEN:
-            self.state = CLOSED
+        if self.state in LIVE:
+            self._set_closed(CLOSED)
             close = Close(INTERNAL_ERROR, "internal_error", "internal_error")
             frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
             if _is_disconnect(exc):
@@ -640,8 +691,8 @@ class Connection:
 
     async def app_returned(self) -> None:
         """The app returned while open: close normally rather than drop TCP."""
-        if self.state == OPEN:
-            self.state = CLOSED
+        if self.state in LIVE:
+            self._set_closed(CLOSED)
             self.guard.record_close(self, None, NORMAL, "app")
             await self._send_quietly({"type": "websocket.close", "code": NORMAL, "reason": ""})
 
@@ -657,6 +708,8 @@ class Connection:
         hold, self._hold = self._hold, None
         if hold is not None:
             hold.cancel()  # nobody will read on: its decision has no message to guard
+        if self._gate is not None:
+            self._gate.close()  # stop reading; what the app still holds is dropped
         if self._close_task is not None and not self._close_task.done():
             await self._close_task
         await self._release()

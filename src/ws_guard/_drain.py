@@ -15,8 +15,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ._close import GOING_AWAY, SERVICE_RESTART, Close
-from ._connection import CONNECTING, OPEN
 from ._errors import ConfigurationError
+from ._states import AUTHENTICATING, CONNECTING, OPEN
 from ._validate import check_non_negative, check_positive
 
 if TYPE_CHECKING:
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 #: Codes a drain may close with, and the reason slug each one carries.
 DRAIN_REASONS = {SERVICE_RESTART: "restarting", GOING_AWAY: "going_away"}
-#: Admitted connections still to close: open, or admitted and not yet accepted.
-_CLOSABLE = (OPEN, CONNECTING)
+#: Admitted connections still to close: open (or waiting for a first-message
+#: token), or admitted and not yet accepted.
+_CLOSABLE = (OPEN, AUTHENTICATING, CONNECTING)
 
 
 class Drain:

@@ -344,7 +344,7 @@ class _Code:
 
     # -- the two forms ------------------------------------------------------------
     def text(self, form: str, *, followed: bool = False) -> str:
-        from ._connection import OPEN
+        from ._states import OPEN
 
         if form == "check":
             lines = ["def check(self, message):"]

@@ -30,6 +30,9 @@ class ConnectionCount(LoadGauge):
     Checked before auth and storage, so handshakes that are still being
     admitted are not counted yet: with slow admission rules, concurrent
     handshakes may pass the count by at most the number in flight.
+    Connections waiting for a first-message token are not counted either
+    (``metrics.pending_auth``): they have their own bound, so tokenless
+    sockets cannot shed authenticated users.
     """
 
     def __init__(
@@ -53,7 +56,10 @@ class ConnectionCount(LoadGauge):
         )
 
     def value(self) -> float:
-        return 0 if self._guard is None else self._guard.metrics.active_connections
+        if self._guard is None:
+            return 0
+        metrics = self._guard.metrics
+        return metrics.active_connections - metrics.pending_auth
 
 
 class Gauge(LoadGauge):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jwt
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
@@ -22,6 +22,8 @@ from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
 from ._jwt_config import check_algorithms, check_required_claims, check_strings, prepare_key
 from ._jwt_session import RefreshMatcher, Session, refresh_matcher
+from ._keys import by_ip
+from ._pending import Full, WaitingRoom
 from ._rule import Checker, Rule, Stage
 from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
 from ._types import Message
@@ -98,6 +100,11 @@ class JWTAuth(Rule):
         self.first_message = next(
             (s for s in self.sources if isinstance(s, FromFirstMessage)), None
         )
+        first = self.first_message
+        #: Tokenless connections waiting for a first message (see _pending.py).
+        self.waiting = (
+            None if first is None else WaitingRoom(first.max_pending, first.max_pending_per_ip)
+        )
         self.subprotocol = next((s for s in self.sources if isinstance(s, FromSubprotocol)), None)
         self._handshake_sources = tuple(s for s in self.sources if not s.deferred)
         self.audience = check_strings("audience", audience)
@@ -142,6 +149,16 @@ class JWTAuth(Rule):
         self.unavailable = self.breach(TRY_AGAIN_LATER, "storage_unavailable")
         #: A refresh matcher of the user's own raised: a bug in it, not the client's fault.
         self.failed = self.breach(INTERNAL_ERROR, "internal_error")
+        # Too many tokenless connections waiting: one client's (1008), or the
+        # process's (1013, retry once the current ones have timed out).
+        self.pending_per_ip = self.breach(POLICY_VIOLATION, "too_many_unauthenticated")
+        self.pending_full = Close(
+            TRY_AGAIN_LATER,
+            "overloaded",
+            name or "pending_auth",
+            None if first is None else first.timeout,
+            not enforce,
+        )
 
     def __repr__(self) -> str:
         keys = f"jwks_url={self.jwks.url!r}" if self.jwks else "key=<hidden>"
@@ -243,8 +260,7 @@ class JWTAuth(Rule):
         if token is None:
             if self.first_message is None:
                 return self.missing
-            session.pending = True
-            return None
+            return self._wait_for_first_message(session, conn)
         outcome = await self.verify(token, conn.guard)
         if isinstance(outcome, KeyState):
             return self.handshake_close(outcome, conn.guard)
@@ -252,6 +268,21 @@ class JWTAuth(Rule):
             return outcome
         session.apply(outcome)
         return None
+
+    def _wait_for_first_message(self, session: Session, conn: Connection) -> Close | None:
+        """Admit a tokenless connection to wait for its token, within the bounds."""
+        waiting = cast(WaitingRoom, self.waiting)
+        key = by_ip(conn)
+        full = waiting.full(key)
+        refusal = None
+        if full is not None:
+            refusal = self.pending_per_ip if full is Full.KEY else self.pending_full
+            if not refusal.shadow:
+                return refusal
+        session.wait(key)
+        if self.enforce:  # shadow mode changes nothing the client sees
+            conn.hold_until_verified()
+        return refusal  # None, or a shadow breach to count
 
     def checker(self, conn: Connection) -> Checker | None:
         session: Session | None = conn.auth
@@ -302,3 +333,4 @@ class JWTAuth(Rule):
         conn.auth = None
         if session is not None:
             session.disarm()
+            session.stop_waiting()

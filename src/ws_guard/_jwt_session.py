@@ -15,12 +15,13 @@ import sys
 import time
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._close import CONSUME, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import KeyState
 from ._parse import Unreadable, read_json
+from ._pending import WaitingRoom
 from ._scheduler import Deadline
 from ._types import Message
 
@@ -41,7 +42,7 @@ RefreshMatcher = Callable[[Message], "str | None"]
 class Session:
     """The per-connection state of a :class:`JWTAuth` rule."""
 
-    __slots__ = ("conn", "deadline", "marker", "notice", "pending", "rule", "token")
+    __slots__ = ("conn", "deadline", "marker", "notice", "pending", "rule", "token", "waiting")
 
     def __init__(self, rule: JWTAuth, conn: Connection) -> None:
         self.rule = rule
@@ -52,6 +53,8 @@ class Session:
         self.marker = False
         #: Waiting for the first message to carry the token.
         self.pending = False
+        #: The key this connection is counted under while it waits (rule.waiting).
+        self.waiting: str | None = None
         self.deadline: Deadline | None = None
         self.notice: Deadline | None = None
 
@@ -71,6 +74,20 @@ class Session:
         exp = None if claims is None else claims.get("exp")
         # PyJWT truncates exp to an int and calls a token expired at exp + leeway.
         return None if exp is None else int(exp) + self.rule.leeway
+
+    def wait(self, key: str) -> None:
+        """Admitted without a token: wait for the first message, counted under *key*."""
+        self.pending = True
+        self.waiting = key
+        cast(WaitingRoom, self.rule.waiting).enter(key)
+        self.conn.guard.metrics.pending_auth += 1
+
+    def stop_waiting(self) -> None:
+        """No longer waiting (the message came, the timeout fired, or the end): uncount once."""
+        key, self.waiting = self.waiting, None
+        if key is not None:
+            cast(WaitingRoom, self.rule.waiting).leave(key)
+            self.conn.guard.metrics.pending_auth -= 1
 
     # -- deadlines ----------------------------------------------------------------
     def start(self) -> None:
@@ -110,6 +127,7 @@ class Session:
 
     def _timed_out(self) -> None:
         self.deadline = None
+        self.stop_waiting()
         close = self.rule.missing
         if close.shadow:
             self.pending = False  # shadow mode: stop waiting, let messages through
@@ -149,6 +167,7 @@ class Session:
 
     def _first_message(self, message: Message) -> Close | Consume | None:
         self.pending = False
+        self.stop_waiting()
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
@@ -183,6 +202,7 @@ class Session:
             return outcome
         self.apply(outcome)
         self.arm()
+        self.conn.verified()  # held app sends go out now, in order
         return None
 
     def _settle_refresh(self, outcome: Outcome) -> Close | None:

@@ -69,6 +69,9 @@ class MetricsSnapshot:
     peak_connections: int
     dropped_sends: int
     storage_errors: int
+    #: Connections admitted without a token, waiting for a first message now
+    #: (``rules.from_first_message``); part of ``active_connections``.
+    pending_auth: int = 0
     gauges: tuple[GaugeReading, ...] = ()
     durations: DurationHistogram = field(
         default_factory=lambda: DurationHistogram(
@@ -103,6 +106,7 @@ class MetricsSnapshot:
             "handshakes_admitted": self.handshakes_admitted,
             "handshakes_rejected": self.handshakes_rejected,
             "active_connections": self.active_connections,
+            "pending_auth": self.pending_auth,
             "peak_connections": self.peak_connections,
             "dropped_sends": self.dropped_sends,
             "storage_errors": self.storage_errors,
@@ -149,6 +153,7 @@ class Metrics:
         "handshakes_admitted",
         "handshakes_rejected",
         "peak_connections",
+        "pending_auth",
         "shadow_breaches_by_rule",
         "storage_errors",
     )
@@ -163,6 +168,7 @@ class Metrics:
         self.handshakes_rejected = 0
         self.active_connections = 0
         self.peak_connections = 0
+        self.pending_auth = 0
         self.dropped_sends = 0
         self.storage_errors = 0
         self._duration_counts = [0] * len(DURATION_BUCKETS)
@@ -212,6 +218,7 @@ class Metrics:
             peak_connections=self.peak_connections,
             dropped_sends=self.dropped_sends,
             storage_errors=self.storage_errors,
+            pending_auth=self.pending_auth,
             gauges=self._gauge_reader(),
             durations=DurationHistogram(DURATION_BUCKETS, counts, sum(counts), self._duration_sum),
             closes=MappingProxyType(dict(self.closes)),

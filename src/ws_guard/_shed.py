@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._connection import OPEN
 from ._errors import ConfigurationError
+from ._states import LIVE
 from ._validate import check_positive, check_seconds
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class ShedTimer:
         since = gauge.tripped_since
         if since is None or now - since < self.config.after:
             return 0
-        candidates = [conn for conn in self.guard.connections if conn.state == OPEN]
+        candidates = [conn for conn in self.guard.connections if conn.state in LIVE]
         if not candidates:
             return 0
         count = min(len(candidates), max(1, int(self.config.fraction * len(candidates))))

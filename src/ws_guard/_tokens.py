@@ -27,7 +27,7 @@ from ._redact import (
 )
 from ._request import field_lines, join_field
 from ._types import Message
-from ._validate import check_seconds
+from ._validate import check_count, check_seconds
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 #: (two Authorization lines): not ``None``, so no later source is asked, and
 #: empty, so verification refuses it as ``token_invalid``.
 INVALID_TOKEN = ""
+#: Tokenless connections one client address may hold waiting for a first
+#: message: a real client waits one round trip, so even a busy NAT rarely
+#: has more than a few waiting at once.
+DEFAULT_PENDING_PER_IP = 10
 # RFC 7230 "token": what a Sec-WebSocket-Protocol value may be.
 _HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -224,14 +228,39 @@ class FromFirstMessage(TokenSource):
     The message is either the bare token or a JSON object with the token
     under ``field`` (``{"type": "auth", "token": "..."}``). Without it within
     ``timeout`` seconds of the accept, the connection closes ``token_missing``.
+
+    Connections waiting for it are bounded per process: ``max_pending_per_ip``
+    per client address (``rules.by_ip`` keys; default 10, or ``max_pending``
+    if smaller; past it 1008 ``too_many_unauthenticated``) and
+    ``max_pending`` in all (past it 1013 ``overloaded; retry-after=<seconds>``, the
+    hint being ``timeout``).
     """
 
     deferred = True
 
-    def __init__(self, timeout: float = 10.0, *, field: str = "token") -> None:
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        *,
+        field: str = "token",
+        max_pending: int = 1000,
+        max_pending_per_ip: int | None = None,
+    ) -> None:
         # An unauthenticated connection is held this long: minutes at most.
         self.timeout = check_seconds("from_first_message timeout", timeout, maximum=300.0)
         self.field = _check_name("from_first_message field", field)
+        self.max_pending = check_count("from_first_message max_pending", max_pending)
+        self.max_pending_per_ip = (
+            min(DEFAULT_PENDING_PER_IP, self.max_pending)
+            if max_pending_per_ip is None
+            else check_count("from_first_message max_pending_per_ip", max_pending_per_ip)
+        )
+        if self.max_pending_per_ip > self.max_pending:
+            # The per-address bound could never bind: one client could fill the total.
+            raise ConfigurationError(
+                f"from_first_message max_pending_per_ip ({max_pending_per_ip!r}) must not "
+                f"exceed max_pending ({max_pending!r})"
+            )
 
     def parse(self, message: Message) -> str | Unreadable | None:
         """The token in *message*, ``None`` when it carries none, or why it cannot be read.
@@ -297,9 +326,21 @@ def from_subprotocol(marker: str = "access_token", *, redact: bool = True) -> Fr
     return FromSubprotocol(marker, redact=redact)
 
 
-def from_first_message(timeout: float = 10.0, *, field: str = "token") -> FromFirstMessage:
-    """The token in the first client message, which the app never sees."""
-    return FromFirstMessage(timeout, field=field)
+def from_first_message(
+    timeout: float = 10.0,
+    *,
+    field: str = "token",
+    max_pending: int = 1000,
+    max_pending_per_ip: int | None = None,
+) -> FromFirstMessage:
+    """The token in the first client message, which the app never sees.
+
+    Until it is verified the app's sends are held; connections waiting for it
+    are bounded per client address and in total (see :class:`FromFirstMessage`).
+    """
+    return FromFirstMessage(
+        timeout, field=field, max_pending=max_pending, max_pending_per_ip=max_pending_per_ip
+    )
 
 
 def check_sources(token: TokenSource | Iterable[TokenSource] | None) -> tuple[TokenSource, ...]:

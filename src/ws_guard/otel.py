@@ -107,6 +107,12 @@ def instrument(guard: Guard, meter_provider: MeterProvider | None = None) -> Gua
             "Most guarded connections open at once.",
             lambda s: [Observation(s.peak_connections)],
         ),
+        (
+            "ws_guard.connections.pending_auth",
+            "{connection}",
+            "Connections admitted without a token, waiting for their first message.",
+            lambda s: [Observation(s.pending_auth)],
+        ),
         ("ws_guard.load.value", "1", "Current reading of each load gauge.", _gauge_field("value")),
         ("ws_guard.load.limit", "1", "Configured limit of each load gauge.", _gauge_field("limit")),
         ("ws_guard.load.tripped", "1", "1 while a load gauge sheds.", _gauge_field("tripped")),

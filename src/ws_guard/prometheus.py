@@ -109,6 +109,11 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         "ws_guard_connections", "Open guarded WebSocket connections.", snap.active_connections
     )
     yield _gauge(
+        "ws_guard_pending_auth",
+        "Connections admitted without a token, waiting for their first message.",
+        snap.pending_auth,
+    )
+    yield _gauge(
         "ws_guard_connections_peak",
         "Most guarded connections open at once since the process started.",
         snap.peak_connections,
