@@ -118,14 +118,26 @@ async def test_message_rate_split_over_two_servers_stays_within_its_bound(
     redis: RedisServer,
 ) -> None:
     limit = 20  # leases of at most 2 messages (a tenth of the limit)
-    one, _ = app(redis, rules.MessageRate(f"{limit}/minute", key=rules.by_user))
-    two, _ = app(redis, rules.MessageRate(f"{limit}/minute", key=rules.by_user))
+    rate_one = rules.MessageRate(f"{limit}/minute", key=rules.by_user)
+    rate_two = rules.MessageRate(f"{limit}/minute", key=rules.by_user)
+    one, _ = app(redis, rate_one)
+    two, _ = app(redis, rate_two)
+
+    def leases_in_flight() -> bool:
+        return any(rate._book is not None and rate._book.tasks for rate in (rate_one, rate_two))
+
     with serve(one) as a, serve(two) as b:
         wa = await connect(a.url + "/ws", additional_headers=as_user("carol"))
         wb = await connect(b.url + "/ws", additional_headers=as_user("carol"))
         delivered = 0
         live = [wa, wb]
         for i in range(3 * limit):
+            # Messages admitted while a lease request is in flight are admitted on
+            # debt; how many arrive in one Redis round trip is timing, which this
+            # test keeps out: it sends once no request is in flight, so what it
+            # measures is the lease arithmetic. (Debt is bounded by each process'
+            # own count of the limit: docs/rate-limits.md.)
+            await eventually(lambda: not leases_in_flight(), timeout=5)
             ws = live[i % len(live)]
             await ws.send(f"m{i}")
             echoed, code, reason = await _one_or_close(ws)
@@ -138,8 +150,8 @@ async def test_message_rate_split_over_two_servers_stays_within_its_bound(
             else:
                 delivered += 1
         assert not live
-    # Each server may park up to one lease unspent (undershoot) and admit
-    # what arrives during one exhausting round trip (overshoot): here at most 2.
+    # Each server may park up to one lease unspent (undershoot) and admit the
+    # message that sent its exhausting request (overshoot): here at most 2.
     assert limit - 4 <= delivered <= limit + 2, delivered
 
 
