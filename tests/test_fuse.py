@@ -256,14 +256,12 @@ async def test_jwt_refresh_and_message_rules_in_one_fused_check() -> None:
     await ws.expect("websocket.accept")
     await ws.send_text("one")
     await ws.expect("websocket.send", text="one")
-    # A refresh is consumed (never echoed) and does not count against the rate.
+    # A refresh is consumed (never echoed) and counts against the rate as a message.
     refresh = {"type": "auth.refresh", "token": token("alice", now + 120)}
     await ws.send_text(json.dumps(refresh))
     await ws.send_text("two")
     await ws.expect("websocket.send", text="two")
-    await ws.send_text("three")
-    await ws.expect("websocket.send", text="three")
-    await ws.send_text("four")  # the fourth app message in a minute
+    await ws.send_text("three")  # the fourth message in a minute, the refresh included
     await ws.expect("websocket.close", code=1008, reason="rate_limited; retry-after=60")
     await ws.finished()
     assert guard.metrics.snapshot().closes_by_rule == {"rate_limited": 1}

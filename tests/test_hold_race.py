@@ -75,8 +75,8 @@ def jwks_server() -> Iterator[JWKSServer]:
         yield server
 
 
-def rs(key: object, kid: str, sub: str) -> str:
-    return mint(sub, key=key, alg="RS256", headers={"kid": kid})
+def rs(key: object, kid: str, sub: str, exp_in: float = 3600) -> str:
+    return mint(sub, key=key, alg="RS256", headers={"kid": kid}, exp_in=exp_in)
 
 
 async def cancellable_reader(scope: Scope, receive: Receive, send: Send) -> None:
@@ -228,7 +228,8 @@ async def test_a_valid_refresh_applies_in_every_ordering(
     )
     jwks_server.publish(b=KEY_B, c=KEY_C)
     jwks.gate = asyncio.get_running_loop().create_future()
-    await ws.send_text(json.dumps({"type": "auth.refresh", "token": rs(KEY_C, "c", "alice")}))
+    refresh = rs(KEY_C, "c", "alice", exp_in=7200)  # a refresh must move exp on
+    await ws.send_text(json.dumps({"type": "auth.refresh", "token": refresh}))
     await ws.send_text("later")
     await race(ws, jwks, order, turns)
     await ws.expect("websocket.send", text="later as alice")

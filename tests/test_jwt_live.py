@@ -176,7 +176,7 @@ async def test_messages_that_are_not_refreshes_reach_the_app(message: str) -> No
 async def test_refresh_shape_is_configurable() -> None:
     _, app, _ = setup(refresh="renew", refresh_field="jwt")
     ws = await open_socket(app, mint())
-    await ws.send_text(json.dumps({"type": "renew", "jwt": mint(gen=3)}))
+    await ws.send_text(json.dumps({"type": "renew", "jwt": mint(gen=3, exp_in=7200)}))
     await ws.send_text(refresh_message(mint()))  # the default shape is now app content
     await ws.expect("websocket.send", text=refresh_message(mint()))
     assert ws.scope["ws_guard"].claims["gen"] == 3
@@ -191,7 +191,7 @@ async def test_refresh_matcher_callable_and_refresh_off() -> None:
 
     _, app, _ = setup(refresh=matcher)
     ws = await open_socket(app, mint())
-    await ws.send_text("RENEW " + mint(gen=4))
+    await ws.send_text("RENEW " + mint(gen=4, exp_in=7200))  # a refresh must move exp on
     await ws.send_text("x")
     await ws.expect("websocket.send", text="x")
     assert ws.scope["ws_guard"].claims["gen"] == 4

@@ -38,6 +38,7 @@ from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from ._jwt import JWTAuth
+from ._jwt_session import refresh_session
 from ._keys import by_connection
 from ._message_rules import Content, MaxMessageSize, MessageTypes
 from ._rate import MessageRate
@@ -128,7 +129,7 @@ def plan_checks(
 class FusedRun:
     """A run of fusable rules, compiled into one check (and one receive if it leads)."""
 
-    __slots__ = ("__weakref__", "_check", "_code", "_receive", "auth", "rate")
+    __slots__ = ("__weakref__", "_check", "_code", "_count_rate", "_receive", "auth", "rate")
 
     def __init__(self, run: Sequence[Rule], clock: Callable[[], float] = time.monotonic) -> None:
         self.auth: JWTAuth | None = None
@@ -152,6 +153,7 @@ class FusedRun:
         weakref.finalize(self, _forget, self._code.files)
         self._check: Callable[..., Verdict] = self._code.compile("check")
         self._receive: Callable[..., Any] | None = None
+        self._count_rate = None if self.rate is None else _rate_counter(self.rate, clock)
 
     def lead(self, *, followed: bool) -> None:
         """This run is the plan's first item: also compile its receive path.
@@ -177,6 +179,10 @@ class FusedRun:
         if self.rate is not None:
             conn._rate_end = _NEVER
             conn._rate_count = 0
+            session = refresh_session(conn)
+            if session is not None and self._count_rate is not None:
+                # A refresh is consumed before the rate's lines run: it counts here.
+                session.rates += (MethodType(self._count_rate, conn),)
 
     def checker(self, conn: Connection) -> Checker:
         """The run as one check on *conn*."""
@@ -408,6 +414,32 @@ class _Code:
         exec(compile(source, filename, "exec"), namespace)
         function: Callable[..., Any] = namespace[form]
         return function
+
+
+def _rate_counter(
+    rate: MessageRate, clock: Callable[[], float]
+) -> Callable[[Connection, Message], Verdict]:
+    """The fused rate's arithmetic on its own, on the same connection slots.
+
+    For a message a check ahead of the rate consumes but that must still
+    count (an in-band token refresh); the generated code does the same sums.
+    """
+    limit, window = rate.rates[0].limit, rate.rates[0].window
+    deny = rate._deny
+
+    def count(conn: Connection, message: Message) -> Verdict:
+        t = clock()
+        if t >= conn._rate_end:
+            conn._rate_end = t + window
+            conn._rate_count = 1
+            return None
+        taken = conn._rate_count
+        if taken < limit:
+            conn._rate_count = taken + 1
+            return None
+        return deny(conn._rate_end - t)
+
+    return count
 
 
 def _forget(files: list[str]) -> None:

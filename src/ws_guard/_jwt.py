@@ -4,14 +4,16 @@ Signatures are checked at the handshake, on the first message (when that is
 the token source) and on an in-band refresh, never per message: PyJWT costs
 34-95 us a call here, more than a whole echo round trip. Live expiry is one
 deadline per connection on the guard's shared heap (one timer handle for
-all connections), so an idle authenticated socket costs no wake-ups.
+all connections), so an idle authenticated socket costs no wake-ups. A
+refresh is rate-limited before its signature is checked (``refresh_rate``,
+and the connection's ``MessageRate`` rules), so a flood of them costs no crypto.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import jwt
@@ -25,6 +27,7 @@ from ._jwt_session import RefreshMatcher, Session, refresh_matcher
 from ._keys import by_ip
 from ._pending import Full, WaitingRoom
 from ._rule import Checker, Rule, Stage
+from ._shared import Rate, parse_rates
 from ._tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
 from ._types import Message
 from ._validate import check_number, check_seconds
@@ -42,6 +45,10 @@ Claims = dict[str, Any]
 _DECODE_ERRORS = (PyJWTError, ValueError, RecursionError)
 #: What verification can end in: claims, a close, or "the key server is down".
 Outcome = Claims | Close | KeyState
+#: A client refreshes about once per token lifetime; three a minute per
+#: connection leaves room for tokens of 20 s and bounds the crypto a client
+#: can make the server do (ES256: ~95 us a refresh).
+DEFAULT_REFRESH_RATE = "3/minute"
 
 
 class JWTAuth(Rule):
@@ -50,8 +57,16 @@ class JWTAuth(Rule):
     Closes with 1008 ``token_missing`` / ``token_invalid`` / ``token_expired``
     (and 1013 ``storage_unavailable`` when a JWKS endpoint is down and the
     guard's ``on_storage_error`` is ``"deny"``). The verified ``sub`` becomes
-    the connection's subject (``rules.by_user``); the claims are readable by
-    the app at ``scope["ws_guard"].claims``.
+    the connection's subject (``rules.by_user`` keys on it with ``iss``); the
+    claims are readable by the app at ``scope["ws_guard"].claims``.
+
+    An in-band refresh past ``refresh_rate`` (per connection, limits syntax,
+    default ``"3/minute"``) closes with
+    1008 ``refresh_rate_limited; retry-after=<seconds>``; refreshes also
+    count as messages in every ``MessageRate``. A verified refresh for
+    another ``(iss, sub)``, or on a connection whose token had no ``sub``,
+    closes 1008 ``token_invalid``; one whose ``exp`` is not later than the
+    current token's closes 1008 ``token_stale``.
     """
 
     stage = Stage.AUTH
@@ -71,6 +86,7 @@ class JWTAuth(Rule):
         jwks_url: str | JWKS | None = None,
         refresh: str | RefreshMatcher | None = "auth.refresh",
         refresh_field: str = "token",
+        refresh_rate: str | Sequence[str] = DEFAULT_REFRESH_RATE,
         expiring_notice: float | None = None,
         max_token_bytes: int = 8192,
         enforce: bool = True,
@@ -124,6 +140,11 @@ class JWTAuth(Rule):
         self.refresh = refresh
         self.refresh_field = refresh_field
         self.refresh_token = refresh_matcher(refresh, refresh_field, max_token_bytes)
+        try:
+            #: Refreshes per connection, counted before their signature is checked.
+            self.refresh_rates: tuple[Rate, ...] = parse_rates(refresh_rate)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"JWTAuth refresh_rate: {exc}") from None
         #: The built-in refresh message's type as it appears in JSON: a message
         #: without it is not a refresh, decided by one substring test.
         self._refresh_needle = json.dumps(refresh) if isinstance(refresh, str) else None
@@ -147,6 +168,8 @@ class JWTAuth(Rule):
         self.invalid = self.breach(POLICY_VIOLATION, "token_invalid")
         self.expired = self.breach(POLICY_VIOLATION, "token_expired")
         self.unavailable = self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+        #: A verified refresh whose exp does not move the deadline forward.
+        self.stale = self.breach(POLICY_VIOLATION, "token_stale")
         #: A refresh matcher of the user's own raised: a bug in it, not the client's fault.
         self.failed = self.breach(INTERNAL_ERROR, "internal_error")
         # Too many tokenless connections waiting: one client's (1008), or the
@@ -167,6 +190,10 @@ class JWTAuth(Rule):
             f"JWTAuth({keys}, algorithms={list(self.algorithms)!r}, token={list(self.sources)!r}"
             f"{no_exp}, enforce={self.enforce!r})"
         )
+
+    def refresh_limited(self, retry: float) -> Close:
+        """The close for a refresh past ``refresh_rate``; *retry* in seconds."""
+        return self.breach(POLICY_VIOLATION, "refresh_rate_limited", retry)
 
     # -- verification ---------------------------------------------------------
     def decode(self, token: str, key: Any) -> Claims | Close:

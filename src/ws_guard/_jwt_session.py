@@ -5,6 +5,12 @@ shared heap: the expiry (``exp + leeway``), an optional "expiring" notice
 before it, or the first-message timeout. Expiry is a wall-clock time (the
 JWT's ``exp``); the scheduler runs on the loop's clock, so the remaining
 time is converted at the moment the deadline is set.
+
+An in-band refresh costs a signature check (PyJWT: 34-95 us), so it passes
+the cheap tests first: the rule's own ``refresh_rate``, then every
+``MessageRate`` of the connection (a refresh is a message), and only then
+is its signature checked. A verified refresh must name the same principal,
+``(iss, sub)``, and move the expiry forward.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from typing import TYPE_CHECKING, Any, cast
 from ._close import CONSUME, Close, Consume
 from ._errors import ConfigurationError
 from ._jwks import KeyState
+from ._keys import by_user, user_key
+from ._lease import CountedWindow
 from ._parse import Unreadable, read_json
 from ._pending import WaitingRoom
+from ._rule import Checker
 from ._scheduler import Deadline
 from ._types import Message
 
@@ -42,7 +51,19 @@ RefreshMatcher = Callable[[Message], "str | None"]
 class Session:
     """The per-connection state of a :class:`JWTAuth` rule."""
 
-    __slots__ = ("conn", "deadline", "marker", "notice", "pending", "rule", "token", "waiting")
+    __slots__ = (
+        "conn",
+        "deadline",
+        "marker",
+        "notice",
+        "pending",
+        "quiet_until",
+        "rates",
+        "refreshes",
+        "rule",
+        "token",
+        "waiting",
+    )
 
     def __init__(self, rule: JWTAuth, conn: Connection) -> None:
         self.rule = rule
@@ -57,6 +78,13 @@ class Session:
         self.waiting: str | None = None
         self.deadline: Deadline | None = None
         self.notice: Deadline | None = None
+        #: The connection's ``MessageRate`` checks: a refresh counts in each
+        #: (added by the rate rules when they set up the connection).
+        self.rates: tuple[Checker, ...] = ()
+        #: The ``refresh_rate`` windows, made at the first refresh.
+        self.refreshes: list[CountedWindow] | None = None
+        #: Shadow mode: the refresh-limit breach is reported once per window.
+        self.quiet_until = float("-inf")
 
     # -- state ------------------------------------------------------------------
     def apply(self, claims: dict[str, Any]) -> None:
@@ -159,11 +187,48 @@ class Session:
             return self.rule.failed
         if token is None:
             return None
+        # Rates first, signature after: a flood of refreshes costs no crypto.
+        refused = self._count_refresh(message)
+        if refused is not None:
+            return self._sync(refused)
         outcome = self.rule.verify_now(token)
         if outcome is KeyState.FETCH:
             self.conn.hold(self._refresh_later(token))
             return CONSUME
         return self._sync(self._settle_refresh(outcome))
+
+    def _count_refresh(self, message: Message) -> Close | None:
+        """The refresh's own limit, then the connection's message rates; plain arithmetic.
+
+        Shadow breaches are reported (the limit's once per window, a rate's
+        as the rate reports them) and the refresh goes on.
+        """
+        conn = self.conn
+        t = conn.guard.scheduler.clock()
+        windows = self.refreshes
+        if windows is None:
+            windows = self.refreshes = [
+                CountedWindow(r.limit, r.window) for r in self.rule.refresh_rates
+            ]
+        wait: float | None = None
+        for window in windows:
+            retry = window.take(t)
+            if retry is not None and (wait is None or retry > wait):
+                wait = retry
+        if wait is not None:
+            close = self.rule.refresh_limited(wait)
+            if not close.shadow:
+                return close
+            if t >= self.quiet_until:
+                self.quiet_until = t + wait
+                conn.close_soon(close)  # counts and logs the breach, closes nothing
+        for rate in self.rates:
+            verdict = rate(message)
+            if isinstance(verdict, Close):
+                if not verdict.shadow:
+                    return verdict
+                conn.close_soon(verdict)
+        return None
 
     def _first_message(self, message: Message) -> Close | Consume | None:
         self.pending = False
@@ -213,12 +278,29 @@ class Session:
             return None if self.conn.guard.on_storage_error == "allow" else rule.unavailable
         if isinstance(outcome, Close):
             return rule.invalid
-        subject = outcome.get("sub")
-        if subject != self.conn.subject:
-            return rule.invalid  # a refresh may extend a session, never switch users
+        conn = self.conn
+        subject = conn.subject
+        # A refresh may extend a session, never switch principals: the same
+        # sub from the same issuer, compared as by_user keys them. Without a
+        # sub there is nothing to compare.
+        if subject is None or outcome.get("sub") != subject:
+            return rule.invalid
+        if user_key(outcome.get("iss"), subject) != by_user(conn):
+            return rule.invalid
+        if not self._extends(outcome):
+            return rule.stale  # a replayed or older token buys nothing
         self.apply(outcome)
         self.arm()
         return None
+
+    def _extends(self, claims: dict[str, Any]) -> bool:
+        """Whether verified *claims* expire later than the current token (no ``exp``: never)."""
+        current = self.expires
+        if current is None:
+            return False  # a token without exp never expires: nothing to extend
+        exp = claims.get("exp")
+        # PyJWT checked that int(exp) works; it compares exp as an int too.
+        return exp is None or int(exp) + self.rule.leeway > current
 
     def _sync(self, close: Close | None) -> Close | Consume:
         """A decision on a message ws_guard consumed: the message never reaches the app."""
@@ -228,6 +310,19 @@ class Session:
             self.conn.close_soon(close)  # counts and logs the breach, closes nothing
             return CONSUME
         return close
+
+
+def refresh_session(conn: Connection) -> Session | None:
+    """*conn*'s session when it takes in-band refreshes, else ``None``.
+
+    A message rate that sets up *conn* adds its check to ``session.rates``,
+    so refreshes, which the session consumes before any rate sees them,
+    still count as messages.
+    """
+    session = conn.auth
+    if isinstance(session, Session) and session.rule.refresh_token is not None:
+        return session
+    return None
 
 
 def refresh_matcher(

@@ -13,7 +13,9 @@ addresses, RFC 8981) and can change address per connection.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -82,9 +84,40 @@ def check_ipv6_prefix(value: object) -> int:
     return value
 
 
+#: A longer user key is replaced by a digest: every key names a map entry
+#: and a Redis key, and ``iss``/``sub`` are as long as the client's token allows.
+MAX_USER_KEY = 200
+
+
 def by_user(conn: Connection) -> str | None:
-    """The verified JWT subject; needs a JWT rule in the same guard."""
-    return conn.subject
+    """The verified principal, JWT ``iss`` and ``sub`` together; needs a JWT rule.
+
+    ``None`` while no ``sub`` is verified. The same ``sub`` from two issuers
+    is two users (RFC 7519 section 4.1.2: a ``sub`` is unique within its
+    issuer). The key is the JSON array ``["<iss>","<sub>"]`` (``null`` for a
+    token without ``iss``), unambiguous whatever the strings contain; one
+    longer than :data:`MAX_USER_KEY` characters becomes ``sha256:<32 hex>``.
+    """
+    subject = conn.subject
+    if subject is None:
+        return None
+    claims = conn.claims
+    return user_key(None if claims is None else claims.get("iss"), subject)
+
+
+def user_key(issuer: object, subject: str) -> str:
+    """``by_user``'s key for a verified ``iss`` claim (None when absent) and ``sub``.
+
+    Without ``issuer=`` PyJWT lets any JSON value through as ``iss``; one that
+    is not a string keys as ``false`` (never a string, never ``null``), so no
+    nesting of the client's issuer's making is ever serialised again.
+    """
+    if issuer is not None and not isinstance(issuer, str):
+        issuer = False
+    key = json.dumps([issuer, subject], separators=(",", ":"))
+    if len(key) > MAX_USER_KEY:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return key
 
 
 def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._close import POLICY_VIOLATION, TRY_AGAIN_LATER, Close
+from ._jwt_session import refresh_session
 from ._keys import KeyFunc, by_connection
 from ._lease import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
 from ._rule import Checker, Rule
@@ -137,6 +138,15 @@ class MessageRate(Rule):
 
     # -- the message check ------------------------------------------------------
     def checker(self, conn: Connection) -> Checker | None:
+        check = self._checker(conn)
+        # An in-band token refresh is consumed by the auth rule before any
+        # rate sees it; it counts here too, before its signature is checked.
+        session = refresh_session(conn)
+        if session is not None:
+            session.rates += (check,)
+        return check
+
+    def _checker(self, conn: Connection) -> Checker:
         guard = self._guard
         if guard is None:
             raise RuntimeError("MessageRate is not part of a Guard")
