@@ -35,6 +35,7 @@ from sites import closed_by_server
 from ws_guard import CloseEvent, Guard, WSGuardMiddleware, load, rules
 from ws_guard._connection import Connection
 from ws_guard._jwks import KeyState
+from ws_guard._keys import user_key
 from ws_guard._shared import redis_key
 from ws_guard._storage import REDIS_DEFAULTS
 from ws_guard._types import Receive, Scope, Send
@@ -294,7 +295,7 @@ async def test_redis_killed_and_restarted_under_load(own_redis: RedisServer) -> 
 
         load_.assert_prompt(killed_at, restarted_at, PROMPT, at_least=21)
         # The heartbeat writes back the slots this process holds...
-        slots = redis_key(guard.namespace, "slots", "by_user:2", "carol")
+        slots = redis_key(guard.namespace, "slots", "by_user:2", user_key(None, "carol"))
         await until(lambda: own_redis.command("ZCARD", slots).strip() == b":2", what="slots back")
         refused = await attempt(url, as_user("carol"))  # ...so carol's cap holds again
         assert (refused.code, refused.reason) == (1008, "too_many_connections")

@@ -25,6 +25,7 @@ from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import ServerThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._keys import user_key
 from ws_guard._shared import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
@@ -112,7 +113,7 @@ async def test_shared_rate_alone_with_deny_refuses_handshakes_and_closes_on_the_
 ) -> None:
     rate = rules.MessageRate("100/minute", key=rules.by_user, lease=1)
     app, guard = guarded(own_redis, HeaderSubject(), rate)
-    counter = redis_key(guard.namespace, "msg", rate.id, "alice", 0)
+    counter = redis_key(guard.namespace, "msg", rate.id, user_key(None, "alice"), 0)
 
     def leases_settled() -> bool:
         book = rate._book

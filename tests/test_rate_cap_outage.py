@@ -20,6 +20,7 @@ from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import serve
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._keys import user_key
 from ws_guard._shared import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
@@ -59,7 +60,7 @@ async def test_cap_holds_per_process_while_redis_is_down_and_counts_after_restar
     own_redis: RedisServer,
 ) -> None:
     guarded, guard = capped(own_redis)
-    slots = redis_key(guard.namespace, "slots", "by_user:2", "alice")
+    slots = redis_key(guard.namespace, "slots", "by_user:2", user_key(None, "alice"))
     with serve(guarded) as server:
         url = server.url + "/ws"
         first = await opened(url, "alice")
@@ -91,7 +92,7 @@ async def test_cap_holds_per_process_while_redis_is_paused_and_counts_after(
     own_redis: RedisServer,
 ) -> None:
     guarded, guard = capped(own_redis, query="?socket_timeout=0.25")
-    slots = redis_key(guard.namespace, "slots", "by_user:2", "alice")
+    slots = redis_key(guard.namespace, "slots", "by_user:2", user_key(None, "alice"))
     assert own_redis.process is not None
     with serve(guarded) as server:
         url = server.url + "/ws"

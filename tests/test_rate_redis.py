@@ -29,6 +29,7 @@ from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import free_port, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._keys import user_key
 from ws_guard._shared import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
@@ -195,7 +196,7 @@ async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisS
     one, guard_a = app(redis, cap_a)
     two, guard_b = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
     assert guard_a.namespace == guard_b.namespace  # built alike: they share counters
-    slots = redis_key(guard_a.namespace, "slots", cap_a.id, "alice")
+    slots = redis_key(guard_a.namespace, "slots", cap_a.id, user_key(None, "alice"))
     with serve(two) as b:
         with serve(one) as a:
             first = await connect(a.url + "/ws", additional_headers=as_user("alice"))
@@ -240,7 +241,7 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
         held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
         for ws in held:
             await chat(ws, 1)
-        slots = redis_key(guard.namespace, "slots", "by_user:2", "alice")
+        slots = redis_key(guard.namespace, "slots", "by_user:2", user_key(None, "alice"))
         await asyncio.sleep(3 * heartbeat * 1.5)
         assert zcard(redis, slots) == 2  # heartbeats keep the live process' slots
         process.send_signal(signal.SIGKILL)  # no release, no shutdown
@@ -267,8 +268,8 @@ async def test_outage_with_allow_keeps_serving_and_recovers(own_redis: RedisServ
     cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=0.2)
     message_rate = rules.MessageRate("100/minute", key=rules.by_user)
     guarded, guard = app(own_redis, connect_rate, cap, message_rate)
-    slots = redis_key(guard.namespace, "slots", cap.id, "alice")
-    counter = redis_key(guard.namespace, "msg", message_rate.id, "alice", 0)
+    slots = redis_key(guard.namespace, "slots", cap.id, user_key(None, "alice"))
+    counter = redis_key(guard.namespace, "msg", message_rate.id, user_key(None, "alice"), 0)
     with serve(guarded) as server:
         url = server.url + "/ws"
         first = await connect(url, additional_headers=as_user("alice"))
