@@ -63,23 +63,22 @@ async def test_n_plus_k_messages_echo_exactly_n_then_rate_limited() -> None:
 
 
 async def test_window_edges_are_exact() -> None:
+    """MessageRate's window is [t0, t0 + T) from the first message (see _rate.py)."""
     clock = Clock(100.0)
     guard = Guard(rules=[rules.MessageRate("3/10 seconds")], clock=clock)
     app = WSGuardMiddleware(echo, guard=guard)
-    ws = await opened(app)
-    await echoes(ws, 3, "a")  # the window opens at 100.0 with the first message
-    clock.now = 109.999
-    # At 110.0 the next window opens: exactly T after the first message.
-    clock.now = 110.0
-    await echoes(ws, 3, "b")
-    clock.now = 119.5
-    await closed_with(ws, "c", 1008, "rate_limited; retry-after=1")
-
-    ws2 = await opened(app)
-    clock.now = 200.0
-    await echoes(ws2, 3, "a")
-    clock.now = 209.999  # one millisecond before the window ends: still full
-    await closed_with(ws2, "late", 1008, "rate_limited; retry-after=1")
+    before, at = await opened(app), await opened(app)  # two connections, two windows
+    await echoes(before, 3, "a")  # each window opens at 100.0 with its first message
+    await echoes(at, 3, "a")
+    clock.now = 109.999  # one millisecond before the window ends: still full
+    await closed_with(before, "late", 1008, "rate_limited; retry-after=1")
+    clock.now = 110.0  # exactly T after the first message: the next window opens
+    await echoes(at, 3, "b")
+    clock.now = 119.5  # ...and it is full until 120.0
+    await closed_with(at, "c", 1008, "rate_limited; retry-after=1")
+    snap = guard.metrics.snapshot()
+    assert snap.closes_by_rule == {"rate_limited": 2}
+    assert snap.active_connections == 0
 
 
 async def test_retry_after_says_when_the_window_frees() -> None:
