@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterable
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from apps import echo
+from helpers import eventually
 from rate_helpers import Clock, HeaderSubject, user
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._storage import SharedStorage
@@ -508,16 +508,15 @@ async def test_one_maintenance_task_runs_every_job_until_removed() -> None:
     fast = storage.add_job(0.02, job("fast"))
     storage.add_job(60.0, job("slow"))
     task = storage._task
-    for _ in range(200):
-        if runs["fast"] >= 3:
-            break
-        await asyncio.sleep(0.01)
-    assert runs["fast"] >= 3
+    await eventually(lambda: runs["fast"] >= 3, what="three runs of the fast job")
     assert runs["slow"] == 0
     assert storage._task is task  # both jobs share one task
     storage.remove_job(fast)
     seen = runs["fast"]
-    await asyncio.sleep(0.1)
+    # A probe on the same interval: by its third run, the removed job would have run again.
+    storage.add_job(0.02, job("probe"))
+    runs["probe"] = 0
+    await eventually(lambda: runs["probe"] >= 3, what="three runs of the probe job")
     assert runs["fast"] <= seen + 1  # at most a run already under way
     await storage.close()
     assert task is not None
