@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ws_guard import Close, Guard, rules
@@ -144,3 +145,28 @@ def websocket_scope(path: str = "/ws", **extra: Any) -> dict[str, Any]:
     }
     scope.update(extra)
     return scope
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 5.0,
+    *,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> float:
+    """Poll *condition* (a plain or async callable) until it is true.
+
+    Returns the seconds it took; after *timeout* seconds the test fails,
+    naming *what*. For a real condition a real server reaches in its own
+    time, in place of a fixed sleep that guesses how long that takes.
+    """
+    started = time.monotonic()
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(interval)

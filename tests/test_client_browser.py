@@ -7,7 +7,6 @@ over the DevTools protocol.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -131,11 +130,35 @@ async def test_reconnect_js_policy_table_in_chromium() -> None:
     check_js_results(json.loads(raw))
 
 
+#: Installed before the page's scripts: records every timer, and runs the
+#: pending ones on demand, so a test can bring a scheduled reconnect forward
+#: instead of sleeping until it would have fired.
+TIMERS = """
+window.__timers = new Map();
+const realSetTimeout = window.setTimeout.bind(window);
+const realClearTimeout = window.clearTimeout.bind(window);
+window.setTimeout = (fn, ms, ...args) => {
+  const id = realSetTimeout(() => { window.__timers.delete(id); fn(...args); }, ms);
+  window.__timers.set(id, () => fn(...args));
+  return id;
+};
+window.clearTimeout = (id) => { window.__timers.delete(id); realClearTimeout(id); };
+window.__runTimersNow = () => {
+  const due = [...window.__timers.entries()];
+  for (const [id, run] of due) { window.__timers.delete(id); realClearTimeout(id); run(); }
+  return due.length;
+};
+"""
+
+
 async def test_demo_page_shows_closes_and_decisions() -> None:
     guard = Guard(load=[load.ConnectionCount(limit=1)])
     with serve(guarded_app(guard)) as server:
         holder = await websockets.connect(server.url + "/ws")
-        async with open_page(server.http_url + "/static/reconnect-demo.html") as tab:
+        async with open_page() as tab:
+            await tab.call("Page.enable")
+            await tab.call("Page.addScriptToEvaluateOnNewDocument", source=TIMERS)
+            await tab.call("Page.navigate", url=server.http_url + "/static/reconnect-demo.html")
             text = await tab.wait_for(
                 "document.getElementById('log')?.innerText.includes('retry in') && "
                 "document.getElementById('log').innerText",
@@ -143,10 +166,15 @@ async def test_demo_page_shows_closes_and_decisions() -> None:
             )
             assert 'closed: code 1013 reason "overloaded; retry-after=' in text
             assert "(attempt 1)" in text
+            assert await tab.evaluate("window.__timers.size") == 1  # the reconnect, pending
+            await tab.evaluate("window.__refused = window.demo.socket")
             await tab.evaluate("document.getElementById('stop').click()")
             await holder.close()  # a reconnect would now succeed, but none may happen
-            await asyncio.sleep(3.5)  # past the longest first back-off (hint 2 + 1 s jitter)
+            # Run whatever is still scheduled now, rather than wait out the back-off.
+            await tab.evaluate("window.__runTimersNow()")
+            assert await tab.evaluate("window.demo.socket === window.__refused")  # no new socket
             text = await tab.evaluate("document.getElementById('log').innerText")
             assert text.count("open") == 1
             assert "stopped by the user" in text
         assert guard.metrics.snapshot().handshakes_rejected == 1
+        assert guard.metrics.snapshot().handshakes_admitted == 1  # the holder only

@@ -13,6 +13,7 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps import echo, http_ok
+from helpers import eventually
 from servers import UVICORN_WS, serve
 from sites import Router, Site, closed_by_server
 from ws_guard import Close, Guard, WSGuardMiddleware, connection_info, rules
@@ -146,12 +148,48 @@ async def test_a_client_that_vanishes_while_the_app_sends_is_a_client_close(kind
     assert dict(snap.closes_by_code) == {1006: 1}
 
 
+class CountingPusher:
+    """:func:`pusher` that counts the bytes its sends handed to the server."""
+
+    def __init__(self) -> None:
+        self.pushed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await http_ok(scope, receive, send)
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        chunk = "x" * 16384
+        while True:
+            await send({"type": "websocket.send", "text": chunk})
+            self.pushed += len(chunk)
+            await asyncio.sleep(0)
+
+
+def kernel_buffers_max() -> int:
+    """The most a loopback TCP connection can hold in kernel buffers: rmem + wmem max."""
+    total = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        total += int(Path("/proc/sys/net/ipv4", name).read_text().split()[2])
+    return total
+
+
 async def test_a_client_that_never_reads_does_not_stall_the_others(site: Site) -> None:
-    url, _ = site.mount(pusher)
+    app = CountingPusher()
+    url, _ = site.mount(app)
     slow = await connect(url, open_timeout=5, max_queue=1)
     try:
         await asyncio.wait_for(slow.recv(), 5)
-        await asyncio.sleep(0.2)  # let its buffers fill up
+        # Its buffers are full: the client stopped reading its socket, and the
+        # app pushed more than the kernel can hold on the way. (The servers do
+        # not hold the app's send back: the rest waits in the server's memory.)
+        full = kernel_buffers_max()
+        await eventually(
+            lambda: not slow.transport.is_reading() and app.pushed > full,
+            15,
+            what=f"the client stopped reading and {full} bytes pushed",
+        )
         echo_url, _ = site.mount(echo)
         for _ in range(3):
             started = time.monotonic()

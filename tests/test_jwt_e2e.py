@@ -163,13 +163,27 @@ async def test_refresh_keeps_the_socket_open_past_the_first_exp(
     server: tuple[ServerThread, Guard],
 ) -> None:
     thread, _ = server
-    token = mint("alice", exp_in=2)
-    async with connect(
-        f"{thread.url}/ws", proxy=None, additional_headers={"Authorization": f"Bearer {token}"}
-    ) as ws:
+    # exp is whole seconds; 2-3 s ahead, so the expiring notice (1 s before exp)
+    # cannot come before the refresh is read.
+    exp = int(time.time()) + 3
+    token = mint("alice", exp_in=None, exp=exp)
+    control = mint("bob", exp_in=None, exp=exp + 1)  # expires one second later
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        connect(f"{thread.url}/ws", proxy=None, additional_headers=headers) as ws,
+        connect(
+            f"{thread.url}/ws",
+            proxy=None,
+            additional_headers={"Authorization": f"Bearer {control}"},
+        ) as unrefreshed,
+    ):
         await report(ws)
+        await report(unrefreshed)
         await ws.send(json.dumps({"type": "auth.refresh", "token": mint("alice", exp_in=60)}))
-        await asyncio.sleep(2.2)  # past the first token's exp
+        # The control's expiry closing it says the server's clock passed the
+        # first token's exp, a second earlier.
+        code, reason, _ = await closed_with(unrefreshed, timeout=10)
+        assert (code, reason) == (1008, "token_expired")
         await ws.send("still open")
         assert await ws.recv() == "still open"  # the refresh itself never echoed
 

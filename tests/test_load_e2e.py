@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps import echo
 from children import running
+from helpers import eventually
 from servers import UVICORN_WS, free_port, serve
 from ws_guard import Guard, WSGuardMiddleware, load
 from ws_guard._types import Receive, Scope, Send
@@ -159,12 +160,14 @@ async def test_explicit_drain_spreads_1012_over_the_window() -> None:
             return time.monotonic() - started, code, reason
 
         waiting = asyncio.gather(*(closed_at(ws) for ws in clients))
-        await asyncio.sleep(0.4)
+        await eventually(lambda: guard.draining, what="the drain to start")
         async with connect(url) as late:  # a handshake during the drain
             late_code, late_reason = await closed_by_server(late)
         results = await waiting
         await asyncio.wait_for(drain, 5)
         assert guard.draining
+    snap = guard.metrics.snapshot()
+    assert (snap.handshakes_admitted, snap.handshakes_rejected) == (4, 1)  # refused, not served
     assert (late_code, bool(RESTARTING.fullmatch(late_reason))) == (1012, True)
     times = sorted(t for t, _, _ in results)
     assert all(code == 1012 and RESTARTING.fullmatch(reason) for _, code, reason in results)
@@ -246,12 +249,14 @@ async def test_sigterm_drains_with_restarting_before_uvicorn_shuts_down() -> Non
             code, reason = await closed_by_server(ws)
             return time.monotonic() - started, code, reason
 
-        waiting = asyncio.gather(*(closed_at(ws) for ws in clients))
+        waiting = [asyncio.ensure_future(closed_at(ws)) for ws in clients]
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.4)
+        # The first wave's close says the drain has started in the server.
+        await asyncio.wait(waiting, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert any(task.done() for task in waiting), "no close within 5 s of SIGTERM"
         async with connect(url) as late:  # still listening while it drains
             late_code, late_reason = await closed_by_server(late)
-        results = await waiting
+        results = await asyncio.gather(*waiting)
         returncode = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
     assert (late_code, bool(RESTARTING.fullmatch(late_reason))) == (1012, True)
     assert all(code == 1012 and RESTARTING.fullmatch(reason) for _, code, reason in results)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from apps import echo
+from helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._hysteresis import Hysteresis
 from ws_guard._lag import LagWindow
@@ -215,15 +216,35 @@ def test_gauge_seconds_at_their_bounds_are_accepted(build: Any) -> None:
 
 # -- the real sampler ---------------------------------------------------------------
 async def test_sampler_starts_in_startup_and_stops_in_shutdown() -> None:
-    lag = load.EventLoopLag(limit=0.25, interval=0.01, window=0.1)
+    ticked = asyncio.Event()
+
+    class Sampled(load.EventLoopLag):
+        samples = 0
+
+        def record(self, now: float, lag: float) -> bool:
+            self.samples += 1
+            if self.samples == 3:
+                ticked.set()
+            return super().record(now, lag)
+
+    lag = Sampled(limit=0.25, interval=0.01, window=0.1)
     guard = Guard(load=[lag])
     assert not lag.running  # never in __init__
     await guard.startup()
     assert lag.running
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(ticked.wait(), 2)  # the sampler re-arms itself
+    armed = lag._handle
+    assert armed is not None
     await guard.shutdown()
     assert not lag.running
-    await asyncio.sleep(0.05)  # nothing left armed that could fire
+    assert armed.cancelled()  # nothing left armed that could fire
+    # A timer due after the cancelled wake-up runs after it would have.
+    loop = asyncio.get_running_loop()
+    later = loop.create_future()
+    loop.call_at(armed.when() + 0.001, later.set_result, None)
+    stopped_at = lag.samples
+    await asyncio.wait_for(later, 2)
+    assert lag.samples == stopped_at
 
 
 async def test_sampler_starts_lazily_on_the_first_connection() -> None:
@@ -395,16 +416,14 @@ async def test_async_user_gauge_times_out_and_samples_in_the_background() -> Non
     gauge = load.Gauge(read, 1, name="slow", interval=0.02, timeout=0.05)
     guard = Guard(load=[gauge])
     await guard.startup()
-    deadline = time.monotonic() + 2.0
-    while reads[0] < 4 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert reads[0] >= 4
+    await eventually(lambda: reads[0] >= 4, 2.0, what="four reads past the hung one")
     assert gauge.read_errors >= 1
     assert gauge.tripped()
+    sampler = gauge._task
+    assert sampler is not None
     await guard.shutdown()
-    stopped_at = reads[0]
-    await asyncio.sleep(0.1)
-    assert reads[0] == stopped_at  # the task stopped with the guard
+    assert sampler.done()  # the task stopped with the guard: no read can follow
+    assert gauge._task is None
 
 
 def test_user_gauge_config_errors() -> None:

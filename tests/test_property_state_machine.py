@@ -76,11 +76,16 @@ app_step = st.sampled_from(
 )
 
 
+class AppFailure(Exception):
+    """The scripted app's own crash, told apart from any error of ws_guard's."""
+
+
 @dataclass
 class Run:
     sent: list[Message] = field(default_factory=list)
     app_received: list[Message] = field(default_factory=list)
-    app_error: BaseException | None = None
+    app_error: AppFailure | None = None
+    app_raised: bool = False
     client_sent: list[Message] = field(default_factory=list)
 
 
@@ -118,7 +123,8 @@ async def run_script(
                 await send({"type": "websocket.close", "code": 1000})
                 closed = True
             elif step == "raise":
-                raise RuntimeError("app failure")
+                run.app_raised = True
+                raise AppFailure("app failure")
             elif step == "return":
                 return
         # A well-behaved app drains until disconnect.
@@ -167,7 +173,7 @@ async def run_script(
         await incoming.put({"type": "websocket.disconnect", "code": 1000})
     try:
         await asyncio.wait_for(task, 2)
-    except RuntimeError as exc:
+    except AppFailure as exc:  # the scripted crash; anything else fails the test
         run.app_error = exc
     return run, guard
 
@@ -194,6 +200,8 @@ def test_state_machine_invariants(
 ) -> None:
     run, guard = asyncio.run(run_script(accept, steps, script))
     check_server_sequence(run.sent)
+    # The app's crash reaches the server, as ASGI servers expect; nothing else is raised.
+    assert (run.app_error is not None) == run.app_raised
 
     snap = guard.metrics.snapshot()
     assert snap.active_connections == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterable
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from apps import echo
+from helpers import eventually
 from rate_helpers import Clock, HeaderSubject, user
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._storage import SharedStorage
@@ -63,23 +63,22 @@ async def test_n_plus_k_messages_echo_exactly_n_then_rate_limited() -> None:
 
 
 async def test_window_edges_are_exact() -> None:
+    """MessageRate's window is [t0, t0 + T) from the first message (see _rate.py)."""
     clock = Clock(100.0)
     guard = Guard(rules=[rules.MessageRate("3/10 seconds")], clock=clock)
     app = WSGuardMiddleware(echo, guard=guard)
-    ws = await opened(app)
-    await echoes(ws, 3, "a")  # the window opens at 100.0 with the first message
-    clock.now = 109.999
-    # At 110.0 the next window opens: exactly T after the first message.
-    clock.now = 110.0
-    await echoes(ws, 3, "b")
-    clock.now = 119.5
-    await closed_with(ws, "c", 1008, "rate_limited; retry-after=1")
-
-    ws2 = await opened(app)
-    clock.now = 200.0
-    await echoes(ws2, 3, "a")
-    clock.now = 209.999  # one millisecond before the window ends: still full
-    await closed_with(ws2, "late", 1008, "rate_limited; retry-after=1")
+    before, at = await opened(app), await opened(app)  # two connections, two windows
+    await echoes(before, 3, "a")  # each window opens at 100.0 with its first message
+    await echoes(at, 3, "a")
+    clock.now = 109.999  # one millisecond before the window ends: still full
+    await closed_with(before, "late", 1008, "rate_limited; retry-after=1")
+    clock.now = 110.0  # exactly T after the first message: the next window opens
+    await echoes(at, 3, "b")
+    clock.now = 119.5  # ...and it is full until 120.0
+    await closed_with(at, "c", 1008, "rate_limited; retry-after=1")
+    snap = guard.metrics.snapshot()
+    assert snap.closes_by_rule == {"rate_limited": 2}
+    assert snap.active_connections == 0
 
 
 async def test_retry_after_says_when_the_window_frees() -> None:
@@ -509,16 +508,15 @@ async def test_one_maintenance_task_runs_every_job_until_removed() -> None:
     fast = storage.add_job(0.02, job("fast"))
     storage.add_job(60.0, job("slow"))
     task = storage._task
-    for _ in range(200):
-        if runs["fast"] >= 3:
-            break
-        await asyncio.sleep(0.01)
-    assert runs["fast"] >= 3
+    await eventually(lambda: runs["fast"] >= 3, what="three runs of the fast job")
     assert runs["slow"] == 0
     assert storage._task is task  # both jobs share one task
     storage.remove_job(fast)
     seen = runs["fast"]
-    await asyncio.sleep(0.1)
+    # A probe on the same interval: by its third run, the removed job would have run again.
+    storage.add_job(0.02, job("probe"))
+    runs["probe"] = 0
+    await eventually(lambda: runs["probe"] >= 3, what="three runs of the probe job")
     assert runs["fast"] <= seen + 1  # at most a run already under way
     await storage.close()
     assert task is not None

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from apps import echo
 from children import running
+from helpers import ManualClock, eventually
 from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import free_port, serve
@@ -77,16 +78,6 @@ async def rejected(url: str, headers: dict[str, str] | None = None) -> tuple[int
         received, code, reason = await read_until_closed(ws)
     assert received == []
     return code, reason
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Poll *check* until true; returns how long it took."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 def zcard(redis: RedisServer, key: str) -> int:
@@ -222,10 +213,11 @@ async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisS
 
 
 async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
-    heartbeat = 0.3  # slots live 0.9 s without one
+    heartbeat = 0.5  # slots live 1.5 s without one
     # Built alike in this process: the same derived namespace as the subprocess'
     # guard, so the slots the killed process held count here too.
     survivor, guard = app(redis, rules.MaxConnectionsPerKey(2, key=rules.by_user))
+    slots = redis_key(guard.namespace, "slots", "by_user:2", user_key(None, "alice"))
     port = free_port()
     env = dict(
         os.environ,
@@ -236,22 +228,47 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
     command = [sys.executable, "-m", "uvicorn", "rate_app:make_app", "--factory"]
     command += ["--port", str(port), "--log-level", "warning"]
     url = f"ws://127.0.0.1:{port}/ws"
-    with running(command, sig=signal.SIGKILL, cwd=TESTS, env=env) as process:
-        await eventually(lambda: _listening(port), timeout=15)
-        held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
-        for ws in held:
-            await chat(ws, 1)
-        slots = redis_key(guard.namespace, "slots", "by_user:2", user_key(None, "alice"))
-        await asyncio.sleep(3 * heartbeat * 1.5)
-        assert zcard(redis, slots) == 2  # heartbeats keep the live process' slots
-        process.send_signal(signal.SIGKILL)  # no release, no shutdown
-        process.wait(10)
+    # The survivor serves before the kill, so nothing starts while the slots run out.
     with serve(survivor) as b:
         url_b = b.url + "/ws"
+        with running(command, sig=signal.SIGKILL, cwd=TESTS, env=env) as process:
+            await eventually(lambda: _listening(port), timeout=15)
+            held = [await connect(url, additional_headers=as_user("alice")) for _ in range(2)]
+            for ws in held:
+                await chat(ws, 1)
+            taken = slot_expiries(redis, slots)
+            assert len(taken) == 2
+            # Past the expiry the handshakes wrote, on Redis' clock: only
+            # heartbeats can have kept the live process' slots.
+            await eventually(lambda: redis_time_ms(redis) > max(taken), timeout=10)
+            beaten = slot_expiries(redis, slots)
+            assert len(beaten) == 2
+            assert min(beaten) > max(taken)
+            assert await rejected(url_b, as_user("alice")) == (1008, "too_many_connections")
+            process.send_signal(signal.SIGKILL)  # no release, no shutdown
+            process.wait(10)
+        # The dead process' slots still count (at least 1 s of their life is left)...
         assert await rejected(url_b, as_user("alice")) == (1008, "too_many_connections")
+        # ...until they expire, heartbeat * 3 after the last heartbeat.
         await eventually(lambda: zcard(redis, slots) == 0, timeout=5)
         async with connect(url_b, additional_headers=as_user("alice")) as ws:
             await chat(ws, 1)
+
+
+def _resp_values(reply: bytes) -> list[bytes]:
+    """The bulk strings of a flat RESP array reply, e.g. ZRANGE ... WITHSCORES."""
+    return [line for line in reply.split(b"\r\n") if line and line[:1] not in (b"*", b"$")]
+
+
+def slot_expiries(redis: RedisServer, key: str) -> list[float]:
+    """The expiry times (ms, Redis' clock) of the slots in *key*."""
+    values = _resp_values(redis.command("ZRANGE", key, "0", "-1", "WITHSCORES"))
+    return [float(score) for score in values[1::2]]
+
+
+def redis_time_ms(redis: RedisServer) -> int:
+    seconds, micros = _resp_values(redis.command("TIME"))
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _listening(port: int) -> bool:
@@ -307,32 +324,43 @@ async def test_outage_with_allow_keeps_serving_and_recovers(own_redis: RedisServ
 
 
 async def test_outage_with_deny_closes_1013_and_recovers(own_redis: RedisServer) -> None:
+    # A frozen guard clock: the pause after a failed lease (LeaseBook.retry, 1 s)
+    # cannot run out by itself on a slow machine and let a message through.
+    clock = ManualClock(1000.0)
+    rate = rules.MessageRate("1000/minute", key=rules.by_user, lease=1)
     guarded, guard = app(
-        own_redis,
-        rules.ConnectRate("100/minute"),
-        rules.MessageRate("1000/minute", key=rules.by_user, lease=1),
-        on_storage_error="deny",
+        own_redis, rules.ConnectRate("100/minute"), rate, on_storage_error="deny", clock=clock
     )
+
+    def leases_settled() -> bool:  # no lease request in flight on the server
+        return rate._book is not None and not rate._book.tasks
+
     with serve(guarded) as server:
         url = server.url + "/ws"
         first = await connect(url, additional_headers=as_user("alice"))
-        await chat(first, 2, "before")
+        # One message at a time, each lease answered before the next message:
+        # before0 goes on debt and is paid by a lease of 2, before1 spends that
+        # and leases one more in the background, so one message is in hand.
+        for i in range(2):
+            await chat(first, 1, f"before{i}")
+            await eventually(leases_settled)
         own_redis.kill()
         assert await rejected(url, as_user("bob")) == (1013, "storage_unavailable")
-        # The open connection closes once it needs a lease it cannot get.
-        echoed = 0
-        for i in range(5):
-            await first.send(f"during{i}")
-            received, code, reason = await _one_or_close(first)
-            if received is None:
-                break
-            echoed += 1
-        assert (code, reason) == (1013, "storage_unavailable")
-        assert echoed <= 3
-        assert guard.metrics.snapshot().storage_errors >= 2
+        assert guard.metrics.snapshot().storage_errors == 1  # bob's ConnectRate
+        await first.send("during0")  # spends the message in hand; its lease fails
+        assert await asyncio.wait_for(first.recv(), 5) == "during0"
+        await eventually(lambda: guard.metrics.snapshot().storage_errors == 2)
+        await eventually(leases_settled)
+        await first.send("during1")  # nothing in hand, no lease: the policy denies
+        assert await read_until_closed(first) == ([], 1013, "storage_unavailable")
         own_redis.start()
+        # The handshake's check reaches Redis again and ends the failure pause.
         async with connect(url, additional_headers=as_user("alice")) as ws:
             await chat(ws, 3, "after")
+    snap = guard.metrics.snapshot()
+    assert snap.storage_errors == 2
+    assert snap.closes_by_code.get(1013) == 2
+    assert snap.closes_by_rule.get("storage_unavailable") == 2
 
 
 async def _one_or_close(ws: ClientConnection) -> tuple[Any, int, str]:

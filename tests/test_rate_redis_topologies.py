@@ -8,15 +8,17 @@ client's primary lookup, end to end.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 
 from apps import echo
+from helpers import eventually
 from rate_helpers import HeaderSubject, user
 from redis_server import redis_cluster, redis_sentinel
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._keys import user_key
+from ws_guard._shared import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 pytestmark = [pytest.mark.redis]
@@ -29,16 +31,23 @@ def storage_uri(request: pytest.FixtureRequest) -> Iterator[str]:
         yield uri
 
 
+async def slot_expiries(guard: Guard, key: str) -> list[float]:
+    """The expiry times (ms, Redis' clock) of *key*'s slots, read through the topology."""
+    return [score for _, score in await guard.storage.redis().zrange(key, 0, -1, withscores=True)]
+
+
 async def test_every_rule_works_on_the_topology(storage_uri: str) -> None:
+    cap = rules.MaxConnectionsPerKey(2, key=rules.by_user, heartbeat=0.2)
     guard = Guard(
         rules=[
             HeaderSubject(),
             rules.ConnectRate("3/minute; 100/hour"),
-            rules.MaxConnectionsPerKey(2, key=rules.by_user, heartbeat=0.2),
+            cap,
             rules.MessageRate("4/minute", key=rules.by_user),
         ],
         storage=storage_uri,
     )
+    slots = redis_key(guard.namespace, "slots", cap.id, user_key(None, "alice"))
     app = WSGuardMiddleware(echo, guard=guard)
     try:
         first, second, third = (ScriptedWebSocket(app, headers=user("alice")) for _ in range(3))
@@ -55,7 +64,15 @@ async def test_every_rule_works_on_the_topology(storage_uri: str) -> None:
         for i, ws in enumerate((first, second, first, second)):
             await ws.send_text(f"m{i}")
             await ws.expect("websocket.send", text=f"m{i}")
-        await asyncio.sleep(0.5)  # a few heartbeats on the maintenance task
+        # Two heartbeats on the maintenance task, each pushing both slots' expiry.
+        for _ in range(2):
+            before = max(await slot_expiries(guard, slots))
+
+            async def beaten(before: float = before) -> bool:
+                expiries = await slot_expiries(guard, slots)
+                return len(expiries) == 2 and min(expiries) > before
+
+            await eventually(beaten, what="a heartbeat through the topology")
         await first.send_text("fifth")
         await first.expect("websocket.close", code=1008, reason="rate_limited; retry-after=60")
         await second.disconnect()

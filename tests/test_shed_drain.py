@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from apps import echo
+from helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._signals import SignalDrain, parse_signals
 from ws_guard.testing import ScriptedWebSocket
@@ -311,25 +312,28 @@ async def test_signal_hook_is_skipped_outside_the_main_thread(
 
 async def test_signal_hook_drains_then_calls_the_replaced_handler() -> None:
     forwarded: list[int] = []
-    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: forwarded.append(sig))
+
+    def server_handler(sig: int, frame: object) -> None:
+        forwarded.append(sig)
+
+    previous = signal.signal(signal.SIGUSR1, server_handler)
     try:
         guard = Guard(drain_signals=["SIGUSR1"], drain_window=0.1)
         await guard.startup()
         clients = await open_clients(guard, 2)
         signal.raise_signal(signal.SIGUSR1)
         async with answering(clients):
-            for _ in range(100):
-                if forwarded:
-                    break
-                await asyncio.sleep(0.02)
+            await eventually(lambda: bool(forwarded), what="the drain forwarding the signal")
         assert forwarded == [signal.SIGUSR1]
         assert guard.draining
         assert all(closed_with(ws) is not None for ws in clients)
         signal.raise_signal(signal.SIGUSR1)  # after the drain: passed straight on
         assert forwarded == [signal.SIGUSR1, signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGUSR1) is not server_handler  # ours, in front
         await guard.shutdown()
-        assert signal.getsignal(signal.SIGUSR1) is not None
-        signal.raise_signal(signal.SIGUSR1)  # our handler is gone: the old one runs
-        assert len(forwarded) == 3
+        # Ours is gone: the very handler it replaced is back, and runs alone.
+        assert signal.getsignal(signal.SIGUSR1) is server_handler
+        signal.raise_signal(signal.SIGUSR1)
+        assert forwarded == [signal.SIGUSR1] * 3
     finally:
         signal.signal(signal.SIGUSR1, previous)

@@ -15,21 +15,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from apps import echo
 from redis_server import RedisServer, redis_server
-from ws_guard import Guard, rules
+from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._storage import REDIS_MAX_CONNECTIONS
+from ws_guard.testing import ScriptedWebSocket
 
 pytestmark = [pytest.mark.redis]
 
 BURST = 3 * REDIS_MAX_CONNECTIONS
-
-
-class FakeConn:
-    """Just enough of a connection for ConnectRate.admit: a key and a guard."""
-
-    def __init__(self, guard: Guard, ip: str) -> None:
-        self.guard = guard
-        self.client_ip = ip
 
 
 @pytest.fixture
@@ -39,19 +33,32 @@ def redis() -> Iterator[RedisServer]:
 
 
 async def test_a_burst_beyond_the_pool_waits_for_connections(redis: RedisServer) -> None:
-    rate = rules.ConnectRate("5/minute", key=lambda conn: conn.client_ip)
-    guard = Guard(rules=[rate], storage=redis.url, on_storage_error="deny")
+    guard = Guard(rules=[rules.ConnectRate("5/minute")], storage=redis.url, on_storage_error="deny")
+    app = WSGuardMiddleware(echo, guard=guard)
     await guard.startup()
     try:
-        decisions = await asyncio.gather(
-            *(rate.admit(FakeConn(guard, f"10.0.{i // 250}.{i % 250}")) for i in range(BURST))  # type: ignore[arg-type]
-        )
-        assert decisions == [None] * BURST  # every address's first attempt: admitted
-        assert guard.metrics.storage_errors == 0
+        # BURST handshakes from BURST addresses, all admitting at once: each
+        # waits on Redis, so far more commands are in flight than the pool holds.
+        clients = [
+            ScriptedWebSocket(app, client=(f"10.0.{i // 250}.{i % 250}", 40000))
+            for i in range(BURST)
+        ]
+        for ws in clients:
+            await ws.connect()
+        replies = await asyncio.gather(*(ws.next(timeout=10) for ws in clients))
+        assert [m["type"] for m in replies] == ["websocket.accept"] * BURST
+        snap = guard.metrics.snapshot()
+        assert snap.closes_by_code == {}  # accepted, and not closed 1013 right after
+        assert snap.storage_errors == 0
+        assert snap.handshakes_rejected == 0
+        assert snap.active_connections == BURST
         pool = guard.storage.redis().connection_pool
         assert len(pool._in_use_connections) + len(pool._available_connections) <= (
             REDIS_MAX_CONNECTIONS
         )
+        for ws in clients:
+            await ws.disconnect()
+        await asyncio.gather(*(ws.finished() for ws in clients))
     finally:
         await guard.shutdown()
     assert not pool._in_use_connections
