@@ -655,14 +655,14 @@ async def test_the_app_raising_mid_send_closes_1011_and_leaks_nothing(app: Any) 
         assert await on_server(server, lambda: len(guard.scheduler)) == 3
         crashed = await asyncio.gather(*(boom(url) for _ in range(10)))
         assert crashed == [(1011, "internal_error")] * 10
-        assert await on_server(server, lambda: cap.count("alice")) == 3
+        assert await on_server(server, lambda: cap.count(user_key(None, "alice"))) == 3
         for ws in steady:  # the others never noticed: an echo (or a tick) still comes
             await ws.send("still there")
             reply = await asyncio.wait_for(ws.recv(), 5)
             assert reply == "still there" or str(reply).startswith("tick"), reply
             await ws.close()
         await no_leaks(server, guard)
-        assert await on_server(server, lambda: cap.count("alice")) == 0
+        assert await on_server(server, lambda: cap.count(user_key(None, "alice"))) == 0
     snap = guard.metrics.snapshot()
     assert dict(snap.closes_by_rule) == {"internal_error": 10}
     assert snap.closes_by_code[1011] == 10

@@ -117,8 +117,10 @@ async def test_first_message_token_at_and_over_max_token_bytes(
 )
 async def test_refresh_token_at_and_over_max_token_bytes(token: str, expected: str | None) -> None:
     guard = Guard(rules=[auth(rules.from_query("token"))])
+    # The handshake token expires sooner, so the refresh moves the deadline on
+    # (a refresh that does not is token_stale).
     ws = ScriptedWebSocket(
-        WSGuardMiddleware(echo, guard=guard), query_string=f"token={mint()}".encode()
+        WSGuardMiddleware(echo, guard=guard), query_string=f"token={mint(exp_in=600)}".encode()
     )
     await ws.connect()
     await ws.expect("websocket.accept")
