@@ -31,7 +31,7 @@ from ._keys import (
 )
 from ._metrics import Metrics
 from ._origin import check_cookie_origin
-from ._request import route_path
+from ._request import loggable_path, route_path
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
 from ._shared import guard_namespace
@@ -337,7 +337,7 @@ class Guard:
                 code,
                 rule,
                 conn.client_ip,
-                conn.path,
+                loggable_path(conn.path),  # client text: escaped, cut short
                 extra={"ws_code": code, "ws_rule": rule, "ws_client": conn.client_ip},
             )
         self._emit(conn, code, reason, rule, initiator, shadow=False)
@@ -349,7 +349,7 @@ class Guard:
             close.code,
             close.rule,
             conn.client_ip,
-            conn.path,
+            loggable_path(conn.path),
             extra={"ws_code": close.code, "ws_rule": close.rule, "ws_client": conn.client_ip},
         )
         self._emit(conn, close.code, close.wire_reason, close.rule, "guard", shadow=True)
