@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 
 from apps import echo
 from jwt_keys import SECRET
-from rate_helpers import read_until_closed
+from rate_helpers import Clock, read_until_closed
 from servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._request import MAX_LOGGED_PATH, loggable_path
@@ -140,3 +140,30 @@ async def test_the_app_exit_record_forges_no_log_record(caplog: pytest.LogCaptur
     (message,) = [r.getMessage() for r in caplog.records if "cancelled an app" in r.getMessage()]
     assert message.splitlines() == [message]
     assert message.endswith(f"path=/ws/%0A{FORGED}")
+
+
+async def test_a_flood_of_shadow_breaches_makes_one_record_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each shadow breach is counted; the WARNING is written once per rule per interval.
+
+    One WARNING per breaching message let a client turn 2,000 one-byte
+    binary frames (7 bytes on the wire) into 2,000 log records of ~90 bytes
+    each. The guard's clock stands still until the test moves it.
+    """
+    clock = Clock()
+    guard = Guard(rules=[rules.MessageTypes(text=True, binary=False, enforce=False)], clock=clock)
+    sent = 2000
+    with serve(WSGuardMiddleware(echo, guard=guard)) as srv:
+        async with connect(srv.url + "/ws") as ws:
+            for _ in range(sent):
+                await ws.send(b"x")
+            for _ in range(sent):  # shadow mode: every message still arrives
+                assert await asyncio.wait_for(ws.recv(), 5) == b"x"
+            clock.now += guard.shadow_log_interval
+            await ws.send(b"x")
+            assert await asyncio.wait_for(ws.recv(), 5) == b"x"
+    assert guard.metrics.snapshot().shadow_breaches_by_rule == {"unsupported_data": sent + 1}
+    records = [r.getMessage() for r in caplog.records if "shadow breach" in r.getMessage()]
+    prefix = "ws_guard shadow breach code=1003 rule=unsupported_data client=127.0.0.1 path=/ws"
+    assert records == [prefix, f"{prefix} ({sent - 1} more not logged)"]
