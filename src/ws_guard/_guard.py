@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import signal
 import time
@@ -31,7 +32,7 @@ from ._keys import (
 )
 from ._metrics import Metrics
 from ._origin import check_cookie_origin
-from ._request import route_path
+from ._request import loggable_path, route_path
 from ._rule import Rule, overrides
 from ._scheduler import Scheduler
 from ._shared import guard_namespace
@@ -159,6 +160,11 @@ class Guard:
         self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))
         self.open_rules = tuple(r for r in self.rules if overrides(r, "on_open"))
         self.storage_error_log_interval = 5.0
+        #: Seconds (guard clock) between two shadow-breach WARNINGs of one rule.
+        self.shadow_log_interval = 5.0
+        # Rule label -> (time of its last WARNING, breaches not logged since);
+        # keyed by configured names only, so bounded by the configuration.
+        self._shadow_logs: dict[str, tuple[float, int]] = {}
         self._last_storage_log = float("-inf")
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -346,21 +352,41 @@ class Guard:
                 code,
                 rule,
                 conn.client_ip,
-                conn.path,
+                loggable_path(conn.path),  # client text: escaped, cut short
                 extra={"ws_code": code, "ws_rule": rule, "ws_client": conn.client_ip},
             )
         self._emit(conn, code, reason, rule, initiator, shadow=False)
 
     def record_shadow(self, conn: Connection, close: Close) -> None:
+        """Count a shadow breach; log it unless this rule logged one in the last interval.
+
+        Every breach is counted and reaches ``on_close``; the WARNING is
+        written at most once per ``shadow_log_interval`` seconds per rule, with
+        the number left out since: a breach can be one tiny frame, and a log
+        record per frame would let a client write the server's log at its
+        own rate.
+        """
         self.metrics.record_shadow(close.rule)
-        logger.warning(
-            "ws_guard shadow breach code=%d rule=%s client=%s path=%s",
-            close.code,
-            close.rule,
-            conn.client_ip,
-            conn.path,
-            extra={"ws_code": close.code, "ws_rule": close.rule, "ws_client": conn.client_ip},
-        )
+        now = self.scheduler.clock()
+        last, skipped = self._shadow_logs.get(close.rule, (-math.inf, 0))
+        if now - last < self.shadow_log_interval:
+            self._shadow_logs[close.rule] = (last, skipped + 1)
+        else:
+            self._shadow_logs[close.rule] = (now, 0)
+            logger.warning(
+                "ws_guard shadow breach code=%d rule=%s client=%s path=%s%s",
+                close.code,
+                close.rule,
+                conn.client_ip,
+                loggable_path(conn.path),
+                f" ({skipped} more not logged)" if skipped else "",
+                extra={
+                    "ws_code": close.code,
+                    "ws_rule": close.rule,
+                    "ws_client": conn.client_ip,
+                    "ws_not_logged": skipped,
+                },
+            )
         self._emit(conn, close.code, close.wire_reason, close.rule, "guard", shadow=True)
 
     def _emit(

@@ -15,9 +15,16 @@ ws_guard read a request differently from the app behind it:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from ._types import Scope
 
+#: Characters of a path :func:`loggable_path` keeps: at most this many.
+MAX_LOGGED_PATH = 128
+#: RFC 3986 section 3.3 ``pchar`` and "/", less "%": what a request target
+#: may carry unescaped. Everything else, line breaks and other controls
+#: included, is written back as its UTF-8 ``%XX`` escape.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 #: RFC 6265 section 5.4: a user agent sends one Cookie line; where several
 #: arrive (HTTP/2 splits them, RFC 9113 section 8.2.3) they join with "; ".
 _JOINERS = {"cookie": "; "}
@@ -42,6 +49,23 @@ def route_path(path: str, root_path: str) -> str:
     if path[len(root_path)] == "/":
         return path[len(root_path) :]
     return path
+
+
+def loggable_path(path: str) -> str:
+    """*path* as one short log-safe token: percent-encoded again, cut to its first characters.
+
+    Servers decode ``%0A`` in the request target into a real line break in
+    ``scope["path"]`` (uvicorn, hypercorn), so a path written to a log as it
+    is can forge whole records. The result is ASCII without blanks or
+    controls (RFC 3986 escapes, ``%`` itself as ``%25``); a path longer than
+    :data:`MAX_LOGGED_PATH` characters keeps that many, then ``...`` and the
+    full length: ``"/ws/aaa... (4004 characters)"``. Never raises, lone
+    surrogates included.
+    """
+    text = quote(path[:MAX_LOGGED_PATH], safe=_PATH_SAFE, errors="surrogatepass")
+    if len(path) > MAX_LOGGED_PATH:
+        return f"{text}... ({len(path)} characters)"
+    return text
 
 
 def scope_route_path(scope: Scope) -> str:
