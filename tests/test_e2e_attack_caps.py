@@ -2,9 +2,10 @@
 
 ``MaxConnectionsPerKey(key=rules.by_user)`` takes its slot at the handshake,
 when the subject is known only for handshake token sources. A ``JWTAuth``
-that also accepts ``from_first_message`` lets the client choose: the same
+that also accepted ``from_first_message`` let the client choose: the same
 user, with the same token, sent in the first message instead of the query,
-was never counted, and held as many sockets as it liked past the cap.
+was never counted, and held as many sockets as it liked past the cap. Such a
+guard is now refused at construction; handshake tokens keep the cap.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -22,7 +24,7 @@ from jwt_apps import whoami
 from jwt_keys import SECRET, mint
 from rate_helpers import read_until_closed
 from servers import serve
-from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 
 pytestmark = [pytest.mark.e2e]
 
@@ -32,11 +34,7 @@ CAP = 2
 def capped_app() -> tuple[Guard, WSGuardMiddleware]:
     guard = Guard(
         rules=[
-            rules.JWTAuth(
-                SECRET,
-                algorithms=["HS256"],
-                token=[rules.from_query("token"), rules.from_first_message(5)],
-            ),
+            rules.JWTAuth(SECRET, algorithms=["HS256"], token=[rules.from_query("token")]),
             rules.MaxConnectionsPerKey(CAP, key=rules.by_user),
         ]
     )
@@ -76,22 +74,36 @@ async def test_the_cap_holds_for_handshake_tokens() -> None:
     assert guard.metrics.snapshot().closes_by_rule == {"too_many_connections": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a by_user cap takes its slot at the handshake only; a first-message token "
-    "must take it when the session applies the token (_jwt_session.py)",
+@pytest.mark.parametrize(
+    "handshake_rule",
+    [
+        pytest.param(lambda: rules.MaxConnectionsPerKey(CAP, key=rules.by_user), id="cap"),
+        pytest.param(
+            lambda: rules.MaxConnectionsPerKey(1, key=rules.by_user, name="one_each"), id="named"
+        ),
+    ],
 )
-async def test_a_first_message_token_does_not_escape_the_cap() -> None:
-    token = mint("alice")
-    guard, app = capped_app()
-    with serve(app) as srv:
-        async with (
-            in_query(srv.url, token),
-            in_query(srv.url, token),
-            connect(f"{srv.url}/ws") as ws,
-        ):
-            await ws.send(token)  # the same user's token, in the first message
-            await ws.send("hi")
-            # A served socket gets the app's report at once; a refused one only a close.
-            assert await first_answer(ws) == ("close", 1008, "too_many_connections")
-    assert guard.metrics.snapshot().closes_by_rule == {"too_many_connections": 1}
+@pytest.mark.parametrize(
+    "sources",
+    [
+        pytest.param(lambda: [rules.from_query("token"), rules.from_first_message(5)], id="both"),
+        pytest.param(lambda: [rules.from_first_message(5)], id="first-message"),
+    ],
+)
+def test_a_user_keyed_handshake_rule_with_first_message_tokens_is_refused(
+    handshake_rule: Callable[[], rules.Rule], sources: Callable[[], list[Any]]
+) -> None:
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"], token=sources())
+    with pytest.raises(ConfigurationError) as refused:
+        Guard(rules=[auth, handshake_rule()])
+    message = str(refused.value)
+    assert "keys by user at the handshake" in message
+    assert "from the first message" in message
+    assert "rules.by_ip" in message
+
+
+def test_first_message_tokens_with_handshake_rules_keyed_by_ip_are_accepted() -> None:
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"], token=[rules.from_first_message(5)])
+    Guard(rules=[auth, rules.MaxConnectionsPerKey(CAP), rules.ConnectRate("5/minute")])
+    # MessageRate keys each message, so a user known only after the first one counts.
+    Guard(rules=[auth, rules.MessageRate("5/second", key=rules.by_user)])

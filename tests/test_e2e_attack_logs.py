@@ -119,10 +119,6 @@ async def push_only(scope: Scope, receive: Receive, send: Send) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Connection._cancel_app logs self.path as it is; it needs loggable_path too",
-)
 async def test_the_app_exit_record_forges_no_log_record(caplog: pytest.LogCaptureFixture) -> None:
     guard = Guard(app_exit_timeout=0.05)
     with serve(WSGuardMiddleware(push_only, guard=guard)) as srv:

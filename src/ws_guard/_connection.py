@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 from ._auth_gate import AuthGate
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
-from ._request import joined_headers
+from ._request import joined_headers, loggable_path
 from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
 from ._states import AUTHENTICATING, CLOSED, CONNECTING, GUARD_CLOSED, LIVE, OPEN
@@ -643,7 +643,7 @@ class Connection:
             "was closed (code=%d) path=%s",
             self.guard.app_exit_timeout or 0.0,
             self._guard_close.code if self._guard_close is not None else 0,
-            self.path,
+            loggable_path(self.path),
         )
         task.cancel()
 

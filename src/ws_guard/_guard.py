@@ -23,6 +23,7 @@ from ._drain import Drain
 from ._errors import ConfigurationError
 from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
+from ._jwt import check_user_keys_at_handshake
 from ._keys import (
     DEFAULT_IPV6_PREFIX,
     IPNetwork,
@@ -96,6 +97,7 @@ class Guard:
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
         check_cookie_origin(self.rules)
+        check_user_keys_at_handshake(self.rules)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
         #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
         self.storage = SharedStorage(storage)

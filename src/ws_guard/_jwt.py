@@ -24,7 +24,7 @@ from ._errors import ConfigurationError
 from ._jwks import JWKS, KeyState
 from ._jwt_config import check_algorithms, check_required_claims, check_strings, prepare_key
 from ._jwt_session import RefreshMatcher, Session, refresh_matcher
-from ._keys import by_ip
+from ._keys import by_ip, by_user
 from ._pending import Full, WaitingRoom
 from ._rule import Checker, Rule, Stage
 from ._shared import Rate, parse_rates
@@ -361,3 +361,28 @@ class JWTAuth(Rule):
         if session is not None:
             session.disarm()
             session.stop_waiting()
+
+
+def check_user_keys_at_handshake(rules: Iterable[Rule]) -> None:
+    """Raise when a handshake rule keys by user but the token may arrive after the handshake.
+
+    ``MaxConnectionsPerKey`` and ``ConnectRate`` decide at the handshake; with
+    ``rules.from_first_message`` there is no subject yet, so ``by_user`` gives
+    no key and the rule would let every such connection through: a client
+    could dodge its cap by sending its token in the first message instead.
+    """
+    rules = tuple(rules)
+    deferred = [r for r in rules if isinstance(r, JWTAuth) and r.first_message is not None]
+    if not deferred:
+        return
+    for rule in rules:
+        if getattr(rule, "key", None) is by_user and rule.stage in (
+            Stage.CONNECT_RATE,
+            Stage.CONNECTION_CAP,
+        ):
+            raise ConfigurationError(
+                f"{rule!r} keys by user at the handshake, but {deferred[0]!r} may take the "
+                "token from the first message, after the handshake, when there is no user "
+                "yet to count: a client could escape the rule that way. Key it by "
+                "rules.by_ip, or take tokens only at the handshake"
+            )
