@@ -22,7 +22,7 @@ from apps import echo
 from jwks_server import JWKSServer, new_rsa_key
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
-from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._jwt_session import ENVELOPE_BYTES
 from ws_guard._types import ASGIApp, Message
 from ws_guard.testing import ScriptedWebSocket
@@ -238,3 +238,70 @@ async def test_a_first_message_whose_key_fetch_fails_follows_the_policy(
     await ws.expect("websocket.close", timeout=10, **close)
     await ws.finished()
     assert guard.metrics.snapshot().closes_by_code == {close["code"]: 1}
+
+
+@pytest.mark.parametrize("field", ["", 3])
+def test_a_refresh_field_that_is_no_name_is_refused(field: object) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        rules.JWTAuth(SECRET, algorithms=["HS256"], refresh_field=field)  # type: ignore[arg-type]
+    assert str(raised.value) == f"JWTAuth refresh_field must be a name, not {field!r}"
+
+
+def refresh_of_size(size: int, token: str) -> str:
+    """A refresh message of exactly *size* characters."""
+    body = {"type": "auth.refresh", "token": token, "pad": ""}
+    body["pad"] = "x" * (size - len(json.dumps(body)))
+    text = json.dumps(body)
+    assert len(text) == size
+    return text
+
+
+@pytest.mark.parametrize(("size", "is_refresh"), [(LIMIT, True), (LIMIT + 1, False)])
+async def test_a_refresh_message_may_be_max_token_bytes_plus_the_envelope(
+    size: int, is_refresh: bool
+) -> None:
+    _, app, _ = setup(max_token_bytes=MAX_TOKEN)
+    ws = await accepted(app, headers=[(b"authorization", f"Bearer {mint(exp_in=60)}".encode())])
+    message = refresh_of_size(size, mint(exp_in=600, gen=2))
+    await ws.send_text(message)
+    await ws.send_text("after")
+    if not is_refresh:  # bigger: app content, delivered as it is
+        await ws.expect("websocket.send", text=message)
+    await ws.expect("websocket.send", text="after")
+    assert ws.scope["ws_guard"].claims.get("gen") == (2 if is_refresh else None)
+    await ws.disconnect()
+    await ws.finished()
+
+
+async def test_binary_and_escaped_type_messages_are_app_content_under_refresh() -> None:
+    guard, app, _ = setup()
+    ws = await accepted(app, headers=[(b"authorization", f"Bearer {mint(exp_in=60)}".encode())])
+    await ws.send_bytes(b'{"type": "auth.refresh"}')
+    await ws.expect("websocket.send", bytes=b'{"type": "auth.refresh"}')
+    # JSON for the same type, escaped: the substring prefilter decides, app content.
+    escaped = json.dumps({"type": "auth\\u002erefresh", "token": mint(exp_in=600)}).replace(
+        "\\\\", "\\"
+    )
+    assert json.loads(escaped)["type"] == "auth.refresh"
+    await ws.send_text(escaped)
+    await ws.expect("websocket.send", text=escaped)
+    await ws.disconnect()
+    await ws.finished()
+    assert guard.metrics.snapshot().closes_by_code == {1000: 1}
+
+
+async def test_a_refresh_too_short_for_a_notice_then_expires_cleanly() -> None:
+    guard, app, clock = setup(expiring_notice=10)
+    ws = await accepted(app, headers=[(b"authorization", f"Bearer {mint(exp_in=60)}".encode())])
+    assert len(guard.scheduler) == 2  # expiry and notice
+    short = mint(exp_in=5)
+    await ws.send_text(json.dumps({"type": "auth.refresh", "token": short}))
+    await ws.send_text("after")
+    await ws.expect("websocket.send", text="after")
+    assert len(guard.scheduler) == 1  # the new expiry; too close for a notice
+    clock.now = T0 + (int(json.loads(_claims(short))["exp"]) - time.time()) + 0.1
+    assert guard.scheduler.run_due() == 1
+    await ws.expect("websocket.close", code=1008, reason="token_expired")
+    await ws.disconnect(1008)
+    await ws.finished()
+    assert guard.metrics.snapshot().closes_by_rule == {"token_expired": 1}
