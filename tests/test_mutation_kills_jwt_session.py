@@ -23,7 +23,7 @@ from jwks_server import JWKSServer, new_rsa_key
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._jwt_session import ENVELOPE_BYTES
+from ws_guard._jwt_session import ENVELOPE_BYTES, refresh_matcher
 from ws_guard._types import ASGIApp, Message
 from ws_guard.testing import ScriptedWebSocket
 
@@ -305,3 +305,16 @@ async def test_a_refresh_too_short_for_a_notice_then_expires_cleanly() -> None:
     await ws.disconnect(1008)
     await ws.finished()
     assert guard.metrics.snapshot().closes_by_rule == {"token_expired": 1}
+
+
+def test_the_refresh_matcher_itself_leaves_binary_and_escaped_types_alone() -> None:
+    # The fused message path filters before calling the matcher; rule-by-rule
+    # plans (shadow mode, other orders) call it on every message.
+    match = refresh_matcher("auth.refresh", "token", MAX_TOKEN)
+    assert match is not None
+    token = mint(exp_in=600)
+    assert match({"type": "websocket.receive", "bytes": b'"auth.refresh"'}) is None
+    escaped = '{"type": "auth\\u002erefresh", "token": "' + token + '"}'
+    assert match({"type": "websocket.receive", "text": escaped}) is None
+    plain = json.dumps({"type": "auth.refresh", "token": token})
+    assert match({"type": "websocket.receive", "text": plain}) == token
