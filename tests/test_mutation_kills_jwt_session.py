@@ -318,3 +318,21 @@ def test_the_refresh_matcher_itself_leaves_binary_and_escaped_types_alone() -> N
     assert match({"type": "websocket.receive", "text": escaped}) is None
     plain = json.dumps({"type": "auth.refresh", "token": token})
     assert match({"type": "websocket.receive", "text": plain}) == token
+
+
+async def test_shadow_timeout_then_a_refresh_without_sub_is_applied() -> None:
+    guard, app, clock = setup(token=rules.from_first_message(5), enforce=False)
+    ws = await accepted(app)
+    clock.now = T0 + 5
+    assert guard.scheduler.run_due() == 1  # shadow token_missing; pending no more
+    await ws.send_text(json.dumps({"type": "auth.refresh", "token": mint(None, exp_in=600)}))
+    await ws.send_text("hello")
+    await ws.expect("websocket.send", text="hello")
+    info = ws.scope["ws_guard"]
+    assert info.subject is None
+    assert info.claims is not None
+    assert "exp" in info.claims
+    assert len(guard.scheduler) == 1  # the new expiry
+    await ws.disconnect()
+    await ws.finished()
+    assert guard.metrics.snapshot().shadow_breaches_by_rule == {"token_missing": 1}
