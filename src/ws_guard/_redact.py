@@ -106,14 +106,7 @@ def remove_cookie(scope: Scope, name: str) -> None:
     """
 
     def edit(value: bytes) -> bytes | None:
-        pairs = value.split(b";")
-        kept = [p for p in pairs if p.split(b"=", 1)[0].strip().decode("latin-1") != name]
-        if len(kept) == len(pairs):
-            return value
-        if not any(p.strip() for p in kept):
-            return None
-        kept[0] = kept[0].lstrip()
-        return b";".join(kept)
+        return _drop_items(value, b";", lambda pair: pair.split(b"=", 1)[0], name)
 
     _edit_headers(scope, b"cookie", edit)
 
@@ -128,13 +121,23 @@ def remove_subprotocol(scope: Scope, token: str) -> None:
         scope["subprotocols"] = [p for p in subprotocols if p != token]
 
     def edit(value: bytes) -> bytes | None:
-        entries = value.split(b",")
-        kept = [e for e in entries if e.strip().decode("latin-1") != token]
-        if len(kept) == len(entries):
-            return value
-        if not any(e.strip() for e in kept):
-            return None
-        kept[0] = kept[0].lstrip()
-        return b",".join(kept)
+        return _drop_items(value, b",", lambda entry: entry, token)
 
     _edit_headers(scope, b"sec-websocket-protocol", edit)
+
+
+def _drop_items(
+    value: bytes, separator: bytes, name_of: Callable[[bytes], bytes], name: str
+) -> bytes | None:
+    """*value* without the items whose name is *name*; None when nothing else is left.
+
+    The value is returned as it was (the same bytes) when no item matched.
+    """
+    items = value.split(separator)
+    kept = [item for item in items if name_of(item).strip().decode("latin-1") != name]
+    if len(kept) == len(items):
+        return value
+    if not any(item.strip() for item in kept):
+        return None
+    kept[0] = kept[0].lstrip()
+    return separator.join(kept)
