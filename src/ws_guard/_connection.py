@@ -487,10 +487,15 @@ class Connection:
     def _app_closed(self, message: Message) -> None:
         self._set_closed(CLOSED)
         reason = message.get("reason")
-        if reason:
+        if isinstance(reason, str) and reason:
             # A reason over 123 bytes makes uvicorn drop the TCP connection (1006).
             message["reason"] = truncate_reason(reason)
-        self.guard.record_close(self, None, int(message.get("code", NORMAL)), "app")
+        # What ws_guard cannot read goes to the server untouched (FastAPI's
+        # validation close carries a list as its reason; an app may pass a
+        # None code): bookkeeping must never raise inside the app's send().
+        code = message.get("code", NORMAL)
+        counted = code if isinstance(code, int) and not isinstance(code, bool) else NORMAL
+        self.guard.record_close(self, None, counted, "app")
 
     def _set_closed(self, state: int) -> None:
         """Enter CLOSED or GUARD_CLOSED; sends held for a token are dropped."""
