@@ -183,7 +183,10 @@ def test_soak_killed_at_the_test_timeout_leaves_no_process(tmp_path: Path) -> No
 def test_soak_stops_its_children_on_sigterm(started_soak: Started) -> None:
     soak, procs = started_soak
     os.kill(soak.pid, signal.SIGTERM)  # the script alone, not its group
-    assert soak.wait(30) == 128 + signal.SIGTERM
+    # Its clients finish their current episode first (bounded by their own
+    # timeouts); once on a loaded 3.10 that took over 30 s. The wait is a bound,
+    # not the point: the point is the exit status and no child left.
+    assert soak.wait(90) == 128 + signal.SIGTERM
     assert [proc for proc in procs if not gone(proc)] == []
 
 
