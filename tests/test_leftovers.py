@@ -120,6 +120,9 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     """A pytester whose subprocess runs can load this plugin (``-p leftovers``)."""
     paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    # CI measures coverage through PYTEST_ADDOPTS; the inner runs must not
+    # measure their own files or write over the outer run's reports.
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
     return pytester
 
 
