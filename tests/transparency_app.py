@@ -35,7 +35,7 @@ from ws_guard._types import Message, Receive, Scope, Send
 REASON_123 = "é" * 61 + "x"
 #: An app close reason of 130 bytes; ws_guard cuts it to REASON_123's 123 bytes.
 REASON_130 = "é" * 65
-#: Query parameter naming a client-close report.
+#: A plain ASGI WebSocket handler.
 Handler = Callable[[Scope, Receive, Send], Awaitable[Any]]
 
 
