@@ -347,7 +347,21 @@ CASES = [
         change=closes_with(1000, ""),
         expect={"messages": ("hi",)},
     ),
-    Case("return-value", "/raw/return-value", expect={"status": 101}),
+    Case("return-value", "/raw/return-value", expect={"status": 101, "close": (1000, "")}),
+    Case(
+        "return-value-while-open",
+        "/raw/return-value-open",
+        differs=("app-return-1000",),
+        change=closes_with(1000, ""),
+        expect={"messages": ("hi",)},
+    ),
+    Case(
+        "accept-twice",
+        "/raw/accept-twice",
+        differs=("app-crash-1011",),
+        change=closes_with(1011, "internal_error"),
+        expect={"messages": ("hi",)},
+    ),
     Case(
         "raise-websocket-disconnect",
         "/raw/raise-disconnect",

@@ -188,6 +188,22 @@ async def return_value(scope: Scope, receive: Receive, send: Send) -> str:
     return "a value"
 
 
+async def return_value_open(scope: Scope, receive: Receive, send: Send) -> int:
+    """Return a value with the connection still open (uvicorn then closes the transport)."""
+    await receive()
+    await _accept(send)
+    await send({"type": "websocket.send", "text": "hi"})
+    return 123
+
+
+async def accept_twice(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept twice: the server raises into the app at the second accept."""
+    await receive()
+    await _accept(send)
+    await send({"type": "websocket.send", "text": "hi"})
+    await _accept(send)
+
+
 async def raise_disconnect(scope: Scope, receive: Receive, send: Send) -> None:
     """Raise Starlette's WebSocketDisconnect itself after accept (no client close)."""
     await receive()
@@ -230,6 +246,8 @@ RAW: dict[str, Handler] = {
     "raise-after-accept": raise_after_accept,
     "return-open": return_open,
     "return-value": return_value,
+    "return-value-open": return_value_open,
+    "accept-twice": accept_twice,
     "raise-disconnect": raise_disconnect,
     "eager-accept": eager_accept,
     "client-close": client_close,
