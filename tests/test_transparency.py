@@ -57,6 +57,9 @@ SERVERS: dict[str, list[str]] = {
     "hypercorn-asyncio": ["hypercorn", "-k", "asyncio"],
     "hypercorn-trio": ["hypercorn", "-k", "trio"],
 }
+#: Every server runs as if mounted below a proxy's prefix: the app sees it as
+#: ``root_path``; uvicorn also puts it in front of ``path``, hypercorn does not.
+ROOT_PATH = "/mounted"
 #: Seconds a server gets to listen, a case to finish (both bounded, polled).
 START_TIMEOUT = 30.0
 CASE_TIMEOUT = 10.0
@@ -66,14 +69,17 @@ NOISE = frozenset({"date", "server", "sec-websocket-accept"})
 
 
 def command(server: str, port: int) -> list[str]:
+    """The command line that serves ``transparency_app:app`` on *server* at *port*."""
     name, *options = SERVERS[server]
+    common = ["--root-path", ROOT_PATH]
     if name == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "transparency_app:app", *options,
-                "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on",
-                "--log-level", "warning"]  # fmt: skip
-    # -w 0: serve in this process (a worker would outlive a signal to the parent alone).
-    return [sys.executable, "-m", "hypercorn", "transparency_app:app", *options,
-            "--bind", f"127.0.0.1:{port}", "-w", "0", "--log-level", "WARNING"]  # fmt: skip
+        where = ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "on"]
+        quiet = ["--log-level", "warning"]
+    else:
+        # -w 0: serve in this process (a worker would outlive a signal to the parent alone).
+        where = ["--bind", f"127.0.0.1:{port}", "-w", "0"]
+        quiet = ["--log-level", "WARNING"]
+    return [sys.executable, "-m", name, "transparency_app:app", *options, *where, *common, *quiet]
 
 
 @dataclass

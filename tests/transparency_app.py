@@ -312,7 +312,12 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> Any:
     """Route by scope type and path prefix."""
     if scope["type"] == "lifespan":
         return await lifespan(scope, receive, send)
+    # The path the app routes on, as Starlette's get_route_path reads it:
+    # uvicorn puts root_path in front of path, hypercorn does not.
     path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path + "/"):
+        path = path[len(root_path) :]
     if scope["type"] == "http":
         return await report(scope, receive, send)
     if path.startswith("/raw/") and path[5:] in RAW:
