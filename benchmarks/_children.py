@@ -23,13 +23,15 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: The signals that stop a script (SIGINT stays Python's KeyboardInterrupt).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+#: The signals the event loop of :func:`run_stoppable` takes over.
+LOOP_SIGNALS = (*STOP_SIGNALS, signal.SIGINT)
 #: Seconds between two cancellations of the tasks still running after a stop signal.
 RECANCEL_EVERY = 0.2
 #: Seconds the tasks get, after a stop signal, to end before the loop stops waiting.
@@ -77,19 +79,22 @@ def run_stoppable(
     main: Coroutine[Any, Any, T],
     run: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run,
 ) -> T:
-    """``run(main)`` (``asyncio.run``, ``uvloop.run``); SIGTERM or SIGHUP stop it promptly.
+    """``run(main)`` (``asyncio.run``, ``uvloop.run``); SIGTERM, SIGHUP or SIGINT stop it promptly.
 
-    Raises ``SystemExit(128 + signal)`` in the main thread once the loop is
-    closed, so the caller's ``finally`` blocks (which stop the children) run,
-    as :func:`exit_on_sigterm` does outside a loop. Another exception that
-    *main* raises, even while stopping, propagates unchanged.
+    Raises ``SystemExit(128 + signal)`` (SIGINT: ``KeyboardInterrupt``) in
+    the main thread once the loop is closed, so the caller's ``finally``
+    blocks (which stop the children) run, as :func:`exit_on_sigterm` does
+    outside a loop. Another exception that *main* raises, even while
+    stopping, propagates unchanged.
 
     Why not :func:`exit_on_sigterm` inside the loop: its ``SystemExit`` is
     raised in whatever Python code runs when the signal lands, and uvloop
     catches any exception out of a protocol callback (``data_received``),
     logs "Fatal error on transport" and goes on (``_fatal_error`` in
     uvloop/handles/basetransport.pyx): the script ran on to the end of its
-    duration. Here the loop takes the signals (``loop.add_signal_handler``)
+    duration; so did SIGINT's ``KeyboardInterrupt`` on Python 3.10, where
+    ``uvloop.run`` installs no SIGINT handler of its own (asyncio.Runner, 3.11+,
+    does). Here the loop takes the signals (``loop.add_signal_handler``)
     and cancels every task, again every ``RECANCEL_EVERY`` s for up to
     ``STOP_GRACE`` s: Python 3.10's ``asyncio.wait_for`` drops a cancellation
     that arrives as its inner awaitable completes (gh-86296), and a task
@@ -102,10 +107,16 @@ def run_stoppable(
     except asyncio.CancelledError:
         if not received:
             raise
-        raise SystemExit(128 + received[0]) from None
+        _stopped_by(received[0])
     if received:  # main ended on its own as the signal came: stop all the same
-        raise SystemExit(128 + received[0])
+        _stopped_by(received[0])
     return result
+
+
+def _stopped_by(sig: int) -> NoReturn:
+    if sig == signal.SIGINT:
+        raise KeyboardInterrupt from None
+    raise SystemExit(128 + sig) from None
 
 
 async def _stoppable(main: Coroutine[Any, Any, T], received: list[int]) -> T:
@@ -119,8 +130,8 @@ async def _stoppable(main: Coroutine[Any, Any, T], received: list[int]) -> T:
             received.append(sig)
             stop.set_result(None)
 
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    for sig in STOP_SIGNALS:
+    previous = {sig: signal.getsignal(sig) for sig in LOOP_SIGNALS}
+    for sig in LOOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,9 +146,9 @@ async def _stoppable(main: Coroutine[Any, Any, T], received: list[int]) -> T:
         # Blocked while swapped: remove_signal_handler leaves SIG_DFL, which
         # would kill the script without its cleanup; a signal that comes
         # meanwhile reaches the restored handler.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, LOOP_SIGNALS)
         try:
-            for sig in STOP_SIGNALS:
+            for sig in LOOP_SIGNALS:
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, previous[sig])
         finally:

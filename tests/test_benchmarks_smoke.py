@@ -231,17 +231,18 @@ def test_soak_children_die_when_soak_is_killed(started_soak: Started) -> None:
     wait_until(lambda: all(gone(proc) for proc in procs), 10, "soak's children exiting")
 
 
-#: A script whose SIGTERM lands inside a protocol callback (data_received), where
+#: A script whose signal lands inside a protocol callback (data_received), where
 #: uvloop catches any exception and goes on: run_stoppable must stop it anyway.
 #: With "drop", a task drops the first cancellation (as 3.10's wait_for may).
-SIGTERM_IN_CALLBACK = """
+#: Arguments: asyncio|uvloop keep|drop SIGTERM|SIGINT.
+SIGNAL_IN_CALLBACK = """
 import asyncio, os, signal, sys
 import uvloop
 from _children import exit_on_sigterm, run_stoppable
 
 class Kick(asyncio.Protocol):
     def data_received(self, data):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, sys.argv[3]))
         print("signalled", flush=True)
 
 async def main():
@@ -271,21 +272,24 @@ finally:
 
 
 @pytest.mark.parametrize(
-    ("loop", "tasks", "printed"),
+    ("loop", "tasks", "sig", "printed", "status"),
     [
-        ("asyncio", "keep", "signalled\ncleanup\n"),
-        ("uvloop", "keep", "signalled\ncleanup\n"),
-        ("uvloop", "drop", "signalled\ndropped\ncleanup\n"),
+        ("asyncio", "keep", "SIGTERM", "signalled\ncleanup\n", 128 + signal.SIGTERM),
+        ("uvloop", "keep", "SIGTERM", "signalled\ncleanup\n", 128 + signal.SIGTERM),
+        ("uvloop", "drop", "SIGTERM", "signalled\ndropped\ncleanup\n", 128 + signal.SIGTERM),
+        ("uvloop", "keep", "SIGHUP", "signalled\ncleanup\n", 128 + signal.SIGHUP),
+        # KeyboardInterrupt: Python ends by SIGINT (3.10's uvloop.run swallowed it)
+        ("uvloop", "keep", "SIGINT", "signalled\ncleanup\n", -signal.SIGINT),
     ],
 )
-def test_run_stoppable_obeys_a_sigterm_that_lands_in_a_callback(
-    loop: str, tasks: str, printed: str
+def test_run_stoppable_obeys_a_signal_that_lands_in_a_callback(
+    loop: str, tasks: str, sig: str, printed: str, status: int
 ) -> None:
     path = os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))
     started = time.monotonic()
-    command = [sys.executable, "-c", SIGTERM_IN_CALLBACK, loop, tasks]
+    command = [sys.executable, "-c", SIGNAL_IN_CALLBACK, loop, tasks, sig]
     done = children.run(command, timeout=30, env=dict(os.environ, PYTHONPATH=path))
-    assert (done.returncode, done.stdout) == (128 + signal.SIGTERM, printed)
+    assert (done.returncode, done.stdout) == (status, printed)
     assert "Fatal error" not in done.stderr
     assert "after the stop signal" not in done.stderr  # every task ended within STOP_GRACE
     assert time.monotonic() - started < STOP_EXIT
