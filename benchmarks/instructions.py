@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _children import exit_on_sigterm, spawn
+from _children import exit_on_sigterm, run_stoppable, spawn
 from _variants import SRC, VARIANTS, variant
 
 HERE = Path(__file__).resolve()
@@ -123,7 +123,7 @@ def count(name: str, connections: int, messages: int) -> int:
         try:
             wait_for_port(port, proc)
             query = None if name == BARE else variant(name).client_query
-            asyncio.run(load(f"ws://127.0.0.1:{port}/ws", connections, messages, query))
+            run_stoppable(load(f"ws://127.0.0.1:{port}/ws", connections, messages, query))
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(300)

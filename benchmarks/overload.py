@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _children import exit_on_sigterm, spawn
+from _children import exit_on_sigterm, run_stoppable, spawn
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for connections in (int(n) for n in args.levels.split(",")):
             proc, url = start_server(mode, args)
             try:
-                row = uvloop.run(offer(url, connections, args))
+                row = run_stoppable(offer(url, connections, args), uvloop.run)
             finally:
                 server = stop_server(proc)
             row.update(mode=mode, server=server)

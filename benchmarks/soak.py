@@ -25,7 +25,8 @@ time (``--plot``). Targets: RSS growth < 5 % after warm-up, zero leaked keys,
 zero 1006 closes caused by ws_guard.
 
 redis-server and the server die with the script: on SIGINT, SIGTERM or SIGHUP
-it stops them before it exits, and on Linux a SIGKILL of the script kills
+it cancels its clients and stops them before it exits (within a few seconds:
+no episode is finished first), and on Linux a SIGKILL of the script kills
 them too (see ``_children``).
 """
 
@@ -308,6 +309,7 @@ class Run:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import uvloop
+    from _children import run_stoppable
     from _soak_app import describe_guard
     from _soak_report import summarize_log
 
@@ -322,7 +324,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
-        data = uvloop.run(Run(args, server.pid, port, redis_url).main())
+        # SIGTERM and SIGHUP cancel the clients, then raise SystemExit here.
+        data = run_stoppable(Run(args, server.pid, port, redis_url).main(), uvloop.run)
         stop_process(server)
         out = (Path(workdir) / "server.out").read_text().strip().splitlines()
         data["server"] = json.loads(out[-1]) if out else {}
