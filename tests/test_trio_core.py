@@ -9,6 +9,7 @@ drain. A Redis storage is refused on trio, at startup and per connection.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import anyio
@@ -204,6 +205,25 @@ async def test_redis_storage_is_refused_off_asyncio(
     with pytest.raises(UnsupportedBackendError, match=r"storage=.*redis.*needs asyncio"):
         await guard.startup()
     assert not guard.started
+    # At lifespan startup the error is raised into the app's receive, for the server.
+    seen: list[BaseException] = []
+
+    async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await receive()
+        except UnsupportedBackendError as exc:
+            seen.append(exc)
+
+    async def startup() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def ignore(message: dict[str, Any]) -> None:
+        raise AssertionError(message)
+
+    lifespan = WSGuardMiddleware(lifespan_app, guard=guard)
+    await lifespan({"type": "lifespan", "asgi": {"version": "3.0"}}, startup, ignore)
+    assert len(seen) == 1
+    assert "redis://127.0.0.1:1/0" in str(seen[0])
     # A server without lifespan: each connection is closed 1011, one error is logged.
     app = WSGuardMiddleware(echo, guard=guard)
     for _ in range(2):
@@ -216,3 +236,38 @@ async def test_redis_storage_is_refused_off_asyncio(
     assert len(errors) == 1
     assert "needs asyncio" in errors[0].getMessage()
     assert guard.metrics.snapshot().closes_by_code == {1011: 2}
+
+
+@on_both_backends
+async def test_background_gauges_sample_and_shed(anyio_backend: str) -> None:
+    """The lag probe and an async gauge's sampler run on the guard's real clock."""
+    value = [0.0]
+
+    async def queue_depth() -> float:
+        await anyio.sleep(0)
+        return value[0]
+
+    lag = load.EventLoopLag(limit=0.1, interval=0.01, window=0.5, hold=0.0)
+    depth = load.Gauge(queue_depth, limit=5.0, name="queue", interval=0.01)
+    guard = Guard(load=[lag, depth])
+    await guard.startup()
+    assert lag.running
+    value[0] = 9.0
+    deadline = anyio.current_time() + 5.0
+    while not depth.tripped():  # the sampler's next reading trips it
+        assert anyio.current_time() < deadline, "the async gauge was never sampled"
+        await anyio.sleep(0.01)
+    shed = scripted(guard)
+    await shed.connect()
+    await shed.expect("websocket.accept")
+    message = await shed.expect("websocket.close", code=1013)
+    assert message["reason"].startswith("overloaded; retry-after=")
+    await shed.finished()
+    value[0] = 0.0
+    time.sleep(0.2)  # a real stall of the whole event loop: the probe measures it
+    while not lag.tripped():
+        assert anyio.current_time() < deadline, "the lag probe never saw the stall"
+        await anyio.sleep(0.01)
+    assert lag.value() >= 0.15
+    await guard.shutdown()
+    assert not lag.running

@@ -7,10 +7,12 @@ and reason, and the server's own counters are read over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -38,13 +40,13 @@ TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 
 
-@pytest.fixture(scope="module")
-def trio_server() -> Iterator[str]:
-    """``hypercorn -k trio trio_app:app`` on 127.0.0.1; yields its host:port."""
+@contextlib.contextmanager
+def hypercorn_trio(app: str, **popen: Any) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
+    """``hypercorn -k trio <app>`` on 127.0.0.1; yields its host:port and process."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]))
-    args = [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}"]
-    with running([*args, "trio_app:app"], cwd=TESTS, env=env) as process:
+    args = [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", app]
+    with running(args, cwd=TESTS, env=env, **popen) as process:
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -54,7 +56,13 @@ def trio_server() -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("hypercorn -k trio did not listen") from None
                 time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", process
+
+
+@pytest.fixture(scope="module")
+def trio_server() -> Iterator[str]:
+    with hypercorn_trio("trio_app:app") as (base, _):
+        yield base
 
 
 def http(base: str, path: str, method: str = "GET") -> bytes:
@@ -142,6 +150,20 @@ async def test_trio_drain_closes_1012_and_counts(trio_server: str) -> None:
     after = json.loads(http(trio_server, "/stats"))
     for name in ("ws", "first"):
         assert after[name].get("1012", 0) == before[name].get("1012", 0) + 1
+
+
+async def test_trio_redis_storage_closes_1011_and_names_the_feature(tmp_path: Path) -> None:
+    # hypercorn reports a failed lifespan startup as a warning and serves on
+    # without lifespan; ws_guard then refuses each connection itself.
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr, hypercorn_trio("trio_app:redis_app", stderr=stderr) as (base, _):
+        for _ in range(2):
+            async with websockets.connect(f"ws://{base}/ws") as ws:
+                assert await closed_with(ws) == (1011, "unsupported_backend")
+    lines = [line for line in log.read_text().splitlines() if "needs asyncio" in line]
+    assert len(lines) == 1, lines
+    assert "ws_guard refuses WebSocket connections" in lines[0]
+    assert "storage=SharedStorage('redis://127.0.0.1:1/0'" in lines[0]
 
 
 def test_starlette_testclient_on_trio() -> None:

@@ -71,3 +71,6 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 app = WSGuardMiddleware(WSGuardMiddleware(echo, guard=first_guard), guard=query_guard)
+
+#: A guard whose storage needs asyncio: refused on trio at lifespan startup.
+redis_app = WSGuardMiddleware(echo, guard=Guard(storage="redis://127.0.0.1:1/0"))
