@@ -22,11 +22,14 @@ waits for one without cancelling it when the waiter is cancelled.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import sniffio
+
+logger = logging.getLogger("ws_guard")
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -95,7 +98,10 @@ class TrioJob(Generic[T]):
         self._waiters.clear()
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            callback(self)
+            try:
+                callback(self)
+            except Exception:  # asyncio logs a failed done callback; raising would crash trio
+                logger.exception("ws_guard task callback %r failed", callback)
 
     def done(self) -> bool:
         return self._done
