@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
@@ -540,7 +540,7 @@ class Connection:
         if gate is not None and self.state == AUTHENTICATING:
             gate.verified()
 
-    def hold(self, pending: Coroutine[Any, Any, Close | None]) -> None:
+    def hold(self, pending: Awaitable[Close | None]) -> None:
         """Deliver no further client message until *pending* has decided.
 
         For a check that consumed a message but cannot decide without I/O
