@@ -9,6 +9,7 @@ drain. A Redis storage is refused on trio, at startup and per connection.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from typing import Any
 
@@ -271,3 +272,33 @@ async def test_background_gauges_sample_and_shed(anyio_backend: str) -> None:
     assert lag.value() >= 0.15
     await guard.shutdown()
     assert not lag.running
+
+
+@on_both_backends
+async def test_drain_signal_drains_then_forwards(anyio_backend: str) -> None:
+    forwarded: list[int] = []
+
+    def server_handler(sig: int, frame: object) -> None:
+        forwarded.append(sig)
+
+    previous = signal.signal(signal.SIGUSR1, server_handler)
+    try:
+        guard = Guard(drain_signals=["SIGUSR1"], drain_window=0.0)
+        ws = scripted(guard)
+        await ws.connect()
+        await ws.expect("websocket.accept")
+        signal.raise_signal(signal.SIGUSR1)
+        message = await ws.next()
+        assert message["type"] == "websocket.close"
+        assert message["code"] == 1012
+        await ws.disconnect(1012)
+        await ws.finished()
+        deadline = anyio.current_time() + 5.0
+        while not forwarded:  # the drain ends, then hands the signal on
+            assert anyio.current_time() < deadline, "the signal was never forwarded"
+            await anyio.sleep(0.01)
+        assert forwarded == [signal.SIGUSR1]
+        await guard.shutdown()
+        assert signal.getsignal(signal.SIGUSR1) is server_handler
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
