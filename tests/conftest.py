@@ -4,6 +4,8 @@ import logging
 
 import pytest
 
+from backends import BOTH_BACKEND_FILES, convert_module
+
 # leftovers: the run fails when a test leaves a process running (see its docstring).
 pytest_plugins = ("leftovers", "pytester")
 
@@ -11,3 +13,9 @@ pytest_plugins = ("leftovers", "pytester")
 @pytest.fixture(autouse=True)
 def _ws_guard_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ws_guard")
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """Run the async tests of BOTH_BACKEND_FILES on asyncio and trio (tests/backends.py)."""
+    if isinstance(collector, pytest.Module) and collector.path.name in BOTH_BACKEND_FILES:
+        convert_module(collector.obj)

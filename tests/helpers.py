@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+
 from ws_guard import Close, Guard, rules
 from ws_guard._connection import Connection
 from ws_guard._types import ASGIApp, Message
@@ -169,4 +171,4 @@ async def eventually(
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(interval)
+        await anyio.sleep(interval)  # any backend: test_rate_limits also runs on trio

@@ -22,21 +22,24 @@ returns ``None``, as a send after a guard close does.
 
 Cancellation: a held send whose task is cancelled while it waits leaves the
 queue and is never sent; one cancelled after its turn came passes the turn
-on. The reader is never cancelled by the app: a cancelled ``receive()`` only
-stops waiting for it (``asyncio.wait`` never cancels what it waits for), and
-its verdict is applied by the reader task itself.
+on. The reader is never cancelled by the app: it is a detached task (see
+_tasks.py), a cancelled ``receive()`` only stops waiting for it
+(``wait_done`` never cancels what it waits for), and its verdict is applied
+by the reader task itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
+import anyio
+
 from ._close import CONSUME, INTERNAL_ERROR, Close
 from ._states import AUTHENTICATING, OPEN
+from ._tasks import Job, spawn, wait_done
 from ._types import Message
 
 if TYPE_CHECKING:
@@ -44,8 +47,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ws_guard")
 
-#: A held send and the future that says whether it may go (True) or is dropped.
-_Held = tuple[Message, "asyncio.Future[bool]"]
+
+class _Turn:
+    """Whether a held send may go (True) or is dropped (False); None until told."""
+
+    __slots__ = ("event", "go")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.go: bool | None = None
+
+    def give(self, go: bool) -> None:
+        self.go = go
+        self.event.set()
+
+
+#: A held send and the turn that says whether it may go.
+_Held = tuple[Message, _Turn]
 
 
 class AuthGate:
@@ -58,7 +76,7 @@ class AuthGate:
         #: The token was verified: held sends go out, then the state becomes OPEN.
         self.decided = False
         #: The task reading client messages until the verdict (started at accept).
-        self.reader: asyncio.Task[None] | None = None
+        self.reader: Job[None] | None = None
         #: A message the reader read but does not judge, left for the app's receive.
         self.stash: Message | None = None
         self._held: deque[_Held] = deque()
@@ -68,7 +86,7 @@ class AuthGate:
     # -- the reader -------------------------------------------------------------
     def start(self) -> None:
         """The accept went out: read the client's messages until the verdict."""
-        reader = asyncio.ensure_future(self._read())
+        reader = spawn(self._read())
         self.reader = reader
         reader.add_done_callback(self._read_done)
 
@@ -98,7 +116,7 @@ class AuthGate:
             # (enforced mode only gates): a message it let through is a bug here.
             raise RuntimeError("a client message passed while its token was pending")
 
-    def _read_done(self, reader: asyncio.Task[None]) -> None:
+    def _read_done(self, reader: Job[None]) -> None:
         if reader.cancelled():
             return  # only close() cancels it: the connection is over
         exc = reader.exception()
@@ -111,7 +129,7 @@ class AuthGate:
         """For the app's receive: wait for the reader; the message it left, if any."""
         reader = self.reader
         if reader is not None and not reader.done():
-            await asyncio.wait((reader,))
+            await wait_done(reader)
         message, self.stash = self.stash, None
         return message
 
@@ -119,17 +137,18 @@ class AuthGate:
     async def send(self, message: Message) -> None:
         """An app send before the verdict: wait for it, then send in order or drop."""
         conn = self.conn
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        entry: _Held = (message, waiter)
+        turn = _Turn()
+        entry: _Held = (message, turn)
         self._held.append(entry)
         try:
-            go = await waiter
-        except asyncio.CancelledError:
-            if waiter.cancelled():
+            await turn.event.wait()
+        except anyio.get_cancelled_exc_class():
+            if turn.go is None:
                 self._forget(entry)  # cancelled while waiting: never sent
-            elif waiter.result():
+            elif turn.go:
                 self._pass_turn()  # its turn came, then the cancel: the next one goes
             raise
+        go = turn.go
         if not go or conn.state != AUTHENTICATING:
             conn.guard.metrics.dropped_sends += 1
             if go:
@@ -161,10 +180,8 @@ class AuthGate:
         if live and not self.decided:
             return  # no verdict yet: everything waits
         while self._held:
-            _, waiter = self._held.popleft()
-            if waiter.done():
-                continue  # cancelled, on its way out of the queue
-            waiter.set_result(live)
+            _, turn = self._held.popleft()
+            turn.give(live)
             if live:
                 self._sending = True
                 return

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
+import anyio
+
 from ._auth_gate import AuthGate
 from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
 from ._keys import resolve_client_ip
@@ -23,6 +25,7 @@ from ._request import joined_headers, loggable_path
 from ._rule import Checker, Rule, Verdict
 from ._scheduler import Deadline
 from ._states import AUTHENTICATING, CLOSED, CONNECTING, GUARD_CLOSED, LIVE, OPEN
+from ._tasks import Job, spawn, wait_done
 from ._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -162,20 +165,21 @@ class Connection:
         self._rate_count: int
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
-        self._close_task: asyncio.Future[Any] | None = None
+        self._close_task: Job[Any] | None = None
         # Created on first use: most connections never need them, and an idle
         # connection's footprint is what 10 000 of them multiply.
         self._deadlines: list[Deadline] | None = None
         self._held: list[Rule] | None = None
-        self._hold: asyncio.Future[Close | None] | None = None
-        self._asides: set[asyncio.Future[Any]] | None = None
+        self._hold: Job[Close | None] | None = None
+        self._asides: set[Job[Any]] | None = None
         #: Set at admission when a first-message token must be verified before
         #: the app's sends may reach the client (see _auth_gate.py).
         self._gate: AuthGate | None = None
         self._finished = False
-        #: The task running the app (set by the middleware), and whether ws_guard
-        #: cancelled it because it ran on after a guard close.
-        self.task: asyncio.Task[Any] | None = None
+        #: What stops the app (set by the middleware): its task on asyncio, a
+        #: cancel scope around it elsewhere; and whether ws_guard cancelled it
+        #: because it ran on after a guard close.
+        self.task: asyncio.Task[Any] | anyio.CancelScope | None = None
         self.cancelled_by_guard = False
 
     @property
@@ -290,6 +294,22 @@ class Connection:
         self._check = self._combine(checks)
         self.scope["ws_guard"] = ConnectionInfo(self)
         return True
+
+    async def refuse(self, close: Close) -> None:
+        """Read the handshake and close it with *close*, accepting first whatever ``reject`` says.
+
+        For a fault of the server's found before admission (a feature the
+        backend cannot run): not a client's refusal, so never an HTTP denial.
+        """
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            self.state = CLOSED  # the client left before the handshake finished
+            return
+        self.state = GUARD_CLOSED
+        self._guard_close = close
+        self.guard.metrics.handshakes_rejected += 1
+        self.guard.record_close(self, close)
+        await self._accept_and_close(close)
 
     def _check_all(self, message: Message) -> Verdict:
         """Every message check, the inlined lead run's too (for _receive_slow)."""
@@ -533,11 +553,11 @@ class Connection:
         ``wait_for(receive(), t)`` or a receive task it cancels, even in the
         very loop turn the decision arrives, can never drop it.
         """
-        future = asyncio.ensure_future(pending)
+        future = spawn(pending)  # detached: no cancel of the app's reaches it
         self._hold = future
         future.add_done_callback(self._decided)
 
-    def _decided(self, future: asyncio.Future[Close | None]) -> None:
+    def _decided(self, future: Job[Close | None]) -> None:
         """Apply the held decision *future* once; a no-op when applied or dropped by finish()."""
         if self._hold is not future:
             return
@@ -557,13 +577,13 @@ class Connection:
     async def _settle_hold_or_close(self) -> Message | None:
         """Wait for the held decision; the app's disconnect message when it closed the connection.
 
-        A cancel while waiting leaves the hold in place (``asyncio.wait`` never
+        A cancel while waiting leaves the hold in place (``wait_done`` never
         cancels what it waits for): the decision is applied when it arrives,
         and the next receive waits for it before reading on.
         """
         pending = self._hold
         if pending is not None:
-            await asyncio.wait((pending,))
+            await wait_done(pending)
             self._decided(pending)  # normally applied already, by its own callback
         if self.state == GUARD_CLOSED:
             return self._disconnect_message()
@@ -578,7 +598,7 @@ class Connection:
         """
         if self.state != OPEN:
             return False
-        task = asyncio.ensure_future(self._send_if_open(message))
+        task = spawn(self._send_if_open(message))
         if self._asides is None:
             self._asides = set()
         self._asides.add(task)
@@ -598,16 +618,19 @@ class Connection:
         if self.state in LIVE:
             self._mark_guard_closed(close)
             frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
-            self._close_task = asyncio.ensure_future(self._send_quietly(frame))
+            self._close_task = spawn(self._send_quietly(frame))
         elif self.state == CONNECTING and self.admitted:
             self._mark_guard_closed(close)
-            self._close_task = asyncio.ensure_future(self._accept_and_close(close))
+            self._close_task = spawn(self._accept_and_close(close))
 
     async def close(self, close: Close) -> None:
         """Close now and wait until the close frame is handed to the server."""
         self.close_soon(close)
-        if self._close_task is not None:
-            await self._close_task
+        task = self._close_task
+        if task is not None:
+            await wait_done(task)
+            if not task.cancelled():
+                task.result()  # a bug in sending it is raised here, as awaiting it did
 
     async def _close_open(self, close: Close) -> None:
         self._mark_guard_closed(close)
@@ -640,7 +663,7 @@ class Connection:
         so the server sees an ordinary return.
         """
         task = self.task
-        if self._finished or task is None or task.done():
+        if self._finished or task is None or (isinstance(task, asyncio.Task) and task.done()):
             return
         self.cancelled_by_guard = True
         logger.info(
@@ -715,8 +738,11 @@ class Connection:
             hold.cancel()  # nobody will read on: its decision has no message to guard
         if self._gate is not None:
             self._gate.close()  # stop reading; what the app still holds is dropped
-        if self._close_task is not None and not self._close_task.done():
-            await self._close_task
+        close_task = self._close_task
+        if close_task is not None and not close_task.done():
+            await wait_done(close_task)
+            if not close_task.cancelled():
+                close_task.result()
         await self._release()
         if self.admitted:
             self.guard.connections.discard(self)

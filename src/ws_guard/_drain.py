@@ -10,9 +10,10 @@ handshakes get the same 1012 (accept-then-close, or 503 in HTTP mode).
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
+
+import anyio
 
 from ._close import GOING_AWAY, SERVICE_RESTART, Close
 from ._errors import ConfigurationError
@@ -52,7 +53,7 @@ class Drain:
         self._plan: deque[tuple[float, Connection]] = deque()
         self._planned: set[Connection] = set()
         self._deadline: Deadline | None = None
-        self._done = asyncio.Event()
+        self._done = anyio.Event()
 
     def close_for_one(self) -> Close:
         """The decision for one client: its own hint in ``[r, 2r)`` seconds."""
@@ -123,13 +124,12 @@ class Drain:
         scheduler nor a handler that ignores its disconnect can hold a
         shutdown forever.
         """
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(self._done.wait(), self.window + self.grace)
-        except asyncio.TimeoutError:
+        with anyio.move_on_after(self.window + self.grace) as waves:
+            await self._done.wait()
+        if waves.cancelled_caught:
             self.flush()
-        give_up = loop.time() + self.grace
+        give_up = anyio.current_time() + self.grace
         while any(conn in self.guard.connections for conn in self._planned):
-            if loop.time() >= give_up:
+            if anyio.current_time() >= give_up:
                 return
-            await asyncio.sleep(0.02)
+            await anyio.sleep(0.02)

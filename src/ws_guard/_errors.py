@@ -16,3 +16,12 @@ class ConfigurationError(WSGuardError, ValueError):
 
     Raised at construction, with the offending value in the message.
     """
+
+
+class UnsupportedBackendError(ConfigurationError):
+    """A configured feature needs asyncio and the server runs another backend (trio).
+
+    Raised by :meth:`ws_guard.Guard.startup` (at lifespan startup, so the
+    server reports it), naming the feature. Construction cannot know the
+    backend: the server picks it when it runs.
+    """

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import anyio
+
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._hysteresis import Hysteresis
+from ._tasks import Job, spawn, stop
 from ._validate import check_clear_below, check_count, check_positive, check_seconds, is_number
 
 if TYPE_CHECKING:
@@ -118,7 +120,7 @@ class Gauge(LoadGauge):
         self.read_errors = 0
         self._state = Hysteresis(limit, clear, self.hold)
         self._value = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._task: Job[None] | None = None
         self._last_error_log = float("-inf")
 
     def value(self) -> float:
@@ -160,7 +162,8 @@ class Gauge(LoadGauge):
             result = self.read()
             if inspect.isawaitable(result):
                 self.is_async = True
-                result = await asyncio.wait_for(result, self.timeout)
+                with anyio.fail_after(self.timeout):
+                    result = await result
         except Exception as exc:  # noqa: BLE001 - the user's code (or its timeout); logged
             return self._read_failed(self._now() if now is None else now, exc)
         return self._feed(self._now() if now is None else now, result)
@@ -169,27 +172,22 @@ class Gauge(LoadGauge):
         await super().startup(guard)
         if self._task is None and not guard.scheduler.manual:
             self._state.reset()  # times from a previous loop mean nothing in this one
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = spawn(self._run())
 
     async def shutdown(self, guard: Guard) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # gather, not suppress(CancelledError): a cancel of the caller itself must go on.
-            await asyncio.gather(task, return_exceptions=True)
+        await stop(task)  # a cancel of the caller itself goes on
         await super().shutdown(guard)
 
     async def _run(self) -> None:
-        # Before Python 3.12, asyncio.wait_for drops a cancel that lands as the
-        # read finishes; the loop then ends by itself once shutdown let go of it.
-        me = asyncio.current_task()
-        while self._task is me:
+        # Ends when shutdown cancels it (its cancel scope, not the read's timeout).
+        while True:
             await self.sample()
-            await asyncio.sleep(self.interval)
+            await anyio.sleep(self.interval)
 
     def _now(self) -> float:
         guard = self._guard
-        return asyncio.get_running_loop().time() if guard is None else guard.scheduler.now()
+        return anyio.current_time() if guard is None else guard.scheduler.now()
 
     def _feed(self, now: float, result: object) -> bool:
         if not is_number(result):

@@ -8,7 +8,6 @@ the event loop until :meth:`startup` runs inside it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -18,9 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, cast
 
+import anyio
+
 from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, format_retry_after
 from ._drain import Drain
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, UnsupportedBackendError
 from ._fuse import FusedRun, plan_checks
 from ._gauge import LoadGauge
 from ._jwt import check_user_keys_at_handshake
@@ -39,6 +40,7 @@ from ._scheduler import Scheduler
 from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
+from ._tasks import backend, on_asyncio
 from ._validate import check_clock, check_random_source, check_seconds
 
 if TYPE_CHECKING:
@@ -169,7 +171,7 @@ class Guard:
         self._shadow_logs: dict[str, tuple[float, int]] = {}
         self._last_storage_log = float("-inf")
         self._started = False
-        self._start_lock: asyncio.Lock | None = None
+        self._start_lock: anyio.Lock | None = None
         for rule in self.rules:
             rule.bind(self)
         for gauge in self.gauges:
@@ -255,8 +257,9 @@ class Guard:
         """Create loop-bound resources; idempotent, safe from many tasks."""
         if self._started:
             return
+        self.check_backend()
         if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
+            self._start_lock = anyio.Lock()
         async with self._start_lock:
             if not self.started:  # another task may have started it meanwhile
                 await self.storage.open()
@@ -266,6 +269,28 @@ class Guard:
                     await gauge.startup(self)
                 self._signal_drain.install()
                 self._started = True
+
+    def asyncio_only(self) -> list[str]:
+        """The configured features that run on asyncio only, each named for an error message.
+
+        A Redis storage is one: ``limits``' and redis-py's clients are asyncio
+        code (``redis.asyncio``), and fail on trio at the first call.
+        """
+        features: list[str] = []
+        if not self.storage.is_memory:
+            features.append(f"storage={self.storage!r} (redis-py's asyncio client)")
+        return features
+
+    def check_backend(self) -> None:
+        """Raise :class:`UnsupportedBackendError` when a feature cannot run on this backend."""
+        if on_asyncio():
+            return
+        features = self.asyncio_only()
+        if features:
+            raise UnsupportedBackendError(
+                f"ws_guard runs on {backend()} here, but {', '.join(features)} needs asyncio: "
+                "run the server on asyncio, or use storage='memory://'"
+            )
 
     async def shutdown(self) -> None:
         """Drain, stop background work, release storage; the guard may start again."""

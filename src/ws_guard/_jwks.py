@@ -23,10 +23,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWKSetError
 
 from ._errors import ConfigurationError
+from ._tasks import Job, spawn, wait_done
 from ._validate import check_clock, check_seconds
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ class JWKS:
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at: float | None = None
         self._failed_at = -math.inf
-        self._inflight: asyncio.Future[bool] | None = None
+        self._inflight: Job[bool] | None = None
         #: Successful and failed fetches, for tests and metrics.
         self.fetches = 0
         self.failures = 0
@@ -121,12 +123,16 @@ class JWKS:
         """Fetch the key set now (one fetch shared by concurrent callers)."""
         inflight = self._inflight
         if inflight is None:
-            inflight = self._inflight = asyncio.ensure_future(self._fetch(guard))
-        return await asyncio.shield(inflight)
+            # Detached: a cancelled caller stops waiting, the fetch goes on for the others.
+            inflight = self._inflight = spawn(self._fetch(guard))
+        if isinstance(inflight, asyncio.Future):
+            return await asyncio.shield(inflight)
+        await wait_done(inflight)
+        return inflight.result()
 
     async def _fetch(self, guard: Guard) -> bool:
         try:
-            keys = await asyncio.to_thread(self.client.get_signing_keys, True)
+            keys = await anyio.to_thread.run_sync(self.client.get_signing_keys, True)
         except (PyJWKClientError, PyJWKSetError, PyJWKError, ValueError, OSError) as exc:
             # Unreachable, an HTTP error, not JSON, or no usable signing key.
             self.failures += 1

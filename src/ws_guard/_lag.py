@@ -18,12 +18,16 @@ wake-up is, so the stall is seen by the very first handshake after it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TYPE_CHECKING
+
+import anyio
 
 from ._errors import ConfigurationError
 from ._gauge import LoadGauge
 from ._hysteresis import Hysteresis
+from ._tasks import Job, spawn
 from ._validate import check_clear_below, check_seconds
 
 if TYPE_CHECKING:
@@ -110,7 +114,8 @@ class EventLoopLag(LoadGauge):
         self._state = Hysteresis(limit, clear, self.window + self.hold)
         self._window = LagWindow(self.window)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        #: A loop timer on asyncio; a detached sleeping task elsewhere (trio).
+        self._handle: asyncio.TimerHandle | Job[None] | None = None
         self._due = float("inf")
 
     # -- sampling ----------------------------------------------------------------
@@ -123,7 +128,11 @@ class EventLoopLag(LoadGauge):
         if self._handle is None and not guard.scheduler.manual:
             self._state.reset()  # times from a previous loop mean nothing in this one
             self._window.clear()
-            loop = asyncio.get_running_loop()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio (trio): a task that sleeps and measures
+                self._handle = spawn(self._probe())
+                return
             self._loop = loop
             self._arm(loop, loop.time())
 
@@ -134,6 +143,16 @@ class EventLoopLag(LoadGauge):
         self._loop = None
         self._due = float("inf")
         await super().shutdown(guard)
+
+    async def _probe(self) -> None:
+        """The sampler off asyncio: the same drift, on the scheduler's clock (monotonic)."""
+        now = time.monotonic()
+        while True:
+            self._due = now + self.interval
+            await anyio.sleep(self.interval)
+            now = time.monotonic()
+            lag = now - self._due
+            self.record(now, lag if lag > 0.0 else 0.0)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         self._due = now + self.interval

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import anyio
+
+from ._close import INTERNAL_ERROR, Close
 from ._connection import Connection
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, UnsupportedBackendError
 from ._guard import Guard
+from ._tasks import on_asyncio
 from ._types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("ws_guard")
 
 
 class WSGuardMiddleware:
@@ -22,6 +29,7 @@ class WSGuardMiddleware:
             raise ConfigurationError(f"guard must be a ws_guard.Guard, not {guard!r}")
         self.app = app
         self.guard = guard
+        self._backend_logged = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -29,16 +37,25 @@ class WSGuardMiddleware:
         if kind == "websocket" and guard.guards_path(scope["path"], scope.get("root_path", "")):
             # Inline rather than a helper coroutine: one frame less for every
             # open connection, and one call less on every message's path.
-            if not guard.started:  # the server runs no lifespan: start on first use
-                await guard.startup()
+            # The server runs no lifespan: start on first use.
+            if not guard.started and not await self._start_on_first_use(scope, receive, send):
+                return
             conn = Connection(guard, scope, receive, send)
             try:
                 if not await conn.handshake():
                     return
-                conn.task = asyncio.current_task()
+                # On asyncio ws_guard stops an app that outlives its connection
+                # by cancelling its task; elsewhere (trio) by a cancel scope,
+                # which absorbs that cancel itself.
+                app_scope = None if on_asyncio() else anyio.CancelScope()
+                conn.task = asyncio.current_task() if app_scope is None else app_scope
                 guard.drain_admitted(conn)
                 try:
-                    await self.app(scope, conn.app_receive, conn.send)
+                    if app_scope is None:
+                        await self.app(scope, conn.app_receive, conn.send)
+                    else:
+                        with app_scope:
+                            await self.app(scope, conn.app_receive, conn.send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise
@@ -54,6 +71,26 @@ class WSGuardMiddleware:
             await self.app(scope, self._lifespan_receive(receive), send)
         else:
             await self.app(scope, receive, send)
+
+    async def _start_on_first_use(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Start the guard from a connection; False when it refused it (closed 1011).
+
+        A feature that needs asyncio on another backend (trio) is refused here
+        too, not only at lifespan startup: the connection is closed
+        ``1011 unsupported_backend`` and one error names the feature, so
+        nothing runs unguarded and no traceback reaches the server.
+        """
+        try:
+            await self.guard.startup()
+        except UnsupportedBackendError as exc:
+            if not self._backend_logged:
+                self._backend_logged = True
+                logger.error("ws_guard refuses WebSocket connections: %s", exc)
+            conn = Connection(self.guard, scope, receive, send)
+            await conn.refuse(Close(INTERNAL_ERROR, "unsupported_backend", "unsupported_backend"))
+            await conn.finish()
+            return False
+        return True
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         guard = self.guard

@@ -2,8 +2,11 @@
 
 Token expiry, first-message timeouts and drain waves all need "do this at
 time T". A task or timer per connection would cost memory and wake-ups for
-10 000 idle sockets; a heap keeps one ``loop.call_at`` handle armed for the
-earliest deadline only, so an idle process stays idle.
+10 000 idle sockets; a heap keeps one timer armed for the earliest deadline
+only, so an idle process stays idle. On asyncio the timer is a
+``loop.call_at`` handle; on trio (no call_at there) it is one detached task
+that sleeps until the deadline (see _tasks.py). Both count time on
+``time.monotonic``, the clock asyncio's ``loop.time()`` reads.
 """
 
 from __future__ import annotations
@@ -11,8 +14,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable
+
+import anyio
+
+from ._tasks import Job, spawn
+
+logger = logging.getLogger("ws_guard")
 
 
 class Deadline:
@@ -61,13 +71,16 @@ class Scheduler:
         self._heap: list[Deadline] = []
         self._seq = itertools.count()
         self._live = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | Job[None] | None = None
         self._timer_when = float("inf")
 
     def now(self) -> float:
         if self._clock is not None:
             return self._clock()
-        return asyncio.get_running_loop().time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # not on asyncio (trio): the same clock, read directly
+            return time.monotonic()
 
     @property
     def manual(self) -> bool:
@@ -157,7 +170,19 @@ class Scheduler:
             return
         self._disarm()
         self._timer_when = when
-        self._timer = asyncio.get_running_loop().call_at(when, self._fire)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio (trio): a task that sleeps until *when*
+            self._timer = spawn(self._sleep_until(when))
+            return
+        self._timer = loop.call_at(when, self._fire)
+
+    async def _sleep_until(self, when: float) -> None:
+        await anyio.sleep(max(0.0, when - time.monotonic()))
+        try:
+            self._fire()
+        except Exception:  # a callback broke its contract; asyncio would log it too
+            logger.exception("ws_guard deadline callback failed")
 
     def _fire(self) -> None:
         self._timer = None

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigurationError
+from ._tasks import Job, spawn
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -56,8 +57,11 @@ class SignalDrain:
         self.guard = guard
         self.signals = signals
         self._previous: dict[signal.Signals, Handler] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        #: Runs a callback in the server's event loop from a signal handler:
+        #: ``loop.call_soon_threadsafe`` on asyncio, the trio token's
+        #: ``run_sync_soon`` on trio.
+        self._call_soon: Callable[..., object] | None = None
+        self._task: Job[None] | None = None
 
     @property
     def installed(self) -> bool:
@@ -72,7 +76,7 @@ class SignalDrain:
                 "ws_guard drain_signals ignored: the event loop is not in the main thread"
             )
             return False
-        self._loop = asyncio.get_running_loop()
+        self._call_soon = _call_soon_threadsafe()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return True
@@ -83,18 +87,21 @@ class SignalDrain:
         for sig, handler in previous.items():
             if signal.getsignal(sig) == self._handle:
                 signal.signal(sig, handler)
-        self._loop = None
+        self._call_soon = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        loop = self._loop
-        if self._task is not None or loop is None or loop.is_closed():
+        call_soon = self._call_soon
+        if self._task is not None or call_soon is None:
             self._forward(signum, frame)  # a second signal: stop now, as asked
             return
-        loop.call_soon_threadsafe(self._start, signum)
+        try:
+            call_soon(self._start, signum)
+        except RuntimeError:  # the loop is closed (trio: RunFinishedError)
+            self._forward(signum, frame)
 
     def _start(self, signum: int) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain_then_forward(signum))
+            self._task = spawn(self._drain_then_forward(signum))
 
     async def _drain_then_forward(self, signum: int) -> None:
         try:
@@ -109,3 +116,13 @@ class SignalDrain:
         elif handler == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
+
+
+def _call_soon_threadsafe() -> Callable[..., object]:
+    """How to run a callback in the running event loop from a signal handler."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # not asyncio: trio, the one other backend anyio runs
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon

@@ -13,13 +13,15 @@ instead of starting a task each.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
+import anyio
+
+from . import _tasks
 from ._errors import ConfigurationError
 
 logger = logging.getLogger("ws_guard")
@@ -70,8 +72,8 @@ class SharedStorage:
         self._pool: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
         self._jobs: list[_Job] = []
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._task: _tasks.Job[None] | None = None
+        self._wake: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"SharedStorage({_redact(self.uri)!r}, open={self.is_open})"
@@ -111,9 +113,7 @@ class SharedStorage:
     async def close(self) -> None:
         """Stop the maintenance task and close Redis connections (idempotent)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _tasks.stop(task)
         self._jobs.clear()
         self._wake = None  # bound to this loop; a restart may run in another
         storage, self._limits = self._limits, None
@@ -173,41 +173,36 @@ class SharedStorage:
         """
         if interval <= 0:
             raise ConfigurationError(f"job interval must be positive, not {interval!r}")
-        loop = asyncio.get_running_loop()
-        entry = _Job(interval, job, loop.time() + interval)
+        entry = _Job(interval, job, anyio.current_time() + interval)
         self._jobs.append(entry)
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()  # an earlier due time: the task recomputes its wait
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(self._wake), name="ws_guard-maintenance")
+            self._task = _tasks.spawn(self._run())
         return entry
 
     def remove_job(self, handle: object) -> None:
         if isinstance(handle, _Job) and handle in self._jobs:
             self._jobs.remove(handle)
 
-    async def _run(self, wake: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        # Before Python 3.12, asyncio.wait_for drops a cancel that lands as the
-        # wake-up does; the loop then ends by itself once close() let go of it.
-        me = asyncio.current_task()
-        while self._task is me:
-            now = loop.time()
+    async def _run(self) -> None:
+        # One task per open storage; close() cancels it and waits until it ended.
+        while True:
+            now = anyio.current_time()
             due = [job for job in self._jobs if job.due <= now]
             for job in due:
                 job.due = now + job.interval
                 try:
                     await job.run()
-                except asyncio.CancelledError:
-                    raise
                 except Exception:  # a bug in one job must not stop the others
                     logger.exception("ws_guard maintenance job %r failed", job.run)
-            wait = min((job.due for job in self._jobs), default=now + 3600.0) - loop.time()
-            wake.clear()
+            wait = min((job.due for job in self._jobs), default=now + 3600.0)
+            wait -= anyio.current_time()
+            # anyio events cannot be cleared: a fresh one per wait.
+            wake = self._wake = anyio.Event()
             if wait > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wait)
+                with anyio.move_on_after(wait):
+                    await wake.wait()
 
 
 class _Job:

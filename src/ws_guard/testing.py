@@ -3,16 +3,37 @@
 :class:`ScriptedWebSocket` plays the ASGI server. Tests push client
 messages and read exactly what the app and the guard sent back, with no
 network and no sleeps, so close codes and message sequences can be asserted
-to the byte.
+to the byte. It runs on asyncio and on trio (anyio memory streams; the app
+runs as a detached task, see ``ws_guard._tasks``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
 from typing import Any
 
+import anyio
+
+from ._tasks import Job, spawn, wait_done
 from ._types import ASGIApp, Message, Scope
+
+
+class _Queue:
+    """An unbounded FIFO of messages on any anyio backend (``asyncio.Queue``'s names)."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+
+    def put_nowait(self, message: Message) -> None:
+        self._send.send_nowait(message)
+
+    async def put(self, message: Message) -> None:
+        self._send.send_nowait(message)
+
+    async def get(self) -> Message:
+        return await self._receive.receive()
 
 
 class ScriptedWebSocket:
@@ -52,14 +73,15 @@ class ScriptedWebSocket:
             "extensions": extensions,
             "state": {},
         }
-        self._incoming: asyncio.Queue[Message] = asyncio.Queue()
-        self._outgoing: asyncio.Queue[Message] = asyncio.Queue()
+        self._incoming = _Queue()
+        self._outgoing = _Queue()
         #: Every message the app (through the guard) sent, in order.
         self.sent: list[Message] = []
         self._closed = False
         self._client_gone = False
         self._raise_after_close = raise_on_send_after_close
-        self.task: asyncio.Task[None] | None = None
+        #: The app's task (an ``asyncio.Task`` on asyncio).
+        self.task: Job[None] | None = None
 
     async def _receive(self) -> Message:
         return await self._incoming.get()
@@ -70,40 +92,47 @@ class ScriptedWebSocket:
         if message["type"] in ("websocket.close", "websocket.http.response.body"):
             self._closed = True
         self.sent.append(message)
-        await self._outgoing.put(message)
+        self._outgoing.put_nowait(message)
 
     async def connect(self) -> None:
         """Start the app and deliver ``websocket.connect``."""
-        await self._incoming.put({"type": "websocket.connect"})
-        self.task = asyncio.ensure_future(self.app(self.scope, self._receive, self._send))
+        self._incoming.put_nowait({"type": "websocket.connect"})
+        self.task = spawn(self.app(self.scope, self._receive, self._send))
 
     async def send_text(self, text: str) -> None:
-        await self._incoming.put({"type": "websocket.receive", "text": text})
+        self._incoming.put_nowait({"type": "websocket.receive", "text": text})
 
     async def send_bytes(self, data: bytes) -> None:
-        await self._incoming.put({"type": "websocket.receive", "bytes": data})
+        self._incoming.put_nowait({"type": "websocket.receive", "bytes": data})
 
     async def disconnect(self, code: int = 1000, reason: str = "") -> None:
         """The client leaves; with ``raise_on_send_after_close`` later sends raise OSError."""
         self._client_gone = True
-        await self._incoming.put({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._incoming.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
 
-    async def next(self, timeout: float = 2.0) -> Message:
+    async def next(self, timeout: float = 2.0) -> Message:  # noqa: ASYNC109 - public API
         """The next message sent to the server."""
-        return await asyncio.wait_for(self._outgoing.get(), timeout)
+        with anyio.fail_after(timeout):
+            return await self._outgoing.get()
 
-    async def expect(self, kind: str, timeout: float = 2.0, **fields: Any) -> Message:
+    async def expect(self, kind: str, timeout: float = 2.0, **fields: Any) -> Message:  # noqa: ASYNC109
         """The next sent message, checked to be of *kind* with *fields*."""
         message = await self.next(timeout)
         if message["type"] != kind or any(message.get(k) != v for k, v in fields.items()):
             raise AssertionError(f"expected {kind} {fields}, got {message}")
         return message
 
-    async def finished(self, timeout: float = 2.0) -> None:
+    async def finished(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109
         """Wait for the app (and the guard around it) to return; re-raises its error."""
         if self.task is None:
             raise RuntimeError("connect() was not called")
-        await asyncio.wait_for(self.task, timeout)
+        task = self.task
+        if isinstance(task, asyncio.Future):
+            await asyncio.wait_for(task, timeout)
+            return
+        with anyio.fail_after(timeout):
+            await wait_done(task)
+        task.result()
 
     @property
     def closed(self) -> bool:

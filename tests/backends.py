@@ -1,0 +1,69 @@
+"""Run an async test once per anyio backend (asyncio and trio).
+
+pytest-asyncio (auto mode) claims every ``async def`` test for asyncio, so
+anyio's own plugin cannot run them on trio. :func:`on_both_backends` turns
+an async test into a plain one, parametrized by ``anyio_backend``, that
+runs it with ``anyio.run`` on that backend; fixtures are passed through.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+import pytest
+
+BACKENDS = ("asyncio", "trio")
+
+
+#: Test files whose async tests all run on both backends (see tests/conftest.py).
+#: The other files stay on asyncio: they step asyncio's loop, use its
+#: primitives directly, or drive servers that run on asyncio.
+BOTH_BACKEND_FILES = frozenset(
+    {
+        "test_core_counters.py",
+        "test_handshake.py",
+        "test_jwt_handshake.py",
+        "test_jwt_sources.py",
+        "test_keys.py",
+        "test_message_rules.py",
+        "test_mutation_kills_jwt_session.py",
+        "test_origin.py",
+        "test_rate_limits.py",
+    }
+)
+
+
+def on_both_backends(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """*test* as a sync test run on each backend, with its marks and fixtures.
+
+    The test gets an ``anyio_backend`` parameter; the async function is
+    passed it only if it asks for it.
+    """
+    signature = inspect.signature(test)
+    wants_backend = "anyio_backend" in signature.parameters
+
+    def run(**kwargs: Any) -> None:
+        backend = kwargs["anyio_backend"] if wants_backend else kwargs.pop("anyio_backend")
+        anyio.run(functools.partial(test, **kwargs), backend=backend)
+
+    run.__name__ = test.__name__
+    run.__qualname__ = test.__qualname__
+    run.__doc__ = test.__doc__
+    run.__module__ = test.__module__
+    if not wants_backend:
+        parameter = inspect.Parameter("anyio_backend", inspect.Parameter.KEYWORD_ONLY)
+        signature = signature.replace(parameters=[*signature.parameters.values(), parameter])
+    run.__signature__ = signature  # type: ignore[attr-defined]
+    run.pytestmark = list(getattr(test, "pytestmark", []))  # type: ignore[attr-defined]
+    return pytest.mark.parametrize("anyio_backend", BACKENDS)(run)
+
+
+def convert_module(module: Any) -> None:
+    """Replace every ``async def test_*`` of *module* by :func:`on_both_backends` of it."""
+    for name, obj in list(vars(module).items()):
+        if name.startswith("test_") and inspect.iscoroutinefunction(obj):
+            setattr(module, name, on_both_backends(obj))
