@@ -284,13 +284,6 @@ class Case:
     bug: str = ""
 
 
-TRIO = (
-    "ws_guard does not run on trio yet: every guarded WebSocket gets HTTP 500"
-    " (asyncio.current_task() raises: no running event loop)"
-)
-#: Cases that pass on trio anyway: the bare app's crash before accept is an HTTP 500 too.
-TRIO_SAME = frozenset({"raise-before-accept"})
-
 CASES = [
     Case(
         "accept-subprotocol-headers",
@@ -414,8 +407,6 @@ def params() -> Iterator[Any]:
     for server in SERVERS:
         for case in CASES:
             reason = case.bug
-            if server == "hypercorn-trio" and case.name not in TRIO_SAME:
-                reason = reason or TRIO
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
             yield pytest.param(server, case, id=f"{server}-{case.name}", marks=marks)
 
