@@ -64,7 +64,12 @@ def test_repr_names_the_url_and_the_token_source_only() -> None:
 
 async def test_aclose_before_the_first_connection_dials_nothing() -> None:
     calls: list[int] = []
-    connections = connect(URL, lambda: str(calls.append(1)) or "t")
+
+    def provider() -> str:
+        calls.append(1)
+        return "t"
+
+    connections = connect(URL, provider)
     await connections.aclose()
     assert calls == []
     assert connections.last_decision is None
