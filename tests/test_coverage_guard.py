@@ -41,6 +41,8 @@ async def test_concurrent_startups_start_the_guard_once() -> None:
     await asyncio.gather(*(guard.startup() for _ in range(3)))
     assert guard.started
     assert rule.startups == 1
+    await guard.startup()  # once started, a later call returns at once
+    assert rule.startups == 1
     await guard.shutdown()
     assert rule.shutdowns == 1
 
