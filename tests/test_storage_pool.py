@@ -24,6 +24,7 @@ from ws_guard.testing import ScriptedWebSocket
 pytestmark = [pytest.mark.redis]
 
 BURST = 3 * REDIS_MAX_CONNECTIONS
+WAIT = 10.0  # seconds a command may wait for a pooled connection here
 
 
 @pytest.fixture
@@ -33,7 +34,14 @@ def redis() -> Iterator[RedisServer]:
 
 
 async def test_a_burst_beyond_the_pool_waits_for_connections(redis: RedisServer) -> None:
-    guard = Guard(rules=[rules.ConnectRate("5/minute")], storage=redis.url, on_storage_error="deny")
+    # A wait for a free connection is bounded by socket_timeout (the next test);
+    # 1 s by default is too short for 300 handshakes on a loaded machine under
+    # coverage. A pool that did not wait would fail the 101st command at once.
+    guard = Guard(
+        rules=[rules.ConnectRate("5/minute")],
+        storage=f"{redis.url}?socket_timeout={WAIT}",
+        on_storage_error="deny",
+    )
     app = WSGuardMiddleware(echo, guard=guard)
     await guard.startup()
     try:
@@ -45,7 +53,7 @@ async def test_a_burst_beyond_the_pool_waits_for_connections(redis: RedisServer)
         ]
         for ws in clients:
             await ws.connect()
-        replies = await asyncio.gather(*(ws.next(timeout=10) for ws in clients))
+        replies = await asyncio.gather(*(ws.next(timeout=3 * WAIT) for ws in clients))
         assert [m["type"] for m in replies] == ["websocket.accept"] * BURST
         snap = guard.metrics.snapshot()
         assert snap.closes_by_code == {}  # accepted, and not closed 1013 right after

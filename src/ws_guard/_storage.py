@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
@@ -43,6 +44,8 @@ REDIS_DEFAULTS: dict[str, float] = {"socket_timeout": 1.0, "socket_connect_timeo
 #: most ``socket_timeout``.
 REDIS_MAX_CONNECTIONS = 100
 _POOLED_SCHEMES = ("redis", "rediss", "redis+unix")
+#: A ``password=`` (or ``sentinel_password=``, ...) query parameter's value.
+_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
 
 Job = Callable[[], Awaitable[None]]
 
@@ -58,12 +61,12 @@ class SharedStorage:
         scheme = urlparse(uri).scheme
         if scheme not in MEMORY_SCHEMES + REDIS_SCHEMES:
             raise ConfigurationError(
-                f"storage scheme {scheme!r} in {uri!r} is not supported; use one of "
+                f"storage scheme {scheme!r} in {_redact(uri)!r} is not supported; use one of "
                 f"{', '.join(s + '://' for s in MEMORY_SCHEMES + REDIS_SCHEMES)}"
             )
         if scheme in REDIS_SCHEMES and importlib.util.find_spec("redis") is None:
             raise ConfigurationError(
-                f"storage {uri!r} needs redis-py: pip install 'ws-guard[redis]'"
+                f"storage {_redact(uri)!r} needs redis-py: pip install 'ws-guard[redis]'"
             )
         self.uri = uri
         self.scheme = scheme
@@ -227,7 +230,12 @@ def _blocking_pool(uri: str, options: dict[str, Any]) -> Any:
 
 
 def _redact(uri: str) -> str:
+    """*uri* with each password replaced by ``***``, for messages and ``repr``.
+
+    redis-py reads a password from the userinfo (``redis://user:pw@host``,
+    RFC 3986 section 3.2.1) and from the query (``?password=pw``); both go.
+    """
     parsed = urlparse(uri)
     if parsed.password:
-        return uri.replace(f":{parsed.password}@", ":***@")
-    return uri
+        uri = uri.replace(f":{parsed.password}@", ":***@")
+    return _QUERY_PASSWORD.sub(r"\1***", uri)
