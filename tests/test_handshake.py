@@ -224,7 +224,9 @@ async def test_app_http_response_before_accept_passes_through() -> None:
         "websocket.http.response.body",
     ]
     snap = guard.metrics.snapshot()
-    assert dict(snap.closes_by_code) == {}
+    # Counted as what the server sends: the app's HTTP status, no close frame.
+    assert dict(snap.closes_by_code) == {401: 1}
+    assert dict(snap.closes_by_initiator) == {"app": 1}
     assert snap.active_connections == 0
 
 

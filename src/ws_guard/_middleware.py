@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ._connection import Connection
 from ._errors import ConfigurationError
 from ._guard import Guard
 from ._types import ASGIApp, Message, Receive, Scope, Send
+
+#: The app as called: ASGI says it returns None, but whatever it returns is passed on.
+_AnyApp = Callable[[Scope, Receive, Send], Awaitable[Any]]
 
 
 class WSGuardMiddleware:
@@ -23,9 +28,13 @@ class WSGuardMiddleware:
         self.app = app
         self.guard = guard
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        # The app's return value goes back to the server for every scope type:
+        # ASGI says None, and uvicorn logs anything else ("ASGI callable should
+        # return None"); swallowing it here would hide that mistake.
         kind = scope["type"]
         guard = self.guard
+        app: _AnyApp = self.app
         if kind == "websocket" and guard.guards_path(scope["path"], scope.get("root_path", "")):
             # Inline rather than a helper coroutine: one frame less for every
             # open connection, and one call less on every message's path.
@@ -34,26 +43,26 @@ class WSGuardMiddleware:
             conn = Connection(guard, scope, receive, send)
             try:
                 if not await conn.handshake():
-                    return
+                    return None
                 conn.task = asyncio.current_task()
                 guard.drain_admitted(conn)
                 try:
-                    await self.app(scope, conn.app_receive, conn.send)
+                    result = await app(scope, conn.app_receive, conn.send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise
                     _uncancel()  # ws_guard's own cancel ends here, as an ordinary return
+                    return None
                 except Exception as exc:
                     await conn.app_crashed(exc)
                     raise
-                else:
-                    await conn.app_returned()
+                await conn.app_returned()
+                return result
             finally:
                 await conn.finish()
         elif kind == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
-        else:
-            await self.app(scope, receive, send)
+            return await app(scope, self._lifespan_receive(receive), send)
+        return await app(scope, receive, send)
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         guard = self.guard
