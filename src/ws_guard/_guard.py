@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, format_retry_after
+from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, http_retry_after
 from ._drain import Drain
 from ._errors import ConfigurationError
 from ._fuse import FusedRun, plan_checks
@@ -462,7 +462,13 @@ class Guard:
             status = 403
         headers = [(b"content-type", b"text/plain; charset=utf-8")]
         if close.retry_after is not None:
-            headers.append((b"retry-after", format_retry_after(close.retry_after).encode()))
+            if close.jittered:
+                # A load or drain hint: keep its spread in whole seconds.
+                value = http_retry_after(close.retry_after, self.random)
+            else:
+                # The time until a rate window reopens: never early.
+                value = str(max(0, math.ceil(close.retry_after)))
+            headers.append((b"retry-after", value.encode()))
         return status, headers
 
 
