@@ -20,6 +20,7 @@ connection, and the metrics count the code that went out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -31,8 +32,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from helpers import eventually
+from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, serve
-from ws_guard import Guard, WSGuardMiddleware
+from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
@@ -128,7 +130,7 @@ UNSENDABLE = [
 ]
 
 
-@pytest.mark.parametrize("server", UVICORN_WS)
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize(("code", "sent"), UNSENDABLE, ids=[str(c) for c, _ in UNSENDABLE])
 async def test_an_unsendable_app_close_code_goes_out_valid_and_counted_as_sent(
     server: str, code: int, sent: int, caplog: pytest.LogCaptureFixture
@@ -221,6 +223,41 @@ async def test_the_first_receive_after_an_eager_accept_is_websocket_connect(serv
         guarded = await outcome(running.url + "/ws", "hello")
     assert bare == ("closed", ("websocket.connect websocket.receive",), (1000, ""))
     assert guarded == bare
+
+
+def eager_app_reading_after_the_token(opened: list[str]) -> Any:
+    """Accept at once, read nothing until the first-message token is verified."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await send({"type": "websocket.accept"})
+        info = scope["ws_guard"]
+        while info.state != "open":  # bounded by the client's timeout below
+            await asyncio.sleep(0.005)
+        opened.append(info.state)
+        first = await receive()
+        second = await receive()
+        await send({"type": "websocket.send", "text": f"{first['type']} {second.get('text')}"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    return app
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_websocket_connect_survives_a_first_message_token_verified_before_the_first_receive(
+    server: str,
+) -> None:
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_first_message(5.0))
+    opened: list[str] = []
+    app = WSGuardMiddleware(eager_app_reading_after_the_token(opened), guard=Guard(rules=[auth]))
+    with serve(app, server) as running:
+        async with connect(running.url + "/ws", open_timeout=5, close_timeout=5) as ws:
+            await ws.send(mint("alice"))
+            await ws.send("hi")
+            reply = await asyncio.wait_for(ws.recv(), 5)
+    assert opened == ["open"]  # the connection was open before the app's first receive
+    assert reply == "websocket.connect hi"
 
 
 # -- the app's return value -----------------------------------------------------
