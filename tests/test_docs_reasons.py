@@ -233,9 +233,9 @@ def check_reason(reason: str, code: int | None, examples: Sent) -> str | None:
     if sep:
         value = reason[len(slug) :]
         if not value.startswith(HINT) or not re.fullmatch(
-            rf"{re.escape(PLACEHOLDER)}|\d+", value[len(HINT) :]
+            rf"{re.escape(PLACEHOLDER)}|\d+(?:\.\d)?", value[len(HINT) :]
         ):
-            return f"the hint is spelled '{HINT}{PLACEHOLDER}' or '{HINT}<whole seconds>'"
+            return f"the hint is spelled '{HINT}{PLACEHOLDER}' or '{HINT}<seconds to a tenth>'"
     return None
 
 
@@ -288,7 +288,8 @@ def test_every_close_reason_mention_is_a_wire_form() -> None:
         ("overloaded; retry-after=N", 1013, False),
         ("overloaded; retry_after=3", 1013, False),
         ("overloaded;retry-after=3", 1013, False),
-        ("overloaded; retry-after=2.5", 1013, False),
+        ("overloaded; retry-after=2.5", 1013, True),  # a jittered hint: tenths
+        ("overloaded; retry-after=2.55", 1013, False),
         ("overloaded", 1013, False),  # on the wire it always carries the hint
         ("overloaded; retry-after=3", 1008, False),  # wrong code
         ("message_too_big; retry-after=1", 1009, False),

@@ -32,7 +32,7 @@ pytestmark = [
 ]
 
 SERVERS = (*UVICORN_WS, "hypercorn")
-RETRY_HINT = re.compile(r"overloaded; retry-after=[1-9][0-9]*")
+RETRY_HINT = re.compile(r"overloaded; retry-after=[1-9][0-9]*(?:\.[0-9])?")
 
 
 @pytest.fixture(scope="module", params=SERVERS)

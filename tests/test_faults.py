@@ -421,7 +421,7 @@ async def test_jwks_down_under_load_follows_the_policy_and_recovers(
 
 
 # == load gauges and the close hook ===================================================
-OVERLOADED = re.compile(r"overloaded; retry-after=\d+")
+OVERLOADED = re.compile(r"overloaded; retry-after=\d+(?:\.\d)?")
 
 
 def gauge_warnings(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
@@ -704,7 +704,7 @@ class Streamer:
             await asyncio.sleep(0.01)
 
 
-RESTARTING = re.compile(r"restarting; retry-after=\d+")
+RESTARTING = re.compile(r"restarting; retry-after=\d+(?:\.\d)?")
 
 
 async def open_after_drain(app: Streamer, **guard_options: Any) -> tuple[Guard, int]:

@@ -28,10 +28,10 @@ async def test_overload_is_accepted_then_closed_and_app_never_called() -> None:
     second = guarded(app, guard)
     await second.connect()
     await second.finished()
-    # retry-after = 1 s base * (1 + 0.5 jitter) = 1.5, rounded up.
+    # retry-after = 1 s base * (1 + 0.5 jitter) = 1.5, to a tenth (the jitter survives).
     assert second.sent == [
         {"type": "websocket.accept"},
-        {"type": "websocket.close", "code": 1013, "reason": "overloaded; retry-after=2"},
+        {"type": "websocket.close", "code": 1013, "reason": "overloaded; retry-after=1.5"},
     ]
     assert app.calls == 1
     snap = guard.metrics.snapshot()
@@ -224,7 +224,9 @@ async def test_app_http_response_before_accept_passes_through() -> None:
         "websocket.http.response.body",
     ]
     snap = guard.metrics.snapshot()
-    assert dict(snap.closes_by_code) == {}
+    # Counted as what the server sends: the app's HTTP status, no close frame.
+    assert dict(snap.closes_by_code) == {401: 1}
+    assert dict(snap.closes_by_initiator) == {"app": 1}
     assert snap.active_connections == 0
 
 

@@ -29,8 +29,8 @@ from ws_guard._types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 
-OVERLOADED = re.compile(r"overloaded; retry-after=\d+")
-RESTARTING = re.compile(r"restarting; retry-after=\d+")
+OVERLOADED = re.compile(r"overloaded; retry-after=\d+(?:\.\d)?")
+RESTARTING = re.compile(r"restarting; retry-after=\d+(?:\.\d)?")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -8,6 +8,7 @@ the real sampler (its start, stop and overdue detection).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
@@ -22,7 +23,7 @@ from ws_guard._hysteresis import Hysteresis
 from ws_guard._lag import LagWindow
 from ws_guard.testing import ScriptedWebSocket
 
-OVERLOADED = re.compile(r"overloaded; retry-after=(\d+)")
+OVERLOADED = re.compile(r"overloaded; retry-after=(\d+(?:\.\d)?)")
 
 
 class Clock:
@@ -49,7 +50,7 @@ async def shed(guard: Guard) -> int:
     await ws.finished()
     match = OVERLOADED.fullmatch(close["reason"])
     assert match is not None, close
-    return int(match.group(1))
+    return math.ceil(float(match.group(1)))
 
 
 # -- hysteresis ---------------------------------------------------------------------
@@ -283,9 +284,8 @@ async def test_retry_hint_is_jittered_and_grows_with_the_overload() -> None:
     early = hints(200)
     assert len(early) == 200
     assert all(1.0 <= h < 2.0 for h in early)
-    assert count.overload_close(0.0).wire_reason in (
-        "overloaded; retry-after=1",
-        "overloaded; retry-after=2",
+    assert re.fullmatch(
+        r"overloaded; retry-after=(1(\.[0-9])?|2)", count.overload_close(0.0).wire_reason
     )
     assert count.tripped_since == 0.0
     clock.now = 10.0  # ten seconds of overload: base 1 + 10/2 = 6

@@ -25,7 +25,7 @@ from ws_guard._connection import Connection
 from ws_guard._types import Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
-RESTARTING = re.compile(r"restarting; retry-after=[12]")
+RESTARTING = re.compile(r"restarting; retry-after=(?:1(?:\.[0-9])?|2)")
 
 
 class Gate(rules.Rule):

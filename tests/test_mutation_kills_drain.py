@@ -115,7 +115,7 @@ def test_each_client_gets_retry_after_times_one_plus_its_draw(
 ) -> None:
     guard = Guard(random_source=FixedRandom(draw))
     drain = Drain(guard, window=0.0, code=code, retry_after=retry_after, grace=0.0)
-    assert drain.close_for_one() == Close(code, slug, slug, hint)
+    assert drain.close_for_one() == Close(code, slug, slug, hint, jittered=True)
 
 
 @pytest.mark.parametrize(

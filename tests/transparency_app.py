@@ -213,10 +213,18 @@ async def raise_disconnect(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def eager_accept(scope: Scope, receive: Receive, send: Send) -> None:
-    """Accept before reading ``websocket.connect``; report the first message's type."""
+    """Accept before reading ``websocket.connect``; report the types of the messages read.
+
+    After a ``websocket.connect`` it reads once more, so the client's message
+    is consumed before the close (a close racing the client's send would
+    make the client see nothing on either side).
+    """
     await _accept(send)
     first = await receive()
     await send({"type": "websocket.send", "text": first["type"]})
+    if first["type"] == "websocket.connect":
+        second = await receive()
+        await send({"type": "websocket.send", "text": second["type"]})
     await _close(send, 1000)
 
 

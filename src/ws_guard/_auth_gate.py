@@ -187,6 +187,7 @@ class AuthGate:
                 return
         if live and self.decided:
             conn.state = OPEN  # every held send is out: the fast paths take over
+            conn.connect_message_first()
 
     def verified(self) -> None:
         """The token is valid: flush the held sends in order, then open."""

@@ -19,7 +19,17 @@ from urllib.parse import parse_qs
 import anyio
 
 from ._auth_gate import AuthGate
-from ._close import ABNORMAL_CLOSURE, CONSUME, INTERNAL_ERROR, NORMAL, Close, truncate_reason
+from ._close import (
+    ABNORMAL_CLOSURE,
+    CONSUME,
+    HTTP_FORBIDDEN,
+    INTERNAL_ERROR,
+    NORMAL,
+    Close,
+    is_sendable_code,
+    sendable_code_for,
+    truncate_reason,
+)
 from ._keys import resolve_client_ip
 from ._request import joined_headers, loggable_path
 from ._rule import Checker, Rule, Verdict
@@ -46,12 +56,23 @@ _STATE_NAMES = {
 }
 
 
-_DISCONNECT_ERRORS = frozenset({"ClientDisconnected", "WebSocketDisconnect"})
+def _server_refused_send(exc: BaseException) -> bool:
+    """Whether *exc* is, or was raised while handling, the server's ``ClientDisconnected``.
 
-
-def _is_disconnect(exc: BaseException) -> bool:
-    """Whether *exc* says the client left (matched by name: no server imports)."""
-    return any(cls.__name__ in _DISCONNECT_ERRORS for cls in type(exc).__mro__)
+    uvicorn raises it from a send to a client that left; Starlette turns it
+    into ``WebSocketDisconnect(1006)`` raised from it, so it sits in the
+    exception's context chain. A ``WebSocketDisconnect`` the app raises on
+    its own (a bad token) has no such context. Matched by name: no server
+    imports.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == "ClientDisconnected" for cls in type(current).__mro__):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class ConnectionInfo:
@@ -460,7 +481,7 @@ class Connection:
         state = self.state
         if state == OPEN:
             if message["type"] == "websocket.close":
-                self._app_closed(message)
+                message = self._app_closed(message)
             try:
                 await self._send(message)
             except OSError:
@@ -475,8 +496,7 @@ class Connection:
             if message["type"] == "websocket.close":
                 # Not held: the app chose to end, and a close frame carries only
                 # its own code and reason. What it sent before is dropped.
-                self._app_closed(message)
-                await self._send(message)
+                await self._send(self._app_closed(message))
                 return
             await gate.send(message)  # until the verdict; then in order, or dropped
             return
@@ -488,6 +508,8 @@ class Connection:
                 # The accept itself goes out (the client needs it to send its
                 # token); with a token pending, nothing after it does.
                 self.state = OPEN if gate is None else AUTHENTICATING
+                if gate is None:
+                    self.connect_message_first()
                 try:
                     await self._send(message)
                 except OSError:
@@ -499,23 +521,73 @@ class Connection:
                     gate.start()
                 return
             if kind == "websocket.close":
-                self._app_closed(message)
+                message = self._app_closed(message)
             elif kind == "websocket.http.response.start":
-                self.state = CLOSED
+                self._app_refused(message)
         await self._send(message)
 
-    def _app_closed(self, message: Message) -> None:
+    def _app_closed(self, message: Message) -> Message:
+        """Count the app's ``websocket.close``; the message to hand to the server.
+
+        Before accept nothing goes on the wire but the server's HTTP 403, so
+        the message passes untouched and is counted as 403. After accept the
+        close frame must be valid: a reason is cut to 123 bytes (a longer one
+        makes uvicorn drop the TCP connection, 1006), and a code RFC 6455 does
+        not allow in a frame (1005, 1006, 2000, ...) is replaced, since servers
+        drop TCP (websockets) or send another code (wsproto: 1000) for it; see
+        :func:`sendable_code_for`. The code counted is the one sent.
+        """
+        accepted = self.state != CONNECTING
         self._set_closed(CLOSED)
+        if not accepted:
+            self.guard.record_close(self, None, HTTP_FORBIDDEN, "app")
+            return message
         reason = message.get("reason")
         if isinstance(reason, str) and reason:
-            # A reason over 123 bytes makes uvicorn drop the TCP connection (1006).
             message["reason"] = truncate_reason(reason)
         # What ws_guard cannot read goes to the server untouched (FastAPI's
         # validation close carries a list as its reason; an app may pass a
         # None code): bookkeeping must never raise inside the app's send().
         code = message.get("code", NORMAL)
-        counted = code if isinstance(code, int) and not isinstance(code, bool) else NORMAL
+        if not isinstance(code, int) or isinstance(code, bool):
+            counted = NORMAL
+        elif is_sendable_code(code):
+            counted = int(code)
+        else:
+            counted = sendable_code_for(code)
+            self.guard.warn_unsendable_code(code, counted)
+            message = {**message, "code": counted}
         self.guard.record_close(self, None, counted, "app")
+        return message
+
+    def _app_refused(self, message: Message) -> None:
+        """The app answered the handshake with its own HTTP response: count its status."""
+        self._set_closed(CLOSED)
+        status = message.get("status")
+        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+            self.guard.record_close(self, None, status, "app")
+
+    def connect_message_first(self) -> None:
+        """Entering OPEN: if the app has not read ``websocket.connect`` yet, its next receive does.
+
+        ASGI gives the app ``websocket.connect`` from its first ``receive()``,
+        even when it accepts first (bare uvicorn does). Once open, receives
+        take the fast path, which reads the server's receive, so the message
+        is put in front of that for one call: nothing is added to the path
+        of later messages.
+        """
+        if self._connect_message is None:
+            return
+        server_receive = self._receive
+
+        async def replay() -> Message:
+            self._receive = server_receive
+            message, self._connect_message = self._connect_message, None
+            if message is None:  # the slow path delivered it meanwhile
+                return await server_receive()
+            return message
+
+        self._receive = replay
 
     def _set_closed(self, state: int) -> None:
         """Enter CLOSED or GUARD_CLOSED; sends held for a token are dropped."""
@@ -702,19 +774,25 @@ class Connection:
 
     # -- ends of the app ----------------------------------------------------------
     async def app_crashed(self, exc: BaseException) -> None:
-        """The app raised: the client gets 1011 instead of a dropped TCP (1006)."""
+        """The app raised: the client gets 1011 instead of a dropped TCP (1006).
+
+        Any exception counts, ``WebSocketDisconnect`` too: an app raises it
+        itself (on a bad token, say) while the client is still there. The
+        client's 1006 is counted only when the client is known to be gone:
+        ws_guard saw its ``websocket.disconnect`` (the state is no longer
+        live), or the server refused a send (``ClientDisconnected``, also
+        behind Starlette's ``WebSocketDisconnect``), or it refuses this close.
+        """
         if self.state in LIVE:
             self._set_closed(CLOSED)
             close = Close(INTERNAL_ERROR, "internal_error", "internal_error")
             frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
-            if _is_disconnect(exc):
-                # The app tripped over a client that had left (uvicorn raises
-                # ClientDisconnected on a send, Starlette turns it into
-                # WebSocketDisconnect): the client's close, not an app crash.
+            if _server_refused_send(exc):
+                # A send the app made on the fast path (not seen by ws_guard) hit a gone client.
                 self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
             elif await self._send_quietly(frame):
                 self.guard.record_close(self, close, initiator="app")
-            else:  # the server refused the close as well: the client is gone
+            else:  # the server refused the close: the client is gone
                 self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     async def app_returned(self) -> None:

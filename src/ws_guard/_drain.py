@@ -58,7 +58,7 @@ class Drain:
     def close_for_one(self) -> Close:
         """The decision for one client: its own hint in ``[r, 2r)`` seconds."""
         hint = self.retry_after * (1.0 + self.guard.random.random())
-        return Close(self.code, self.reason, self.reason, hint)
+        return Close(self.code, self.reason, self.reason, hint, jittered=True)
 
     def start(self) -> None:
         """Plan the waves: connection *i* of *n* closes at ``window * i / n``."""

@@ -137,7 +137,12 @@ class LoadGauge:
     def overload_close(self, now: float) -> Close:
         """The 1013 decision for one client, with its own jittered hint."""
         return Close(
-            TRY_AGAIN_LATER, "overloaded", "overloaded", self.retry_after(now), not self.enforce
+            TRY_AGAIN_LATER,
+            "overloaded",
+            "overloaded",
+            self.retry_after(now),
+            not self.enforce,
+            jittered=True,
         )
 
     def check(self, conn: Connection) -> Close | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 import anyio
 
-from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, format_retry_after
+from ._close import SERVICE_RESTART, TRY_AGAIN_LATER, Close, http_retry_after
 from ._drain import Drain
 from ._errors import ConfigurationError, UnsupportedBackendError
 from ._fuse import FusedRun, plan_checks
@@ -169,6 +169,8 @@ class Guard:
         # Rule label -> (time of its last WARNING, breaches not logged since);
         # keyed by configured names only, so bounded by the configuration.
         self._shadow_logs: dict[str, tuple[float, int]] = {}
+        #: App close codes already warned about (see warn_unsendable_code).
+        self._unsendable_warned: set[int] = set()
         self._last_storage_log = float("-inf")
         self._started = False
         self._start_lock: anyio.Lock | None = None
@@ -384,6 +386,24 @@ class Guard:
             )
         self._emit(conn, code, reason, rule, initiator, shadow=False)
 
+    def warn_unsendable_code(self, code: int, sent: int) -> None:
+        """Log once per *code* that the app closed with a code no frame may carry.
+
+        The set is the guard's own and bounded: the app picks the codes, but
+        a buggy app passing client input through must not grow it forever.
+        """
+        warned = self._unsendable_warned
+        if code in warned or len(warned) >= _MAX_WARNED_CODES:
+            return
+        warned.add(code)
+        logger.warning(
+            "ws_guard: the app closed with code %d, which RFC 6455 section 7.4 does not "
+            "allow in a close frame; sent %d instead (logged once per code)",
+            code,
+            sent,
+            extra={"ws_code": code, "ws_sent_code": sent},
+        )
+
     def record_shadow(self, conn: Connection, close: Close) -> None:
         """Count a shadow breach; log it unless this rule logged one in the last interval.
 
@@ -467,8 +487,18 @@ class Guard:
             status = 403
         headers = [(b"content-type", b"text/plain; charset=utf-8")]
         if close.retry_after is not None:
-            headers.append((b"retry-after", format_retry_after(close.retry_after).encode()))
+            if close.jittered:
+                # A load or drain hint: keep its spread in whole seconds.
+                value = http_retry_after(close.retry_after, self.random)
+            else:
+                # The time until a rate window reopens: never early.
+                value = str(max(0, math.ceil(close.retry_after)))
+            headers.append((b"retry-after", value.encode()))
         return status, headers
+
+
+#: At most this many distinct unsendable app close codes are warned about per guard.
+_MAX_WARNED_CODES = 64
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 
@@ -15,6 +17,9 @@ from ._tasks import on_asyncio
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("ws_guard")
+
+#: The app as called: ASGI says it returns None, but whatever it returns is passed on.
+_AnyApp = Callable[[Scope, Receive, Send], Awaitable[Any]]
 
 
 class WSGuardMiddleware:
@@ -31,46 +36,51 @@ class WSGuardMiddleware:
         self.guard = guard
         self._backend_logged = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        # The app's return value goes back to the server for every scope type:
+        # ASGI says None, and uvicorn logs anything else ("ASGI callable should
+        # return None"); swallowing it here would hide that mistake.
         kind = scope["type"]
         guard = self.guard
+        app: _AnyApp = self.app
         if kind == "websocket" and guard.guards_path(scope["path"], scope.get("root_path", "")):
             # Inline rather than a helper coroutine: one frame less for every
             # open connection, and one call less on every message's path.
             # The server runs no lifespan: start on first use.
             if not guard.started and not await self._start_on_first_use(scope, receive, send):
-                return
+                return None
             conn = Connection(guard, scope, receive, send)
             try:
                 if not await conn.handshake():
-                    return
+                    return None
                 # On asyncio ws_guard stops an app that outlives its connection
                 # by cancelling its task; elsewhere (trio) by a cancel scope,
                 # which absorbs that cancel itself.
                 app_scope = None if on_asyncio() else anyio.CancelScope()
                 conn.task = asyncio.current_task() if app_scope is None else app_scope
                 guard.drain_admitted(conn)
+                result: Any = None  # stays None when the cancel scope stops the app
                 try:
                     if app_scope is None:
-                        await self.app(scope, conn.app_receive, conn.send)
+                        result = await app(scope, conn.app_receive, conn.send)
                     else:
                         with app_scope:
-                            await self.app(scope, conn.app_receive, conn.send)
+                            result = await app(scope, conn.app_receive, conn.send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise
                     _uncancel()  # ws_guard's own cancel ends here, as an ordinary return
+                    return None
                 except Exception as exc:
                     await conn.app_crashed(exc)
                     raise
-                else:
-                    await conn.app_returned()
+                await conn.app_returned()
+                return result
             finally:
                 await conn.finish()
         elif kind == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
-        else:
-            await self.app(scope, receive, send)
+            return await app(scope, self._lifespan_receive(receive), send)
+        return await app(scope, receive, send)
 
     async def _start_on_first_use(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Start the guard from a connection; False when it refused it (closed 1011).

@@ -1,6 +1,7 @@
 """The guard's shared storage: a ``limits`` async storage built from a URI.
 
-The URI is checked at construction; the storage itself (and, for Redis, the
+The URI is checked and the modules are imported at construction (an import
+on the event loop blocks every connection); the storage itself (and, for Redis, the
 redis-py client inside it) is created in the running loop at guard startup
 and closed at shutdown, so nothing binds to a loop at import or in
 ``__init__``. Rules that need storage ask ``guard.storage`` after startup.
@@ -17,7 +18,7 @@ import importlib.util
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlparse
 
 import anyio
@@ -71,6 +72,13 @@ class SharedStorage:
         self.uri = uri
         self.scheme = scheme
         self.is_memory = scheme in MEMORY_SCHEMES
+        # Imported here, not in open(): open() runs on the event loop (at
+        # startup, or on the first handshake under a server without lifespan),
+        # and importing limits' storage modules blocks it for ~50 ms.
+        from limits.storage import storage_from_string
+
+        self._storage_from_string = storage_from_string
+        self._redis = None if self.is_memory else _RedisParts.load()
         self._limits: Any = None
         self._pool: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
@@ -90,28 +98,25 @@ class SharedStorage:
         """Create the ``limits`` storage in the running loop (idempotent)."""
         if self._limits is not None:
             return
-        from limits.storage import storage_from_string
-
-        if self.is_memory:
+        storage_from_string = self._storage_from_string
+        redis = self._redis
+        if redis is None:
             self._limits = storage_from_string("async+memory://")
             return
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import RedisError
-
         options: dict[str, Any] = dict(REDIS_DEFAULTS)
         # Retry a dropped connection, never a timeout: a Redis that hangs
         # would otherwise cost every call twice the socket timeout.
-        options["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        options["retry"] = redis.Retry(
+            redis.NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
+        )
         if self.scheme in _POOLED_SCHEMES:
-            self._pool = _blocking_pool(self.uri, options)
+            self._pool = _blocking_pool(redis, self.uri, options)
             options["connection_pool"] = self._pool
         # limits' coredis default does not work with current coredis; redis-py does.
         self._limits = storage_from_string(
             "async+" + self.uri, implementation="redispy", **cast(Any, options)
         )
-        self._errors = (RedisError, OSError, asyncio.TimeoutError)
+        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
 
     async def close(self) -> None:
         """Stop the maintenance task and close Redis connections (idempotent)."""
@@ -217,14 +222,35 @@ class _Job:
         self.due = due
 
 
-def _blocking_pool(uri: str, options: dict[str, Any]) -> Any:
-    """A redis-py pool whose commands wait for a free connection rather than fail."""
-    from redis.asyncio import BlockingConnectionPool
-    from redis.asyncio.connection import parse_url
+class _RedisParts(NamedTuple):
+    """The redis-py names open() needs, imported once at construction."""
 
+    Retry: Any
+    NoBackoff: Any
+    ConnectionError: type[BaseException]
+    RedisError: type[BaseException]
+    BlockingConnectionPool: Any
+    parse_url: Callable[[str], Any]
+
+    @classmethod
+    def load(cls) -> _RedisParts:
+        from redis.asyncio import BlockingConnectionPool
+        from redis.asyncio.connection import parse_url
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+
+        return cls(
+            Retry, NoBackoff, RedisConnectionError, RedisError, BlockingConnectionPool, parse_url
+        )
+
+
+def _blocking_pool(redis: _RedisParts, uri: str, options: dict[str, Any]) -> Any:
+    """A redis-py pool whose commands wait for a free connection rather than fail."""
     url = "unix" + uri[len("redis+unix") :] if uri.startswith("redis+unix") else uri
-    wait = parse_url(url).get("socket_timeout", options["socket_timeout"])
-    return BlockingConnectionPool.from_url(
+    wait = redis.parse_url(url).get("socket_timeout", options["socket_timeout"])
+    return redis.BlockingConnectionPool.from_url(
         url, max_connections=REDIS_MAX_CONNECTIONS, timeout=wait, **options
     )
 
