@@ -3,14 +3,14 @@
 :class:`ScriptedWebSocket` plays the ASGI server. Tests push client
 messages and read exactly what the app and the guard sent back, with no
 network and no sleeps, so close codes and message sequences can be asserted
-to the byte. It runs on asyncio and on trio (anyio memory streams; the app
+to the byte. It runs on asyncio and on trio (anyio events; the app
 runs as a detached task, see ``ws_guard._tasks``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,19 +21,32 @@ from ._types import ASGIApp, Message, Scope
 
 
 class _Queue:
-    """An unbounded FIFO of messages on any anyio backend (``asyncio.Queue``'s names)."""
+    """An unbounded FIFO of messages on any anyio backend (``asyncio.Queue``'s names).
+
+    A deque and an event rather than an anyio memory stream: a stream left
+    unclosed warns (``ResourceWarning``) when collected, and a scripted
+    connection has no moment at which closing it would be right.
+    """
 
     def __init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._items: deque[Message] = deque()
+        # Made on first wait, inside the event loop (anyio picks the backend then).
+        self._ready: anyio.Event | None = None
 
     def put_nowait(self, message: Message) -> None:
-        self._send.send_nowait(message)
+        self._items.append(message)
+        if self._ready is not None:
+            self._ready.set()
 
     async def put(self, message: Message) -> None:
-        self._send.send_nowait(message)
+        self.put_nowait(message)
 
     async def get(self) -> Message:
-        return await self._receive.receive()
+        while not self._items:
+            if self._ready is None or self._ready.is_set():
+                self._ready = anyio.Event()
+            await self._ready.wait()
+        return self._items.popleft()
 
 
 class ScriptedWebSocket:
