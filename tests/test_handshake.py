@@ -6,7 +6,7 @@ import pytest
 
 from apps import Recorder
 from helpers import Deny, FixedRandom, Holds
-from ws_guard import Guard, WSGuardMiddleware, load, rules
+from ws_guard import CloseEvent, Guard, WSGuardMiddleware, load, rules
 from ws_guard.testing import ScriptedWebSocket
 
 
@@ -174,7 +174,22 @@ async def test_http_denial_status_headers_and_body(
         {"type": "websocket.http.response.body", "body": body},
     ]
     assert app.calls == 0
-    assert guard.metrics.snapshot().handshakes_rejected == 1
+    snap = guard.metrics.snapshot()
+    assert snap.handshakes_rejected == 1
+    # Counted as what the client got: the HTTP status, not the decision's code.
+    assert dict(snap.closes_by_code) == {status: 1}
+    assert dict(snap.closes_by_initiator) == {"guard": 1}
+
+
+async def test_http_denial_is_reported_to_on_close_as_its_status() -> None:
+    events: list[CloseEvent] = []
+    guard = Guard(rules=[Deny(1008, "rate_limited", 7)], reject="http", on_close=events.append)
+    ws = guarded(Recorder(), guard)
+    await ws.connect()
+    await ws.finished()
+    assert [(e.code, e.reason, e.initiator) for e in events] == [
+        (429, "rate_limited; retry-after=7", "guard")
+    ]
 
 
 async def test_http_denial_for_load_gauge() -> None:
@@ -207,6 +222,8 @@ async def test_http_denial_falls_back_without_the_extension() -> None:
         {"type": "websocket.accept"},
         {"type": "websocket.close", "code": 1008, "reason": "rate_limited; retry-after=3"},
     ]
+    # A close frame went out, so the close code is what is counted.
+    assert dict(guard.metrics.snapshot().closes_by_code) == {1008: 1}
 
 
 async def test_app_http_response_before_accept_passes_through() -> None:

@@ -369,9 +369,10 @@ class Connection:
         self.state = GUARD_CLOSED
         self._guard_close = close
         guard.metrics.handshakes_rejected += 1
-        guard.record_close(self, close)
         if guard.reject == "http" and "websocket.http.response" in self.scope.get("extensions", {}):
             status, headers = guard.http_denial(close)
+            # Counted as what the client got: the HTTP status, under the rule.
+            guard.record_close(self, close, status=status)
             await self._send_quietly(
                 {"type": "websocket.http.response.start", "status": status, "headers": headers}
             )
@@ -379,6 +380,7 @@ class Connection:
                 {"type": "websocket.http.response.body", "body": close.wire_reason.encode()}
             )
             return
+        guard.record_close(self, close)
         # A close before accept becomes an HTTP 403 that browsers report as
         # 1006; accepting first is the only way the code reaches a browser.
         await self._accept_and_close(close)

@@ -60,7 +60,14 @@ _MAX_APP_EXIT = 600.0
 
 @dataclass(frozen=True, slots=True)
 class CloseEvent:
-    """What an ``on_close`` hook receives for each close ws_guard counts."""
+    """What an ``on_close`` hook receives for each close ws_guard counts.
+
+    ``code`` is what the client got: a close code (1000-4999), or the HTTP
+    status of a handshake refused without a close frame (an app's refusal
+    before accept: 403 or its own response's status; a ``reject="http"``
+    denial: 503, 429 or 403). ``reason`` is the close reason (for an HTTP
+    denial, the reason its body carries); ``duration`` is in seconds.
+    """
 
     code: int
     reason: str
@@ -366,12 +373,21 @@ class Guard:
         close: Close | None,
         code: int | None = None,
         initiator: str = "guard",
+        *,
+        status: int | None = None,
     ) -> None:
-        """Count one close, log ws_guard's own, and tell the ``on_close`` hook."""
+        """Count one close, log ws_guard's own, and tell the ``on_close`` hook.
+
+        *status*: the HTTP status a ``reject="http"`` denial sent instead of
+        a close frame; it is counted (and reported) in place of the code,
+        since it is what the client got.
+        """
         rule: str | None = None
         reason = ""
         if close is not None:
             code, rule, reason = close.code, close.rule, close.wire_reason
+            if status is not None:
+                code = status
         elif code is None:
             raise TypeError("record_close needs a close decision or a code")
         self.metrics.record_close(code, initiator, rule)
