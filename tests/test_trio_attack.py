@@ -1,0 +1,133 @@
+"""Hostile clients and odd deployments against ws_guard's backend-neutral core.
+
+Each test runs on asyncio and on trio (anyio cancel scopes are level
+triggered on both: every checkpoint inside a cancelled scope raises again,
+so cleanup that awaits must be shielded). The server is played in process:
+a memory stream for ``receive`` and a ``send`` the test controls, so a
+client that stops reading is a ``send`` that never returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+
+from backends import on_both_backends
+from jwt_keys import mint
+from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._types import Message, Receive, Scope, Send
+
+KEY = "s" * 32
+
+
+async def echo_until_disconnect(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+class StuckClient:
+    """One connection whose client stops reading once a close frame is sent."""
+
+    def __init__(self, guard: Guard, query: bytes = b"") -> None:
+        self.middleware = WSGuardMiddleware(echo_until_disconnect, guard=guard)
+        self.sent: list[Message] = []
+        self.close_sent = anyio.Event()
+        self.handler_scope = anyio.CancelScope()
+        self.scope: Scope = {
+            "type": "websocket",
+            "path": "/ws",
+            "query_string": query,
+            "headers": [],
+            "client": ("10.0.0.1", 5000),
+            "subprotocols": [],
+        }
+        self._tx, self._rx = anyio.create_memory_object_stream[Message](10)
+
+    async def _send(self, message: Message) -> None:
+        self.sent.append(message)
+        if message["type"] == "websocket.close":
+            self.close_sent.set()
+            await anyio.sleep(math.inf)  # the frame never drains: the client stopped reading
+
+    async def run(self) -> None:
+        """The server's handler task: the middleware inside a scope the server may cancel."""
+        await self._tx.send({"type": "websocket.connect"})
+        with self.handler_scope:
+            await self.middleware(self.scope, self._rx.receive, self._send)
+
+
+async def admitted(guard: Guard, query: bytes) -> list[Message]:
+    """What a second client from the same IP is sent (it leaves at once after)."""
+    tx, rx = anyio.create_memory_object_stream[Message](10)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "websocket.accept":
+            await tx.send({"type": "websocket.disconnect", "code": 1000})
+
+    await tx.send({"type": "websocket.connect"})
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "query_string": query,
+        "headers": [],
+        "client": ("10.0.0.1", 5001),
+        "subprotocols": [],
+    }
+    with anyio.fail_after(2):
+        await WSGuardMiddleware(echo_until_disconnect, guard=guard)(scope, rx.receive, send)
+    return sent
+
+
+@on_both_backends
+@pytest.mark.parametrize("trigger", ["token_expired", "drain"])
+async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_everything(
+    trigger: str,
+) -> None:
+    """The server cancels the handler (shutdown, a dropped TCP) while ws_guard's
+    close frame waits on a client that stopped reading: the per-IP slot, the
+    open-connection count and the connection set are still released."""
+    now = [1000.0]
+    guard = Guard(
+        rules=[
+            rules.JWTAuth(KEY, algorithms=["HS256"], token=rules.from_query("t")),
+            rules.MaxConnectionsPerKey(1, key=rules.by_ip),
+        ],
+        clock=lambda: now[0],
+        drain_window=0.0,
+    )
+    query = b"t=" + mint("al", key=KEY, exp_in=30).encode()
+    client = StuckClient(guard, query)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.run)
+        with anyio.fail_after(2):
+            while not guard.connections:
+                await anyio.sleep(0.005)
+        if trigger == "token_expired":
+            now[0] += 3600.0  # past the token's exp
+            guard.scheduler.run_due()
+        else:
+            tg.start_soon(guard.drain)
+        with anyio.fail_after(2):
+            await client.close_sent.wait()
+        client.handler_scope.cancel()
+    reason = "token_expired" if trigger == "token_expired" else "restarting; retry-after=1"
+    assert client.sent[0] == {"type": "websocket.accept"}
+    assert client.sent[1]["code"] == (1008 if trigger == "token_expired" else 1012)
+    assert client.sent[1]["reason"].startswith(reason.split(";")[0])
+    assert guard.connections == set()
+    snap = guard.metrics.snapshot()
+    assert snap.active_connections == 0
+    if trigger == "token_expired":
+        # The IP's one slot is free again: the next connection is admitted.
+        assert await admitted(guard, b"t=" + mint("al", key=KEY, exp_in=30).encode()) == [
+            {"type": "websocket.accept"}
+        ]
+    await guard.shutdown()
