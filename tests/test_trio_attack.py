@@ -9,6 +9,7 @@ client that stops reading is a ``send`` that never returns.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import anyio
@@ -17,7 +18,9 @@ import pytest
 from backends import on_both_backends
 from jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._errors import UnsupportedBackendError
 from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard.testing import ScriptedWebSocket
 
 KEY = "s" * 32
 
@@ -131,3 +134,52 @@ async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_every
             {"type": "websocket.accept"}
         ]
     await guard.shutdown()
+
+
+async def _echo_scripted(guard: Guard) -> list[Message]:
+    """One scripted connection: what the server was sent, the app's error raised."""
+    ws = ScriptedWebSocket(WSGuardMiddleware(echo_until_disconnect, guard=guard), "/ws")
+    await ws.connect()
+    first = await ws.next()
+    second = await ws.next() if first["type"] == "websocket.accept" else first
+    await ws.finished()
+    return [first, second]
+
+
+@pytest.mark.parametrize("first", ["asyncio", "trio"])
+def test_a_redis_guard_started_on_asyncio_is_refused_on_a_later_trio_run(
+    first: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One Guard, two event loops in sequence (two TestClients, a test suite, a
+    worker restarted in process), the first never shut down: a Redis storage
+    is still refused on trio, per connection (1011) and at lifespan startup,
+    rather than handed to redis-py's asyncio client on trio."""
+    guard = Guard(rules=[rules.MessageRate("5/second")], storage="redis://127.0.0.1:1/0")
+
+    async def start() -> None:
+        await guard.startup()  # no Redis call: the storage connects on first use
+
+    if first == "asyncio":
+        anyio.run(start, backend="asyncio")
+    else:
+        # The trio run is refused first; a later asyncio run starts the guard,
+        # and the trio run after that is refused again.
+        with pytest.raises(UnsupportedBackendError):
+            anyio.run(start, backend="trio")
+        anyio.run(start, backend="asyncio")
+    assert guard.started
+
+    async def on_trio() -> list[Message]:
+        with pytest.raises(UnsupportedBackendError, match=r"storage=.*redis.*needs asyncio"):
+            await guard.startup()
+        return await _echo_scripted(guard)
+
+    sent = anyio.run(on_trio, backend="trio")
+    assert sent == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 1011, "reason": "unsupported_backend"},
+    ]
+    assert guard.metrics.snapshot().closes_by_code == {1011: 1}
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "needs asyncio" in errors[0]

@@ -40,7 +40,7 @@ from ._scheduler import Scheduler
 from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
-from ._tasks import backend, on_asyncio
+from ._tasks import backend, current_run, on_asyncio
 from ._validate import check_clock, check_random_source, check_seconds
 
 if TYPE_CHECKING:
@@ -171,6 +171,8 @@ class Guard:
         self._shadow_logs: dict[str, tuple[float, int]] = {}
         self._last_storage_log = float("-inf")
         self._started = False
+        #: The event loop (or trio run) startup ran in; see _tasks.current_run.
+        self._run: object | None = None
         self._start_lock: anyio.Lock | None = None
         for rule in self.rules:
             rule.bind(self)
@@ -251,15 +253,31 @@ class Guard:
     # -- lifespan -------------------------------------------------------------
     @property
     def started(self) -> bool:
-        return self._started
+        """Started in the running event loop (or, outside one, at all).
+
+        A guard started in an earlier loop that ended without
+        :meth:`shutdown` (two ``asyncio.run``/``trio.run`` in sequence, a
+        second TestClient) is not started in this one: the next
+        :meth:`startup` checks the backend again.
+        """
+        if not self._started:
+            return False
+        run = current_run()
+        return run is None or run is self._run
 
     async def startup(self) -> None:
-        """Create loop-bound resources; idempotent, safe from many tasks."""
-        if self._started:
+        """Create loop-bound resources; idempotent, safe from many tasks.
+
+        Raises :class:`UnsupportedBackendError` on a backend a configured
+        feature cannot run on, in every run, not only the first.
+        """
+        run = current_run()
+        if self._started and self._run is run:
             return
         self.check_backend()
-        if self._start_lock is None:
-            self._start_lock = anyio.Lock()
+        if self._start_lock is None or self._run is not run:
+            self._start_lock = anyio.Lock()  # an anyio lock belongs to one run
+            self._run = run
         async with self._start_lock:
             if not self.started:  # another task may have started it meanwhile
                 await self.storage.open()

@@ -63,6 +63,27 @@ def on_asyncio() -> bool:
     return True
 
 
+def current_run() -> object | None:
+    """What identifies the running event loop: the asyncio loop, or the trio run's root task.
+
+    ``None`` outside both. Loop-bound state (timers, background tasks, locks)
+    made in one run is dead in the next, and the next may be another backend.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    if library != "trio":
+        return None
+    import trio
+
+    return trio.lowlevel.current_root_task()
+
+
 class TrioJob(Generic[T]):
     """A detached trio task with a future's interface (see the module docstring)."""
 
