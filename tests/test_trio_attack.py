@@ -17,7 +17,7 @@ import pytest
 
 from backends import on_both_backends
 from jwt_keys import mint
-from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard._errors import UnsupportedBackendError
 from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
@@ -136,7 +136,7 @@ async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_every
     await guard.shutdown()
 
 
-async def _echo_scripted(guard: Guard) -> list[Message]:
+async def _first_two(guard: Guard) -> list[Message]:
     """One scripted connection: what the server was sent, the app's error raised."""
     ws = ScriptedWebSocket(WSGuardMiddleware(echo_until_disconnect, guard=guard), "/ws")
     await ws.connect()
@@ -172,7 +172,7 @@ def test_a_redis_guard_started_on_asyncio_is_refused_on_a_later_trio_run(
     async def on_trio() -> list[Message]:
         with pytest.raises(UnsupportedBackendError, match=r"storage=.*redis.*needs asyncio"):
             await guard.startup()
-        return await _echo_scripted(guard)
+        return await _first_two(guard)
 
     sent = anyio.run(on_trio, backend="trio")
     assert sent == [
@@ -183,3 +183,65 @@ def test_a_redis_guard_started_on_asyncio_is_refused_on_a_later_trio_run(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "needs asyncio" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("trio", "asyncio"), ("asyncio", "trio"), ("trio", "trio")]
+)
+def test_a_guard_reused_in_a_later_run_samples_its_gauges_there(first: str, second: str) -> None:
+    """The first run ends without shutdown, its sampler dies with it: the
+    guard starts its background work again in the next run, so a gauge
+    there still sheds (1013) rather than keeping the last run's reading."""
+    reading = [0.0]
+    reads: list[float] = []
+
+    async def read() -> float:  # async: read by the sampler only, never at the handshake
+        reads.append(reading[0])
+        return reading[0]
+
+    guard = Guard(load=[load.Gauge(read, limit=10.0, name="queue", interval=0.02)])
+
+    async def until_read_in_this_run() -> None:
+        await guard.startup()
+        before = len(reads)
+        with anyio.fail_after(2):
+            while len(reads) < before + 2:  # two samples in this run
+                await anyio.sleep(0.01)
+
+    anyio.run(until_read_in_this_run, backend=first)
+
+    async def overloaded() -> list[Message]:
+        reading[0] = 50.0  # past the limit: only a running sampler sees it
+        await until_read_in_this_run()
+        return await _first_two(guard)
+
+    accept, close = anyio.run(overloaded, backend=second)
+    assert accept == {"type": "websocket.accept"}
+    assert close["code"] == 1013
+    # retry-after is jittered in [retry_min, 2 * retry_min), whole seconds
+    assert close["reason"] in ("overloaded; retry-after=1", "overloaded; retry-after=2")
+    assert guard.metrics.snapshot().closes_by_code == {1013: 1}
+
+
+def test_a_redis_guard_is_refused_in_a_later_asyncio_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py's connections belong to the loop that opened them (closing them
+    from another raises "Event loop is closed"): a Redis guard left started
+    by an ended loop refuses the next loop's connections with 1011 and one
+    ERROR, never serving them on dead connections or unguarded."""
+    guard = Guard(rules=[rules.MessageRate("5/second")], storage="redis://127.0.0.1:1/0")
+    anyio.run(guard.startup, backend="asyncio")
+
+    async def next_loop() -> list[Message]:
+        with pytest.raises(UnsupportedBackendError, match=r"ended without guard.shutdown\(\)"):
+            await guard.startup()
+        return await _first_two(guard)
+
+    assert anyio.run(next_loop, backend="asyncio") == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 1011, "reason": "unsupported_backend"},
+    ]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "redis://127.0.0.1:1/0" in errors[0]

@@ -173,6 +173,7 @@ class Guard:
         self._started = False
         #: The event loop (or trio run) startup ran in; see _tasks.current_run.
         self._run: object | None = None
+        self._lock_run: object | None = None
         self._start_lock: anyio.Lock | None = None
         for rule in self.rules:
             rule.bind(self)
@@ -275,11 +276,14 @@ class Guard:
         if self._started and self._run is run:
             return
         self.check_backend()
-        if self._start_lock is None or self._run is not run:
+        if self._start_lock is None or self._lock_run is not run:
             self._start_lock = anyio.Lock()  # an anyio lock belongs to one run
-            self._run = run
+            self._lock_run = run
         async with self._start_lock:
-            if not self.started:  # another task may have started it meanwhile
+            if self._started and self._run is not run:
+                await self._leave_run()  # started in a loop that has ended
+            if not self._started:  # another task may have started it meanwhile
+                self._run = run
                 await self.storage.open()
                 for rule in self.rules:
                     await rule.startup(self)
@@ -316,6 +320,33 @@ class Guard:
             return
         if self.connections or self._drain is not None:
             await self.drain()
+        await self._stop()
+
+    async def _leave_run(self) -> None:
+        """Stop what startup began in an event loop that ended without :meth:`shutdown`.
+
+        Its timers and background tasks (gauge samplers, the lag probe, the
+        storage's maintenance task, the drain signal's loop) ended with it;
+        without a restart in the running loop the gauges would keep their
+        last reading for good. Nothing is drained: that loop's connections
+        are gone. A Redis storage is refused (:class:`UnsupportedBackendError`):
+        redis-py's connections belong to the closed loop and cannot even be
+        closed from this one ("Event loop is closed").
+        """
+        if not self.storage.is_memory:
+            raise UnsupportedBackendError(
+                f"storage={self.storage!r} was opened in an event loop that ended without "
+                "guard.shutdown(), and its Redis connections cannot move to this one: "
+                "shut the guard down before its loop ends (the ASGI lifespan does)"
+            )
+        logger.warning(
+            "ws_guard was started in an event loop that ended without guard.shutdown(); "
+            "starting its background work again in this one (%s)",
+            backend(),
+        )
+        await self._stop()
+
+    async def _stop(self) -> None:
         self._started = False
         self._signal_drain.uninstall()
         for gauge in self.gauges:
