@@ -9,6 +9,7 @@ client that stops reading is a ``send`` that never returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -19,6 +20,7 @@ from backends import on_both_backends
 from jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard._errors import UnsupportedBackendError
+from ws_guard._tasks import JobCancelledError, spawn, wait_done
 from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
@@ -245,3 +247,80 @@ def test_a_redis_guard_is_refused_in_a_later_asyncio_loop(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "redis://127.0.0.1:1/0" in errors[0]
+
+
+class HangingJWKS(rules.JWKS):
+    """A key set whose fetch waits until the test lets it finish (no network)."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:1/jwks.json", cooldown=0.0)
+        self.fetch_started = 0
+        self.release = anyio.Event()
+
+    async def _fetch(self, guard: Guard) -> bool:
+        self.fetch_started += 1
+        try:
+            await self.release.wait()
+        finally:
+            self._inflight = None
+        return True
+
+
+@on_both_backends
+async def test_a_key_fetch_cut_short_is_a_failed_fetch_for_every_waiter() -> None:
+    """The shared JWKS fetch is cancelled under its waiters (its loop is ending,
+    a supervisor cancels it): each waiter is told "no keys" (False), nobody
+    gets a TypeError or a cancellation it did not ask for, and the next
+    refresh starts a fresh fetch."""
+    guard = Guard()
+    jwks = HangingJWKS()
+    results: list[bool] = []
+
+    async def waiter() -> None:
+        results.append(await jwks.refresh(guard))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        tg.start_soon(waiter)
+        with anyio.fail_after(2):
+            while jwks.fetch_started == 0:
+                await anyio.sleep(0.001)
+        inflight = jwks._inflight
+        assert inflight is not None
+        inflight.cancel()
+    assert results == [False, False]
+    jwks.release.set()
+    with anyio.fail_after(2):
+        assert await jwks.refresh(guard) is True
+    assert jwks.fetch_started == 2
+
+
+@on_both_backends
+async def test_a_fetch_cancelled_before_it_ran_does_not_stick() -> None:
+    """A fetch task cancelled before its first step never reset ``_inflight``
+    (asyncio never runs a coroutine cancelled before it started): the next
+    refresh must fetch again, not wait on the dead one for good."""
+    guard = Guard()
+    jwks = HangingJWKS()
+    jwks.release.set()
+    dead = spawn(jwks._fetch(guard))
+    dead.cancel()
+    await wait_done(dead)
+    jwks._inflight = dead  # as an ended loop leaves it
+    with anyio.fail_after(2):
+        assert await jwks.refresh(guard) is True
+    assert jwks._inflight is None
+
+
+@on_both_backends
+async def test_the_result_of_a_cancelled_job_raises_a_clear_error(anyio_backend: str) -> None:
+    """As ``asyncio.Future.result()`` raises CancelledError; on trio, whose
+    Cancelled has no public constructor, a JobCancelledError (never a TypeError)."""
+    job = spawn(anyio.sleep(100))
+    await anyio.sleep(0)
+    job.cancel()
+    await wait_done(job)
+    assert job.cancelled()
+    expected = asyncio.CancelledError if anyio_backend == "asyncio" else JobCancelledError
+    with pytest.raises(expected):
+        job.result()

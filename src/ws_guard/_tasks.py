@@ -35,6 +35,16 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 
+class JobCancelledError(RuntimeError):
+    """``result()`` of a trio job that was cancelled.
+
+    Where ``asyncio.Future.result()`` raises ``CancelledError``: trio's
+    ``Cancelled`` has no public constructor, and one raised outside the
+    scope that cancelled would not be caught by it. Check ``cancelled()``
+    before ``result()``.
+    """
+
+
 class Job(Protocol[T_co]):
     """The part of ``asyncio.Future`` ws_guard uses, on any backend."""
 
@@ -140,7 +150,7 @@ class TrioJob(Generic[T]):
         if self._exc is not None:
             raise self._exc
         if self._cancelled:
-            raise anyio.get_cancelled_exc_class()()
+            raise JobCancelledError("the job was cancelled; it has no result")
         return cast(T, self._result)
 
     def exception(self) -> BaseException | None:
