@@ -10,8 +10,10 @@ client that stops reading is a ``send`` that never returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import time
 
 import anyio
 import pytest
@@ -324,3 +326,100 @@ async def test_the_result_of_a_cancelled_job_raises_a_clear_error(anyio_backend:
     expected = asyncio.CancelledError if anyio_backend == "asyncio" else JobCancelledError
     with pytest.raises(expected):
         job.result()
+
+
+class GatedJWKS(rules.JWKS):
+    """A real JWKS endpoint whose fetched answer waits for the test's gate once armed."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, cooldown=0.0)
+        self.gate: anyio.Event | None = None
+        self.at_gate = anyio.Event()
+
+    async def refresh(self, guard: Guard) -> bool:
+        fetched = await super().refresh(guard)
+        gate = self.gate
+        if gate is not None:
+            self.at_gate.set()
+            await gate.wait()
+        return fetched
+
+
+async def impatient_reader(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads with a short deadline (trio.move_on_after style), again and again."""
+    delivered: list[Message] = scope["delivered"]
+    timeouts: list[int] = scope["timeouts"]
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message: Message | None = None
+        with anyio.move_on_after(0.005):
+            message = await receive()
+        if message is None:
+            timeouts[0] += 1
+            continue
+        delivered.append(message)
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+@on_both_backends
+@pytest.mark.parametrize("signed_by", ["unpublished", "published"])
+async def test_an_in_band_refresh_held_on_a_key_fetch_survives_receive_deadlines(
+    signed_by: str,
+) -> None:
+    """The app reads under short deadlines while an in-band refresh waits for a
+    key fetch: the held decision is never lost. A refresh signed by a key the
+    set does not publish closes 1008 token_invalid and the message after it
+    never reaches the app; a valid one lets it through."""
+    from jwks_server import JWKSServer, new_rsa_key
+
+    key_a, key_b = new_rsa_key(), new_rsa_key()
+    with JWKSServer() as server:
+        server.publish(a=key_a)
+        jwks = GatedJWKS(server.url)
+        guard = Guard(
+            rules=[rules.JWTAuth(algorithms=["RS256"], jwks_url=jwks, token=rules.from_query("t"))]
+        )
+        await guard.startup()
+        token = mint("al", key=key_a, alg="RS256", headers={"kid": "a"})
+        ws = ScriptedWebSocket(
+            WSGuardMiddleware(impatient_reader, guard=guard),
+            "/ws",
+            query_string=b"t=" + token.encode(),
+        )
+        ws.scope["delivered"] = []
+        ws.scope["timeouts"] = [0]
+        await ws.connect()
+        await ws.expect("websocket.accept")
+        # kid "b" is not in the cached set: the refresh is held on a fetch.
+        if signed_by == "published":
+            server.publish(a=key_a, b=key_b)
+        refresh = mint("al", key=key_b, alg="RS256", headers={"kid": "b"}, exp_in=7200)
+        jwks.gate = anyio.Event()
+        await ws.send_text(json.dumps({"type": "auth.refresh", "token": refresh}))
+        await ws.send_text("after the refresh")
+        with anyio.fail_after(5):
+            await jwks.at_gate.wait()
+            before = ws.scope["timeouts"][0]
+            while ws.scope["timeouts"][0] < before + 3:  # the app's deadlines fire meanwhile
+                await anyio.sleep(0.005)
+        jwks.gate.set()
+        if signed_by == "unpublished":
+            await ws.expect("websocket.close", code=1008, reason="token_invalid")
+            await ws.finished()
+            assert ws.scope["delivered"] == [
+                {"type": "websocket.disconnect", "code": 1008, "reason": "token_invalid"}
+            ]
+            assert guard.metrics.snapshot().closes_by_code == {1008: 1}
+        else:
+            with anyio.fail_after(2):
+                while not ws.scope["delivered"]:
+                    await anyio.sleep(0.005)
+            assert ws.scope["delivered"] == [
+                {"type": "websocket.receive", "text": "after the refresh"}
+            ]
+            assert ws.scope["ws_guard"].claims["exp"] > time.time() + 3600
+            await ws.disconnect()
+            await ws.finished()
+        await guard.shutdown()
