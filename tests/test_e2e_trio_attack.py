@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 import websockets
 
+from children import signal_group
 from jwt_keys import mint
 from test_trio_e2e import closed_with, http, hypercorn_trio
 
@@ -94,3 +98,32 @@ async def test_clients_leaving_mid_handshake_and_mid_hold(trio_server: str) -> N
     assert after.get("1011", 0) == before.get("1011", 0)
     assert dropped == 6, after
     await two_admitted(trio_server, "erin")
+
+
+async def test_sigterm_with_connections_open_drains_and_exits_cleanly() -> None:
+    """SIGTERM to the server's process group (as a container runtime sends it)
+    while connections are open: a served one, one whose first-message token
+    is pending, and a handler that never returns after its client left. Both
+    open clients get 1012 from drain_signals, hypercorn exits 0, and its
+    stderr has no traceback, no TrioInternalError, nothing left pending."""
+    with hypercorn_trio("trio_attack_app:app", stderr=subprocess.PIPE) as (base, process):
+        served = await websockets.connect(f"ws://{base}/ws")
+        await served.send(mint("al"))
+        await served.send("x")
+        assert await served.recv() == "al:x"
+        pending = await websockets.connect(f"ws://{base}/ws")  # never sends its token
+        stuck = await websockets.connect(f"ws://{base}/stuck")
+        await stuck.send(mint("st"))
+        await stuck.send("y")
+        assert await stuck.recv() == "st:y"
+        await stuck.close()
+        signal_group(process, signal.SIGTERM)
+        for ws in (served, pending):
+            code, reason = await asyncio.wait_for(closed_with(ws), 10)
+            assert code == 1012
+            assert re.fullmatch(r"restarting; retry-after=[12]", reason), reason
+        assert await asyncio.to_thread(process.wait, 20) == 0
+        assert process.stderr is not None
+        stderr = process.stderr.read().decode()
+    for bad in ("Traceback", "TrioInternalError", "never awaited", "was destroyed", "ERROR"):
+        assert bad not in stderr, stderr
