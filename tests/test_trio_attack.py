@@ -423,3 +423,49 @@ async def test_an_in_band_refresh_held_on_a_key_fetch_survives_receive_deadlines
             await ws.disconnect()
             await ws.finished()
         await guard.shutdown()
+
+
+def test_testclients_without_lifespan_on_both_backends_share_one_guard(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette's TestClient without ``with`` runs each connection in an event
+    loop of its own and never runs the lifespan: the guard moves from loop to
+    loop (trio, asyncio, trio), guards every connection, and says so once."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    caplog.set_level(logging.DEBUG, logger="ws_guard")
+    guard = Guard(rules=[rules.MessageRate("2/second")], load=[load.EventLoopLag(limit=1.0)])
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.send_text("echo:" + await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    app = Starlette(
+        routes=[WebSocketRoute("/ws", echo)],
+        middleware=[Middleware(WSGuardMiddleware, guard=guard)],
+    )
+    for backend in ("trio", "asyncio", "trio"):
+        client = TestClient(app, backend=backend)
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text("a")
+            assert ws.receive_text() == "echo:a"
+        with client.websocket_connect("/ws") as ws:
+            for text in ("1", "2", "3"):
+                ws.send_text(text)
+            assert ws.receive_text() == "echo:1"
+            assert ws.receive_text() == "echo:2"
+            message = ws.receive()
+            assert (message["code"], message["reason"]) == (1008, "rate_limited; retry-after=1")
+    assert guard.metrics.snapshot().closes_by_code == {1000: 3, 1008: 3}
+    moved = [r for r in caplog.records if "ended without guard.shutdown()" in r.getMessage()]
+    assert [r.levelno for r in moved][:1] == [logging.WARNING]
+    assert [r.levelno for r in moved[1:]] == [logging.DEBUG] * (len(moved) - 1)
+    assert len(moved) == 5  # every connection after the first ran in a new loop

@@ -174,6 +174,8 @@ class Guard:
         #: The event loop (or trio run) startup ran in; see _tasks.current_run.
         self._run: object | None = None
         self._lock_run: object | None = None
+        #: How often the guard moved to a new loop (see _leave_run).
+        self._left_runs = 0
         self._start_lock: anyio.Lock | None = None
         for rule in self.rules:
             rule.bind(self)
@@ -339,11 +341,14 @@ class Guard:
                 "guard.shutdown(), and its Redis connections cannot move to this one: "
                 "shut the guard down before its loop ends (the ASGI lifespan does)"
             )
-        logger.warning(
+        # Once per guard: a TestClient without ``with`` moves on every connection.
+        logger.log(
+            logging.DEBUG if self._left_runs else logging.WARNING,
             "ws_guard was started in an event loop that ended without guard.shutdown(); "
             "starting its background work again in this one (%s)",
             backend(),
         )
+        self._left_runs += 1
         await self._stop()
 
     async def _stop(self) -> None:
