@@ -469,3 +469,102 @@ def test_testclients_without_lifespan_on_both_backends_share_one_guard(
     assert [r.levelno for r in moved][:1] == [logging.WARNING]
     assert [r.levelno for r in moved[1:]] == [logging.DEBUG] * (len(moved) - 1)
     assert len(moved) == 5  # every connection after the first ran in a new loop
+
+
+async def read_until_disconnect(scope: Scope, receive: Receive, send: Send) -> None:
+    delivered: list[Message] = scope["delivered"]
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "welcome"})  # held until the verdict
+    while True:
+        message = await receive()
+        delivered.append(message)
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+@on_both_backends
+@pytest.mark.parametrize("signed_by", ["unpublished", "published"])
+async def test_a_client_that_leaves_while_its_first_message_key_is_fetched(
+    signed_by: str,
+) -> None:
+    """The first-message token waits on a key fetch; the client leaves meanwhile.
+    Whatever the verdict, the app ends, nothing it sent reaches the client,
+    the connection is counted once and no task is left behind."""
+    from jwks_server import JWKSServer, new_rsa_key
+
+    key_a, key_b = new_rsa_key(), new_rsa_key()
+    with JWKSServer() as server:
+        server.publish(a=key_a)
+        jwks = GatedJWKS(server.url)
+        rule = rules.JWTAuth(algorithms=["RS256"], jwks_url=jwks, token=rules.from_first_message(5))
+        guard = Guard(rules=[rule])
+        await guard.startup()
+        ws = ScriptedWebSocket(WSGuardMiddleware(read_until_disconnect, guard=guard), "/ws")
+        ws.scope["delivered"] = []
+        await ws.connect()
+        await ws.expect("websocket.accept")
+        if signed_by == "published":
+            server.publish(a=key_a, b=key_b)
+        jwks.gate = anyio.Event()
+        await ws.send_text(mint("al", key=key_b, alg="RS256", headers={"kid": "b"}))
+        with anyio.fail_after(5):
+            await jwks.at_gate.wait()
+        await ws.disconnect(1001)
+        jwks.gate.set()
+        await ws.finished()
+        snap = guard.metrics.snapshot()
+        if signed_by == "unpublished":
+            # The verdict came first in line: a guard close the client never reads.
+            assert ws.sent[1:] == [
+                {"type": "websocket.close", "code": 1008, "reason": "token_invalid"}
+            ]
+            assert snap.closes_by_code == {1008: 1}
+            assert ws.scope["delivered"] == [
+                {"type": "websocket.disconnect", "code": 1008, "reason": "token_invalid"}
+            ]
+        else:
+            # Verified, then the client's leaving: the held welcome goes out first.
+            assert ws.sent[1:] == [{"type": "websocket.send", "text": "welcome"}]
+            assert snap.closes_by_code == {1001: 1}
+            assert ws.scope["delivered"] == [
+                {"type": "websocket.disconnect", "code": 1001, "reason": ""}
+            ]
+        assert snap.active_connections == 0
+        assert guard.connections == set()
+        await guard.shutdown()
+
+
+async def nursery_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Serves from a task group whose child crashes on "boom"."""
+    await receive()
+    await send({"type": "websocket.accept"})
+
+    async def worker() -> None:
+        message = await receive()
+        if message.get("text") == "boom":
+            raise RuntimeError("worker bug")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        await anyio.sleep_forever()
+
+
+@on_both_backends
+async def test_an_app_that_raises_inside_a_task_group_closes_1011() -> None:
+    """The crash arrives as an ExceptionGroup (trio's strict nurseries, anyio's
+    task groups): still 1011 internal_error, counted as the app's, and the
+    group reaches the server unchanged."""
+    guard = Guard()
+    ws = ScriptedWebSocket(WSGuardMiddleware(nursery_app, guard=guard), "/ws")
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("boom")
+    await ws.expect("websocket.close", code=1011, reason="internal_error")
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - the group, checked below
+        await ws.finished()
+    assert raised.group_contains(RuntimeError, match="worker bug")
+    snap = guard.metrics.snapshot()
+    assert snap.closes_by_code == {1011: 1}
+    assert dict(snap.closes_by_initiator) == {"app": 1}
+    assert snap.active_connections == 0
