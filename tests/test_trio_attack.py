@@ -1,10 +1,12 @@
 """Hostile clients and odd deployments against ws_guard's backend-neutral core.
 
-Each test runs on asyncio and on trio (anyio cancel scopes are level
-triggered on both: every checkpoint inside a cancelled scope raises again,
-so cleanup that awaits must be shielded). The server is played in process:
-a memory stream for ``receive`` and a ``send`` the test controls, so a
-client that stops reading is a ``send`` that never returns.
+Most tests run once per backend, asyncio and trio (anyio cancel scopes raise
+again at every await inside a cancelled scope on both, so cleanup that
+awaits must be shielded); the event-loop tests take one guard through
+several ``anyio.run`` calls or TestClients in sequence. The server is
+played in process (a memory stream for ``receive``, a ``send`` the test
+controls, so a client that stops reading is a ``send`` that never
+returns) or is Starlette's TestClient.
 """
 
 from __future__ import annotations
