@@ -56,6 +56,11 @@ _STATE_NAMES = {
 }
 
 
+#: Seconds :meth:`Connection.finish` waits for ws_guard's close frame to be
+#: handed to the server before it gives up on the client and releases.
+CLOSE_FRAME_GRACE = 1.0
+
+
 def _server_refused_send(exc: BaseException) -> bool:
     """Whether *exc* is, or was raised while handling, the server's ``ClientDisconnected``.
 
@@ -805,10 +810,21 @@ class Connection:
             await self._send_quietly({"type": "websocket.close", "code": NORMAL, "reason": ""})
 
     async def finish(self) -> None:
-        """Release everything the connection held; runs once, on every path."""
+        """Release everything the connection held; runs once, on every path.
+
+        Shielded: it runs in the handler's ``finally``, often because the
+        server cancelled the handler, and anyio cancel scopes (trio's, and
+        anyio's on asyncio) raise again at every await inside a cancelled
+        scope, which would skip the releases below and keep the
+        connection's cap slot and count forever.
+        """
         if self._finished:
             return
         self._finished = True
+        with anyio.CancelScope(shield=True):
+            await self._finish()
+
+    async def _finish(self) -> None:
         if self._deadlines is not None:
             for deadline in self._deadlines:
                 deadline.cancel()
@@ -820,13 +836,17 @@ class Connection:
             self._gate.close()  # stop reading; what the app still holds is dropped
         close_task = self._close_task
         if close_task is not None and not close_task.done():
-            await wait_done(close_task)
-            if not close_task.cancelled():
-                close_task.result()
+            # Bounded: a client that stopped reading never takes the frame.
+            with anyio.move_on_after(CLOSE_FRAME_GRACE):
+                await wait_done(close_task)
+            if not close_task.done():
+                close_task.cancel()
         await self._release()
         if self.admitted:
             self.guard.connections.discard(self)
             self.guard.metrics.connection_finished(time.monotonic() - self.opened_at)
+        if close_task is not None and close_task.done() and not close_task.cancelled():
+            close_task.result()  # a bug in sending it is raised, after the releases
 
     async def _release(self) -> None:
         held, self._held = self._held, None

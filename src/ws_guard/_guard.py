@@ -40,7 +40,7 @@ from ._scheduler import Scheduler
 from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
-from ._tasks import backend, on_asyncio
+from ._tasks import backend, current_run, on_asyncio
 from ._validate import check_clock, check_random_source, check_seconds
 
 if TYPE_CHECKING:
@@ -180,6 +180,11 @@ class Guard:
         self._unsendable_warned: set[int] = set()
         self._last_storage_log = float("-inf")
         self._started = False
+        #: The event loop (or trio run) startup ran in; see _tasks.current_run.
+        self._run: object | None = None
+        self._lock_run: object | None = None
+        #: How often the guard moved to a new loop (see _leave_run).
+        self._left_runs = 0
         self._start_lock: anyio.Lock | None = None
         for rule in self.rules:
             rule.bind(self)
@@ -260,17 +265,36 @@ class Guard:
     # -- lifespan -------------------------------------------------------------
     @property
     def started(self) -> bool:
-        return self._started
+        """Started in the running event loop (or, outside one, at all).
+
+        A guard started in an earlier loop that ended without
+        :meth:`shutdown` (two ``asyncio.run``/``trio.run`` in sequence, a
+        second TestClient) is not started in this one: the next
+        :meth:`startup` checks the backend again.
+        """
+        if not self._started:
+            return False
+        run = current_run()
+        return run is None or run is self._run
 
     async def startup(self) -> None:
-        """Create loop-bound resources; idempotent, safe from many tasks."""
-        if self._started:
+        """Create loop-bound resources; idempotent, safe from many tasks.
+
+        Raises :class:`UnsupportedBackendError` on a backend a configured
+        feature cannot run on, in every run, not only the first.
+        """
+        run = current_run()
+        if self._started and self._run is run:
             return
         self.check_backend()
-        if self._start_lock is None:
-            self._start_lock = anyio.Lock()
+        if self._start_lock is None or self._lock_run is not run:
+            self._start_lock = anyio.Lock()  # an anyio lock belongs to one run
+            self._lock_run = run
         async with self._start_lock:
-            if not self.started:  # another task may have started it meanwhile
+            if self._started and self._run is not run:
+                await self._leave_run()  # started in a loop that has ended
+            if not self._started:  # another task may have started it meanwhile
+                self._run = run
                 await self.storage.open()
                 for rule in self.rules:
                     await rule.startup(self)
@@ -307,6 +331,36 @@ class Guard:
             return
         if self.connections or self._drain is not None:
             await self.drain()
+        await self._stop()
+
+    async def _leave_run(self) -> None:
+        """Stop what startup began in an event loop that ended without :meth:`shutdown`.
+
+        Its timers and background tasks (gauge samplers, the lag probe, the
+        storage's maintenance task, the drain signal's loop) ended with it;
+        without a restart in the running loop the gauges would keep their
+        last reading for good. Nothing is drained: that loop's connections
+        are gone. A Redis storage is refused (:class:`UnsupportedBackendError`):
+        redis-py's connections belong to the closed loop and cannot even be
+        closed from this one ("Event loop is closed").
+        """
+        if not self.storage.is_memory:
+            raise UnsupportedBackendError(
+                f"storage={self.storage!r} was opened in an event loop that ended without "
+                "guard.shutdown(), and its Redis connections cannot move to this one: "
+                "shut the guard down before its loop ends (the ASGI lifespan does)"
+            )
+        # Once per guard: a TestClient without ``with`` moves on every connection.
+        logger.log(
+            logging.DEBUG if self._left_runs else logging.WARNING,
+            "ws_guard was started in an event loop that ended without guard.shutdown(); "
+            "starting its background work again in this one (%s)",
+            backend(),
+        )
+        self._left_runs += 1
+        await self._stop()
+
+    async def _stop(self) -> None:
         self._started = False
         self._signal_drain.uninstall()
         for gauge in self.gauges:

@@ -16,7 +16,6 @@ of tokens with unknown ``kid`` values costs no thread hops:
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import math
 import time
@@ -122,12 +121,14 @@ class JWKS:
     async def refresh(self, guard: Guard) -> bool:
         """Fetch the key set now (one fetch shared by concurrent callers)."""
         inflight = self._inflight
-        if inflight is None:
+        if inflight is None or inflight.done():
+            # Done yet still here: cancelled before its first step, so its
+            # ``finally`` never ran (asyncio); it must not stand for a fetch.
             # Detached: a cancelled caller stops waiting, the fetch goes on for the others.
             inflight = self._inflight = spawn(self._fetch(guard))
-        if isinstance(inflight, asyncio.Future):
-            return await asyncio.shield(inflight)
-        await wait_done(inflight)
+        await wait_done(inflight)  # never cancels the fetch for the other waiters
+        if inflight.cancelled():
+            return False  # cut short (its loop is ending): no keys, not the waiter's cancel
         return inflight.result()
 
     async def _fetch(self, guard: Guard) -> bool:

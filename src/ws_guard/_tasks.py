@@ -35,6 +35,16 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 
+class JobCancelledError(RuntimeError):
+    """``result()`` of a trio job that was cancelled.
+
+    Where ``asyncio.Future.result()`` raises ``CancelledError``: trio's
+    ``Cancelled`` has no public constructor, and one raised outside the
+    scope that cancelled would not be caught by it. Check ``cancelled()``
+    before ``result()``.
+    """
+
+
 class Job(Protocol[T_co]):
     """The part of ``asyncio.Future`` ws_guard uses, on any backend."""
 
@@ -61,6 +71,27 @@ def on_asyncio() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def current_run() -> object | None:
+    """What identifies the running event loop: the asyncio loop, or the trio run's root task.
+
+    ``None`` outside both. Loop-bound state (timers, background tasks, locks)
+    made in one run is dead in the next, and the next may be another backend.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    if library != "trio":
+        return None
+    import trio
+
+    return trio.lowlevel.current_root_task()
 
 
 class TrioJob(Generic[T]):
@@ -119,7 +150,7 @@ class TrioJob(Generic[T]):
         if self._exc is not None:
             raise self._exc
         if self._cancelled:
-            raise anyio.get_cancelled_exc_class()()
+            raise JobCancelledError("the job was cancelled; it has no result")
         return cast(T, self._result)
 
     def exception(self) -> BaseException | None:
