@@ -24,15 +24,34 @@ BACKENDS = ("asyncio", "trio")
 #: primitives directly, or drive servers that run on asyncio.
 BOTH_BACKEND_FILES = frozenset(
     {
+        "test_client_validation.py",
+        "test_connect_rate_window.py",
         "test_core_counters.py",
+        "test_coverage_apps.py",
+        "test_coverage_connect_rate.py",
+        "test_coverage_gaps_rate.py",
+        "test_coverage_jwt.py",
+        "test_coverage_jwt_config.py",
+        "test_coverage_redact.py",
+        "test_coverage_shed.py",
+        "test_coverage_testing.py",
+        "test_coverage_tokens.py",
         "test_handshake.py",
         "test_jwt_handshake.py",
+        "test_jwt_live.py",
         "test_jwt_sources.py",
         "test_keys.py",
         "test_message_rules.py",
+        "test_mutants_auth.py",
         "test_mutation_kills_jwt_session.py",
+        "test_mutation_kills_shed.py",
         "test_origin.py",
+        "test_otel.py",
         "test_rate_limits.py",
+        "test_rate_memory_bound.py",
+        "test_refresh_limits.py",
+        "test_smoke.py",
+        "test_token_redaction.py",
     }
 )
 
@@ -62,8 +81,24 @@ def on_both_backends(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable
     return pytest.mark.parametrize("anyio_backend", BACKENDS)(run)
 
 
+#: Marks an async test of a BOTH_BACKEND_FILES file that stays on asyncio
+#: (pytest-asyncio runs it); a comment beside the mark says why.
+asyncio_only = pytest.mark.asyncio_only
+
+
+def _is_asyncio_only(test: Any) -> bool:
+    return any(mark.name == "asyncio_only" for mark in getattr(test, "pytestmark", []))
+
+
 def convert_module(module: Any) -> None:
-    """Replace every ``async def test_*`` of *module* by :func:`on_both_backends` of it."""
+    """Replace every ``async def test_*`` of *module* by :func:`on_both_backends` of it.
+
+    Tests marked :data:`asyncio_only` are left as they are.
+    """
     for name, obj in list(vars(module).items()):
-        if name.startswith("test_") and inspect.iscoroutinefunction(obj):
+        if (
+            name.startswith("test_")
+            and inspect.iscoroutinefunction(obj)
+            and not _is_asyncio_only(obj)
+        ):
             setattr(module, name, on_both_backends(obj))
