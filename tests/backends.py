@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import pytest
 
+from ws_guard._tasks import Job, wait_done
+
 BACKENDS = ("asyncio", "trio")
 
 
@@ -36,6 +38,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_coverage_shed.py",
         "test_coverage_testing.py",
         "test_coverage_tokens.py",
+        "test_first_message_hold.py",
         "test_handshake.py",
         "test_jwt_handshake.py",
         "test_jwt_live.py",
@@ -102,3 +105,16 @@ def convert_module(module: Any) -> None:
             and not _is_asyncio_only(obj)
         ):
             setattr(module, name, on_both_backends(obj))
+
+
+async def joined(*jobs: Job[Any], timeout: float = 2.0) -> None:
+    """Wait for every job (``ws_guard._tasks.spawn``) and re-raise the first error.
+
+    ``asyncio.gather`` for detached tasks on any backend; fails the test after
+    *timeout* seconds.
+    """
+    with anyio.fail_after(timeout):
+        for job in jobs:
+            await wait_done(job)
+    for job in jobs:
+        job.result()
