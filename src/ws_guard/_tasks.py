@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
@@ -116,10 +117,17 @@ class TrioJob(Generic[T]):
         return True
 
     def result(self) -> T:
+        """The work's return value; re-raises its error.
+
+        Raises:
+            concurrent.futures.CancelledError: the job was cancelled (trio's
+                ``Cancelled`` has no public constructor; this is what a
+                cancelled stdlib future raises).
+        """
         if self._exc is not None:
             raise self._exc
         if self._cancelled:
-            raise anyio.get_cancelled_exc_class()()
+            raise futures.CancelledError
         return cast(T, self._result)
 
     def exception(self) -> BaseException | None:
