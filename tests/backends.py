@@ -27,6 +27,7 @@ BACKENDS = ("asyncio", "trio")
 BOTH_BACKEND_FILES = frozenset(
     {
         "test_client_validation.py",
+        "test_close_paths.py",
         "test_connect_rate_window.py",
         "test_core_counters.py",
         "test_coverage_apps.py",
