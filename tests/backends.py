@@ -46,6 +46,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_jwt_sources.py",
         "test_keys.py",
         "test_message_rules.py",
+        "test_middleware.py",
         "test_mutants_auth.py",
         "test_mutation_kills_jwt_session.py",
         "test_mutation_kills_shed.py",
