@@ -41,6 +41,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_coverage_tokens.py",
         "test_first_message_hold.py",
         "test_handshake.py",
+        "test_jwks.py",
         "test_jwt_handshake.py",
         "test_jwt_live.py",
         "test_jwt_sources.py",
