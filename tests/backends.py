@@ -61,6 +61,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_rate_limits.py",
         "test_rate_memory_bound.py",
         "test_refresh_limits.py",
+        "test_scheduler.py",
         "test_shed_drain.py",
         "test_smoke.py",
         "test_token_redaction.py",
