@@ -49,6 +49,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_jwt_live.py",
         "test_jwt_sources.py",
         "test_keys.py",
+        "test_load_gauges.py",
         "test_message_rules.py",
         "test_metrics.py",
         "test_middleware.py",
