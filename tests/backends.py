@@ -33,6 +33,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_coverage_apps.py",
         "test_coverage_connect_rate.py",
         "test_coverage_gaps_rate.py",
+        "test_coverage_gauges.py",
         "test_coverage_guard.py",
         "test_coverage_jwt.py",
         "test_coverage_jwt_config.py",
