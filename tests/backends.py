@@ -56,6 +56,7 @@ BOTH_BACKEND_FILES = frozenset(
         "test_middleware.py",
         "test_mutants_auth.py",
         "test_mutants_drain.py",
+        "test_mutants_rates.py",
         "test_mutation_kills_drain.py",
         "test_mutation_kills_jwt_session.py",
         "test_mutation_kills_shed.py",
