@@ -21,9 +21,9 @@ from ws_guard._tasks import Job, wait_done
 BACKENDS = ("asyncio", "trio")
 
 
-#: Test files whose async tests all run on both backends (see tests/conftest.py).
-#: The other files stay on asyncio: they step asyncio's loop, use its
-#: primitives directly, or drive servers that run on asyncio.
+#: Test files whose async tests run on both backends (see tests/conftest.py),
+#: but for those marked :data:`asyncio_only`. The other files stay on asyncio:
+#: they step asyncio's loop, or drive servers and clients that run on asyncio.
 BOTH_BACKEND_FILES = frozenset(
     {
         "test_client_validation.py",
