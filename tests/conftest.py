@@ -15,6 +15,13 @@ def _ws_guard_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ws_guard")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "asyncio_only: async test that stays on asyncio in a both-backend file (tests/backends.py)",
+    )
+
+
 def pytest_collectstart(collector: pytest.Collector) -> None:
     """Run the async tests of BOTH_BACKEND_FILES on asyncio and trio (tests/backends.py)."""
     if isinstance(collector, pytest.Module) and collector.path.name in BOTH_BACKEND_FILES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ import anyio
 from ws_guard import Close, Guard, rules
 from ws_guard._connection import Connection
 from ws_guard._types import ASGIApp, Message
+from ws_guard.testing import _Queue
 
 
 class FixedRandom(random.Random):
@@ -117,7 +117,7 @@ class RawServer:
     def __init__(self, app: ASGIApp, scope: dict[str, Any]) -> None:
         self.app = app
         self.scope = scope
-        self.incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self.incoming = _Queue()  # any anyio backend
         self.sent: list[Message] = []
 
     async def receive(self) -> Message:
@@ -129,7 +129,8 @@ class RawServer:
     async def run(self, *messages: Message, timeout: float = 2.0) -> None:
         for message in messages:
             self.incoming.put_nowait(message)
-        await asyncio.wait_for(self.app(self.scope, self.receive, self.send), timeout)
+        with anyio.fail_after(timeout):
+            await self.app(self.scope, self.receive, self.send)
 
 
 def websocket_scope(path: str = "/ws", **extra: Any) -> dict[str, Any]:

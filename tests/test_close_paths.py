@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent import futures
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import (
@@ -17,6 +19,7 @@ from apps import (
 )
 from helpers import Checks, ManualClock, RawServer, SessionLimit, websocket_scope
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
+from ws_guard._tasks import wait_done
 from ws_guard._types import Message
 from ws_guard.testing import ScriptedWebSocket
 
@@ -200,8 +203,8 @@ class SlowAdmit(rules.Rule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
+        self.entered = anyio.Event()
+        self.go = anyio.Event()
 
     async def admit(self, conn: object) -> None:  # type: ignore[override]
         self.entered.set()
@@ -234,7 +237,7 @@ async def test_send_to_a_gone_client_counts_a_client_close_not_1011() -> None:
         await gone.wait()
         await send({"type": "websocket.send", "text": "anyone there?"})  # type: ignore[operator]
 
-    gone = asyncio.Event()
+    gone = anyio.Event()
     guard = Guard()
     ws = guarded(sender, guard, raise_on_send_after_close=True)
     await ws.connect()
@@ -340,7 +343,7 @@ async def test_deadline_is_cancelled_when_connection_ends_first() -> None:
 
 
 async def test_close_soon_before_accept_accepts_then_closes() -> None:
-    accept_now = asyncio.Event()
+    accept_now = anyio.Event()
 
     async def slow_accept(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
         await receive()  # type: ignore[operator]
@@ -353,7 +356,7 @@ async def test_close_soon_before_accept_accepts_then_closes() -> None:
     ws = guarded(slow_accept, guard)
     await ws.connect()
     while not guard.connections:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     (conn,) = guard.connections
     await conn.close(Close(1012, "restarting", "drain"))
     assert ws.sent == [
@@ -483,7 +486,7 @@ def pusher_app(sent: list[str], finished: list[str]) -> Any:
             while True:
                 await send({"type": "websocket.send", "text": "tick"})
                 sent.append("tick")
-                await asyncio.sleep(0)
+                await anyio.sleep(0)
         finally:
             finished.append("cleanup ran")
 
@@ -501,12 +504,12 @@ async def test_a_push_only_app_is_cancelled_app_exit_timeout_after_a_guard_close
     clock.now = 130.0
     guard.scheduler.run_due()
     while not ws.closed:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     assert ws.sent[-1] == {"type": "websocket.close", "code": 1008, "reason": "session_expired"}
     clock.now = 131.9
     guard.scheduler.run_due()
     for _ in range(20):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     assert ws.task is not None
     assert not ws.task.done()  # still inside its grace: it runs on, its sends dropped
     clock.now = 132.0
@@ -519,7 +522,7 @@ async def test_a_push_only_app_is_cancelled_app_exit_timeout_after_a_guard_close
     assert len(guard.scheduler) == 0
 
 
-async def test_app_exit_timeout_none_never_cancels() -> None:
+async def test_app_exit_timeout_none_never_cancels(anyio_backend: str) -> None:
     clock = ManualClock(100.0)
     sent: list[str] = []
     guard = Guard(rules=[SessionLimit(1.0)], clock=clock, app_exit_timeout=None)
@@ -529,13 +532,17 @@ async def test_app_exit_timeout_none_never_cancels() -> None:
     clock.now = 1000.0
     guard.scheduler.run_due()
     for _ in range(20):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     assert ws.task is not None
     assert not ws.task.done()
     assert len(guard.scheduler) == 0  # nothing scheduled to stop it
     ws.task.cancel()  # the test's own clean-up
-    with pytest.raises(asyncio.CancelledError):
-        await ws.task
+    await wait_done(ws.task)
+    assert ws.task.cancelled()
+    with pytest.raises(
+        asyncio.CancelledError if anyio_backend == "asyncio" else futures.CancelledError
+    ):
+        ws.task.result()
 
 
 async def test_an_app_that_returns_within_the_timeout_is_not_cancelled() -> None:

@@ -9,7 +9,7 @@ In process.
 
 from __future__ import annotations
 
-import asyncio
+import anyio
 
 from apps import echo
 from ws_guard import Guard, WSGuardMiddleware, rules
@@ -29,7 +29,7 @@ class CountingRule(rules.Rule):
 
     async def startup(self, guard: Guard) -> None:
         self.startups += 1
-        await asyncio.sleep(0)  # let the other starters reach the lock meanwhile
+        await anyio.sleep(0)  # let the other starters reach the lock meanwhile
 
     async def shutdown(self, guard: Guard) -> None:
         self.shutdowns += 1
@@ -38,7 +38,9 @@ class CountingRule(rules.Rule):
 async def test_concurrent_startups_start_the_guard_once() -> None:
     rule = CountingRule()
     guard = Guard(rules=[rule])
-    await asyncio.gather(*(guard.startup() for _ in range(3)))
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(guard.startup)
     assert guard.started
     assert rule.startups == 1
     await guard.startup()  # once started, a later call returns at once

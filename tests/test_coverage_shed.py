@@ -15,7 +15,7 @@ from rate_helpers import Clock
 from ws_guard import Guard, WSGuardMiddleware, load
 from ws_guard.testing import ScriptedWebSocket
 
-OVERLOADED = re.compile(r"overloaded; retry-after=\d+")
+OVERLOADED = re.compile(r"overloaded; retry-after=\d+(?:\.\d)?")
 
 
 async def test_a_sustained_overload_with_no_open_connection_sheds_nothing() -> None:

@@ -9,16 +9,18 @@ cancels and verdicts are driven step by step.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
+from backends import joined
 from helpers import ManualClock
 from jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load, rules
 from ws_guard._connection import Connection
+from ws_guard._tasks import Job, spawn
 from ws_guard._types import ASGIApp, Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
@@ -60,7 +62,7 @@ def history_app(
 async def turns(n: int = 20) -> None:
     """Let every ready task run (no time passes: the clock is injected)."""
     for _ in range(n):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
 
 
 def conn_of(ws: ScriptedWebSocket) -> Connection:
@@ -189,7 +191,7 @@ class Senders:
     def __init__(self) -> None:
         self.send: Send | None = None
         self.receive: Receive | None = None
-        self.done = asyncio.Event()
+        self.done = anyio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
@@ -197,9 +199,22 @@ class Senders:
         self.send, self.receive = send, receive
         await self.done.wait()
 
-    def sending(self, text: str) -> asyncio.Task[None]:
+    def sending(self, text: str) -> Job[None]:
         assert self.send is not None
-        return asyncio.ensure_future(self.send({"type": "websocket.send", "text": text}))
+        return spawn(self.send({"type": "websocket.send", "text": text}))
+
+    async def held(self, *texts: str) -> list[Job[None]]:
+        """One send task per text, each let run until held before the next starts.
+
+        Tasks started together run in a fixed order on asyncio but not on
+        trio (its scheduler may reverse a batch), so the order of the holds
+        is made explicit.
+        """
+        jobs = []
+        for text in texts:
+            jobs.append(self.sending(text))
+            await turns()
+        return jobs
 
 
 async def start_senders(guard: Guard) -> tuple[ScriptedWebSocket, Senders]:
@@ -217,7 +232,7 @@ async def test_an_app_close_drops_the_sends_held_before_it() -> None:
     await turns()
     assert app.send is not None
     await app.send({"type": "websocket.close", "code": 4001, "reason": "room closed"})
-    await history  # returns, as a send after a guard close does
+    await joined(history)  # returns, as a send after a guard close does
     await ws.expect("websocket.close", code=4001, reason="room closed")
     assert [m["type"] for m in ws.sent] == ["websocket.accept", "websocket.close"]
     assert guard.metrics.snapshot().dropped_sends == 1
@@ -229,35 +244,49 @@ async def test_an_app_close_drops_the_sends_held_before_it() -> None:
 async def test_a_held_send_cancelled_while_waiting_is_never_sent() -> None:
     guard = make_guard(ManualClock())
     ws, app = await start_senders(guard)
-    a, b, c = app.sending("a"), app.sending("b"), app.sending("c")
+    a, b, c = await app.held("a", "b", "c")
     await turns()
     b.cancel()
     await turns()
     assert b.cancelled()
     await ws.send_text(mint())
     assert [(await ws.next())["text"] for _ in range(2)] == ["a", "c"]
-    await asyncio.gather(a, c)
+    await joined(a, c)
     d = app.sending("d")  # after the flush: the ordinary path
     await ws.expect("websocket.send", text="d")
-    await d
+    await joined(d)
     app.done.set()
     await ws.finished()
     assert guard.metrics.snapshot().dropped_sends == 0
 
 
+@pytest.mark.parametrize("verdict_first", [True, False])
 @pytest.mark.parametrize("cancelled", ["a", "b"])
-async def test_a_send_cancelled_after_its_turn_came_passes_the_turn_on(cancelled: str) -> None:
+async def test_a_send_cancelled_after_its_turn_came_passes_the_turn_on(
+    cancelled: str, verdict_first: bool, anyio_backend: str
+) -> None:
     """The verdict wakes the first held send; a cancel in the same step loses nothing else."""
     guard = make_guard(ManualClock())
     ws, app = await start_senders(guard)
-    tasks = {name: app.sending(name) for name in "abc"}
+    tasks = dict(zip("abc", await app.held("a", "b", "c"), strict=True))
     await turns()
-    conn_of(ws).verified()  # the verdict, then the cancel, in one step
-    tasks[cancelled].cancel()
+    if verdict_first:  # the verdict, then the cancel, in one step
+        conn_of(ws).verified()
+        tasks[cancelled].cancel()
+    else:
+        tasks[cancelled].cancel()
+        conn_of(ws).verified()
     await turns()
     sent = [m["text"] for m in ws.sent[1:]]
-    assert sent == [name for name in "abc" if name != cancelled]
-    assert tasks[cancelled].cancelled()
+    if anyio_backend == "trio" and verdict_first and cancelled == "a":
+        # trio delivers a cancel at the task's next checkpoint: a wait already
+        # woken by its turn completes, so "a" goes out whole, then passes the turn on.
+        assert sent == ["a", "b", "c"]
+        assert tasks["a"].done()
+        assert not tasks["a"].cancelled()
+    else:
+        assert sent == [name for name in "abc" if name != cancelled]
+        assert tasks[cancelled].cancelled()
     assert conn_of(ws).scope["ws_guard"].state == "open"
     app.done.set()
     await ws.finished()
@@ -266,11 +295,10 @@ async def test_a_send_cancelled_after_its_turn_came_passes_the_turn_on(cancelled
 async def test_a_send_made_while_the_held_ones_flush_waits_its_turn() -> None:
     guard = make_guard(ManualClock())
     ws, app = await start_senders(guard)
-    a, b = app.sending("a"), app.sending("b")
-    await turns()
+    a, b = await app.held("a", "b")
     conn_of(ws).verified()
     late = app.sending("late")  # before a and b have run: it must not overtake them
-    await asyncio.gather(a, b, late)
+    await joined(a, b, late)
     assert [m["text"] for m in ws.sent[1:]] == ["a", "b", "late"]
     app.done.set()
     await ws.finished()
@@ -284,7 +312,7 @@ async def test_a_guard_close_during_the_flush_drops_what_is_left() -> None:
     conn = conn_of(ws)
     conn.verified()
     conn.close_soon(rules.JWTAuth(SECRET, algorithms=["HS256"]).expired)
-    await asyncio.gather(a, b)
+    await joined(a, b)
     assert [m["type"] for m in ws.sent] == ["websocket.accept", "websocket.close"]
     assert guard.metrics.snapshot().dropped_sends == 2
     app.done.set()
@@ -295,16 +323,17 @@ async def test_a_cancelled_receive_loses_no_verdict_and_no_message() -> None:
     guard = make_guard(ManualClock())
     ws, app = await start_senders(guard)
     assert app.receive is not None
-    reading = asyncio.ensure_future(app.receive())
+    reading = spawn(app.receive())
     history = app.sending("history")
     await turns()
     reading.cancel()  # as wait_for does on a timeout
     await turns()
     await ws.send_text(mint("carol"))
     await ws.expect("websocket.send", text="history")
-    await history
+    await joined(history)
     await ws.send_text("next")
-    assert await asyncio.wait_for(app.receive(), 2) == {"type": "websocket.receive", "text": "next"}
+    with anyio.fail_after(2):
+        assert await app.receive() == {"type": "websocket.receive", "text": "next"}
     assert conn_of(ws).subject == "carol"
     app.done.set()
     await ws.finished()

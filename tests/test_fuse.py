@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import re
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps import echo
+from backends import BACKENDS
 from helpers import ManualClock
 from ws_guard import CONSUME, Close, Guard, WSGuardMiddleware, rules
 from ws_guard._fuse import FusedRun, plan_checks
@@ -143,17 +146,18 @@ fusing_specs = st.builds(
 )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=200, deadline=None)
 @given(
     fusing_specs,
     st.lists(st.tuples(message, st.sampled_from([0.0, 0.0, 0.3, 1.0])), min_size=1, max_size=16),
 )
 def test_compiled_receive_serves_like_rule_by_rule(
-    specs: list[tuple[str, int, bool]], script: list[tuple[dict[str, Any], float]]
+    backend: str, specs: list[tuple[str, int, bool]], script: list[tuple[dict[str, Any], float]]
 ) -> None:
     """The fused receive inlined into the message path: same echoes, same close, same counts."""
-    fused = asyncio.run(_serve(specs, script, fused=True))
-    reference = asyncio.run(_serve(specs, script, fused=False))
+    fused = anyio.run(functools.partial(_serve, specs, script, fused=True), backend=backend)
+    reference = anyio.run(functools.partial(_serve, specs, script, fused=False), backend=backend)
     assert fused == reference
 
 

@@ -9,7 +9,6 @@ that a handler which swallows exceptions never reads past it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -374,4 +373,4 @@ async def test_the_session_check_consumes_without_raising() -> None:
         assert isinstance(verdict, Close)
         assert verdict.reason == "token_invalid"
     await ws.disconnect()
-    await asyncio.wait_for(ws.finished(), 5)
+    await ws.finished(timeout=5)

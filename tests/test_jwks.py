@@ -7,14 +7,16 @@ import json
 import logging
 from collections.abc import Iterator
 
+import anyio
 import pytest
+import sniffio
 
 from apps import echo
 from jwks_server import JWKSServer, new_rsa_key
 from jwt_keys import hs256_with_public_key, mint
 from servers import free_port
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
 KEY_A = new_rsa_key()
@@ -245,15 +247,30 @@ async def test_first_message_with_a_key_fetch(jwks_server: JWKSServer) -> None:
     await ws.finished()
 
 
+async def _receive_within(receive: Receive, seconds: float) -> Message | None:
+    """The next message, or None when none came within *seconds* (the receive is cancelled)."""
+    if sniffio.current_async_library() == "asyncio":
+        try:
+            return await asyncio.wait_for(receive(), seconds)
+        except asyncio.TimeoutError:
+            return None
+    with anyio.move_on_after(seconds):
+        return await receive()
+    return None
+
+
 async def _impatient(scope: Scope, receive: Receive, send: Send) -> None:
-    """Echoes, but waits only 50 ms per receive (asyncio.wait_for), as many apps do."""
+    """Echoes, but waits only 50 ms per receive, as many apps do.
+
+    asyncio.wait_for on asyncio (the receive runs in a task it cancels on
+    Python 3.11), anyio.move_on_after on trio (a cancel scope).
+    """
     await receive()
     await send({"type": "websocket.accept"})
     scope["timeouts"] = 0
     while True:
-        try:
-            message = await asyncio.wait_for(receive(), 0.05)
-        except asyncio.TimeoutError:
+        message = await _receive_within(receive, 0.05)
+        if message is None:
             scope["timeouts"] += 1
             continue
         if message["type"] == "websocket.disconnect":

@@ -14,9 +14,11 @@ import re
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import echo
+from backends import asyncio_only
 from helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._hysteresis import Hysteresis
@@ -216,6 +218,9 @@ def test_gauge_seconds_at_their_bounds_are_accepted(build: Any) -> None:
 
 
 # -- the real sampler ---------------------------------------------------------------
+# asyncio only: it checks the sampler's loop.call_at handle (on trio the
+# sampler is a task: tests/test_trio_core.py::test_background_gauges_sample_and_shed).
+@asyncio_only
 async def test_sampler_starts_in_startup_and_stops_in_shutdown() -> None:
     ticked = asyncio.Event()
 
@@ -263,9 +268,9 @@ async def test_a_stall_is_seen_by_the_first_check_after_it() -> None:
     lag = load.EventLoopLag(limit=0.1, hold=0.0, interval=0.01, window=0.05)
     guard = Guard(load=[lag])
     await guard.startup()
-    loop = asyncio.get_running_loop()
     time.sleep(0.2)  # block the loop: the sampler cannot run
-    assert lag.observe(loop.time()) is True  # the pending wake-up is overdue
+    # The pending wake-up is overdue (scheduler.now(): asyncio's loop time, monotonic on trio).
+    assert lag.observe(guard.scheduler.now()) is True
     await guard.shutdown()
 
 
@@ -404,7 +409,7 @@ async def test_async_user_gauge_is_never_read_on_the_handshake_path() -> None:
 
 
 async def test_async_user_gauge_times_out_and_samples_in_the_background() -> None:
-    slow = asyncio.Event()
+    slow = anyio.Event()
     reads = [0]
 
     async def read() -> float:
@@ -461,6 +466,7 @@ async def test_async_user_gauge_state_stands_between_samples() -> None:
     await ws.finished()
 
 
+@asyncio_only  # the lost cancel is asyncio.wait_for's, before Python 3.12
 async def test_shutdown_ends_the_sampler_even_when_a_cancel_is_lost() -> None:
     """Before Python 3.12, ``asyncio.wait_for`` returns the read's result and
     drops a cancel that lands as the read finishes; shutdown must still end."""

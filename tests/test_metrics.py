@@ -7,9 +7,11 @@ import logging
 import threading
 from dataclasses import FrozenInstanceError
 
+import anyio
 import pytest
 
 from apps import echo
+from backends import BACKENDS
 from close_mix import EXPECTED, chatty, make_guard, run_mix
 from ws_guard import CloseEvent, CloseKey, Guard, MetricsSnapshot, WSGuardMiddleware, rules
 from ws_guard._metrics import DURATION_BUCKETS
@@ -224,10 +226,9 @@ def test_hook_must_be_callable() -> None:
         Guard(on_close=42)  # type: ignore[arg-type]
 
 
-def test_close_logs_carry_structured_fields(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_logs_carry_structured_fields(caplog: pytest.LogCaptureFixture, backend: str) -> None:
     caplog.set_level(logging.INFO, logger="ws_guard")
-    import asyncio
-
     guard = Guard(rules=[rules.MaxMessageSize(2)])
 
     async def main() -> None:
@@ -238,7 +239,7 @@ def test_close_logs_carry_structured_fields(caplog: pytest.LogCaptureFixture) ->
         await ws.expect("websocket.close", code=1009)
         await ws.finished()
 
-    asyncio.run(main())
+    anyio.run(main, backend=backend)
     record = next(r for r in caplog.records if "closed connection" in r.getMessage())
     assert record.ws_code == 1009  # type: ignore[attr-defined]
     assert record.ws_rule == "message_too_big"  # type: ignore[attr-defined]

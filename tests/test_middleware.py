@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import Recorder, echo
 from helpers import Lifecycle, RawServer, websocket_scope
 from ws_guard import ConnectionInfo, Guard, WSGuardMiddleware, connection_info
 from ws_guard._types import Message, Receive, Scope, Send
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ScriptedWebSocket, _Queue
 
 
 class Spy:
@@ -93,7 +93,7 @@ async def test_connection_info_in_scope() -> None:
 
 
 async def run_lifespan(app: Any) -> list[Message]:
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    inbox = _Queue()
     inbox.put_nowait({"type": "lifespan.startup"})
     inbox.put_nowait({"type": "lifespan.shutdown"})
     sent: list[Message] = []
@@ -102,7 +102,8 @@ async def run_lifespan(app: Any) -> list[Message]:
         sent.append(message)
 
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    await asyncio.wait_for(app(scope, inbox.get, send), 2)
+    with anyio.fail_after(2):
+        await app(scope, inbox.get, send)
     return sent
 
 

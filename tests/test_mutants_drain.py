@@ -9,19 +9,21 @@ codes, counters and that nothing is left behind (connections, deadlines).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import re
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import echo
+from backends import joined
 from rate_helpers import Clock
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._connection import Connection
+from ws_guard._tasks import spawn, wait_done
 from ws_guard._types import Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
 
@@ -34,8 +36,8 @@ class Gate(rules.Rule):
     def __init__(self) -> None:
         super().__init__()
         self.hold = False
-        self.waiting = asyncio.Event()
-        self.opened = asyncio.Event()
+        self.waiting = anyio.Event()
+        self.opened = anyio.Event()
 
     async def admit(self, conn: Connection) -> None:
         if self.hold:
@@ -54,6 +56,11 @@ async def open_clients(app: Any, n: int) -> list[ScriptedWebSocket]:
     return clients
 
 
+async def waited(event: anyio.Event, timeout: float) -> None:
+    with anyio.fail_after(timeout):
+        await event.wait()
+
+
 def close_of(ws: ScriptedWebSocket) -> dict[str, Any] | None:
     return next((m for m in ws.sent if m["type"] == "websocket.close"), None)
 
@@ -61,13 +68,13 @@ def close_of(ws: ScriptedWebSocket) -> dict[str, Any] | None:
 async def settle(clients: Sequence[ScriptedWebSocket]) -> None:
     """Let close tasks run; each closed client answers its close once, as real ones do."""
     for _ in range(5):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     for ws in clients:
         close = close_of(ws)
         if close is not None and not ws._client_gone:
             await ws.disconnect(close["code"])
     for _ in range(5):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
 
 
 def closed(clients: Sequence[ScriptedWebSocket]) -> int:
@@ -84,9 +91,9 @@ async def test_a_handshake_admitted_after_the_plan_is_closed_with_the_last_wave(
     gate.hold = True
     late = ScriptedWebSocket(app)
     await late.connect()
-    await asyncio.wait_for(gate.waiting.wait(), 2)  # past the drain check, not yet admitted
+    await waited(gate.waiting, 2)  # past the drain check, not yet admitted
 
-    drain = asyncio.ensure_future(guard.drain(window=8.0))
+    drain = spawn(guard.drain(window=8.0))
     await settle(planned)
     assert closed(planned) == 1  # wave 0 of 2, at t=0
     gate.opened.set()  # admitted now, after the plan was made: not in it
@@ -100,7 +107,7 @@ async def test_a_handshake_admitted_after_the_plan_is_closed_with_the_last_wave(
     assert closed(planned) == 2
     close = await late.expect("websocket.close", code=1012)
     assert RESTARTING.fullmatch(close["reason"])
-    await asyncio.wait_for(drain, 2)
+    await joined(drain, timeout=2)
     assert not guard.connections  # drain() returns once every closed connection finished
     for ws in (*planned, late):
         await ws.finished()
@@ -127,8 +134,8 @@ class Stubborn:
         try:
             while True:
                 await send({"type": "websocket.send", "text": "still here"})
-                await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
+                await anyio.sleep(0.01)
+        except anyio.get_cancelled_exc_class():
             self.cancelled += 1
             raise
 
@@ -141,13 +148,12 @@ async def test_drain_gives_up_after_its_grace_and_app_exit_timeout_ends_the_hand
     guard = Guard(clock=clock, app_exit_timeout=5.0)
     await guard.startup()
     clients = await open_clients(WSGuardMiddleware(stubborn, guard=guard), 2)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = anyio.current_time()
 
-    drain = asyncio.ensure_future(guard.drain(window=0.0, grace=0.3))
+    drain = spawn(guard.drain(window=0.0, grace=0.3))
     await settle(clients)
-    await asyncio.wait_for(drain, 3)
-    took = loop.time() - started
+    await joined(drain, timeout=3)
+    took = anyio.current_time() - started
     assert 0.3 <= took < 1.5, took  # waited its grace in real time, then gave up
     # Each handler got the drain's close as its disconnect and ignored it.
     assert [(d["type"], d["code"]) for d in stubborn.disconnects] == [
@@ -195,12 +201,12 @@ async def test_a_cancelled_drain_call_leaves_the_drain_running_and_joinable() ->
     app = WSGuardMiddleware(echo, guard=guard)
     await guard.startup()
     clients = await open_clients(app, 4)
-    first = asyncio.ensure_future(guard.drain(window=8.0))
+    first = spawn(guard.drain(window=8.0))
     await settle(clients)
     assert closed(clients) == 1  # wave 0 at t=10
     first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await wait_done(first)
+    assert first.cancelled()
 
     # The plan lives on the guard's scheduler, not in the cancelled task.
     assert guard.draining
@@ -217,13 +223,13 @@ async def test_a_cancelled_drain_call_leaves_the_drain_running_and_joinable() ->
     await settle(clients)
     assert closed(clients) == 2
     # A new call joins the drain in progress: it returns when the last wave ran.
-    second = asyncio.ensure_future(guard.drain(window=0.0))
+    second = spawn(guard.drain(window=0.0))
     for now, expected in ((14.0, 3), (16.0, 4)):
         clock.now = now
         guard.scheduler.run_due()
         await settle(clients)
         assert closed(clients) == expected, now
-    await asyncio.wait_for(second, 2)
+    await joined(second, timeout=2)
     for ws in clients:
         await ws.finished()
         assert close_of(ws)["code"] == 1012  # type: ignore[index]
@@ -250,10 +256,10 @@ async def test_a_handshake_admitted_after_the_last_wave_is_closed_at_once(
     gate.hold = True
     late = ScriptedWebSocket(app)  # in admission for as long as, say, a Redis timeout
     await late.connect()
-    await asyncio.wait_for(gate.waiting.wait(), 2)
-    drain = asyncio.ensure_future(guard.drain(window=8.0))
+    await waited(gate.waiting, 2)
+    drain = spawn(guard.drain(window=8.0))
     await settle(planned)
-    await asyncio.wait_for(drain, 2)  # one wave at most, at t=0: the plan is complete
+    await joined(drain, timeout=2)  # one wave at most, at t=0: the plan is complete
     assert guard.draining
 
     gate.opened.set()

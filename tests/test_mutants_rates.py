@@ -9,11 +9,11 @@ the memory of idle keys among them).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import echo
@@ -169,7 +169,7 @@ async def until(check: Any, timeout: float, what: str) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
 
 
 async def test_a_job_that_raises_stops_neither_itself_nor_the_sweeps(

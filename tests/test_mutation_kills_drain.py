@@ -10,20 +10,22 @@ is the drain's own window (0.1 s), bounded by ``wait_for``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import echo
+from backends import joined
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware
 from ws_guard._close import Close
 from ws_guard._connection import Connection
 from ws_guard._drain import Drain
 from ws_guard._rule import Rule
+from ws_guard._tasks import spawn, wait_done
 from ws_guard.testing import ScriptedWebSocket
 
 
@@ -49,12 +51,33 @@ class FixedRandom(random.Random):
         return None
 
 
+class Latch:
+    """``asyncio.Event`` with ``clear()``, on any backend (anyio events cannot be cleared)."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._open = True
+        self._event.set()
+
+    def clear(self) -> None:
+        self._open = False
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        while not self._open:
+            await self._event.wait()
+
+
 class Gate(Rule):
     """Admits a handshake only once ``gate`` is set: an admission that awaits."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = asyncio.Event()
+        self.gate = Latch()
         self.waiting = 0
 
     async def admit(self, conn: Connection) -> Close | None:
@@ -76,7 +99,7 @@ async def open_client(guard: Guard) -> ScriptedWebSocket:
 
 async def spin(turns: int = 10) -> None:
     for _ in range(turns):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
 
 
 @contextlib.asynccontextmanager
@@ -91,15 +114,14 @@ async def answering(clients: Sequence[ScriptedWebSocket]) -> AsyncIterator[None]
                 if close is not None and id(ws) not in answered:
                     answered.add(id(ws))
                     await ws.disconnect(close["code"])
-            await asyncio.sleep(0.005)
+            await anyio.sleep(0.005)
 
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with anyio.create_task_group() as group:
+        group.start_soon(loop)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
@@ -170,7 +192,7 @@ async def test_a_handshake_admitted_during_the_drain_is_closed_by_the_last_wave(
     await spin()
     assert gate.waiting == 3  # past the drain check, waiting in admission
 
-    drain = asyncio.ensure_future(guard.drain(window=4.0, grace=1.0))
+    drain = spawn(guard.drain(window=4.0, grace=1.0))
     await spin()
     assert sum(closed_with(ws) is not None for ws in early) == 1  # wave 0 at t=0
     gate.gate.set()  # admitted now, after the plan was made
@@ -189,14 +211,15 @@ async def test_a_handshake_admitted_during_the_drain_is_closed_by_the_last_wave(
         for _ in range(200):  # the early clients answer within a few ms
             if len(guard.connections) == 1:
                 break
-            await asyncio.sleep(0.005)
+            await anyio.sleep(0.005)
         assert len(guard.connections) == 1
     # The late client has not answered yet: the drain waits for it too (up
     # to its 1 s grace), well past one 20 ms turn of its polling.
-    done, _ = await asyncio.wait({drain}, timeout=0.2)
-    assert done == set()
+    with anyio.move_on_after(0.2):
+        await wait_done(drain)  # never cancels the drain
+    assert not drain.done()
     await late.disconnect(1012)
-    await asyncio.wait_for(drain, 2.0)
+    await joined(drain, timeout=2.0)
     assert guard.metrics.snapshot().active_connections == 0
     assert guard.metrics.snapshot().closes_by_code == {1012: 3}
 
@@ -205,7 +228,8 @@ async def test_a_drain_returns_once_the_closed_connections_have_finished() -> No
     guard = Guard(random_source=FixedRandom(0.0))
     clients = [await open_client(guard) for _ in range(2)]
     async with answering(clients):
-        await asyncio.wait_for(guard.drain(window=0.0, grace=2.0), 3.0)
+        with anyio.fail_after(3.0):
+            await guard.drain(window=0.0, grace=2.0)
         # No await between the drain's return and this read.
         assert guard.metrics.snapshot().active_connections == 0
     assert guard.connections == set()
@@ -216,7 +240,8 @@ async def test_a_flush_cancels_the_next_wave() -> None:
     guard = Guard(clock=clock, random_source=FixedRandom(0.0))
     clients = [await open_client(guard) for _ in range(2)]
     async with answering(clients):
-        await asyncio.wait_for(guard.drain(window=0.1, grace=0.5), 2.0)
+        with anyio.fail_after(2.0):
+            await guard.drain(window=0.1, grace=0.5)
     assert [closed_with(ws) is not None for ws in clients] == [True, True]
     assert len(guard.scheduler) == 0  # the wave deadline went with the flush
 
@@ -237,4 +262,5 @@ async def test_cancel_twice_is_harmless_and_leaves_no_deadline() -> None:
     assert len(guard.scheduler) == planned  # only the second close's timer
     await spin()
     assert [closed_with(ws) is not None for ws in clients] == [True, True]
-    await asyncio.wait_for(drain.wait(), 1.0)
+    with anyio.fail_after(1.0):
+        await drain.wait()

@@ -16,18 +16,22 @@ invariants ws_guard promises, whatever the interleaving:
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from backends import BACKENDS, joined
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
 from ws_guard._close import is_sendable_code
 from ws_guard._connection import Connection
+from ws_guard._tasks import spawn
 from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard.testing import _Queue
 
 settings.register_profile(
     "default", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -100,7 +104,7 @@ async def run_script(
         ]
     )
     run = Run()
-    incoming: asyncio.Queue[Message] = asyncio.Queue()
+    incoming = _Queue()
     conns: list[Connection] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -152,9 +156,9 @@ async def run_script(
         "extensions": {},
     }
     await incoming.put({"type": "websocket.connect"})
-    task = asyncio.ensure_future(middleware(scope, receive, send))
+    task = spawn(middleware(scope, receive, send))
     for _ in range(3):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     conns.extend(guard.connections)
     disconnected = False
     for kind, value in script:
@@ -168,11 +172,11 @@ async def run_script(
             for conn in list(guard.connections):
                 conn.close_soon(Close(value, "external", "external"))
         for _ in range(value if kind == "yield" else 2):
-            await asyncio.sleep(0)
+            await anyio.sleep(0)
     if not disconnected:
         await incoming.put({"type": "websocket.disconnect", "code": 1000})
     try:
-        await asyncio.wait_for(task, 2)
+        await joined(task)
     except AppFailure as exc:  # the scripted crash; anything else fails the test
         run.app_error = exc
     return run, guard
@@ -194,11 +198,12 @@ def check_server_sequence(sent: list[Message]) -> None:
             assert len(message.get("reason", "").encode()) <= 123
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(st.booleans(), st.lists(app_step, max_size=8), st.lists(action, max_size=12))
 def test_state_machine_invariants(
-    accept: bool, steps: list[str], script: list[tuple[str, Any]]
+    backend: str, accept: bool, steps: list[str], script: list[tuple[str, Any]]
 ) -> None:
-    run, guard = asyncio.run(run_script(accept, steps, script))
+    run, guard = anyio.run(run_script, accept, steps, script, backend=backend)
     check_server_sequence(run.sent)
     # The app's crash reaches the server, as ASGI servers expect; nothing else is raised.
     assert (run.app_error is not None) == run.app_raised

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 
 from helpers import ManualClock
 from ws_guard._scheduler import Scheduler
+from ws_guard._tasks import wait_done
 
 
 def test_fires_in_deadline_order_and_fifo_on_ties() -> None:
@@ -120,9 +122,8 @@ def test_close_drops_everything() -> None:
 
 async def test_one_loop_timer_for_all_deadlines() -> None:
     scheduler = Scheduler()
-    loop = asyncio.get_running_loop()
-    now = loop.time()
-    done = asyncio.Event()
+    now = scheduler.now()  # asyncio's loop.time(), time.monotonic() on trio
+    done = anyio.Event()
     fired: list[str] = []
 
     scheduler.call_at(now + 60, lambda: fired.append("late"))
@@ -138,8 +139,11 @@ async def test_one_loop_timer_for_all_deadlines() -> None:
 
     early = scheduler.call_at(now + 0.02, first)
     assert scheduler._timer is not timer  # an earlier one re-arms once
+    if not isinstance(timer, asyncio.TimerHandle):
+        await wait_done(timer)  # trio's timer task ends at its next checkpoint
     assert timer.cancelled()
-    await asyncio.wait_for(done.wait(), 2.0)
+    with anyio.fail_after(2.0):
+        await done.wait()
     assert fired == ["first"]
     assert early.cancelled  # fired deadlines read as done
     assert scheduler.timer_armed  # re-armed for the 60 s deadline
@@ -156,22 +160,33 @@ async def test_timer_disarms_when_last_deadline_is_cancelled() -> None:
     assert not scheduler.timer_armed
 
 
-async def test_loop_timer_rearms_after_a_raising_callback() -> None:
+async def test_loop_timer_rearms_after_a_raising_callback(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
     scheduler = Scheduler()
-    loop = asyncio.get_running_loop()
     errors: list[object] = []
-    loop.set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
-    done = asyncio.Event()
+    if anyio_backend == "asyncio":  # asyncio's loop reports a raising call_at callback
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
+    done = anyio.Event()
 
     def broken() -> None:
         raise RuntimeError("callback bug")
 
-    now = loop.time()
+    now = scheduler.now()
     scheduler.call_at(now + 0.01, broken)
     scheduler.call_at(now + 0.02, done.set)
     try:
-        await asyncio.wait_for(done.wait(), 2.0)
+        with anyio.fail_after(2.0):
+            await done.wait()
     finally:
-        loop.set_exception_handler(None)
+        if anyio_backend == "asyncio":
+            loop.set_exception_handler(None)
+    if anyio_backend == "trio":  # trio's timer task logs it (ws_guard._scheduler)
+        errors = [
+            r.exc_info[1]
+            for r in caplog.records
+            if r.getMessage() == "ws_guard deadline callback failed" and r.exc_info
+        ]
     assert len(errors) == 1
     assert isinstance(errors[0], RuntimeError)

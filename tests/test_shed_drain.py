@@ -12,13 +12,16 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from apps import echo
+from backends import joined
 from helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._signals import SignalDrain, parse_signals
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard._tasks import spawn
+from ws_guard.testing import ScriptedWebSocket, _Queue
 
 RESTARTING = re.compile(r"restarting; retry-after=(\d+(?:\.\d)?)")
 
@@ -38,7 +41,7 @@ async def open_clients(guard: Guard, n: int) -> list[ScriptedWebSocket]:
         await ws.connect()
         await ws.expect("websocket.accept")
         clients.append(ws)
-        await asyncio.sleep(0.001)  # distinct opened_at (monotonic) for newest-first order
+        await anyio.sleep(0.001)  # distinct opened_at (monotonic) for newest-first order
     return clients
 
 
@@ -52,13 +55,13 @@ async def settle(clients: Sequence[ScriptedWebSocket] = ()) -> None:
     (Answering twice is harmless: nothing reads a finished connection's queue.)
     """
     for _ in range(5):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     for ws in clients:
         close = closed_with(ws)
         if close is not None:
             await ws.disconnect(close["code"])
     for _ in range(5):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
 
 
 @contextlib.asynccontextmanager
@@ -68,15 +71,14 @@ async def answering(clients: Sequence[ScriptedWebSocket]) -> AsyncIterator[None]
     async def loop() -> None:
         while True:
             await settle(clients)
-            await asyncio.sleep(0.005)
+            await anyio.sleep(0.005)
 
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with anyio.create_task_group() as group:
+        group.start_soon(loop)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
 
 
 # -- shedding of open connections ------------------------------------------------------
@@ -185,7 +187,7 @@ async def test_drain_spreads_1012_over_the_window_and_refuses_new_handshakes() -
     guard = Guard(clock=clock, random_source=random.Random(5))
     await guard.startup()
     clients = await open_clients(guard, 4)
-    drain = asyncio.ensure_future(guard.drain(window=8.0))
+    drain = spawn(guard.drain(window=8.0))
     await settle(clients)
     assert guard.draining
     assert sum(closed_with(ws) is not None for ws in clients) == 1  # wave 0 at t=50
@@ -201,7 +203,7 @@ async def test_drain_spreads_1012_over_the_window_and_refuses_new_handshakes() -
         guard.scheduler.run_due()
         await settle(clients)
         assert sum(closed_with(ws) is not None for ws in clients) == closed, t
-    await asyncio.wait_for(drain, 2.0)
+    await joined(drain, timeout=2.0)
     hints = set()
     for ws in clients:
         close = closed_with(ws)
@@ -237,7 +239,8 @@ async def test_drain_with_1001_and_bad_arguments() -> None:
         await guard.drain(window=-1)
     clients = await open_clients(guard, 1)
     async with answering(clients):
-        await asyncio.wait_for(guard.drain(window=0, code=1001), 1.0)
+        with anyio.fail_after(1.0):
+            await guard.drain(window=0, code=1001)
     close = closed_with(clients[0])
     assert close is not None
     assert (close["code"], close["reason"].split(";")[0]) == (1001, "going_away")
@@ -248,34 +251,36 @@ async def test_a_drain_that_falls_behind_closes_the_rest_when_its_window_ends() 
     guard = Guard(clock=clock)
     clients = await open_clients(guard, 3)
     async with answering(clients):
-        await asyncio.wait_for(guard.drain(window=0.1, grace=0.2), 1.0)
+        with anyio.fail_after(1.0):
+            await guard.drain(window=0.1, grace=0.2)
     assert [c is not None and c["code"] == 1012 for c in map(closed_with, clients)] == [True] * 3
 
 
 async def test_lifespan_shutdown_drains_before_stopping() -> None:
     guard = Guard(drain_window=0.2)
     app = WSGuardMiddleware(echo, guard=guard)
-    lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    task = asyncio.ensure_future(
+    lifespan_in = _Queue()
+    lifespan_out = _Queue()
+    task = spawn(
         app({"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan_in.get, lifespan_out.put)
     )
     await lifespan_in.put({"type": "lifespan.startup"})
-    assert (await asyncio.wait_for(lifespan_out.get(), 2))["type"] == "lifespan.startup.complete"
+    with anyio.fail_after(2):
+        assert (await lifespan_out.get())["type"] == "lifespan.startup.complete"
     clients = await open_clients(guard, 3)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = anyio.current_time()
     await lifespan_in.put({"type": "lifespan.shutdown"})
     async with answering(clients):
-        done = await asyncio.wait_for(lifespan_out.get(), 3)
+        with anyio.fail_after(3):
+            done = await lifespan_out.get()
     assert done["type"] == "lifespan.shutdown.complete"
-    assert 0.1 <= loop.time() - started < 1.5
+    assert 0.1 <= anyio.current_time() - started < 1.5
     for ws in clients:
         close = closed_with(ws)
         assert close is not None
         assert close["code"] == 1012
     assert not guard.started
-    await asyncio.wait_for(task, 2)
+    await joined(task)
 
 
 # -- signal hook ---------------------------------------------------------------------------

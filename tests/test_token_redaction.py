@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from apps import http_ok
+from backends import asyncio_only
 from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, ServerThread, serve
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
@@ -143,6 +144,7 @@ CASES: dict[str, tuple[str, list[tuple[str, str]], list[str], dict[str, Any]]] =
 
 
 @pytest.mark.e2e
+@asyncio_only  # the websockets client it drives runs on asyncio
 @pytest.mark.parametrize("case", CASES)
 async def test_the_app_sees_no_token_and_everything_else_unchanged(
     server: ServerThread, case: str
@@ -179,6 +181,7 @@ async def test_the_app_sees_no_token_and_everything_else_unchanged(
 
 
 @pytest.mark.e2e
+@asyncio_only  # the websockets client it drives runs on asyncio
 async def test_redact_false_keeps_the_header_copies() -> None:
     guard = make_guard(header=False, cookie=False, subprotocol=False)
     with serve(WSGuardMiddleware(scope_echo, guard=guard)) as thread:

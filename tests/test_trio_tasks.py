@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent import futures
 from typing import Any
 
 import anyio
@@ -75,3 +77,14 @@ async def test_a_failing_done_callback_is_logged(
         await anyio.sleep(0)
     assert any("callback bug" in repr(r.exc_info) for r in caplog.records if r.exc_info)
     assert all(r.levelno >= logging.ERROR for r in caplog.records if r.exc_info)
+
+
+@on_both_backends
+async def test_the_result_of_a_cancelled_job_raises_a_cancellation(anyio_backend: str) -> None:
+    """As ``asyncio.Future.result()`` does; trio's ``Cancelled`` cannot be constructed."""
+    sleeper = spawn(anyio.sleep_forever())
+    await anyio.sleep(0)
+    await stop(sleeper)
+    expected = asyncio.CancelledError if anyio_backend == "asyncio" else futures.CancelledError
+    with pytest.raises(expected):
+        sleeper.result()

@@ -131,6 +131,9 @@ class EventLoopLag(LoadGauge):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not asyncio (trio): a task that sleeps and measures
+                # Due from now, as loop.call_at arms it: a stall before the task's
+                # first turn is then overdue for observe(), not unseen.
+                self._due = time.monotonic() + self.interval
                 self._handle = spawn(self._probe())
                 return
             self._loop = loop
@@ -145,14 +148,16 @@ class EventLoopLag(LoadGauge):
         await super().shutdown(guard)
 
     async def _probe(self) -> None:
-        """The sampler off asyncio: the same drift, on the scheduler's clock (monotonic)."""
-        now = time.monotonic()
+        """The sampler off asyncio: the same drift, on the scheduler's clock (monotonic).
+
+        ``_due`` is set by startup before the first turn, then after each sample.
+        """
         while True:
-            self._due = now + self.interval
-            await anyio.sleep(self.interval)
+            await anyio.sleep(max(0.0, self._due - time.monotonic()))
             now = time.monotonic()
             lag = now - self._due
             self.record(now, lag if lag > 0.0 else 0.0)
+            self._due = now + self.interval
 
     def _arm(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         self._due = now + self.interval

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
@@ -35,12 +36,14 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 
-class JobCancelledError(RuntimeError):
+class JobCancelledError(futures.CancelledError):
     """``result()`` of a trio job that was cancelled.
 
     Where ``asyncio.Future.result()`` raises ``CancelledError``: trio's
     ``Cancelled`` has no public constructor, and one raised outside the
-    scope that cancelled would not be caught by it. Check ``cancelled()``
+    scope that cancelled would not be caught by it. A
+    ``concurrent.futures.CancelledError`` (an ``Exception``, as a
+    cancelled ``concurrent.futures.Future`` raises). Check ``cancelled()``
     before ``result()``.
     """
 
@@ -147,6 +150,13 @@ class TrioJob(Generic[T]):
         return True
 
     def result(self) -> T:
+        """The work's return value; re-raises its error.
+
+        Raises:
+            concurrent.futures.CancelledError: the job was cancelled (trio's
+                ``Cancelled`` has no public constructor; this is what a
+                cancelled stdlib future raises).
+        """
         if self._exc is not None:
             raise self._exc
         if self._cancelled:
