@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+import anyio
+
 from apps import echo
 from backends import asyncio_only
 from ws_guard import Guard, WSGuardMiddleware, load
@@ -116,3 +118,31 @@ async def test_with_an_injected_clock_no_sampler_runs_and_shutdown_has_none_to_s
 def test_a_connection_count_outside_a_guard_reads_zero() -> None:
     gauge = load.ConnectionCount(limit=3)
     assert gauge.value() == 0
+
+
+async def test_shutdown_ends_a_sampler_whose_read_swallows_the_cancel() -> None:
+    # A user's async read that catches the cancel (a broad except in their
+    # code) must not keep the sampler looping, nor make shutdown wait forever.
+    reads: list[int] = []
+    reading = anyio.Event()
+
+    async def stubborn() -> float:
+        reads.append(1)
+        reading.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            pass  # swallowed: the bug this test is about
+        return 0.0
+
+    gauge = load.Gauge(stubborn, 1, name="q", interval=0.01)
+    guard = Guard(load=[gauge])
+    await guard.startup()
+    with anyio.fail_after(5):
+        await reading.wait()
+    with anyio.fail_after(5):
+        await guard.shutdown()
+    assert gauge._task is None
+    settled = len(reads)
+    await anyio.sleep(0.05)  # five sampling intervals: a live loop would read again
+    assert len(reads) == settled == 1

@@ -121,6 +121,7 @@ class Gauge(LoadGauge):
         self._state = Hysteresis(limit, clear, self.hold)
         self._value = 0.0
         self._task: Job[None] | None = None
+        self._run_token: object | None = None
         self._last_error_log = float("-inf")
 
     def value(self) -> float:
@@ -172,17 +173,23 @@ class Gauge(LoadGauge):
         await super().startup(guard)
         if self._task is None and not guard.scheduler.manual:
             self._state.reset()  # times from a previous loop mean nothing in this one
-            self._task = spawn(self._run())
+            token = self._run_token = object()
+            self._task = spawn(self._run(token))
 
     async def shutdown(self, guard: Guard) -> None:
         task, self._task = self._task, None
+        self._run_token = None  # the loop ends by itself once let go (see _run)
         await stop(task)  # a cancel of the caller itself goes on
         await super().shutdown(guard)
 
-    async def _run(self) -> None:
-        # Ends when shutdown cancels it (its cancel scope, not the read's timeout).
-        while True:
+    async def _run(self, token: object) -> None:
+        # Ends when shutdown cancels it (its cancel scope, not the read's
+        # timeout), or, should the user's read swallow that cancel, at the
+        # next turn, once shutdown has let go of its token.
+        while self._run_token is token:
             await self.sample()
+            if self._run_token is not token:
+                return
             await anyio.sleep(self.interval)
 
     def _now(self) -> float:

@@ -84,6 +84,7 @@ class SharedStorage:
         self._errors: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
         self._jobs: list[_Job] = []
         self._task: _tasks.Job[None] | None = None
+        self._run_token: object | None = None
         self._wake: anyio.Event | None = None
 
     def __repr__(self) -> str:
@@ -121,6 +122,7 @@ class SharedStorage:
     async def close(self) -> None:
         """Stop the maintenance task and close Redis connections (idempotent)."""
         task, self._task = self._task, None
+        self._run_token = None  # the loop ends by itself once let go (see _run)
         await _tasks.stop(task)
         self._jobs.clear()
         self._wake = None  # bound to this loop; a restart may run in another
@@ -186,16 +188,20 @@ class SharedStorage:
         if self._wake is not None:
             self._wake.set()  # an earlier due time: the task recomputes its wait
         if self._task is None or self._task.done():
-            self._task = _tasks.spawn(self._run())
+            token = self._run_token = object()
+            self._task = _tasks.spawn(self._run(token))
         return entry
 
     def remove_job(self, handle: object) -> None:
         if isinstance(handle, _Job) and handle in self._jobs:
             self._jobs.remove(handle)
 
-    async def _run(self) -> None:
-        # One task per open storage; close() cancels it and waits until it ended.
-        while True:
+    async def _run(self, token: object) -> None:
+        # One task per open storage; close() cancels it and waits until it
+        # ended. A job that swallows the cancel (or, before Python 3.12, a
+        # cancel lost as a wait ends) must not keep it running: the loop
+        # also ends once close() has let go of its token.
+        while self._run_token is token:
             now = anyio.current_time()
             due = [job for job in self._jobs if job.due <= now]
             for job in due:
