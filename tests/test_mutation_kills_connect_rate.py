@@ -17,11 +17,10 @@ import pytest
 from apps import echo
 from rate_helpers import Clock
 from redis_server import RedisServer, redis_server
-from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
+from ws_guard._connection import Connection
 from ws_guard._shared import redis_key
 from ws_guard.testing import ScriptedWebSocket
-
-pytestmark = pytest.mark.redis
 
 IP = "10.0.0.7"
 
@@ -73,6 +72,7 @@ async def attempt(app: Any, ip: str = IP) -> tuple[int, str] | None:
     return None
 
 
+@pytest.mark.redis
 async def test_redis_admits_the_limit_then_refuses_with_the_window_as_hint(
     redis: RedisServer,
 ) -> None:
@@ -91,6 +91,7 @@ async def test_redis_admits_the_limit_then_refuses_with_the_window_as_hint(
     await guard.shutdown()
 
 
+@pytest.mark.redis
 async def test_redis_shadow_rate_admits_and_reports_each_extra_attempt(
     redis: RedisServer,
 ) -> None:
@@ -102,8 +103,9 @@ async def test_redis_shadow_rate_admits_and_reports_each_extra_attempt(
     await guard.shutdown()
 
 
+@pytest.mark.redis
 async def test_redis_down_allow_counts_in_this_process_on_the_guard_clock(
-    own_redis: RedisServer,
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock(500.0)
     app, guard, _ = limited(own_redis.url, clock=clock)
@@ -113,12 +115,17 @@ async def test_redis_down_allow_counts_in_this_process_on_the_guard_clock(
     assert [await attempt(app) for _ in range(3)] == [None, None, None]
     clock.now = 530.0
     assert await attempt(app) == (1008, "connect_rate_limited; retry-after=30")
+    assert await attempt(app, "10.0.0.8") is None  # each address counts on its own here too
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert failures[0].startswith("ws_guard connect rate failed (ConnectionError: ")
+    assert failures[0].endswith("; policy on_storage_error=allow")
     snap = guard.metrics.snapshot()
-    assert snap.storage_errors == 4
+    assert snap.storage_errors == 5
     assert snap.closes_by_rule == {"connect_rate_limited": 1}
     await guard.shutdown()
 
 
+@pytest.mark.redis
 async def test_redis_down_deny_refuses_with_1013_and_no_hint(own_redis: RedisServer) -> None:
     app, guard, _ = limited(own_redis.url, on_storage_error="deny")
     own_redis.kill()
@@ -128,3 +135,99 @@ async def test_redis_down_deny_refuses_with_1013_and_no_hint(own_redis: RedisSer
     assert snap.storage_errors == 2
     assert snap.closes_by_code == {1013: 2}
     await guard.shutdown()
+
+
+# -- in memory: configuration, ids, the sweep job --------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_keys": 0}, "ConnectRate max_keys must be a positive integer, not 0"),
+        (
+            {"key": rules.by_user},
+            "ConnectRate runs before authentication, so key=rules.by_user is not known yet; "
+            "use rules.by_ip or a callable of the request",
+        ),
+        (
+            {"key": rules.by_connection},
+            "ConnectRate key=rules.by_connection gives every connection its own key, so it "
+            "never limits; use rules.by_ip, rules.by_user or a callable of the connection",
+        ),
+        (
+            {"key": 5},
+            "ConnectRate key must be rules.by_connection, rules.by_ip, rules.by_user or a "
+            "callable of the connection, not 5",
+        ),
+    ],
+)
+def test_misconfiguration_names_the_rule_and_the_value(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        rules.ConnectRate("3/minute", **options)
+    assert str(caught.value) == message
+
+
+def test_ids_repr_and_script_arguments() -> None:
+    rule = rules.ConnectRate("5/second; 100/minute")
+    assert rule.enforce is True
+    assert rule.id == "by_ip:5/1s,100/60s"
+    assert rule._args == [5, 1000, 100, 60000]  # limit and window in ms, per rate
+    assert repr(rule) == ("ConnectRate('5/second; 100/minute', key=by_ip, enforce=True, name=None)")
+    named = rules.ConnectRate("3/minute", name="handshakes", enforce=False)
+    assert (named.id, named.name, named.enforce) == ("handshakes", "handshakes", False)
+    assert named.evicted == 0  # before startup: no counters yet
+
+
+async def test_the_sweep_runs_every_shortest_window_and_stops_at_shutdown() -> None:
+    clock = Clock(0.0)
+    rule = rules.ConnectRate("100/minute; 5/second")
+    guard = Guard(rules=[rule], clock=clock)
+    app = WSGuardMiddleware(echo, guard=guard)
+    assert await attempt(app) is None
+    jobs = list(guard.storage._jobs)
+    assert [job.interval for job in jobs] == [1.0]
+    counters = rule._counters
+    assert counters is not None
+    assert len(counters) == 1
+    clock.now = 60.0  # inside the minute's window and the next: kept
+    await jobs[0].run()
+    assert len(counters) == 1
+    clock.now = 180.0  # both windows past: the key leaves, on the guard's clock
+    await jobs[0].run()
+    assert len(counters) == 0
+    await rule.shutdown(guard)
+    assert guard.storage._jobs == []
+    assert rule._counters is None
+    await rule.shutdown(guard)  # a second shutdown finds nothing to remove
+    await guard.shutdown()
+
+
+async def test_a_named_memory_rate_closes_under_its_name_with_the_hint() -> None:
+    clock = Clock(100.0)
+    rule = rules.ConnectRate("2/minute", name="handshakes")
+    guard = Guard(rules=[rule], clock=clock)
+    app = WSGuardMiddleware(echo, guard=guard)
+    assert [await attempt(app) for _ in range(2)] == [None, None]
+    clock.now = 115.0
+    assert await attempt(app) == (1008, "connect_rate_limited; retry-after=45")
+    snap = guard.metrics.snapshot()
+    assert snap.closes_by_rule == {"handshakes": 1}
+    assert snap.closes_by_code == {1008: 1, 1000: 2}
+    await guard.shutdown()
+
+
+async def test_admission_before_startup_is_a_bug_said_plainly() -> None:
+    rule = rules.ConnectRate("3/minute")
+    guard = Guard(rules=[rule])
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    scope = {"type": "websocket", "path": "/ws", "client": (IP, 1), "headers": []}
+    conn = Connection(guard, scope, receive, send)
+    with pytest.raises(RuntimeError) as caught:
+        await rule.admit(conn)
+    assert str(caught.value) == "ConnectRate is used before Guard.startup()"
