@@ -218,6 +218,8 @@ async def test_while_redis_is_down_the_cap_holds_per_process_then_writes_back(
     # alice's next handshake writes back both slots held here before counting.
     await refused(app, "alice", 1008, "too_many_connections")
     assert members(own_redis, key) == {a.scope["ws_guard"].id, b.scope["ws_guard"].id}
+    assert cap._pending == {}  # Redis knows them now
+    assert cap._writes == 0
     await leave(b)
     d = await opened(app, "alice")
     assert members(own_redis, key) == {a.scope["ws_guard"].id, d.scope["ws_guard"].id}
@@ -376,6 +378,82 @@ async def test_a_slot_taken_by_a_late_script_is_removed_once_redis_answers(
     assert cap._late == []
     assert late_id not in members(own_redis, rkey)
     await leave(a, b)
+    await guard.shutdown()
+
+
+@pytest.mark.redis
+async def test_the_heartbeat_removes_late_slots_and_the_late_list_is_bounded(
+    own_redis: RedisServer,
+) -> None:
+    app, guard, cap = capped(own_redis, 1)
+    a = await opened(app, "alice")
+    own_redis.kill()
+    await refused(app, "alice", 1008, "too_many_connections")
+    [(rkey, late_id)] = cap._late
+    cap._late = [*cap._late, *[("filler", "x")] * 9_999]
+    await refused(app, "alice", 1008, "too_many_connections")  # 10 000 kept: no more
+    assert len(cap._late) == 10_000
+    cap._late = cap._late[:1]
+    own_redis.start()
+    own_redis.command("ZADD", rkey, str(redis_ms(own_redis) + 60_000), late_id)
+    await guard.storage._jobs[0].run()  # the heartbeat, then the late removal
+    assert cap._late == []
+    assert members(own_redis, rkey) == {a.scope["ws_guard"].id}
+    await leave(a)
+    await guard.shutdown()
+
+
+@pytest.mark.redis
+async def test_a_refusal_at_the_limit_never_takes_a_slot_even_for_a_moment(
+    redis: RedisServer,
+) -> None:
+    """Counted from the on_close hook, which runs before the refused handshake releases."""
+    seen: list[int] = []
+    cap = rules.MaxConnectionsPerKey(1, key=rules.by_user, heartbeat=60.0)
+    guard = Guard(
+        rules=[HeaderSubject(), cap],
+        storage=redis.url,
+        on_close=lambda event: seen.append(
+            integer(redis.command("ZCARD", slots_key(guard, cap, "alice")))
+        ),
+    )
+    app = WSGuardMiddleware(echo, guard=guard)
+    a = await opened(app, "alice")
+    await refused(app, "alice", 1008, "too_many_connections")
+    assert seen == [1]
+    await leave(a)
+    await guard.shutdown()
+
+
+@pytest.mark.redis
+async def test_shadow_cap_during_an_outage_reports_the_extra_connection(
+    own_redis: RedisServer,
+) -> None:
+    app, guard, cap = capped(own_redis, 1, enforce=False)
+    a = await opened(app, "alice")
+    own_redis.kill()
+    b = await opened(app, "alice")  # over the cap in this process: admitted, reported
+    snap = guard.metrics.snapshot()
+    assert snap.shadow_breaches_by_rule == {"too_many_connections": 1}
+    assert cap.count(ALICE) == 2
+    await leave(a, b)
+    await guard.shutdown()
+
+
+@pytest.mark.redis
+async def test_a_guard_started_again_holds_the_cap_through_an_outage(
+    own_redis: RedisServer,
+) -> None:
+    app, guard, cap = capped(own_redis, 2)
+    a = await opened(app, "alice")
+    await leave(a)
+    await guard.shutdown()
+    b = await opened(app, "alice")  # the guard starts again on first use
+    own_redis.kill()
+    c = await opened(app, "alice")
+    assert cap._pending == {ALICE: {c.scope["ws_guard"].id}}
+    await refused(app, "alice", 1008, "too_many_connections")
+    await leave(b, c)
     await guard.shutdown()
 
 
