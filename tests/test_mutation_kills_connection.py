@@ -231,3 +231,61 @@ async def test_an_app_that_outlives_its_close_is_cancelled_and_logged(
         "was closed (code=1008) path=/ws/room"
     ]
     assert guard.metrics.snapshot().closes_by_rule == {"test_rule": 1}
+
+
+async def app_that_closes_while_a_receive_waits(
+    received: list[dict[str, Any]], *, first: bool = False
+) -> Any:
+    """Accept, start a receive, close from the app: what does that receive return?"""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        if first:
+            received.append(await receive())
+        pending = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # the receive is waiting on the server
+        await send({"type": "websocket.close", "code": 4000, "reason": "bye"})
+        received.append(await pending)
+
+    return app
+
+
+async def test_a_refused_frame_after_the_app_closed_is_dropped_not_delivered() -> None:
+    # A rate on a shared key is checked rule by rule (no fused run), so the
+    # app's receive is the connection's own.
+    received: list[dict[str, Any]] = []
+    guard = Guard(rules=[rules.MessageRate("1/minute", key=rules.by_ip)])
+    assert guard.lead_run is None
+    app = await app_that_closes_while_a_receive_waits(received, first=True)
+    ws = ScriptedWebSocket(WSGuardMiddleware(app, guard=guard))
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("one")  # the minute's only message
+    await ws.expect("websocket.close", code=4000, reason="bye")
+    await ws.send_text("two")  # over the rate: checked, then dropped
+    await ws.disconnect(1000)
+    await ws.finished()
+    assert received == [
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.disconnect", "code": 1000, "reason": ""},
+    ]
+    assert guard.metrics.snapshot().closes_by_code == {4000: 1}  # no second close
+    await guard.shutdown()
+
+
+async def test_a_message_read_for_a_pending_token_after_the_app_closed_is_not_delivered() -> None:
+    received: list[dict[str, Any]] = []
+    guard = Guard(
+        rules=[rules.JWTAuth("s" * 32, algorithms=["HS256"], token=rules.from_first_message(5.0))]
+    )
+    app = WSGuardMiddleware(await app_that_closes_while_a_receive_waits(received), guard=guard)
+    ws = ScriptedWebSocket(app)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.expect("websocket.close", code=4000, reason="bye")
+    await ws.send_text("not a token")  # read by the token reader after the close: judged
+    await ws.disconnect(1000)
+    await ws.finished()
+    assert received == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
+    await guard.shutdown()
