@@ -289,3 +289,50 @@ async def test_a_message_read_for_a_pending_token_after_the_app_closed_is_not_de
     await ws.finished()
     assert received == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
     await guard.shutdown()
+
+
+async def test_a_crash_whose_1011_cannot_be_sent_is_the_client_leaving() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await gone.wait()
+        raise RuntimeError("bug")
+
+    gone = asyncio.Event()
+    guarded_app, guard, events = guarded(app)
+    ws = ScriptedWebSocket(guarded_app, raise_on_send_after_close=True)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.disconnect(1001)  # the app never reads it; its 1011 then fails to send
+    gone.set()
+    with pytest.raises(RuntimeError):
+        await ws.finished()
+    assert ws.sent == [{"type": "websocket.accept"}]
+    assert guard.metrics.snapshot().closes_by_code == {1006: 1}
+    assert [(e.code, e.initiator, e.connection_id) for e in events] == [
+        (1006, "client", ws.scope["ws_guard"].id)
+    ]
+
+
+async def test_a_held_decision_that_raises_closes_1011_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guarded_app, guard, _ = guarded(echo)
+    ws = ScriptedWebSocket(guarded_app)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    conn = ws.scope["ws_guard"]._conn
+    error = RuntimeError("a bug while deciding")
+
+    async def deciding() -> Close | None:
+        raise error
+
+    conn.hold(deciding())  # applied by its own callback: no receive needs to run
+    await ws.expect("websocket.close", code=1011, reason="internal_error")
+    records = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in records] == ["ws_guard could not decide a held message"]
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[1] is error
+    await ws.disconnect()
+    await ws.finished()
+    assert guard.metrics.snapshot().closes_by_rule == {"internal_error": 1}
