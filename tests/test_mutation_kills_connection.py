@@ -336,3 +336,21 @@ async def test_a_held_decision_that_raises_closes_1011_and_is_logged(
     await ws.disconnect()
     await ws.finished()
     assert guard.metrics.snapshot().closes_by_rule == {"internal_error": 1}
+
+
+async def test_an_app_that_returns_while_open_is_closed_1000_and_reported() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    guarded_app, guard, events = guarded(app)
+    ws = ScriptedWebSocket(guarded_app)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.expect("websocket.close", code=1000, reason="")
+    await ws.finished()
+    assert ws.scope["ws_guard"].state == "closed"
+    assert [(e.code, e.initiator, e.connection_id) for e in events] == [
+        (1000, "app", ws.scope["ws_guard"].id)
+    ]
+    assert guard.metrics.snapshot().closes_by_initiator == {"app": 1}
