@@ -354,3 +354,66 @@ async def test_an_app_that_returns_while_open_is_closed_1000_and_reported() -> N
         (1000, "app", ws.scope["ws_guard"].id)
     ]
     assert guard.metrics.snapshot().closes_by_initiator == {"app": 1}
+
+
+async def test_an_app_that_denies_with_an_http_response_gets_no_close_after_it() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 403, "headers": []})
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    guarded_app, guard, _ = guarded(app)
+    ws = ScriptedWebSocket(guarded_app)
+    await ws.connect()
+    await ws.finished()
+    assert ws.sent == [
+        {"type": "websocket.http.response.start", "status": 403, "headers": []},
+        {"type": "websocket.http.response.body", "body": b"no"},
+    ]
+    assert ws.scope["ws_guard"].state == "closed"
+    assert guard.metrics.snapshot().closes_by_code == {}
+
+
+async def test_a_receive_waits_for_a_held_decision_then_reads_on() -> None:
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        decision: asyncio.Future[Close | None] = asyncio.get_running_loop().create_future()
+        scope["ws_guard"]._conn.hold(decision)
+        asyncio.get_running_loop().call_soon(decision.set_result, None)  # nothing to close
+        received.append(await receive())
+
+    guard = Guard(rules=[rules.MessageRate("10/minute", key=rules.by_ip)])
+    ws = ScriptedWebSocket(WSGuardMiddleware(app, guard=guard))
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("after the decision")
+    await ws.expect("websocket.close", code=1000)
+    await ws.finished()
+    assert received == [{"type": "websocket.receive", "text": "after the decision"}]
+    await guard.shutdown()
+
+
+async def test_app_sends_after_its_own_close_while_a_token_is_pending_go_to_the_server() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4000, "reason": "bye"})
+        await send({"type": "websocket.send", "text": "late"})
+
+    guard = Guard(
+        rules=[rules.JWTAuth("s" * 32, algorithms=["HS256"], token=rules.from_first_message(5.0))]
+    )
+    ws = ScriptedWebSocket(WSGuardMiddleware(app, guard=guard))
+    await ws.connect()
+    await ws.finished()
+    # The server, not ws_guard, decides about a send after the app's close.
+    assert ws.sent == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 4000, "reason": "bye"},
+        {"type": "websocket.send", "text": "late"},
+    ]
+    assert guard.metrics.snapshot().dropped_sends == 0
+    await guard.shutdown()
