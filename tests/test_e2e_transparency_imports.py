@@ -40,9 +40,13 @@ from ws_guard import Guard, WSGuardMiddleware, load, rules
 storage, lifespan = sys.argv[1], sys.argv[2]
 SECRET = "s" * 32
 
+seen = {}
+
 async def app(scope, receive, send):
     if scope["type"] != "websocket":
         return  # no lifespan support: the guard starts on its first connection
+    # Read in the server's event loop: started means started in that loop.
+    seen["started"] = guard.started
     await receive()
     await send({"type": "websocket.accept"})
     while (await receive())["type"] == "websocket.receive":
@@ -75,7 +79,7 @@ async def main():
             await ws.send("x")
             await ws.recv()
         new = sorted(set(sys.modules) - before)
-        print(json.dumps({"started": guard.started, "new": new}))
+        print(json.dumps({"started": seen.get("started"), "new": new}))
 
 asyncio.run(main())
 """

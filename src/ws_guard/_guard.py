@@ -40,7 +40,7 @@ from ._scheduler import Scheduler
 from ._shared import guard_namespace
 from ._signals import SignalDrain, parse_signals
 from ._storage import SharedStorage
-from ._tasks import backend, current_run, on_asyncio
+from ._tasks import backend, current_run, on_asyncio, preload_backends
 from ._validate import check_clock, check_random_source, check_seconds
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ class Guard:
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
         #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
         self.storage = SharedStorage(storage)
+        preload_backends()  # imports belong here, not on the first handshake
         self.storage_uri = storage
         self.paths = _check_paths(paths)
         self.trusted_proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(trusted_proxies)

@@ -22,7 +22,10 @@ waits for one without cancelling it when the waiter is cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from concurrent import futures
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -74,6 +77,27 @@ def on_asyncio() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def preload_backends() -> None:
+    """Import anyio's backend modules now, not on a connection's path.
+
+    anyio imports its backend implementation (``anyio._backends._asyncio``
+    with its socket, stream and lock modules) on the first call that needs
+    it; under a server without lifespan that is the first guarded handshake,
+    and an import there blocks the event loop. asyncio's is always loaded;
+    trio's only when trio is already imported (a trio server imports it
+    before it loads the app), so an asyncio deployment never pays for trio.
+    The module names are anyio's own layout: if they move, nothing breaks,
+    the import just happens later.
+    """
+    backends = ["asyncio"]
+    if "trio" in sys.modules:
+        backends.append("trio")
+    for name in backends:
+        # Another anyio layout: it imports on first use, as without this.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"anyio._backends._{name}")
 
 
 def current_run() -> object | None:
