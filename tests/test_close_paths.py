@@ -122,6 +122,31 @@ async def test_app_returning_while_open_gets_a_normal_close() -> None:
     assert dict(snap.closes_by_rule) == {}
 
 
+async def test_app_that_returns_after_its_send_to_a_gone_client_failed_counts_the_client() -> None:
+    # The client vanished before the server told the app; the app's send fails
+    # (OSError, as uvicorn's ClientDisconnected is), it catches that and returns.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+        ws._client_gone = True  # the server now refuses every send
+        try:
+            await send({"type": "websocket.send", "text": "late"})
+        except OSError:
+            return
+
+    guard = Guard()
+    ws = ScriptedWebSocket(WSGuardMiddleware(app, guard=guard), raise_on_send_after_close=True)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("hi")
+    await ws.finished()
+    assert ws.sent == [{"type": "websocket.accept"}]  # no close frame reached anyone
+    snap = guard.metrics.snapshot()
+    assert dict(snap.closes_by_code) == {1006: 1}
+    assert dict(snap.closes_by_initiator) == {"client": 1}
+
+
 async def test_app_close_passes_through_once() -> None:
     async def closer(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
         await receive()  # type: ignore[operator]

@@ -803,11 +803,18 @@ class Connection:
                 self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     async def app_returned(self) -> None:
-        """The app returned while open: close normally rather than drop TCP."""
+        """The app returned while open: close normally rather than drop TCP.
+
+        Counted as what happened: the app's 1000 when the close went out, the
+        client's 1006 when the server refused it (the client left, and the
+        app, having caught its own failed send, returned normally).
+        """
         if self.state in LIVE:
             self._set_closed(CLOSED)
-            self.guard.record_close(self, None, NORMAL, "app")
-            await self._send_quietly({"type": "websocket.close", "code": NORMAL, "reason": ""})
+            if await self._send_quietly({"type": "websocket.close", "code": NORMAL, "reason": ""}):
+                self.guard.record_close(self, None, NORMAL, "app")
+            else:
+                self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     async def finish(self) -> None:
         """Release everything the connection held; runs once, on every path.
