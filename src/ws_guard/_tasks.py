@@ -28,10 +28,20 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from concurrent import futures
+from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
-import sniffio
+
+# trio depends on sniffio and anyio no longer does: without sniffio, trio is
+# not installed and only asyncio can be running (anyio reasons the same way).
+_sniffio: ModuleType | None
+try:
+    import sniffio as _sniffio_module
+except ModuleNotFoundError:
+    _sniffio = None
+else:
+    _sniffio = _sniffio_module
 
 logger = logging.getLogger("ws_guard")
 
@@ -63,8 +73,15 @@ class Job(Protocol[T_co]):
 
 
 def backend() -> str:
-    """The running async library's name (``"asyncio"``, ``"trio"``), from sniffio."""
-    return sniffio.current_async_library()
+    """The running async library's name (``"asyncio"``, ``"trio"``), from sniffio.
+
+    Raises ``RuntimeError`` outside an event loop.
+    """
+    if _sniffio is None:
+        asyncio.get_running_loop()  # RuntimeError outside a loop, as sniffio's
+        return "asyncio"
+    name: str = _sniffio.current_async_library()
+    return name
 
 
 def on_asyncio() -> bool:
@@ -110,9 +127,11 @@ def current_run() -> object | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         pass
+    if _sniffio is None:
+        return None
     try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+        library = _sniffio.current_async_library()
+    except _sniffio.AsyncLibraryNotFoundError:
         return None
     if library != "trio":
         return None
