@@ -32,11 +32,12 @@ HINT = re.compile(r"overloaded; retry-after=([0-9]+(?:\.[0-9])?)")
 class Draws(random.Random):
     """A random source that returns these draws in turn (exact hints).
 
-    The draws come as one list: on Python 3.10 ``random.Random.__new__``
-    refuses more than one argument, whatever the subclass's ``__init__``.
+    The draws come as one tuple: on Python 3.10 ``random.Random.__new__``
+    refuses more than one argument and seeds with the one it gets, whatever
+    the subclass's ``__init__``, so that argument must be hashable.
     """
 
-    def __init__(self, draws: list[float]) -> None:
+    def __init__(self, draws: tuple[float, ...]) -> None:
         super().__init__(0)
         self.draws = list(draws)
 
@@ -74,7 +75,7 @@ def test_a_rate_hint_stays_whole_seconds_rounded_up() -> None:
 
 
 async def test_gauge_hints_carry_each_draw() -> None:
-    guard, gauge = busy_guard(Draws([0.0, 0.05, 0.35, 0.7, 0.99]))
+    guard, gauge = busy_guard(Draws((0.0, 0.05, 0.35, 0.7, 0.99)))
     await guard.startup()
     try:
         assert gauge.observe(0.0)
@@ -91,7 +92,7 @@ async def test_gauge_hints_carry_each_draw() -> None:
 
 
 def test_drain_hints_with_the_default_carry_each_draw() -> None:
-    guard = Guard(random_source=Draws([0.0, 0.25, 0.6, 0.95]))
+    guard = Guard(random_source=Draws((0.0, 0.25, 0.6, 0.95)))
     drain = Drain(guard, window=0.0, code=1012, retry_after=1.0, grace=0.0)
     reasons = [drain.close_for_one().wire_reason for _ in range(4)]
     assert reasons == [
@@ -116,7 +117,7 @@ def test_drain_hints_with_the_default_carry_each_draw() -> None:
 def test_the_http_retry_after_is_rounded_at_random_by_the_fraction(
     seconds: float, draw: float, header: str
 ) -> None:
-    assert http_retry_after(seconds, Draws([draw])) == header
+    assert http_retry_after(seconds, Draws((draw,))) == header
 
 
 def test_the_http_retry_after_keeps_the_mean() -> None:
@@ -127,7 +128,7 @@ def test_the_http_retry_after_keeps_the_mean() -> None:
 
 
 def test_http_denials_spread_jittered_hints_and_never_shorten_rate_hints() -> None:
-    guard = Guard(random_source=Draws([0.3, 0.5]))
+    guard = Guard(random_source=Draws((0.3, 0.5)))
     jittered = Close(1013, "overloaded", "overloaded", 1.4, jittered=True)
     assert guard.http_denial(jittered)[1][-1] == (b"retry-after", b"2")
     assert guard.http_denial(jittered)[1][-1] == (b"retry-after", b"1")
