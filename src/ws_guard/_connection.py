@@ -772,10 +772,16 @@ class Connection:
         self.guard.record_shadow(self, close)
 
     async def _send_quietly(self, message: Message) -> bool:
-        """Send a frame of ws_guard's own; a gone client is not an error."""
+        """Send a frame of ws_guard's own; False when the server would not take it.
+
+        A gone client is not an error: servers raise ``OSError`` for it
+        (uvicorn's ``ClientDisconnected``), and uvicorn's websockets-sansio
+        stack raises ``RuntimeError`` once it has closed the connection itself
+        (answering the client's close, or on a keepalive ping timeout).
+        """
         try:
             await self._send(message)
-        except OSError:
+        except (OSError, RuntimeError):
             return False
         return True
 

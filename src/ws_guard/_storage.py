@@ -246,7 +246,12 @@ class _RedisParts(NamedTuple):
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import RedisError
+        from redis.utils import get_lib_version
 
+        # redis-py reads its version from the package metadata on every new
+        # connection; the first read imports importlib.metadata's lazy parts
+        # (Python 3.13), which would happen on the first handshake's loop.
+        get_lib_version()
         return cls(
             Retry, NoBackoff, RedisConnectionError, RedisError, BlockingConnectionPool, parse_url
         )
