@@ -225,9 +225,9 @@ def test_a_guard_reused_in_a_later_run_samples_its_gauges_there(first: str, seco
     accept, close = anyio.run(overloaded, backend=second)
     assert accept == {"type": "websocket.accept"}
     assert close["code"] == 1013
-    # retry-after is jittered in [retry_min, 2 * retry_min), whole seconds
-    # A 1 to 2 s jittered hint, in tenths of a second (docs/load-shedding.md).
-    assert re.fullmatch(r"overloaded; retry-after=(1(\.[1-9])?|2)", close["reason"]), close
+    # A jittered hint in tenths of a second; it grows while the overload
+    # lasts, so only its form is fixed here (docs/load-shedding.md).
+    assert re.fullmatch(r"overloaded; retry-after=\d+(\.\d)?", close["reason"]), close
     assert guard.metrics.snapshot().closes_by_code == {1013: 1}
 
 

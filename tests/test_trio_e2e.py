@@ -117,8 +117,8 @@ async def test_trio_connection_cap_closes_1013(trio_server: str) -> None:
         async with websockets.connect(url) as third:
             code, reason = await closed_with(third)
             assert code == 1013
-            # The hint is drawn in [retry_min, 2 * retry_min) = [1, 2), sent in tenths rounded up.
-            assert re.fullmatch(r"overloaded; retry-after=(1(\.[1-9])?|2)", reason), reason
+            # Tenths of a second; the hint grows while an overload lasts.
+            assert re.fullmatch(r"overloaded; retry-after=\d+(\.\d)?", reason), reason
 
 
 async def test_trio_first_message_token(trio_server: str) -> None:
