@@ -251,7 +251,8 @@ class _RedisParts(NamedTuple):
         # redis-py reads its version from the package metadata on every new
         # connection; the first read imports importlib.metadata's lazy parts
         # (Python 3.13), which would happen on the first handshake's loop.
-        get_lib_version()
+        read_version: Any = get_lib_version  # untyped in some redis-py releases
+        read_version()
         return cls(
             Retry, NoBackoff, RedisConnectionError, RedisError, BlockingConnectionPool, parse_url
         )
