@@ -27,13 +27,8 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def http_ok(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -108,3 +103,14 @@ async def return_after_first_message(scope: Scope, receive: Receive, send: Send)
     await receive()
     await send({"type": "websocket.accept"})
     await receive()
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer a lifespan scope's startup and shutdown, then return."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from apps import lifespan
 from jwt_keys import SECRET
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard._types import Receive, Scope, Send
@@ -50,13 +51,8 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] == "http":
         await _http(scope, receive, send)
         return
