@@ -25,8 +25,8 @@ if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
 from ws_guard import Guard, rules  # noqa: E402
-from ws_guard._connection import Connection  # noqa: E402
-from ws_guard._types import Message  # noqa: E402
+from ws_guard._core.connection import Connection  # noqa: E402
+from ws_guard.types import Message  # noqa: E402
 
 DEFAULT_RATES = ("10/minute", "10000/day")
 #: A monotonic clock reading of a host up for 11 days.

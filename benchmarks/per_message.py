@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from _variants import VARIANTS, variant
 
 from ws_guard import WSGuardMiddleware
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 Message = dict[str, Any]
 App = Callable[..., Any]

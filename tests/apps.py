@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard.types import Message, Receive, Scope, Send
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from ws_guard._tasks import Job, wait_done
+from ws_guard._core.tasks import Job, wait_done
 
 BACKENDS = ("asyncio", "trio")
 
@@ -123,7 +123,7 @@ def convert_module(module: Any) -> None:
 
 
 async def joined(*jobs: Job[Any], timeout: float = 2.0) -> None:
-    """Wait for every job (``ws_guard._tasks.spawn``) and re-raise the first error.
+    """Wait for every job (``ws_guard._core.tasks.spawn``) and re-raise the first error.
 
     ``asyncio.gather`` for detached tasks on any backend; fails the test after
     *timeout* seconds.

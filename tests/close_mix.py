@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from ws_guard import Guard, WSGuardMiddleware, load, rules
-from ws_guard._types import Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
 
 
 class ManualGauge(load.LoadGauge):

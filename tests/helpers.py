@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 
 from ws_guard import Close, Guard, rules
-from ws_guard._connection import Connection
-from ws_guard._types import ASGIApp, Message
+from ws_guard._core.connection import Connection
 from ws_guard.testing import _Queue
+from ws_guard.types import ASGIApp, Message
 
 
 class FixedRandom(random.Random):

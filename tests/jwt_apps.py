@@ -6,7 +6,7 @@ import json
 
 from apps import http_ok
 from ws_guard import connection_info
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard.types import Message, Receive, Scope, Send
 
 
 async def whoami(scope: Scope, receive: Receive, send: Send) -> None:

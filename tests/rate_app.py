@@ -12,7 +12,7 @@ import os
 from apps import echo
 from rate_helpers import HeaderSubject
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import ASGIApp
+from ws_guard.types import ASGIApp
 
 
 def make_app() -> ASGIApp:

@@ -8,8 +8,8 @@ from typing import Any
 import websockets
 
 from ws_guard import rules
-from ws_guard._close import Close
-from ws_guard._connection import Connection
+from ws_guard._core.connection import Connection
+from ws_guard._core.decisions import Close
 
 
 class HeaderSubject(rules.Rule):

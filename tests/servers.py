@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from ws_guard._types import ASGIApp
+from ws_guard.types import ASGIApp
 
 #: uvicorn's WebSocket implementations, all run by the e2e suite.
 UVICORN_WS = ("websockets-sansio", "websockets", "wsproto")

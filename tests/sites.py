@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from apps import http_ok
 from servers import ServerThread
 from ws_guard import Guard, MetricsSnapshot, WSGuardMiddleware
-from ws_guard._types import ASGIApp, Receive, Scope, Send
+from ws_guard.types import ASGIApp, Receive, Scope, Send
 
 
 class Router:

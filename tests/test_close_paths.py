@@ -19,9 +19,9 @@ from apps import (
 )
 from helpers import Checks, ManualClock, RawServer, SessionLimit, websocket_scope
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
-from ws_guard._tasks import wait_done
-from ws_guard._types import Message
+from ws_guard._core.tasks import wait_done
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message
 
 DISCONNECT_1009 = {"type": "websocket.disconnect", "code": 1009, "reason": "message_too_big"}
 

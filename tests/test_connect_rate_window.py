@@ -18,11 +18,11 @@ import pytest
 
 from rate_helpers import Clock
 from ws_guard import ConfigurationError, Guard, rules
-from ws_guard._connect_rate import DEFAULT_MAX_KEYS
-from ws_guard._connection import Connection
-from ws_guard._shared import parse_rates
-from ws_guard._sliding import CounterStore
-from ws_guard._types import Message
+from ws_guard._core.connection import Connection
+from ws_guard.rules.limits.attempts import CounterStore
+from ws_guard.rules.limits.common import parse_rates
+from ws_guard.rules.limits.connect_rate import DEFAULT_MAX_KEYS
+from ws_guard.types import Message
 
 #: The documented bound (docs/rate-limits.md): bytes per tracked key, key string included.
 BYTES_PER_KEY_BOUND = 300

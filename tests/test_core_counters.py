@@ -10,7 +10,7 @@ import pytest
 from apps import Recorder, crash_after_first_message, echo
 from helpers import Deny, FixedRandom
 from ws_guard import CloseEvent, Guard, WSGuardMiddleware, load, rules
-from ws_guard._metrics import DURATION_BUCKETS, Metrics
+from ws_guard.metrics.snapshot import DURATION_BUCKETS, Metrics
 from ws_guard.testing import ScriptedWebSocket
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ws_guard import ConfigurationError, Guard, metrics_app, status_app
-from ws_guard._types import Message, Scope
+from ws_guard.types import Message, Scope
 
 App = Callable[[Scope, Any, Any], Awaitable[None]]
 

@@ -21,10 +21,10 @@ import pytest
 
 from redis_server import RedisServer, redis_server
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._connection import Connection
-from ws_guard._shared import redis_key
-from ws_guard._types import ASGIApp, Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard.rules.limits.common import redis_key
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import ASGIApp, Receive, Scope, Send
 
 
 def team(conn: Connection) -> str | None:

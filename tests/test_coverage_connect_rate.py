@@ -16,9 +16,9 @@ from apps import echo
 from helpers import eventually
 from rate_helpers import Clock
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._connection import Connection
-from ws_guard._shared import parse_rates
-from ws_guard._sliding import CounterStore
+from ws_guard._core.connection import Connection
+from ws_guard.rules.limits.attempts import CounterStore
+from ws_guard.rules.limits.common import parse_rates
 from ws_guard.testing import ScriptedWebSocket
 
 

@@ -1,4 +1,4 @@
-"""MessageRate with several rates on a shared key: the branch coverage gap in ``_rate.py``.
+"""MessageRate with several rates on a shared key: a branch coverage gap in ``message_rate.py``.
 
 One address, two connections, ``2/second; 3/minute``: both windows are
 shared, a window past its end is looked up again, a refused message counts

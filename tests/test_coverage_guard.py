@@ -13,8 +13,8 @@ import anyio
 
 from apps import echo
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message, Receive, Scope, Send
 
 
 class CountingRule(rules.Rule):

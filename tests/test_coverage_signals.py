@@ -21,7 +21,7 @@ import pytest
 from children import run
 from helpers import eventually
 from ws_guard import ConfigurationError, Guard
-from ws_guard._signals import SignalDrain, parse_signals
+from ws_guard._core.signals import SignalDrain, parse_signals
 
 SIG = signal.SIGWINCH
 

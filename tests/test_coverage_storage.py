@@ -22,7 +22,7 @@ import pytest
 from helpers import eventually
 from redis_server import RedisServer, redis_server
 from ws_guard import ConfigurationError, Guard
-from ws_guard._storage import SharedStorage
+from ws_guard._core.storage import SharedStorage
 
 SECRET = "hunter2"
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from ws_guard import _close
-from ws_guard._close import Close
-from ws_guard._drain import DRAIN_REASONS
-from ws_guard._message_rules import _RULE_NAME
+from ws_guard import codes as _close
+from ws_guard._core.decisions import Close
+from ws_guard._core.drain import DRAIN_REASONS
+from ws_guard.rules.messages import _RULE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "ws_guard"

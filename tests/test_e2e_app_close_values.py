@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ from jwt_keys import SECRET
 from rate_helpers import Clock, read_until_closed
 from servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._request import MAX_LOGGED_PATH, loggable_path
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.request import MAX_LOGGED_PATH, loggable_path
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = [
     pytest.mark.e2e,

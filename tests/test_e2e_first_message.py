@@ -22,7 +22,7 @@ from apps import http_ok
 from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, ServerThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

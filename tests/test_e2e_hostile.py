@@ -27,8 +27,8 @@ from helpers import eventually
 from servers import UVICORN_WS, serve
 from sites import Router, Site, closed_by_server
 from ws_guard import Close, Guard, WSGuardMiddleware, connection_info, rules
-from ws_guard._connection import Connection
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

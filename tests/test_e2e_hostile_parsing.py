@@ -21,7 +21,7 @@ from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, serve
 from sites import Router, Site, closed_by_server
 from ws_guard import rules
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

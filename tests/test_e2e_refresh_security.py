@@ -26,7 +26,7 @@ from jwt_apps import whoami
 from jwt_keys import EC_KEY, mint
 from servers import ServerThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._rule import Rule
+from ws_guard.rules.base import Rule
 
 pytestmark = pytest.mark.e2e
 

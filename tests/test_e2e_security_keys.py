@@ -27,7 +27,7 @@ from jwt_keys import SECRET, mint
 from rate_helpers import Clock, read_until_closed
 from servers import ServerThread, UvicornThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import ASGIApp
+from ws_guard.types import ASGIApp
 
 pytestmark = [pytest.mark.e2e]
 

@@ -22,7 +22,7 @@ from jwt_keys import SECRET, mint
 from rate_helpers import read_until_closed
 from servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware, connection_info, rules
-from ws_guard._request import route_path
+from ws_guard._core.request import route_path
 
 pytestmark = [
     pytest.mark.e2e,

@@ -35,7 +35,7 @@ from helpers import eventually
 from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

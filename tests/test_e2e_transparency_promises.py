@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from helpers import ManualClock, eventually
 from servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

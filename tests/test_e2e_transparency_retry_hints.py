@@ -22,9 +22,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from servers import serve
 from ws_guard import Close, Guard, WSGuardMiddleware, load
-from ws_guard._close import format_retry_after, http_retry_after
-from ws_guard._drain import Drain
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.decisions import format_retry_after, http_retry_after
+from ws_guard._core.drain import Drain
+from ws_guard.types import Receive, Scope, Send
 
 HINT = re.compile(r"overloaded; retry-after=([0-9]+(?:\.[0-9])?)")
 

@@ -33,12 +33,12 @@ from redis_server import RedisServer, redis_server
 from servers import ServerThread, serve
 from sites import closed_by_server
 from ws_guard import CloseEvent, Guard, WSGuardMiddleware, load, rules
-from ws_guard._connection import Connection
-from ws_guard._jwks import KeyState
-from ws_guard._keys import user_key
-from ws_guard._shared import redis_key
-from ws_guard._storage import REDIS_DEFAULTS
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard._core.storage import REDIS_DEFAULTS
+from ws_guard.rules.auth.jwks import KeyState
+from ws_guard.rules.keys import user_key
+from ws_guard.rules.limits.common import redis_key
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

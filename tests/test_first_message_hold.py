@@ -19,10 +19,10 @@ from backends import joined
 from helpers import ManualClock
 from jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load, rules
-from ws_guard._connection import Connection
-from ws_guard._tasks import Job, spawn
-from ws_guard._types import ASGIApp, Message, Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard._core.tasks import Job, spawn
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import ASGIApp, Message, Receive, Scope, Send
 
 HISTORY: Message = {"type": "websocket.send", "text": "history"}
 ACCEPT: Message = {"type": "websocket.accept"}
@@ -466,8 +466,8 @@ async def test_prometheus_otel_and_status_show_the_pending_count() -> None:
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from ws_guard.otel import instrument
-    from ws_guard.prometheus import make_registry
+    from ws_guard.metrics.otel import instrument
+    from ws_guard.metrics.prometheus import make_registry
 
     guard = make_guard(ManualClock())
     reader = InMemoryMetricReader()

@@ -16,8 +16,8 @@ from apps import echo
 from backends import BACKENDS
 from helpers import ManualClock
 from ws_guard import CONSUME, Close, Guard, WSGuardMiddleware, rules
-from ws_guard._fuse import FusedRun, plan_checks
-from ws_guard._rule import Checker, Rule
+from ws_guard._core.fast_path import FusedRun, plan_checks
+from ws_guard.rules.base import Checker, Rule
 from ws_guard.testing import ScriptedWebSocket
 
 
@@ -334,7 +334,7 @@ async def test_first_message_token_then_rules_in_a_fused_run() -> None:
 
 async def test_after_the_app_closes_the_lead_run_still_decides() -> None:
     """Messages read after the app's own close take the slow path with every check."""
-    from ws_guard._types import Message, Receive, Scope, Send
+    from ws_guard.types import Message, Receive, Scope, Send
 
     seen: list[Message] = []
 

@@ -25,12 +25,12 @@ import pytest
 from jwks_server import JWKSServer, new_rsa_key
 from jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._close import CONSUME
-from ws_guard._connection import Connection
-from ws_guard._fuse import FusedRun
-from ws_guard._guard import Guard as GuardType
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard._core.decisions import CONSUME
+from ws_guard._core.fast_path import FusedRun
+from ws_guard._core.guard import Guard as GuardType
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message, Receive, Scope, Send
 
 KEY_A = new_rsa_key()
 KEY_B = new_rsa_key()

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from jwt_keys import SECRET, mint
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
-from ws_guard._connection import Connection
-from ws_guard._fuse import FusedRun
-from ws_guard._jwt_session import refresh_matcher
-from ws_guard._parse import MAX_DEPTH, Unreadable, nesting_depth, read_json
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard._core.fast_path import FusedRun
+from ws_guard._json import MAX_DEPTH, Unreadable, nesting_depth, read_json
+from ws_guard.rules.auth.session import refresh_matcher
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message, Receive, Scope, Send
 
 DEPTH = 3000  # ~6 KB: past CPython's default recursion limit (1000)
 

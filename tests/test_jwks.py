@@ -16,8 +16,8 @@ from jwks_server import JWKSServer, new_rsa_key
 from jwt_keys import hs256_with_public_key, mint
 from servers import free_port
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message, Receive, Scope, Send
 
 KEY_A = new_rsa_key()
 KEY_B = new_rsa_key()

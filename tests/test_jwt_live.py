@@ -11,8 +11,8 @@ from apps import echo
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._types import ASGIApp
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import ASGIApp
 
 T0 = 1000.0
 

@@ -8,7 +8,7 @@ import pytest
 
 from apps import Recorder
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, connection_info, rules
-from ws_guard._keys import ip_key, parse_trusted_proxies, resolve_client_ip
+from ws_guard.rules.keys import ip_key, parse_trusted_proxies, resolve_client_ip
 from ws_guard.testing import ScriptedWebSocket
 
 TRUSTED = parse_trusted_proxies(["10.0.0.0/8", "::1", "2001:db8:ffff::/48"])

@@ -25,7 +25,7 @@ from children import running
 from helpers import eventually
 from servers import UVICORN_WS, free_port, serve
 from ws_guard import Guard, WSGuardMiddleware, load
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from apps import echo
 from backends import asyncio_only
 from helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
-from ws_guard._hysteresis import Hysteresis
-from ws_guard._lag import LagWindow
+from ws_guard.load.hysteresis import Hysteresis
+from ws_guard.load.lag import LagWindow
 from ws_guard.testing import ScriptedWebSocket
 
 OVERLOADED = re.compile(r"overloaded; retry-after=(\d+(?:\.\d)?)")

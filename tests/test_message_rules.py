@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from apps import Recorder
 from helpers import Checks
 from ws_guard import CONSUME, Guard, WSGuardMiddleware, rules
-from ws_guard._types import Message
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message
 
 
 def text(value: str) -> Message:

@@ -14,7 +14,7 @@ from apps import echo
 from backends import BACKENDS
 from close_mix import EXPECTED, chatty, make_guard, run_mix
 from ws_guard import CloseEvent, CloseKey, Guard, MetricsSnapshot, WSGuardMiddleware, rules
-from ws_guard._metrics import DURATION_BUCKETS
+from ws_guard.metrics.snapshot import DURATION_BUCKETS
 from ws_guard.testing import ScriptedWebSocket
 
 

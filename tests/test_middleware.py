@@ -10,8 +10,8 @@ import pytest
 from apps import Recorder, echo
 from helpers import Lifecycle, RawServer, websocket_scope
 from ws_guard import ConnectionInfo, Guard, WSGuardMiddleware, connection_info
-from ws_guard._types import Message, Receive, Scope, Send
 from ws_guard.testing import ScriptedWebSocket, _Queue
+from ws_guard.types import Message, Receive, Scope, Send
 
 
 class Spy:

@@ -22,10 +22,10 @@ from apps import echo
 from backends import joined
 from rate_helpers import Clock
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._connection import Connection
-from ws_guard._tasks import spawn, wait_done
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard._core.tasks import spawn, wait_done
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
 
 RESTARTING = re.compile(r"restarting; retry-after=(?:1(?:\.[0-9])?|2)")
 

@@ -25,8 +25,8 @@ from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import ServerThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._keys import user_key
-from ws_guard._shared import redis_key
+from ws_guard.rules.keys import user_key
+from ws_guard.rules.limits.common import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 

@@ -4,7 +4,7 @@ The slots live in a sorted set per key (``ws:slots:<rule id>:<key>``) scored
 by expiry in Redis milliseconds; these tests read that set with raw Redis
 commands after each step: the slots taken, given back, refreshed by the
 heartbeat and written back after an outage. Each test pins a behaviour
-that a small change to ``_caps.py`` could break without any e2e test
+that a small change to ``rules/limits/connection_cap.py`` could break without any e2e test
 telling which line did it. Connections are in process
 (``ScriptedWebSocket``); only Redis is a real server.
 """
@@ -20,8 +20,8 @@ from apps import echo
 from rate_helpers import HeaderSubject, user
 from redis_server import RedisServer, redis_server
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._keys import user_key
-from ws_guard._shared import redis_key
+from ws_guard.rules.keys import user_key
+from ws_guard.rules.limits.common import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 ALICE = user_key(None, "alice")

@@ -4,7 +4,7 @@ In process (``ScriptedWebSocket``) with a real Redis: the attempts a key
 gets, the retry hint in whole seconds, the hash that holds the counters and
 its expiry, and what happens while Redis is away under both storage
 policies. Each test pins a behaviour that a small change to
-``_connect_rate.py`` could break without any other in-process test noticing.
+``rules/limits/connect_rate.py`` could break without any other in-process test noticing.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from apps import echo
 from rate_helpers import Clock
 from redis_server import RedisServer, redis_server
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._connection import Connection
-from ws_guard._shared import redis_key
+from ws_guard._core.connection import Connection
+from ws_guard.rules.limits.common import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 IP = "10.0.0.7"

@@ -4,7 +4,7 @@ App crashes that are really a client leaving, an accept the server refuses,
 app closes whose code or reason ws_guard cannot read, a scope without
 headers or extensions, ws_guard's own notices, and the cancel of an app
 that outlives its connection. Each test pins a behaviour of
-``_connection.py`` that a small change could break without any other
+``_core/connection.py`` that a small change could break without any other
 in-process test noticing; states are read where the app reads them, at
 ``scope["ws_guard"]``.
 """
@@ -20,10 +20,10 @@ import pytest
 from apps import echo
 from rate_helpers import HeaderSubject, user
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._close import Close
-from ws_guard._guard import CloseEvent
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.decisions import Close
+from ws_guard._core.guard import CloseEvent
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
 
 
 def guarded(app: Any, **options: Any) -> tuple[Any, Guard, list[CloseEvent]]:

@@ -1,4 +1,4 @@
-"""Drain (``_drain.py``): the exact values mutation testing found unchecked.
+"""Drain (``_core/drain.py``): the exact values mutation testing found unchecked.
 
 Each test pins one behaviour that a mutant of ``Drain`` changed while the
 rest of the suite still passed: the hint's arithmetic, the count of closes,
@@ -21,11 +21,11 @@ import pytest
 from apps import echo
 from backends import joined
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware
-from ws_guard._close import Close
-from ws_guard._connection import Connection
-from ws_guard._drain import Drain
-from ws_guard._rule import Rule
-from ws_guard._tasks import spawn, wait_done
+from ws_guard._core.connection import Connection
+from ws_guard._core.decisions import Close
+from ws_guard._core.drain import Drain
+from ws_guard._core.tasks import spawn, wait_done
+from ws_guard.rules.base import Rule
 from ws_guard.testing import ScriptedWebSocket
 
 

@@ -1,4 +1,4 @@
-"""Auth session (``_jwt_session.py``): the exact behaviour mutation testing found unchecked.
+"""Auth session (``rules/auth/session.py``): the exact behaviour mutation testing found unchecked.
 
 The first message's size limit at its boundary (text and binary), a
 handshake token with a first-message source configured, the expiring
@@ -23,9 +23,9 @@ from jwks_server import JWKSServer, new_rsa_key
 from jwt_apps import whoami
 from jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._jwt_session import ENVELOPE_BYTES, refresh_matcher
-from ws_guard._types import ASGIApp, Message
+from ws_guard.rules.auth.session import ENVELOPE_BYTES, refresh_matcher
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import ASGIApp, Message
 
 T0 = 1000.0
 #: The smallest max_token_bytes JWTAuth takes: the first-message limit is this + 1 KiB.

@@ -1,4 +1,4 @@
-"""Message rules (``_message_rules.py``): the exact values mutation testing found unchecked.
+"""Message rules (``rules/messages.py``): the exact values mutation testing found unchecked.
 
 Default names and their close reasons, the ``name``/``enforce`` each rule
 passes on, the attributes a rule exposes, the configuration messages, and
@@ -13,8 +13,8 @@ import re
 import pytest
 
 from ws_guard import ConfigurationError, rules
-from ws_guard._close import Close
-from ws_guard._types import Message
+from ws_guard._core.decisions import Close
+from ws_guard.types import Message
 
 
 def text(payload: str) -> Message:

@@ -1,4 +1,4 @@
-"""Shedding open connections (``_shed.py``): what mutation testing found unchecked.
+"""Shedding open connections (``load/shedding.py``): what mutation testing found unchecked.
 
 The configuration messages, ``fraction=1`` allowed, a priority that raises
 (logged with the gauge's name, and the timer keeps its interval), and one

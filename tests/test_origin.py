@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from apps import echo
 from jwt_keys import SECRET, mint
 from ws_guard import Close, ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._origin import Origin, parse_origin
 from ws_guard.rules import Rule, Stage
+from ws_guard.rules.origin import Origin, parse_origin
 from ws_guard.testing import ScriptedWebSocket
 
 SITE = rules.AllowedOrigins(

@@ -9,7 +9,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from close_mix import EXPECTED, make_guard, run_mix
 from ws_guard import Guard, MetricsSnapshot
-from ws_guard.otel import bucket_label, instrument
+from ws_guard.metrics.otel import bucket_label, instrument
 
 Points = dict[tuple[str, frozenset[tuple[str, Any]]], float]
 

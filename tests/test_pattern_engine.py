@@ -21,7 +21,7 @@ from apps import echo
 from servers import serve
 from sites import closed_by_server
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._types import Message
+from ws_guard.types import Message
 
 pytest.importorskip("re2", reason="google-re2 is not installed (pip install 'ws-guard[re2]')")
 

@@ -21,7 +21,7 @@ from apps import echo
 from close_mix import EXPECTED, make_guard, run_mix
 from servers import serve
 from ws_guard import Guard, MetricsSnapshot, WSGuardMiddleware, load, metrics_app, rules
-from ws_guard.prometheus import GuardCollector, make_registry
+from ws_guard.metrics.prometheus import GuardCollector, make_registry
 from ws_guard.testing import ScriptedWebSocket
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 
 from backends import BACKENDS, joined
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
-from ws_guard._close import is_sendable_code
-from ws_guard._connection import Connection
-from ws_guard._tasks import spawn
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard._core.connection import Connection
+from ws_guard._core.tasks import spawn
+from ws_guard.codes import is_sendable_code
 from ws_guard.testing import _Queue
+from ws_guard.types import Message, Receive, Scope, Send
 
 settings.register_profile(
     "default", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]

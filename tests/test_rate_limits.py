@@ -13,9 +13,9 @@ from apps import echo
 from helpers import eventually
 from rate_helpers import Clock, HeaderSubject, user
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._storage import SharedStorage
-from ws_guard._types import Receive, Scope, Send
+from ws_guard._core.storage import SharedStorage
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
 
 
 async def opened(
@@ -63,7 +63,7 @@ async def test_n_plus_k_messages_echo_exactly_n_then_rate_limited() -> None:
 
 
 async def test_window_edges_are_exact() -> None:
-    """MessageRate's window is [t0, t0 + T) from the first message (see _rate.py)."""
+    """MessageRate's window: [t0, t0 + T) from the first message (limits/message_rate.py)."""
     clock = Clock(100.0)
     guard = Guard(rules=[rules.MessageRate("3/10 seconds")], clock=clock)
     app = WSGuardMiddleware(echo, guard=guard)

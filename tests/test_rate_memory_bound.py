@@ -16,8 +16,8 @@ import pytest
 
 from rate_helpers import Clock
 from ws_guard import Guard, rules
-from ws_guard._connection import Connection
-from ws_guard._types import Message
+from ws_guard._core.connection import Connection
+from ws_guard.types import Message
 
 N = 100_000
 MESSAGE: Message = {"type": "websocket.receive", "text": "hi"}

@@ -24,7 +24,7 @@ from rate_helpers import HeaderSubject, read_until_closed
 from redis_server import RedisServer, redis_server
 from servers import serve
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._keys import KeyFunc
+from ws_guard.rules.keys import KeyFunc
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 KEYS = [pytest.param(rules.by_user, id="by_user"), pytest.param(rules.by_ip, id="by_ip")]

@@ -17,8 +17,8 @@ from helpers import eventually
 from rate_helpers import HeaderSubject, user
 from redis_server import redis_cluster, redis_sentinel
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._keys import user_key
-from ws_guard._shared import redis_key
+from ws_guard.rules.keys import user_key
+from ws_guard.rules.limits.common import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 pytestmark = [pytest.mark.redis]

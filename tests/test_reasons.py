@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ws_guard import MAX_REASON_BYTES, Close, rules, truncate_reason
-from ws_guard._close import format_retry_after, is_sendable_code
+from ws_guard._core.decisions import format_retry_after
+from ws_guard.codes import is_sendable_code
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ import pytest
 from apps import echo
 from jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._fuse import FusedRun
-from ws_guard._keys import MAX_USER_KEY, user_key
-from ws_guard._rule import Rule, Stage
+from ws_guard._core.fast_path import FusedRun
+from ws_guard.rules.base import Rule, Stage
+from ws_guard.rules.keys import MAX_USER_KEY, user_key
 from ws_guard.testing import ScriptedWebSocket
 
 

@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from helpers import ManualClock
-from ws_guard._scheduler import Scheduler
-from ws_guard._tasks import wait_done
+from ws_guard._core.scheduler import Scheduler
+from ws_guard._core.tasks import wait_done
 
 
 def test_fires_in_deadline_order_and_fifo_on_ties() -> None:
@@ -182,7 +182,7 @@ async def test_loop_timer_rearms_after_a_raising_callback(
     finally:
         if anyio_backend == "asyncio":
             loop.set_exception_handler(None)
-    if anyio_backend == "trio":  # trio's timer task logs it (ws_guard._scheduler)
+    if anyio_backend == "trio":  # trio's timer task logs it (ws_guard._core.scheduler)
         errors = [
             r.exc_info[1]
             for r in caplog.records

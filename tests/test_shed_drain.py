@@ -19,8 +19,8 @@ from apps import echo
 from backends import joined
 from helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
-from ws_guard._signals import SignalDrain, parse_signals
-from ws_guard._tasks import spawn
+from ws_guard._core.signals import SignalDrain, parse_signals
+from ws_guard._core.tasks import spawn
 from ws_guard.testing import ScriptedWebSocket, _Queue
 
 RESTARTING = re.compile(r"restarting; retry-after=(\d+(?:\.\d)?)")

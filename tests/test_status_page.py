@@ -27,7 +27,7 @@ from close_mix import ManualGauge
 from servers import serve
 from services import require_binary
 from ws_guard import Guard, WSGuardMiddleware, load, rules, status_app
-from ws_guard._types import ASGIApp
+from ws_guard.types import ASGIApp
 
 STATUS_HTML = Path(__file__).resolve().parents[1] / "examples" / "static" / "status.html"
 

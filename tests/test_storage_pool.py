@@ -18,7 +18,7 @@ import pytest
 from apps import echo
 from redis_server import RedisServer, redis_server
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._storage import REDIS_MAX_CONNECTIONS
+from ws_guard._core.storage import REDIS_MAX_CONNECTIONS
 from ws_guard.testing import ScriptedWebSocket
 
 pytestmark = [pytest.mark.redis]

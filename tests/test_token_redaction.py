@@ -16,9 +16,9 @@ from backends import asyncio_only
 from jwt_keys import SECRET, mint
 from servers import UVICORN_WS, ServerThread, serve
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard._redact import redact_query, remove_cookie
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.rules.auth.redaction import redact_query, remove_cookie
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
 
 
 async def scope_echo(scope: Scope, receive: Receive, send: Send) -> None:

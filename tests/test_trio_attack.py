@@ -24,10 +24,10 @@ import pytest
 from backends import on_both_backends
 from jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, load, rules
-from ws_guard._errors import UnsupportedBackendError
-from ws_guard._tasks import JobCancelledError, spawn, wait_done
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard._core.tasks import JobCancelledError, spawn, wait_done
+from ws_guard.errors import UnsupportedBackendError
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message, Receive, Scope, Send
 
 KEY = "s" * 32
 

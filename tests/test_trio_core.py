@@ -20,9 +20,9 @@ import pytest
 from backends import on_both_backends
 from jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, load, rules
-from ws_guard._errors import UnsupportedBackendError
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.errors import UnsupportedBackendError
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:

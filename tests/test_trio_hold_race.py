@@ -24,9 +24,9 @@ from backends import on_both_backends
 from jwks_server import JWKSServer, new_rsa_key
 from jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard._guard import Guard as GuardType
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard._core.guard import Guard as GuardType
 from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Message, Receive, Scope, Send
 
 KEY_A = new_rsa_key()
 KEY_B = new_rsa_key()

@@ -1,4 +1,4 @@
-"""ws_guard._tasks: detached tasks with one future-like interface on asyncio and trio."""
+"""ws_guard._core.tasks: detached tasks with one future-like interface on asyncio and trio."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from backends import on_both_backends
-from ws_guard._tasks import spawn, stop, wait_done
+from ws_guard._core.tasks import spawn, stop, wait_done
 
 
 @on_both_backends

@@ -22,7 +22,7 @@ import sys
 sys.modules["sniffio"] = None  # import sniffio now raises ModuleNotFoundError
 import asyncio
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard import _tasks
+from ws_guard._core import tasks as _tasks
 from ws_guard.testing import ScriptedWebSocket
 
 assert _tasks._sniffio is None

@@ -29,7 +29,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ws_guard import Guard, WSGuardMiddleware
-from ws_guard._types import Message, Receive, Scope, Send
+from ws_guard.types import Message, Receive, Scope, Send
 
 #: An app close reason of exactly 123 bytes (the RFC 6455 §5.5 limit): "é" 61 times, then "x".
 REASON_123 = "é" * 61 + "x"

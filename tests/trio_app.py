@@ -15,7 +15,7 @@ from typing import Any
 from apps import lifespan
 from jwt_keys import SECRET
 from ws_guard import Guard, WSGuardMiddleware, load, rules
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 query_guard = Guard(
     rules=[

@@ -17,7 +17,7 @@ import anyio
 from apps import lifespan
 from jwt_keys import SECRET
 from ws_guard import Guard, WSGuardMiddleware, load, rules
-from ws_guard._types import Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 
 async def _queue_depth() -> float:

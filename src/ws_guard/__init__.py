@@ -6,16 +6,17 @@ in code, or serve it with :func:`metrics_app` (Prometheus) and
 :func:`status_app` (JSON).
 """
 
-from . import load, rules
-from ._apps import metrics_app, status_app
-from ._close import CONSUME, MAX_REASON_BYTES, Close, truncate_reason
-from ._connection import ConnectionInfo
-from ._errors import ConfigurationError, WSGuardError
-from ._guard import CloseEvent, Guard
-from ._metrics import CloseKey, DurationHistogram, GaugeReading, MetricsSnapshot
-from ._middleware import WSGuardMiddleware
-from ._scope import connection_info
-from ._version import __version__
+from ws_guard import load, rules
+from ws_guard._core.connection import ConnectionInfo
+from ws_guard._core.decisions import CONSUME, Close
+from ws_guard._core.guard import CloseEvent, Guard
+from ws_guard._core.info import connection_info
+from ws_guard._core.middleware import WSGuardMiddleware
+from ws_guard._version import __version__
+from ws_guard.codes import MAX_REASON_BYTES, truncate_reason
+from ws_guard.errors import ConfigurationError, WSGuardError
+from ws_guard.metrics.apps import metrics_app, status_app
+from ws_guard.metrics.snapshot import CloseKey, DurationHistogram, GaugeReading, MetricsSnapshot
 
 __all__ = [
     "CONSUME",

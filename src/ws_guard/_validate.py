@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import TypeGuard
 
-from ._errors import ConfigurationError
+from ws_guard.errors import ConfigurationError
 
 
 def is_number(value: object, *, integer: bool = False) -> TypeGuard[float]:

@@ -4,7 +4,7 @@
 messages and read exactly what the app and the guard sent back, with no
 network and no sleeps, so close codes and message sequences can be asserted
 to the byte. It runs on asyncio and on trio (anyio events; the app
-runs as a detached task, see ``ws_guard._tasks``).
+runs as a detached task, see ``ws_guard._core.tasks``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import anyio
 
-from ._tasks import Job, spawn, wait_done
-from ._types import ASGIApp, Message, Scope
+from ws_guard._core.tasks import Job, spawn, wait_done
+from ws_guard.types import ASGIApp, Message, Scope
 
 
 class _Queue:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._errors import ConfigurationError
+from ws_guard.errors import ConfigurationError
+
 from .._validate import check_at_most_seconds, check_number
 
 # -- actions: what the table says for a code ---------------------------------

@@ -17,7 +17,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .._errors import ConfigurationError, WSGuardError
+from ws_guard.errors import ConfigurationError, WSGuardError
+
 from ._actions import Decision, RefreshThenRetry, Stop
 from ._http import close_from_http
 from ._policy import ReconnectPolicy

@@ -18,7 +18,8 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-from .._errors import ConfigurationError
+from ws_guard.errors import ConfigurationError
+
 from .._validate import (
     check_at_most_seconds,
     check_clock,

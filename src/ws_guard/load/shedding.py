@@ -1,0 +1,111 @@
+"""Shedding of open connections when an overload lasts (off by default).
+
+Refusing new handshakes is enough for a short overload. When one lasts,
+the connections already open are the load, so a gauge with ``shed_open``
+closes a bounded fraction of them with 1013 every interval, newest first
+(they have the least state to lose) or by the user's priority, until the
+gauge clears. The tick runs on the guard's shared scheduler, so it costs one
+heap entry and tests drive it with an injected clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ws_guard._core.states import LIVE
+from ws_guard._validate import check_positive, check_seconds
+from ws_guard.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ws_guard._core.connection import Connection
+    from ws_guard._core.guard import Guard
+    from ws_guard._core.scheduler import Deadline
+    from ws_guard.load.base import LoadGauge
+
+logger = logging.getLogger("ws_guard")
+
+#: Orders connections for shedding: the lowest value is shed first.
+Priority = Callable[["Connection"], float]
+
+
+def newest_first(conn: Connection) -> float:
+    """The default order: the most recently opened connection goes first."""
+    return -conn.opened_at
+
+
+@dataclass(frozen=True, slots=True)
+class ShedOpen:
+    """Close open connections when the gauge stays tripped for ``after`` seconds.
+
+    Every ``interval`` seconds while it stays tripped, at most ``fraction``
+    of the open connections (at least one) are closed with 1013
+    ``overloaded; retry-after=<seconds>``. ``priority(conn)`` orders them, lowest
+    first; the default sheds the newest first.
+    """
+
+    after: float = 10.0
+    fraction: float = 0.05
+    interval: float = 1.0
+    priority: Priority | None = None
+
+    def __post_init__(self) -> None:
+        check_seconds("ShedOpen after", self.after, maximum=3600.0, positive=False)
+        check_seconds("ShedOpen interval", self.interval, maximum=600.0)
+        fraction = check_positive("ShedOpen fraction", self.fraction)
+        if fraction > 1:
+            raise ConfigurationError(f"ShedOpen fraction must be at most 1, not {fraction!r}")
+        if self.priority is not None and not callable(self.priority):
+            raise ConfigurationError(f"ShedOpen priority must be callable, not {self.priority!r}")
+
+
+class ShedTimer:
+    """The periodic check of one gauge, chained on the guard's scheduler."""
+
+    __slots__ = ("_deadline", "config", "gauge", "guard")
+
+    def __init__(self, gauge: LoadGauge, guard: Guard, config: ShedOpen) -> None:
+        self.gauge = gauge
+        self.guard = guard
+        self.config = config
+        self._deadline: Deadline | None = None
+
+    def start(self) -> None:
+        self._deadline = self.guard.scheduler.call_later(self.config.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _tick(self) -> None:
+        now = self.guard.scheduler.now()
+        try:
+            self.shed(now)
+        except Exception:  # a user priority raised: log it, keep the timer alive
+            logger.exception("ws_guard could not shed open connections for %s", self.gauge.name)
+        self._deadline = self.guard.scheduler.call_at(now + self.config.interval, self._tick)
+
+    def shed(self, now: float) -> int:
+        """Close this interval's share of open connections; returns how many."""
+        gauge = self.gauge
+        if not gauge.observe(now):
+            return 0
+        since = gauge.tripped_since
+        if since is None or now - since < self.config.after:
+            return 0
+        candidates = [conn for conn in self.guard.connections if conn.state in LIVE]
+        if not candidates:
+            return 0
+        count = min(len(candidates), max(1, int(self.config.fraction * len(candidates))))
+        victims = heapq.nsmallest(count, candidates, key=self.config.priority or newest_first)
+        for conn in victims:
+            if gauge.enforce:
+                gauge.open_sheds += 1
+            else:
+                gauge.shadow_sheds += 1
+            conn.close_soon(gauge.overload_close(now))
+        return count

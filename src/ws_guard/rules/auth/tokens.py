@@ -1,0 +1,363 @@
+"""Where a client's token comes from: query, header, cookie, subprotocol, first message.
+
+Handshake sources *take* their token at ``websocket.connect``, before any
+admission decision, and take it out of the scope where a server or an app
+might print it: uvicorn's access log line (``"WebSocket /ws?token=..."
+[accepted]``) reads ``scope["query_string"]`` when the accept goes out, so a
+query token is overwritten in place; a subprotocol token is dropped from
+``scope["subprotocols"]`` so the app cannot echo it back as its choice.
+Each source also edits its header copies (``redact=True``, see rules/auth/redaction.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from ws_guard._core.request import field_lines, join_field
+from ws_guard._json import Unreadable, read_json
+from ws_guard._validate import check_count, check_seconds
+from ws_guard.errors import ConfigurationError
+from ws_guard.rules.auth.redaction import (
+    check_redact,
+    redact_header,
+    redact_query,
+    remove_cookie,
+    remove_subprotocol,
+)
+from ws_guard.types import Message
+
+if TYPE_CHECKING:
+    from ws_guard._core.connection import Connection
+
+#: What a source takes from a request that carries a token it must not read
+#: (two Authorization lines): not ``None``, so no later source is asked, and
+#: empty, so verification refuses it as ``token_invalid``.
+INVALID_TOKEN = ""
+#: Tokenless connections one client address may hold waiting for a first
+#: message: a real client waits one round trip, so even a busy NAT rarely
+#: has more than a few waiting at once.
+DEFAULT_PENDING_PER_IP = 10
+# RFC 7230 "token": what a Sec-WebSocket-Protocol value may be.
+_HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _field_lines(conn: Connection, name: bytes) -> list[str]:
+    """Every line of header *name* (lower-case bytes), read straight from the scope.
+
+    Not through ``conn.header``, whose cache would keep every header (the
+    token among them) for the connection's whole life.
+    """
+    return field_lines(conn.scope.get("headers", ()), name)
+
+
+def _single(values: list[str]) -> str | None:
+    """The one token a request carries under a name given once or more.
+
+    The same value repeated is that value; different values make the token
+    invalid: ws_guard would verify one while the app (Starlette's
+    ``query_params`` keeps the last) or a cookie jar might read another.
+    """
+    first = values[0]
+    if any(value != first for value in values):
+        return INVALID_TOKEN
+    return first or None
+
+
+def _check_name(what: str, name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{what} needs a non-empty name, not {name!r}")
+    return name
+
+
+class TokenSource:
+    """Base of the token sources; :attr:`deferred` ones wait for a message."""
+
+    deferred = False
+
+    def take(self, conn: Connection) -> str | None:
+        """The handshake's token, or ``None``; also redacts it from the scope."""
+        return None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class FromQuery(TokenSource):
+    """``?<name>=<token>``. Redacted in the scope (``<name>=redacted``) unless ``redact=False``."""
+
+    def __init__(self, name: str = "token", *, redact: bool = True) -> None:
+        self.name = _check_name("from_query", name)
+        self.redact = check_redact("from_query", redact)
+
+    def take(self, conn: Connection) -> str | None:
+        raw: bytes = conn.scope.get("query_string", b"")
+        if not raw:
+            return None
+        values = [
+            value
+            for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+            if key == self.name
+        ]
+        if not values:
+            return None
+        if self.redact:
+            redact_query(conn.scope, self.name)
+        return _single(values)
+
+
+class FromHeader(TokenSource):
+    """A request header, ``Authorization: Bearer <token>`` by default.
+
+    With ``scheme=None`` the whole header value is the token. A header with
+    another scheme (``Basic ...``) counts as no token, so later sources run.
+    """
+
+    def __init__(
+        self, name: str = "authorization", *, scheme: str | None = "Bearer", redact: bool = True
+    ) -> None:
+        self.name = _check_name("from_header", name).lower()
+        self.redact = check_redact("from_header", redact)
+        self._raw_name = self.name.encode("latin-1")
+        if scheme is not None and (not isinstance(scheme, str) or not _HTTP_TOKEN.match(scheme)):
+            raise ConfigurationError(
+                f"from_header scheme must be a word like 'Bearer', not {scheme!r}"
+            )
+        self.scheme = scheme
+
+    def take(self, conn: Connection) -> str | None:
+        token = self._find(conn)
+        if self.redact:  # every line with the scheme, not only the one read
+            redact_header(conn.scope, self._raw_name, self.scheme)
+        return token
+
+    def _find(self, conn: Connection) -> str | None:
+        lines = _field_lines(conn, self._raw_name)
+        if not lines:
+            return None
+        if len(lines) > 1:
+            # A credential field is a singleton (RFC 9110 sections 5.3 and
+            # 11.6.2): two lines make the request invalid. Picking one would
+            # let the client choose which a proxy or the app reads.
+            return INVALID_TOKEN
+        value = lines[0]
+        if self.scheme is None:
+            return value.strip() or None
+        parts = value.split(None, 1)
+        if len(parts) != 2 or parts[0].lower() != self.scheme.lower():
+            return None
+        return parts[1].strip() or None
+
+
+class FromCookie(TokenSource):
+    """A cookie, ``Cookie: <name>=<token>``.
+
+    Parsed by hand: ``http.cookies.SimpleCookie`` drops every cookie of a
+    header after one malformed pair, which browsers send happily.
+    """
+
+    def __init__(self, name: str, *, redact: bool = True) -> None:
+        self.name = _check_name("from_cookie", name)
+        self.redact = check_redact("from_cookie", redact)
+
+    def take(self, conn: Connection) -> str | None:
+        token = self._find(conn)
+        if self.redact:  # every pair of that name, on every Cookie line
+            remove_cookie(conn.scope, self.name)
+        return token
+
+    def _find(self, conn: Connection) -> str | None:
+        header = join_field("cookie", _field_lines(conn, b"cookie"))
+        if not header:
+            return None
+        values = []
+        for pair in header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == self.name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                values.append(value)
+        return _single(values) if values else None
+
+
+class FromSubprotocol(TokenSource):
+    """``Sec-WebSocket-Protocol: <marker>, <token>``: the one header a browser can set.
+
+    The token is the entry after the marker. It is removed from
+    ``scope["subprotocols"]``, and the accept names the marker as the chosen
+    subprotocol (browsers fail a handshake that picks none), never the token.
+    """
+
+    def __init__(self, marker: str = "access_token", *, redact: bool = True) -> None:
+        if not isinstance(marker, str) or not _HTTP_TOKEN.match(marker):
+            raise ConfigurationError(
+                f"from_subprotocol marker must be an HTTP token such as 'access_token', "
+                f"not {marker!r}"
+            )
+        self.marker = marker
+        self.redact = check_redact("from_subprotocol", redact)
+
+    def offered(self, conn: Connection) -> bool:
+        return self.marker in (conn.scope.get("subprotocols") or ())
+
+    def take(self, conn: Connection) -> str | None:
+        token = self._find(conn)
+        if token is not None and self.redact and token != self.marker:
+            remove_subprotocol(conn.scope, token)  # the header line and any second copy
+        return token
+
+    def _find(self, conn: Connection) -> str | None:
+        offered = list(conn.scope.get("subprotocols") or ())
+        if self.marker not in offered:
+            return None
+        index = offered.index(self.marker)
+        if index + 1 >= len(offered):
+            return None
+        token = offered[index + 1]
+        conn.scope["subprotocols"] = [p for i, p in enumerate(offered) if i != index + 1]
+        return token or None
+
+
+class FromFirstMessage(TokenSource):
+    """The first client message carries the token; ws_guard consumes it.
+
+    The message is either the bare token or a JSON object with the token
+    under ``field`` (``{"type": "auth", "token": "..."}``). Without it within
+    ``timeout`` seconds of the accept, the connection closes ``token_missing``.
+
+    Connections waiting for it are bounded per process: ``max_pending_per_ip``
+    per client address (``rules.by_ip`` keys; default 10, or ``max_pending``
+    if smaller; past it 1008 ``too_many_unauthenticated``) and
+    ``max_pending`` in all (past it 1013 ``overloaded; retry-after=<seconds>``, the
+    hint being ``timeout``).
+    """
+
+    deferred = True
+
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        *,
+        field: str = "token",
+        max_pending: int = 1000,
+        max_pending_per_ip: int | None = None,
+    ) -> None:
+        # An unauthenticated connection is held this long: minutes at most.
+        self.timeout = check_seconds("from_first_message timeout", timeout, maximum=300.0)
+        self.field = _check_name("from_first_message field", field)
+        self.max_pending = check_count("from_first_message max_pending", max_pending)
+        self.max_pending_per_ip = (
+            min(DEFAULT_PENDING_PER_IP, self.max_pending)
+            if max_pending_per_ip is None
+            else check_count("from_first_message max_pending_per_ip", max_pending_per_ip)
+        )
+        if self.max_pending_per_ip > self.max_pending:
+            # The per-address bound could never bind: one client could fill the total.
+            raise ConfigurationError(
+                f"from_first_message max_pending_per_ip ({max_pending_per_ip!r}) must not "
+                f"exceed max_pending ({max_pending!r})"
+            )
+
+    def parse(self, message: Message) -> str | Unreadable | None:
+        """The token in *message*, ``None`` when it carries none, or why it cannot be read.
+
+        ``None``: an empty message, or a JSON object without ``field``
+        (``token_missing``). An :class:`~ws_guard._json.Unreadable`: binary
+        that is not UTF-8, JSON that cannot be read (see ``_parse``), or a
+        ``field`` that is not a non-empty string (``token_invalid``). Never
+        raises, whatever the client sent.
+        """
+        payload = message.get("text")
+        if payload is None:
+            data = message.get("bytes")
+            if not isinstance(data, bytes):
+                return None
+            try:
+                payload = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return Unreadable.NOT_JSON
+        payload = payload.strip()
+        if payload.startswith("{"):
+            value = read_json(payload)
+            if isinstance(value, Unreadable):
+                return value
+            if not isinstance(value, dict):  # "{" opens an object: never taken
+                return Unreadable.NOT_JSON
+            if self.field not in value:
+                return None
+            token = value[self.field]
+            return token if isinstance(token, str) and token else Unreadable.REFUSED
+        return payload or None
+
+
+def from_query(name: str = "token", *, redact: bool = True) -> FromQuery:
+    """The token in query parameter *name* (redacted from the scope by default)."""
+    return FromQuery(name, redact=redact)
+
+
+def from_header(
+    name: str = "authorization", *, scheme: str | None = "Bearer", redact: bool = True
+) -> FromHeader:
+    """The token in header *name*, after ``scheme`` (``Bearer``) unless ``scheme=None``.
+
+    The app sees ``<scheme> redacted`` unless ``redact=False``.
+    """
+    return FromHeader(name, scheme=scheme, redact=redact)
+
+
+def from_cookie(name: str, *, redact: bool = True) -> FromCookie:
+    """The token in cookie *name*, removed from the ``Cookie`` header unless ``redact=False``.
+
+    Needs ``rules.AllowedOrigins`` in the same guard (cross-site WebSocket hijacking).
+    """
+    return FromCookie(name, redact=redact)
+
+
+def from_subprotocol(marker: str = "access_token", *, redact: bool = True) -> FromSubprotocol:
+    """The token offered as the subprotocol after *marker*; the accept names *marker*.
+
+    The token is removed from ``Sec-WebSocket-Protocol`` unless ``redact=False``;
+    it never stays in ``scope["subprotocols"]``.
+    """
+    return FromSubprotocol(marker, redact=redact)
+
+
+def from_first_message(
+    timeout: float = 10.0,
+    *,
+    field: str = "token",
+    max_pending: int = 1000,
+    max_pending_per_ip: int | None = None,
+) -> FromFirstMessage:
+    """The token in the first client message, which the app never sees.
+
+    Until it is verified the app's sends are held; connections waiting for it
+    are bounded per client address and in total (see :class:`FromFirstMessage`).
+    """
+    return FromFirstMessage(
+        timeout, field=field, max_pending=max_pending, max_pending_per_ip=max_pending_per_ip
+    )
+
+
+def check_sources(token: TokenSource | Iterable[TokenSource] | None) -> tuple[TokenSource, ...]:
+    """The rule's sources: one or a list, at most one of each in-band kind."""
+    if token is None:
+        return (from_header(),)
+    sources = (token,) if isinstance(token, TokenSource) else token
+    if not isinstance(sources, Iterable):
+        raise ConfigurationError(f"JWTAuth token must be a token source or a list, not {token!r}")
+    checked = tuple(sources)
+    if not checked or not all(isinstance(s, TokenSource) for s in checked):
+        raise ConfigurationError(
+            f"JWTAuth token must be rules.from_query/from_header/from_cookie/"
+            f"from_subprotocol/from_first_message sources, not {token!r}"
+        )
+    if sum(1 for s in checked if isinstance(s, FromFirstMessage)) > 1:
+        raise ConfigurationError("JWTAuth takes at most one from_first_message source")
+    if sum(1 for s in checked if isinstance(s, FromSubprotocol)) > 1:
+        raise ConfigurationError("JWTAuth takes at most one from_subprotocol source")
+    return checked

@@ -1,0 +1,126 @@
+"""The base every rule builds on, and the hooks the connection calls.
+
+A rule overrides only the hooks it needs; the guard looks at which ones are
+overridden once, at construction, so a connection never calls a no-op.
+Hooks return decisions (``Close``, ``CONSUME`` or ``None``); they never raise
+for a client's behaviour.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+from ws_guard._core.decisions import Close, Consume
+from ws_guard.errors import ConfigurationError
+from ws_guard.types import Message
+
+if TYPE_CHECKING:
+    from ws_guard._core.connection import Connection
+    from ws_guard._core.guard import Guard
+
+Verdict = Close | Consume | None
+#: A per-connection message check: sees every ``websocket.receive`` message.
+Checker = Callable[[Message], Verdict]
+
+
+class Stage(enum.IntEnum):
+    """Admission order, cheapest and most protective first.
+
+    Message checks run in the same order, so an auth rule can consume an
+    in-band token before size, type or content rules see it.
+    """
+
+    #: ``AllowedOrigins``: pure and cheapest, and a hostile page's attempts
+    #: must not spend its victim's connect-rate budget.
+    ORIGIN = 5
+    CONNECT_RATE = 10
+    AUTH = 20
+    CONNECTION_CAP = 30
+    CUSTOM = 40
+
+
+class Rule:
+    """Base class for rules. Subclasses override the hooks they need.
+
+    * :meth:`on_connect` runs first on every handshake, even one a gauge or an
+      earlier rule then rejects (for scope edits such as redacting a token).
+    * :meth:`admit` runs once per handshake, before the app sees the connection.
+    * :meth:`checker` returns a per-connection function called on every
+      client message; it must be plain arithmetic (no I/O, no await).
+    * :meth:`on_accept` may edit the app's ``websocket.accept`` message.
+    * :meth:`release` runs once when an admitted connection ends, on every path.
+    """
+
+    stage: ClassVar[Stage] = Stage.CUSTOM
+    #: True for rules that set ``conn.subject`` (JWT auth); ``by_user`` needs one.
+    provides_subject: ClassVar[bool] = False
+
+    def __init__(self, *, enforce: bool = True, name: str | None = None) -> None:
+        if not isinstance(enforce, bool):
+            raise ConfigurationError(f"enforce must be True or False, not {enforce!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"rule name must be a non-empty string, not {name!r}")
+        self.enforce = enforce
+        #: Metrics/log label; ``None`` labels each close by its reason slug.
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, enforce={self.enforce!r})"
+
+    # -- construction ------------------------------------------------------
+    def bind(self, guard: Guard) -> None:
+        """Check this rule against the rest of the guard's configuration."""
+
+    # -- lifespan ----------------------------------------------------------
+    async def startup(self, guard: Guard) -> None:
+        """Create loop-bound resources (storage, clients). Runs in the loop."""
+
+    async def shutdown(self, guard: Guard) -> None:
+        """Release what :meth:`startup` created."""
+
+    # -- per connection ----------------------------------------------------
+    def on_connect(self, conn: Connection) -> None:
+        """Runs at ``websocket.connect`` before any admission decision; sync, cheap.
+
+        The place to take secrets out of the scope (a query-string token) so
+        neither the server's access log nor the app sees them, whatever the
+        handshake's outcome.
+        """
+
+    async def admit(self, conn: Connection) -> Close | None:
+        """Decide on a handshake; ``None`` admits."""
+        return None
+
+    def checker(self, conn: Connection) -> Checker | None:
+        """The message check for *conn*, or ``None`` when this rule has none."""
+        return None
+
+    def on_accept(self, conn: Connection, message: Message) -> None:
+        """Edit an accept message in place (e.g. choose a subprotocol).
+
+        Runs on the app's accept and on the accept ws_guard sends itself
+        before a close, so a browser that offered subprotocols gets a valid
+        handshake and can read the close code.
+        """
+
+    def on_open(self, conn: Connection) -> None:
+        """The app accepted; schedule deadlines here."""
+
+    async def release(self, conn: Connection) -> None:
+        """Give back what :meth:`admit` took (connection slots)."""
+
+    # -- helpers -----------------------------------------------------------
+    def breach(self, code: int, reason: str, retry_after: float | None = None) -> Close:
+        """A close decision labelled with this rule, shadow when not enforcing.
+
+        The label is the rule's ``name`` if one was given, else the reason slug,
+        so ``closes_by_rule`` reads ``{"rate_limited": 2, "token_expired": 1}``.
+        """
+        return Close(code, reason, self.name or reason, retry_after, not self.enforce)
+
+
+def overrides(rule: object, hook: str) -> bool:
+    """True when *rule*'s class replaces ``Rule.<hook>``."""
+    return getattr(type(rule), hook, None) is not getattr(Rule, hook)

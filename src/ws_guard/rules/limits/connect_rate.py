@@ -1,0 +1,137 @@
+"""``ConnectRate``: handshake attempts per key, else 1008
+``connect_rate_limited; retry-after=<seconds>``.
+
+Every attempt counts, admitted or rejected, in a sliding-window counter
+(:mod:`ws_guard.rules.limits.attempts`): three integers per key and rate, whatever the
+limit, in a bounded map in memory or a small hash in Redis. A client that
+keeps hammering stays out until it pauses; the retry hint says when its next
+attempt would be admitted.
+
+With Redis storage and ``on_storage_error="allow"``, a failed Redis call
+falls back to counting in this process (the same counters, in memory), so
+each process still enforces the limit on its own while Redis is away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ws_guard._core.decisions import Close
+from ws_guard._validate import check_count
+from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.errors import ConfigurationError
+from ws_guard.rules.base import Rule, Stage
+from ws_guard.rules.keys import KeyFunc, by_ip, by_user
+from ws_guard.rules.limits.attempts import ATTEMPT_SCRIPT, CounterStore
+from ws_guard.rules.limits.common import (
+    Rate,
+    bind_once,
+    check_key,
+    describe_rates,
+    join_rates,
+    key_label,
+    parse_rates,
+    redis_key,
+)
+
+if TYPE_CHECKING:
+    from ws_guard._core.connection import Connection
+    from ws_guard._core.guard import Guard
+
+#: Keys one rule tracks in process memory by default (about 250 B each: 25 MB).
+DEFAULT_MAX_KEYS = 100_000
+
+
+class ConnectRate(Rule):
+    """At most ``rate`` handshake attempts per key (default ``rules.by_ip``)."""
+
+    stage = Stage.CONNECT_RATE
+
+    def __init__(
+        self,
+        rate: str | Sequence[str] | Any,
+        key: KeyFunc = by_ip,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        enforce: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(enforce=enforce, name=name)
+        self.rates: tuple[Rate, ...] = parse_rates(rate)
+        #: Keys kept in process memory at most; the least recently used goes first.
+        self.max_keys = check_count("ConnectRate max_keys", max_keys)
+        self.key = check_key(key, "ConnectRate", per_connection=False)
+        if key is by_user:
+            raise ConfigurationError(
+                "ConnectRate runs before authentication, so key=rules.by_user is not known "
+                "yet; use rules.by_ip or a callable of the request"
+            )
+        #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
+        self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
+        self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
+        self._guard: Guard | None = None
+        #: memory:// counters, or the per-process fallback while Redis is down.
+        self._counters: CounterStore | None = None
+        self._script: Any = None
+        self._job: object | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectRate({describe_rates(self.rates)!r}, key={key_label(self.key)}, "
+            f"enforce={self.enforce!r}, name={self.name!r})"
+        )
+
+    def bind(self, guard: Guard) -> None:
+        self._guard = bind_once(self._guard, guard, self)
+
+    @property
+    def evicted(self) -> int:
+        """Live keys this process dropped to stay within ``max_keys``."""
+        return 0 if self._counters is None else self._counters.evicted
+
+    async def startup(self, guard: Guard) -> None:
+        storage = guard.storage
+        counters = self._counters = CounterStore(self.rates, self.max_keys)
+
+        async def sweep() -> None:
+            counters.sweep(guard.scheduler.clock())
+
+        # Counters expire by the window after their last attempt; sweeping
+        # every shortest window keeps expired keys for at most one more.
+        self._job = storage.add_job(min(r.window for r in self.rates), sweep)
+        if not storage.is_memory:
+            self._script = storage.script(ATTEMPT_SCRIPT)
+
+    async def shutdown(self, guard: Guard) -> None:
+        if self._job is not None:
+            guard.storage.remove_job(self._job)
+            self._job = None
+        self._counters = None
+        self._script = None
+
+    async def admit(self, conn: Connection) -> Close | None:
+        key = self.key(conn)
+        if key is None:
+            return None
+        guard = conn.guard
+        counters = self._counters
+        if counters is None:
+            raise RuntimeError("ConnectRate is used before Guard.startup()")
+        retry: float | None
+        if self._script is None:
+            retry = counters.hit(key, guard.scheduler.clock())
+        else:
+            rkey = redis_key(guard.namespace, "connect", self.id, key)
+            try:
+                admitted, wait_ms = await self._script([rkey], self._args)
+            except guard.storage.errors as exc:
+                if not guard.report_storage_error(exc, "connect rate"):
+                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                # Fail open to this process' own count, as MessageRate does.
+                retry = counters.hit(key, guard.scheduler.clock())
+            else:
+                retry = None if int(admitted) else int(wait_ms) / 1000.0
+        if retry is None:
+            return None
+        return self.breach(POLICY_VIOLATION, "connect_rate_limited", retry)

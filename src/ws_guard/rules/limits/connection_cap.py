@@ -1,0 +1,288 @@
+"""``MaxConnectionsPerKey``: concurrent connections per key, else 1008 ``too_many_connections``.
+
+A slot is taken at the handshake and given back in ``release``, which the
+connection runs on every ending: client close, guard close, app crash,
+server shutdown. In memory a slot is a count. With Redis, a key's slots are
+a sorted set of connection ids scored by expiry time (Redis' own clock);
+one heartbeat per guard, on the guard's maintenance task, pushes the expiry
+of every slot this process holds, so the slots of a process that died
+without releasing expire after ``3 * heartbeat`` seconds.
+
+While Redis cannot answer and ``on_storage_error="allow"``, the cap holds
+per process: a slot is taken only while this process holds fewer than
+``limit`` for the key (as ``MessageRate`` counts per process in an outage).
+Such slots are *pending*: not known to Redis. The next handshake for the
+key writes every slot this process holds for it before counting, in the
+same script, so connections admitted during the outage count against the
+cap as soon as Redis answers again (the heartbeat writes them too).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ws_guard._core.decisions import Close
+from ws_guard._validate import check_count, check_seconds
+from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.rules.base import Rule, Stage
+from ws_guard.rules.keys import KeyFunc, by_ip
+from ws_guard.rules.limits.common import bind_once, check_key, key_label, redis_key, require_subject
+
+if TYPE_CHECKING:
+    from ws_guard._core.connection import Connection
+    from ws_guard._core.guard import Guard
+
+#: Drop expired slots, write back the slots this process holds (ARGV[5..]:
+#: taken while Redis was away), then take one if there is room (or always,
+#: in shadow mode).
+ACQUIRE_SCRIPT = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 5, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) and ARGV[4] ~= '1' then return {0, n} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, redis.call('ZCARD', KEYS[1])}
+"""
+
+_PIPELINE_KEYS = 500  # keys per heartbeat pipeline round trip
+#: Slots kept for removal after a write in flight; past this, they expire by TTL.
+_LATE_MAX = 10_000
+
+
+class MaxConnectionsPerKey(Rule):
+    """At most ``limit`` open connections per key (default ``rules.by_ip``)."""
+
+    stage = Stage.CONNECTION_CAP
+
+    def __init__(
+        self,
+        limit: int,
+        key: KeyFunc = by_ip,
+        *,
+        heartbeat: float = 10.0,
+        enforce: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(enforce=enforce, name=name)
+        self.limit = check_count("MaxConnectionsPerKey limit", limit)
+        # Slots of a dead process live 3 heartbeats: past minutes, its clients
+        # would stay locked out long after it died.
+        self.heartbeat = check_seconds("MaxConnectionsPerKey heartbeat", heartbeat, maximum=300.0)
+        self.key = check_key(key, "MaxConnectionsPerKey", per_connection=False)
+        #: A slot lives this long in Redis without a heartbeat.
+        self.slot_ttl = 3 * self.heartbeat
+        self.id = name or f"{key_label(self.key)}:{limit}"
+        self._guard: Guard | None = None
+        self._counts: dict[str, int] = {}  # memory storage
+        self._held: dict[str, set[str]] = {}  # Redis storage: key -> ids this process holds
+        self._pending: dict[str, set[str]] = {}  # of those, taken while Redis was away
+        self._redis = False
+        self._client: Any = None
+        self._acquire: Any = None
+        self._job: object | None = None
+        self._writes = 0  # calls in flight that write held slots back (heartbeat, reconcile)
+        self._late: list[tuple[str, str]] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"MaxConnectionsPerKey({self.limit!r}, key={key_label(self.key)}, "
+            f"enforce={self.enforce!r}, name={self.name!r})"
+        )
+
+    def bind(self, guard: Guard) -> None:
+        self._guard = bind_once(self._guard, guard, self)
+        require_subject(guard, self.key, self)
+
+    def count(self, key: str) -> int:
+        """Slots this process holds for *key*."""
+        if self._redis:
+            return len(self._held.get(key, ()))
+        return self._counts.get(key, 0)
+
+    async def startup(self, guard: Guard) -> None:
+        storage = guard.storage
+        self._redis = not storage.is_memory
+        if not self._redis:
+            return
+        self._client = storage.redis()
+        self._acquire = storage.script(ACQUIRE_SCRIPT)
+        self._job = storage.add_job(self.heartbeat, self._beat)
+
+    async def shutdown(self, guard: Guard) -> None:
+        if self._job is not None:
+            guard.storage.remove_job(self._job)
+            self._job = None
+        self._acquire = None
+        client, self._client = self._client, None
+        held, self._held = self._held, {}
+        self._pending = {}
+        if client is not None and held:  # free our slots now rather than at expiry
+            try:
+                await self._pipeline(client, held, lambda pipe, rkey, ids: pipe.zrem(rkey, *ids))
+            except guard.storage.errors as exc:
+                guard.report_storage_error(exc, "connection cap release")
+
+    async def admit(self, conn: Connection) -> Close | None:
+        key = self.key(conn)
+        if key is None:
+            return None
+        if not self._redis:
+            count = self._counts.get(key, 0) + 1
+            if count > self.limit and self.enforce:
+                return self._full()
+            self._counts[key] = count
+        elif self._acquire is None:
+            return None  # the guard shut down; nothing to count against
+        else:
+            taken, count = await self._take(conn, key)
+            if taken is None:
+                return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+            if not taken:
+                return self._full()
+            self._held.setdefault(key, set()).add(conn.id)
+        conn.extra[self] = key
+        return self._full() if int(count) > self.limit else None  # over only in shadow mode
+
+    async def _take(self, conn: Connection, key: str) -> tuple[bool | None, int]:
+        """Take a slot in Redis, or per process if Redis fails and the policy allows.
+
+        Returns (taken, count after); ``taken`` is None when storage failed
+        and the policy denies.
+        """
+        guard = conn.guard
+        pending = self._pending.get(key)
+        # After an outage, write back what this process holds for the key
+        # before counting: the slots taken meanwhile, and any Redis lost.
+        back = sorted(self._held.get(key, ())) if pending else []
+        if back:
+            self._writes += 1
+        rkey = self._rkey(key)
+        try:
+            taken, count = await self._acquire(
+                [rkey],
+                [self.limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1, *back],
+            )
+        except guard.storage.errors as exc:
+            allow = guard.report_storage_error(exc, "connection cap")
+            held = len(self._held.get(key, ()))
+            if not allow or (held >= self.limit and self.enforce):
+                # A script that timed out may still run once Redis answers:
+                # take its slot out again at the next write.
+                if len(self._late) < _LATE_MAX:
+                    self._late.append((rkey, conn.id))
+                return (None if not allow else False), held
+            self._pending.setdefault(key, set()).add(conn.id)
+            return True, held + 1
+        finally:
+            if back:
+                self._writes -= 1
+        if pending is not None and back:
+            pending.difference_update(back)
+            if not pending:
+                self._pending.pop(key, None)
+        if self._late and not self._writes:
+            await self._remove_late()
+        return bool(int(taken)), int(count)
+
+    async def release(self, conn: Connection) -> None:
+        key = conn.extra.pop(self, None)
+        if key is None:
+            return
+        if not self._redis:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)
+            return
+        ids = self._held.get(key)
+        if ids is None:
+            return  # the guard shut down and released everything already
+        ids.discard(conn.id)
+        if not ids:
+            del self._held[key]
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.discard(conn.id)
+            if not pending:
+                del self._pending[key]
+        client = self._client
+        if client is None:
+            return
+        rkey = self._rkey(key)
+        if self._writes and len(self._late) < _LATE_MAX:
+            self._late.append((rkey, conn.id))  # a write in flight might put it back
+        try:
+            await client.zrem(rkey, conn.id)
+        except conn.guard.storage.errors as exc:  # the slot expires without heartbeats
+            conn.guard.report_storage_error(exc, "connection cap release")
+
+    def _full(self) -> Close:
+        return self.breach(POLICY_VIOLATION, "too_many_connections")
+
+    def _rkey(self, key: str) -> str:
+        if self._guard is None:
+            raise RuntimeError("MaxConnectionsPerKey is not part of a Guard")
+        return redis_key(self._guard.namespace, "slots", self.id, key)
+
+    async def _beat(self) -> None:
+        client, guard = self._client, self._guard
+        if client is None or guard is None or not self._held:
+            return
+        self._writes += 1
+        written = [(key, set(ids)) for key, ids in self._pending.items()]
+        try:
+            seconds, micros = await client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            ttl_ms = int(self.slot_ttl * 1000)
+            expires = now_ms + ttl_ms
+
+            def refresh(pipe: Any, rkey: str, ids: set[str]) -> None:
+                pipe.zadd(rkey, dict.fromkeys(ids, expires))
+                pipe.zremrangebyscore(rkey, "-inf", now_ms)
+                pipe.pexpire(rkey, ttl_ms)
+
+            await self._pipeline(client, self._held, refresh)
+        except guard.storage.errors as exc:
+            guard.report_storage_error(exc, "connection cap heartbeat")
+        else:
+            for key, ids in written:  # Redis knows these slots now
+                pending = self._pending.get(key)
+                if pending is not None:
+                    pending.difference_update(ids)
+                    if not pending:
+                        del self._pending[key]
+        finally:
+            self._writes -= 1
+        if not self._writes:
+            await self._remove_late()
+
+    async def _remove_late(self) -> None:
+        """Remove slots released while a write that could put them back was in flight."""
+        client, guard = self._client, self._guard
+        late, self._late = self._late, []
+        if client is None or guard is None:
+            return
+        for start in range(0, len(late), _PIPELINE_KEYS):
+            pipe = client.pipeline(transaction=False)
+            for rkey, conn_id in late[start : start + _PIPELINE_KEYS]:
+                pipe.zrem(rkey, conn_id)
+            try:
+                await pipe.execute()
+            except guard.storage.errors as exc:  # those slots expire by TTL
+                guard.report_storage_error(exc, "connection cap release")
+                return
+
+    async def _pipeline(self, client: Any, held: dict[str, set[str]], add: Any) -> None:
+        items = [(key, set(ids)) for key, ids in held.items()]
+        for start in range(0, len(items), _PIPELINE_KEYS):
+            pipe = client.pipeline(transaction=False)
+            for key, ids in items[start : start + _PIPELINE_KEYS]:
+                add(pipe, self._rkey(key), ids)
+            await pipe.execute()

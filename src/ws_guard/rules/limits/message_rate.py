@@ -1,0 +1,284 @@
+"""``MessageRate``: client messages per key, else 1008 ``rate_limited; retry-after=<seconds>``.
+
+Every window here is a *fixed window opened by the first message*, the
+semantics of ``limits``' fixed-window strategy: the first message at ``t0``
+opens ``[t0, t0 + T)``, which admits ``limit`` messages; the first message at
+or after ``t0 + T`` opens the next one. The retry hint is the time until the
+window ends. The check is plain arithmetic on state the connection already
+holds; shared keys with Redis storage spend quota leased in the background
+(:mod:`ws_guard.rules.limits.leases`), so no message waits for storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ws_guard._core.decisions import Close
+from ws_guard._validate import check_count
+from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.rules.auth.session import refresh_session
+from ws_guard.rules.base import Checker, Rule
+from ws_guard.rules.keys import KeyFunc, by_connection
+from ws_guard.rules.limits.common import (
+    ExpiringStates,
+    Rate,
+    bind_once,
+    check_key,
+    describe_rates,
+    join_rates,
+    key_label,
+    parse_rates,
+    redis_key,
+    require_subject,
+)
+from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
+from ws_guard.types import Message
+
+if TYPE_CHECKING:
+    from ws_guard._core.connection import Connection
+    from ws_guard._core.guard import Guard
+
+_INF = float("inf")
+Window = CountedWindow | LeasedWindow
+
+
+class MessageRate(Rule):
+    """At most ``rate`` messages per key, else 1008 ``rate_limited; retry-after=<seconds>``.
+
+    ``key=rules.by_connection`` (the default) counts each connection on its
+    own, in the connection's check. Shared keys (``by_ip``, ``by_user``, a
+    callable) count in process memory with ``memory://`` storage, and across
+    processes with Redis, where quota is taken in leases of at most ``lease``
+    messages (default: a tenth of the limit).
+    """
+
+    def __init__(
+        self,
+        rate: str | Sequence[str] | Any,
+        key: KeyFunc = by_connection,
+        *,
+        lease: int | None = None,
+        enforce: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(enforce=enforce, name=name)
+        self.rates: tuple[Rate, ...] = parse_rates(rate)
+        self.key = check_key(key, "MessageRate")
+        self.lease = None if lease is None else check_count("lease", lease)
+        #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
+        self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
+        self._guard: Guard | None = None
+        self._maps: list[ExpiringStates[Any]] = []
+        self._book: LeaseBook | None = None
+        self._jobs: list[object] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageRate({describe_rates(self.rates)!r}, key={key_label(self.key)}, "
+            f"enforce={self.enforce!r}, name={self.name!r})"
+        )
+
+    def bind(self, guard: Guard) -> None:
+        self._guard = bind_once(self._guard, guard, self)
+        require_subject(guard, self.key, self)
+
+    async def startup(self, guard: Guard) -> None:
+        if self.key is by_connection:
+            return
+        storage = guard.storage
+        if storage.is_memory:
+            self._maps = [ExpiringStates(r.window, _counted(r)) for r in self.rates]
+        else:
+            self._book = LeaseBook(guard)
+            self._maps = [
+                ExpiringStates(r.window, self._leased(self._book, i, r))
+                for i, r in enumerate(self.rates)
+            ]
+        for states in self._maps:
+            self._jobs.append(storage.add_job(states.interval, _sweeper(states, guard)))
+
+    async def shutdown(self, guard: Guard) -> None:
+        for job in self._jobs:
+            guard.storage.remove_job(job)
+        self._jobs.clear()
+        if self._book is not None:
+            await self._book.close()
+            self._book = None
+        self._maps = []
+
+    def _leased(self, book: LeaseBook, i: int, rate: Rate) -> Callable[[str], LeasedWindow]:
+        max_lease = self.lease or max(1, rate.limit // 10)
+
+        def make(key: str) -> LeasedWindow:
+            return LeasedWindow(
+                book,
+                redis_key(book.guard.namespace, "msg", self.id, key, i),
+                rate.limit,
+                rate.window,
+                max_lease,
+            )
+
+        return make
+
+    # -- admission: learn whether a shared key's window is already spent -----
+    async def admit(self, conn: Connection) -> Close | None:
+        book = self._book
+        if book is None:
+            return None
+        key = self.key(conn)
+        if key is None:
+            return None
+        now = book.now()
+        for states in self._maps:
+            if not await states.get(key, now).prime():
+                if not book.fail_open:
+                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                break
+        return None
+
+    # -- the message check ------------------------------------------------------
+    def checker(self, conn: Connection) -> Checker | None:
+        check = self._checker(conn)
+        # An in-band token refresh is consumed by the auth rule before any
+        # rate sees it; it counts here too, before its signature is checked.
+        session = refresh_session(conn)
+        if session is not None:
+            session.rates += (check,)
+        return check
+
+    def _checker(self, conn: Connection) -> Checker:
+        guard = self._guard
+        if guard is None:
+            raise RuntimeError("MessageRate is not part of a Guard")
+        if self.key is by_connection:
+            if len(self.rates) == 1:
+                return self._single_checker(guard)
+            windows = [CountedWindow(r.limit, r.window) for r in self.rates]
+            return self._combine(guard, lambda t: windows)
+        if not self._maps:
+            raise RuntimeError("MessageRate is used before Guard.startup()")
+        if len(self.rates) == 1:
+            return self._single_shared_checker(conn, guard)
+        return self._combine(guard, self._shared_windows(conn))
+
+    def _deny(self, retry: float) -> Close:
+        if retry == STORAGE_DOWN:
+            return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+        return self.breach(POLICY_VIOLATION, "rate_limited", retry)
+
+    def _single_checker(self, guard: Guard) -> Checker:
+        """The common case, kept to a clock read and two comparisons."""
+        now = guard.scheduler.clock
+        limit, window = self.rates[0].limit, self.rates[0].window
+        enforce = self.enforce
+        end = -_INF
+        count = 0
+        quiet_until = -_INF
+
+        def check(message: Message) -> Close | None:
+            nonlocal end, count, quiet_until
+            t = now()
+            if t >= end:
+                end = t + window
+                count = 1
+                return None
+            if count < limit:
+                count += 1
+                return None
+            if not enforce:  # shadow mode: one report per window, not one per message
+                if t < quiet_until:
+                    return None
+                quiet_until = end
+            return self._deny(end - t)
+
+        return check
+
+    def _single_shared_checker(self, conn: Connection, guard: Guard) -> Checker:
+        """One rate on a shared key: a clock read, one comparison, the window's ``take``."""
+        clock = guard.scheduler.clock
+        states = self._maps[0]
+        key_of = self.key
+        enforce = self.enforce
+        window: Window | None = None
+        key: str | None = None
+        quiet_until = -_INF
+
+        def check(message: Message) -> Close | None:
+            nonlocal window, key, quiet_until
+            t = clock()
+            held = window
+            if held is None or t >= held.end:  # a dead window may have been swept: look it up
+                if key is None:
+                    key = key_of(conn)  # by_user may appear only after an in-band token
+                    if key is None:
+                        return None
+                held = window = states.get(key, t)
+            retry = held.take(t)
+            if retry is None:
+                return None
+            if not enforce:
+                if t < quiet_until:
+                    return None
+                quiet_until = t + (1.0 if retry == STORAGE_DOWN else retry)
+            return self._deny(retry)
+
+        return check
+
+    def _shared_windows(self, conn: Connection) -> Callable[[float], list[Window] | None]:
+        key_of = self.key
+        maps = self._maps
+        held: list[Window] = []
+        key: str | None = None
+
+        def windows_at(t: float) -> list[Window] | None:
+            nonlocal key
+            if key is None:
+                key = key_of(conn)  # by_user may appear only after an in-band token
+                if key is None:
+                    return None
+                held.extend(states.get(key, t) for states in maps)
+                return held
+            for i, window in enumerate(held):
+                if t >= window.end:  # a dead window may have been swept: look it up again
+                    held[i] = maps[i].get(key, t)
+            return held
+
+        return windows_at
+
+    def _combine(self, guard: Guard, windows_at: Callable[[float], Any]) -> Checker:
+        now = guard.scheduler.clock
+        enforce = self.enforce
+        quiet_until = -_INF
+
+        def check(message: Message) -> Close | None:
+            nonlocal quiet_until
+            t = now()
+            windows = windows_at(t)
+            if windows is None:
+                return None
+            worst: float | None = None
+            for window in windows:
+                retry = window.take(t)
+                if retry is not None and worst != STORAGE_DOWN:
+                    worst = retry if worst is None or retry == STORAGE_DOWN else max(worst, retry)
+            if worst is None:
+                return None
+            if not enforce:
+                if t < quiet_until:
+                    return None
+                quiet_until = t + (1.0 if worst == STORAGE_DOWN else worst)
+            return self._deny(worst)
+
+        return check
+
+
+def _counted(rate: Rate) -> Callable[[str], CountedWindow]:
+    return lambda key: CountedWindow(rate.limit, rate.window)
+
+
+def _sweeper(states: ExpiringStates[Any], guard: Guard) -> Callable[[], Any]:
+    async def sweep() -> None:
+        states.sweep(guard.scheduler.clock())
+
+    return sweep
