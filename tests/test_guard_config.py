@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from apps import echo
-from ws_guard import Close, ConfigurationError, Guard, WSGuardError, WSGuardMiddleware, load, rules
+from ws_guard import (
+    Close,
+    ConfigurationError,
+    Guard,
+    NotStartedError,
+    WSGuardError,
+    WSGuardMiddleware,
+    load,
+    rules,
+)
 from ws_guard.load import LoadGauge
 
 
@@ -271,3 +280,11 @@ def test_status_and_metrics_apps_need_a_guard(make: str, guard: Any) -> None:
     with pytest.raises(ConfigurationError) as info:
         getattr(ws_guard, make)(guard)
     assert str(info.value) == f"{make} needs a Guard, not {guard!r}"
+
+
+def test_use_before_startup_raises_not_started_error() -> None:
+    guard = Guard(rules=[rules.ConnectRate("5/minute", key=rules.by_ip)])
+    with pytest.raises(NotStartedError, match=r"before Guard\.startup\(\)") as caught:
+        guard.storage.limits  # noqa: B018 - the property is what raises
+    assert isinstance(caught.value, RuntimeError)
+    assert isinstance(caught.value, WSGuardError)

@@ -14,7 +14,12 @@ from ws_guard._core.info import connection_info
 from ws_guard._core.middleware import WSGuardMiddleware
 from ws_guard._version import __version__
 from ws_guard.codes import MAX_REASON_BYTES, truncate_reason
-from ws_guard.errors import ConfigurationError, WSGuardError
+from ws_guard.errors import (
+    ConfigurationError,
+    NotStartedError,
+    UnsupportedBackendError,
+    WSGuardError,
+)
 from ws_guard.metrics.apps import metrics_app, status_app
 from ws_guard.metrics.snapshot import CloseKey, DurationHistogram, GaugeReading, MetricsSnapshot
 
@@ -30,6 +35,8 @@ __all__ = [
     "GaugeReading",
     "Guard",
     "MetricsSnapshot",
+    "NotStartedError",
+    "UnsupportedBackendError",
     "WSGuardError",
     "WSGuardMiddleware",
     "__version__",

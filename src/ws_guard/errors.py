@@ -1,4 +1,4 @@
-"""One exception hierarchy. Exceptions are for configuration only.
+"""One exception hierarchy: configuration errors, and use before startup.
 
 Decisions about clients are returned as values (:class:`ws_guard.Close`) and
 never raised, so a bad client can never turn into an exception in the app.
@@ -24,4 +24,13 @@ class UnsupportedBackendError(ConfigurationError):
     Raised by :meth:`ws_guard.Guard.startup` (at lifespan startup, so the
     server reports it), naming the feature. Construction cannot know the
     backend: the server picks it when it runs.
+    """
+
+
+class NotStartedError(WSGuardError, RuntimeError):
+    """A guard, its storage or a rule was used before :meth:`ws_guard.Guard.startup`.
+
+    A misuse of the API, not a client's doing: the ASGI lifespan (or
+    :class:`ws_guard.testing.ScriptedWebSocket`) starts the guard first. A
+    ``RuntimeError`` too, as these misuses raised before this class existed.
     """

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import anyio
 
 from ws_guard._core import tasks as _tasks
-from ws_guard.errors import ConfigurationError
+from ws_guard.errors import ConfigurationError, NotStartedError
 
 logger = logging.getLogger("ws_guard")
 
@@ -151,7 +151,7 @@ class SharedStorage:
     def limits(self) -> Any:
         """The ``limits`` async storage (``MemoryStorage`` or a Redis storage)."""
         if self._limits is None:
-            raise RuntimeError("the guard's storage is used before Guard.startup()")
+            raise NotStartedError("the guard's storage is used before Guard.startup()")
         return self._limits
 
     @property

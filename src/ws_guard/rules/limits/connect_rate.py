@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
 from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
-from ws_guard.errors import ConfigurationError
+from ws_guard.errors import ConfigurationError, NotStartedError
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import KeyFunc, by_ip, by_user
 from ws_guard.rules.limits.attempts import ATTEMPT_SCRIPT, CounterStore
@@ -117,7 +117,7 @@ class ConnectRate(Rule):
         guard = conn.guard
         counters = self._counters
         if counters is None:
-            raise RuntimeError("ConnectRate is used before Guard.startup()")
+            raise NotStartedError("ConnectRate is used before Guard.startup()")
         retry: float | None
         if self._script is None:
             retry = counters.hit(key, guard.scheduler.clock())

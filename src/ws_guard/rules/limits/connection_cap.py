@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count, check_seconds
 from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.errors import NotStartedError
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import KeyFunc, by_ip
 from ws_guard.rules.limits.common import bind_once, check_key, key_label, redis_key, require_subject
@@ -228,7 +229,7 @@ class MaxConnectionsPerKey(Rule):
 
     def _rkey(self, key: str) -> str:
         if self._guard is None:
-            raise RuntimeError("MaxConnectionsPerKey is not part of a Guard")
+            raise NotStartedError("MaxConnectionsPerKey is not part of a Guard")
         return redis_key(self._guard.namespace, "slots", self.id, key)
 
     async def _beat(self) -> None:

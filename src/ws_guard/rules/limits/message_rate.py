@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
 from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.errors import NotStartedError
 from ws_guard.rules.auth.session import refresh_session
 from ws_guard.rules.base import Checker, Rule
 from ws_guard.rules.keys import KeyFunc, by_connection
@@ -150,14 +151,14 @@ class MessageRate(Rule):
     def _checker(self, conn: Connection) -> Checker:
         guard = self._guard
         if guard is None:
-            raise RuntimeError("MessageRate is not part of a Guard")
+            raise NotStartedError("MessageRate is not part of a Guard")
         if self.key is by_connection:
             if len(self.rates) == 1:
                 return self._single_checker(guard)
             windows = [CountedWindow(r.limit, r.window) for r in self.rates]
             return self._combine(guard, lambda t: windows)
         if not self._maps:
-            raise RuntimeError("MessageRate is used before Guard.startup()")
+            raise NotStartedError("MessageRate is used before Guard.startup()")
         if len(self.rates) == 1:
             return self._single_shared_checker(conn, guard)
         return self._combine(guard, self._shared_windows(conn))
