@@ -20,8 +20,8 @@ from rate_helpers import Clock
 from ws_guard import ConfigurationError, Guard, rules
 from ws_guard._core.connection import Connection
 from ws_guard.rules.limits.attempts import CounterStore
-from ws_guard.rules.limits.common import parse_rates
 from ws_guard.rules.limits.connect_rate import DEFAULT_MAX_KEYS
+from ws_guard.rules.limits.rates import parse_rates
 from ws_guard.types import Message
 
 #: The documented bound (docs/rate-limits.md): bytes per tracked key, key string included.

@@ -22,7 +22,7 @@ import pytest
 from redis_server import RedisServer, redis_server
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
-from ws_guard.rules.limits.common import redis_key
+from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import ASGIApp, Receive, Scope, Send
 

@@ -18,7 +18,7 @@ from rate_helpers import Clock
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
 from ws_guard.rules.limits.attempts import CounterStore
-from ws_guard.rules.limits.common import parse_rates
+from ws_guard.rules.limits.rates import parse_rates
 from ws_guard.testing import ScriptedWebSocket
 
 

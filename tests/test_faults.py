@@ -37,7 +37,7 @@ from ws_guard._core.connection import Connection
 from ws_guard._core.storage import REDIS_DEFAULTS
 from ws_guard.rules.auth.jwks import KeyState
 from ws_guard.rules.keys import user_key
-from ws_guard.rules.limits.common import redis_key
+from ws_guard.rules.limits.keying import redis_key
 from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e

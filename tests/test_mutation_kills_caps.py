@@ -21,7 +21,7 @@ from rate_helpers import HeaderSubject, user
 from redis_server import RedisServer, redis_server
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
-from ws_guard.rules.limits.common import redis_key
+from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 ALICE = user_key(None, "alice")

@@ -19,7 +19,7 @@ from rate_helpers import Clock
 from redis_server import RedisServer, redis_server
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
-from ws_guard.rules.limits.common import redis_key
+from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 IP = "10.0.0.7"

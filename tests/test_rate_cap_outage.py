@@ -21,7 +21,7 @@ from redis_server import RedisServer, redis_server
 from servers import serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
-from ws_guard.rules.limits.common import redis_key
+from ws_guard.rules.limits.keying import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 

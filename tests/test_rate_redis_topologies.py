@@ -18,7 +18,7 @@ from rate_helpers import HeaderSubject, user
 from redis_server import redis_cluster, redis_sentinel
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
-from ws_guard.rules.limits.common import redis_key
+from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 pytestmark = [pytest.mark.redis]

@@ -22,6 +22,7 @@ import anyio
 from ws_guard._core.decisions import Close, http_retry_after
 from ws_guard._core.drain import Drain
 from ws_guard._core.fast_path import FusedRun, plan_checks
+from ws_guard._core.namespace import guard_namespace
 from ws_guard._core.request import loggable_path, route_path
 from ws_guard._core.scheduler import Scheduler
 from ws_guard._core.signals import SignalDrain, parse_signals
@@ -41,7 +42,6 @@ from ws_guard.rules.keys import (
     parse_trusted_proxies,
     peer_checks,
 )
-from ws_guard.rules.limits.common import guard_namespace
 from ws_guard.rules.origin import check_cookie_origin
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Guard:
         self._warned_prefixes: set[str] = set()
         self._matched = False  # some WebSocket path matched ``paths``
         self._warned_unmatched = False
-        #: Prefix of every key this guard writes to storage (see _shared.guard_namespace).
+        #: Prefix of every key this guard writes to storage (see _core/namespace.py).
         self.namespace = guard_namespace(namespace, self.paths, self.rules)
         self._signal_drain = SignalDrain(self, parse_signals(drain_signals))
         self._drain: Drain | None = None

@@ -24,7 +24,7 @@ from ws_guard.metrics.snapshot import GaugeReading
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 __all__ = ["LoadGauge"]
 
@@ -73,7 +73,7 @@ class LoadGauge:
         self.open_sheds = 0
         #: Would-be sheds in shadow mode, handshakes and open connections.
         self.shadow_sheds = 0
-        self._guard: Guard | None = None
+        self._guard: Runtime | None = None
         self._random = random.Random()
         self._since: float | None = None
         self._shed_timer: ShedTimer | None = None
@@ -81,7 +81,7 @@ class LoadGauge:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(limit={self.limit!r}, name={self.name!r})"
 
-    def bind(self, guard: Guard) -> None:
+    def bind(self, guard: Runtime) -> None:
         """Tie the gauge to *guard*; one guard only.
 
         A gauge reads and sheds for the guard it is bound to (``ConnectionCount``
@@ -94,13 +94,13 @@ class LoadGauge:
         self._guard = guard
         self._random = guard.random
 
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         """Start background work inside the running loop (subclasses call super)."""
         if self.shed_open is not None and self._shed_timer is None:
             self._shed_timer = ShedTimer(self, guard, self.shed_open)
             self._shed_timer.start()
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         """Stop what :meth:`startup` started (subclasses call super)."""
         if self._shed_timer is not None:
             self._shed_timer.stop()

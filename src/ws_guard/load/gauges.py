@@ -23,8 +23,8 @@ from ws_guard.load.base import LoadGauge
 from ws_guard.load.hysteresis import Hysteresis
 
 if TYPE_CHECKING:
-    from ws_guard._core.guard import Guard
     from ws_guard.load.shedding import ShedOpen
+    from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
@@ -175,14 +175,14 @@ class Gauge(LoadGauge):
             return self._read_failed(self._now() if now is None else now, exc)
         return self._feed(self._now() if now is None else now, result)
 
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         await super().startup(guard)
         if self._task is None and not guard.scheduler.manual:
             self._state.reset()  # times from a previous loop mean nothing in this one
             token = self._run_token = object()
             self._task = spawn(self._run(token))
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         task, self._task = self._task, None
         self._run_token = None  # the loop ends by itself once let go (see _run)
         await stop(task)  # a cancel of the caller itself goes on

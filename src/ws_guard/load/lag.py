@@ -31,8 +31,8 @@ from ws_guard.load.base import LoadGauge
 from ws_guard.load.hysteresis import Hysteresis
 
 if TYPE_CHECKING:
-    from ws_guard._core.guard import Guard
     from ws_guard.load.shedding import ShedOpen
+    from ws_guard.rules.runtime import Runtime
 
 
 class LagWindow:
@@ -123,7 +123,7 @@ class EventLoopLag(LoadGauge):
     def running(self) -> bool:
         return self._handle is not None
 
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         await super().startup(guard)
         if self._handle is None and not guard.scheduler.manual:
             self._state.reset()  # times from a previous loop mean nothing in this one
@@ -139,7 +139,7 @@ class EventLoopLag(LoadGauge):
             self._loop = loop
             self._arm(loop, loop.time())
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

@@ -22,9 +22,9 @@ from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
     from ws_guard._core.scheduler import Deadline
     from ws_guard.load.base import LoadGauge
+    from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
@@ -67,7 +67,7 @@ class ShedTimer:
 
     __slots__ = ("_deadline", "config", "gauge", "guard")
 
-    def __init__(self, gauge: LoadGauge, guard: Guard, config: ShedOpen) -> None:
+    def __init__(self, gauge: LoadGauge, guard: Runtime, config: ShedOpen) -> None:
         self.gauge = gauge
         self.guard = guard
         self.config = config

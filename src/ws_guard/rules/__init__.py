@@ -17,6 +17,7 @@ from ws_guard.rules.limits.connection_cap import MaxConnectionsPerKey
 from ws_guard.rules.limits.message_rate import MessageRate
 from ws_guard.rules.messages import Content, Json, MaxMessageSize, MessageTypes, Pattern
 from ws_guard.rules.origin import AllowedOrigins
+from ws_guard.rules.runtime import Runtime
 
 __all__ = [
     "JWKS",
@@ -32,6 +33,7 @@ __all__ = [
     "MessageTypes",
     "Pattern",
     "Rule",
+    "Runtime",
     "Stage",
     "TokenSource",
     "by_connection",

@@ -18,7 +18,7 @@ from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 Verdict = Close | Consume | None
 #: A per-connection message check: sees every ``websocket.receive`` message.
@@ -70,14 +70,14 @@ class Rule:
         return f"{type(self).__name__}(name={self.name!r}, enforce={self.enforce!r})"
 
     # -- construction ------------------------------------------------------
-    def bind(self, guard: Guard) -> None:
+    def bind(self, guard: Runtime) -> None:
         """Check this rule against the rest of the guard's configuration."""
 
     # -- lifespan ----------------------------------------------------------
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         """Create loop-bound resources (storage, clients). Runs in the loop."""
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         """Release what :meth:`startup` created."""
 
     # -- per connection ----------------------------------------------------

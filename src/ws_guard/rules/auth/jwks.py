@@ -31,7 +31,7 @@ from ws_guard._validate import check_clock, check_seconds
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 
 class KeyState(enum.Enum):
@@ -100,7 +100,7 @@ class JWKS:
             return key
         return KeyState.UNKNOWN if age < self.cooldown else KeyState.FETCH
 
-    async def resolve(self, kid: object, guard: Guard) -> PyJWK | KeyState:
+    async def resolve(self, kid: object, guard: Runtime) -> PyJWK | KeyState:
         """The key for *kid*, fetching when :meth:`cached` says so.
 
         When the fetch fails, a key from the last good set is still used if
@@ -118,7 +118,7 @@ class JWKS:
             return stale
         return KeyState.UNAVAILABLE
 
-    async def refresh(self, guard: Guard) -> bool:
+    async def refresh(self, guard: Runtime) -> bool:
         """Fetch the key set now (one fetch shared by concurrent callers)."""
         inflight = self._inflight
         if inflight is None or inflight.done():
@@ -131,7 +131,7 @@ class JWKS:
             return False  # cut short (its loop is ending): no keys, not the waiter's cancel
         return inflight.result()
 
-    async def _fetch(self, guard: Guard) -> bool:
+    async def _fetch(self, guard: Runtime) -> bool:
         try:
             keys = await anyio.to_thread.run_sync(self.client.get_signing_keys, True)
         except (PyJWKClientError, PyJWKSetError, PyJWKError, ValueError, OSError) as exc:

@@ -35,12 +35,12 @@ from ws_guard.rules.auth.tokens import FromFirstMessage, FromSubprotocol, TokenS
 from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
 from ws_guard.rules.base import Checker, Rule, Stage
 from ws_guard.rules.keys import by_ip, by_user
-from ws_guard.rules.limits.common import Rate, parse_rates
+from ws_guard.rules.limits.rates import Rate, parse_rates
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
@@ -241,7 +241,7 @@ class JWTAuth(Rule):
             return self.invalid
         return self.decode(token, found)
 
-    async def verify(self, token: str, guard: Guard) -> Outcome:
+    async def verify(self, token: str, guard: Runtime) -> Outcome:
         """Verify, fetching JWKS keys off the loop when needed."""
         outcome = self.verify_now(token)
         if outcome is not KeyState.FETCH or self.jwks is None:
@@ -253,7 +253,7 @@ class JWTAuth(Rule):
             return self.invalid
         return self.decode(token, found)
 
-    def handshake_close(self, outcome: KeyState, guard: Guard) -> Close:
+    def handshake_close(self, outcome: KeyState, guard: Runtime) -> Close:
         """The close for a token that could not be checked because keys are unreachable.
 
         Auth cannot fail open: with ``on_storage_error="allow"`` the token is
@@ -263,11 +263,11 @@ class JWTAuth(Rule):
         return self.invalid if guard.on_storage_error == "allow" else self.unavailable
 
     # -- hooks ----------------------------------------------------------------
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         if self.jwks is not None:
             await self.jwks.refresh(guard)  # a failure is counted, logged, and retried later
 
-    def bind(self, guard: Guard) -> None:
+    def bind(self, guard: Runtime) -> None:
         others = [r for r in guard.rules if r.provides_subject and r is not self]
         if others:
             raise ConfigurationError(

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ws_guard.rules.limits.common import Rate
+from ws_guard.rules.limits.rates import Rate
 
 #: One round trip for every rate of a key. KEYS[1] is a hash with field s
 #: (the first attempt, ms) and w<i>, p<i>, c<i> (window number, previous

@@ -24,20 +24,12 @@ from ws_guard.errors import ConfigurationError, NotStartedError
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import KeyFunc, by_ip, by_user
 from ws_guard.rules.limits.attempts import ATTEMPT_SCRIPT, CounterStore
-from ws_guard.rules.limits.common import (
-    Rate,
-    bind_once,
-    check_key,
-    describe_rates,
-    join_rates,
-    key_label,
-    parse_rates,
-    redis_key,
-)
+from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key
+from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 #: Keys one rule tracks in process memory by default (about 250 B each: 25 MB).
 DEFAULT_MAX_KEYS = 100_000
@@ -70,7 +62,7 @@ class ConnectRate(Rule):
         #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
         self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
         self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
-        self._guard: Guard | None = None
+        self._guard: Runtime | None = None
         #: memory:// counters, or the per-process fallback while Redis is down.
         self._counters: CounterStore | None = None
         self._script: Any = None
@@ -82,7 +74,7 @@ class ConnectRate(Rule):
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
 
-    def bind(self, guard: Guard) -> None:
+    def bind(self, guard: Runtime) -> None:
         self._guard = bind_once(self._guard, guard, self)
 
     @property
@@ -90,7 +82,7 @@ class ConnectRate(Rule):
         """Live keys this process dropped to stay within ``max_keys``."""
         return 0 if self._counters is None else self._counters.evicted
 
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         storage = guard.storage
         counters = self._counters = CounterStore(self.rates, self.max_keys)
 
@@ -103,7 +95,7 @@ class ConnectRate(Rule):
         if not storage.is_memory:
             self._script = storage.script(ATTEMPT_SCRIPT)
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         if self._job is not None:
             guard.storage.remove_job(self._job)
             self._job = None

@@ -27,11 +27,11 @@ from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import KeyFunc, by_ip
-from ws_guard.rules.limits.common import bind_once, check_key, key_label, redis_key, require_subject
+from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key, require_subject
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 #: Drop expired slots, write back the slots this process holds (ARGV[5..]:
 #: taken while Redis was away), then take one if there is room (or always,
@@ -79,7 +79,7 @@ class MaxConnectionsPerKey(Rule):
         #: A slot lives this long in Redis without a heartbeat.
         self.slot_ttl = 3 * self.heartbeat
         self.id = name or f"{key_label(self.key)}:{limit}"
-        self._guard: Guard | None = None
+        self._guard: Runtime | None = None
         self._counts: dict[str, int] = {}  # memory storage
         self._held: dict[str, set[str]] = {}  # Redis storage: key -> ids this process holds
         self._pending: dict[str, set[str]] = {}  # of those, taken while Redis was away
@@ -96,7 +96,7 @@ class MaxConnectionsPerKey(Rule):
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
 
-    def bind(self, guard: Guard) -> None:
+    def bind(self, guard: Runtime) -> None:
         self._guard = bind_once(self._guard, guard, self)
         require_subject(guard, self.key, self)
 
@@ -106,7 +106,7 @@ class MaxConnectionsPerKey(Rule):
             return len(self._held.get(key, ()))
         return self._counts.get(key, 0)
 
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         storage = guard.storage
         self._redis = not storage.is_memory
         if not self._redis:
@@ -115,7 +115,7 @@ class MaxConnectionsPerKey(Rule):
         self._acquire = storage.script(ACQUIRE_SCRIPT)
         self._job = storage.add_job(self.heartbeat, self._beat)
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         if self._job is not None:
             guard.storage.remove_job(self._job)
             self._job = None

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 #: ``take`` result meaning "storage is down and the policy denies".
 STORAGE_DOWN = -1.0
@@ -87,7 +87,7 @@ class LeaseBook:
 
     __slots__ = ("fail_open", "guard", "lease", "now", "peek", "retry", "tasks")
 
-    def __init__(self, guard: Guard, retry: float = 1.0) -> None:
+    def __init__(self, guard: Runtime, retry: float = 1.0) -> None:
         storage = guard.storage
         self.guard = guard
         self.now = guard.scheduler.clock

@@ -21,24 +21,15 @@ from ws_guard.errors import NotStartedError
 from ws_guard.rules.auth.session import refresh_session
 from ws_guard.rules.base import Checker, Rule
 from ws_guard.rules.keys import KeyFunc, by_connection
-from ws_guard.rules.limits.common import (
-    ExpiringStates,
-    Rate,
-    bind_once,
-    check_key,
-    describe_rates,
-    join_rates,
-    key_label,
-    parse_rates,
-    redis_key,
-    require_subject,
-)
+from ws_guard.rules.limits.expiring import ExpiringStates
+from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key, require_subject
 from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
+from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
+    from ws_guard.rules.runtime import Runtime
 
 _INF = float("inf")
 Window = CountedWindow | LeasedWindow
@@ -69,7 +60,7 @@ class MessageRate(Rule):
         self.lease = None if lease is None else check_count("lease", lease)
         #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
         self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
-        self._guard: Guard | None = None
+        self._guard: Runtime | None = None
         self._maps: list[ExpiringStates[Any]] = []
         self._book: LeaseBook | None = None
         self._jobs: list[object] = []
@@ -80,11 +71,11 @@ class MessageRate(Rule):
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
 
-    def bind(self, guard: Guard) -> None:
+    def bind(self, guard: Runtime) -> None:
         self._guard = bind_once(self._guard, guard, self)
         require_subject(guard, self.key, self)
 
-    async def startup(self, guard: Guard) -> None:
+    async def startup(self, guard: Runtime) -> None:
         if self.key is by_connection:
             return
         storage = guard.storage
@@ -99,7 +90,7 @@ class MessageRate(Rule):
         for states in self._maps:
             self._jobs.append(storage.add_job(states.interval, _sweeper(states, guard)))
 
-    async def shutdown(self, guard: Guard) -> None:
+    async def shutdown(self, guard: Runtime) -> None:
         for job in self._jobs:
             guard.storage.remove_job(job)
         self._jobs.clear()
@@ -168,7 +159,7 @@ class MessageRate(Rule):
             return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
         return self.breach(POLICY_VIOLATION, "rate_limited", retry)
 
-    def _single_checker(self, guard: Guard) -> Checker:
+    def _single_checker(self, guard: Runtime) -> Checker:
         """The common case, kept to a clock read and two comparisons."""
         now = guard.scheduler.clock
         limit, window = self.rates[0].limit, self.rates[0].window
@@ -195,7 +186,7 @@ class MessageRate(Rule):
 
         return check
 
-    def _single_shared_checker(self, conn: Connection, guard: Guard) -> Checker:
+    def _single_shared_checker(self, conn: Connection, guard: Runtime) -> Checker:
         """One rate on a shared key: a clock read, one comparison, the window's ``take``."""
         clock = guard.scheduler.clock
         states = self._maps[0]
@@ -247,7 +238,7 @@ class MessageRate(Rule):
 
         return windows_at
 
-    def _combine(self, guard: Guard, windows_at: Callable[[float], Any]) -> Checker:
+    def _combine(self, guard: Runtime, windows_at: Callable[[float], Any]) -> Checker:
         now = guard.scheduler.clock
         enforce = self.enforce
         quiet_until = -_INF
@@ -278,7 +269,7 @@ def _counted(rate: Rate) -> Callable[[str], CountedWindow]:
     return lambda key: CountedWindow(rate.limit, rate.window)
 
 
-def _sweeper(states: ExpiringStates[Any], guard: Guard) -> Callable[[], Any]:
+def _sweeper(states: ExpiringStates[Any], guard: Runtime) -> Callable[[], Any]:
     async def sweep() -> None:
         states.sweep(guard.scheduler.clock())
 

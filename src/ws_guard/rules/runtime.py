@@ -1,0 +1,76 @@
+"""The runtime: what rules and load gauges may use of the guard that holds them.
+
+A rule's ``bind``, ``startup`` and ``shutdown`` and a gauge's ``bind``,
+``startup`` and ``shutdown`` receive a :class:`Runtime`, never the
+:class:`ws_guard.Guard` itself, so a rule written outside ws_guard depends on
+this page only. A ``Guard`` is one: it passes itself. Everything here is
+read-only for a rule; ws_guard owns the objects behind it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ws_guard._core.scheduler import Scheduler
+    from ws_guard._core.storage import SharedStorage
+    from ws_guard.metrics.snapshot import Metrics
+    from ws_guard.rules.base import Rule
+
+
+class Runtime(Protocol):
+    """The guard's shared runtime as rules and gauges see it.
+
+    Attributes (all read-only):
+
+    - ``rules``: every rule of the guard, in the user's order (for checks
+      across rules at :meth:`Rule.bind`);
+    - ``scheduler``: the guard's clock (``scheduler.clock()``, seconds,
+      injectable) and its single deadline heap (``call_at``/``call_later``);
+      ``scheduler.manual`` is True when tests drive the clock;
+    - ``random``: the guard's random source (jitter of retry hints);
+    - ``storage``: the shared ``limits`` storage, opened by ``startup``;
+      ``storage.errors`` are the exceptions that mean "unavailable";
+    - ``namespace``: the prefix of every storage key this guard writes;
+    - ``on_storage_error``: ``"allow"`` (fail open) or ``"deny"``;
+    - ``metrics``: the guard's counters;
+    - ``connections``: the admitted connections that have not finished;
+    - ``started``: whether ``startup`` ran in the running event loop.
+    """
+
+    @property
+    def rules(self) -> tuple[Rule, ...]: ...
+
+    @property
+    def scheduler(self) -> Scheduler: ...
+
+    @property
+    def random(self) -> random.Random: ...
+
+    @property
+    def storage(self) -> SharedStorage: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def on_storage_error(self) -> str: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def connections(self) -> Collection[Any]: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    def report_storage_error(self, exc: BaseException, what: str) -> bool:
+        """Count and (throttled) log a failed storage or key-server call.
+
+        *what* names the call in the log (``"connect rate"``). Returns True
+        when ``on_storage_error`` allows (fail open); the caller applies it.
+        """
+        ...
