@@ -33,7 +33,6 @@ from ws_guard.codes import SERVICE_RESTART, TRY_AGAIN_LATER
 from ws_guard.errors import ConfigurationError, UnsupportedBackendError
 from ws_guard.load.base import LoadGauge
 from ws_guard.metrics.snapshot import Metrics
-from ws_guard.rules.auth.jwt import check_user_keys_at_handshake
 from ws_guard.rules.base import Rule, overrides
 from ws_guard.rules.keys import (
     DEFAULT_IPV6_PREFIX,
@@ -42,7 +41,6 @@ from ws_guard.rules.keys import (
     parse_trusted_proxies,
     peer_checks,
 )
-from ws_guard.rules.origin import check_cookie_origin
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
@@ -106,8 +104,6 @@ class Guard:
         namespace: str | None = None,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
-        check_cookie_origin(self.rules)
-        check_user_keys_at_handshake(self.rules)
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
         #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
         self.storage = SharedStorage(storage)

@@ -56,6 +56,9 @@ class Rule:
     stage: ClassVar[Stage] = Stage.CUSTOM
     #: True for rules that set ``conn.subject`` (JWT auth); ``by_user`` needs one.
     provides_subject: ClassVar[bool] = False
+    #: True for rules that admit a handshake only from allowed origins
+    #: (``AllowedOrigins``); cookie auth needs one (see ``JWTAuth.bind``).
+    checks_origin: ClassVar[bool] = False
 
     def __init__(self, *, enforce: bool = True, name: str | None = None) -> None:
         if not isinstance(enforce, bool):
@@ -71,7 +74,13 @@ class Rule:
 
     # -- construction ------------------------------------------------------
     def bind(self, guard: Runtime) -> None:
-        """Check this rule against the rest of the guard's configuration."""
+        """Check this rule against the rest of the guard's configuration.
+
+        Runs once, when the guard is built, in the order of its ``rules``;
+        *guard* is the guard's :class:`~ws_guard.rules.Runtime` and
+        ``guard.rules`` every rule of it. Raise ``ConfigurationError`` for a
+        combination that cannot work: the guard only asks each rule.
+        """
 
     # -- lifespan ----------------------------------------------------------
     async def startup(self, guard: Runtime) -> None:

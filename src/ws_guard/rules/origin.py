@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 from ws_guard._core.decisions import Close
 from ws_guard.codes import POLICY_VIOLATION
 from ws_guard.errors import ConfigurationError
-from ws_guard.rules.auth.jwt import JWTAuth
-from ws_guard.rules.auth.tokens import FromCookie
 from ws_guard.rules.base import Rule, Stage
 
 if TYPE_CHECKING:
@@ -133,6 +131,7 @@ class AllowedOrigins(Rule):
     """
 
     stage = Stage.ORIGIN
+    checks_origin = True
 
     def __init__(
         self,
@@ -218,24 +217,3 @@ class AllowedOrigins(Rule):
     def _refuse(self, what: str) -> Close:
         logger.debug("ws_guard origin check refused %s", what)
         return self._refusal
-
-
-def check_cookie_origin(rules: Iterable[Rule]) -> None:
-    """Raise unless a guard that reads tokens from cookies also checks origins.
-
-    A browser attaches cookies to a handshake any page opens, so cookie auth
-    without an origin check admits every site the user visits.
-    """
-    rules = tuple(rules)
-    if any(isinstance(rule, AllowedOrigins) for rule in rules):
-        return
-    for rule in rules:
-        if not isinstance(rule, JWTAuth):
-            continue
-        cookies = [s for s in rule.sources if isinstance(s, FromCookie)]
-        if cookies:
-            raise ConfigurationError(
-                f"{rule!r} reads a token from a cookie ({cookies[0]!r}), which a browser sends "
-                f"on a handshake any site opens (cross-site WebSocket hijacking); add "
-                f"rules.AllowedOrigins(['https://your.site']) to the guard's rules"
-            )

@@ -31,7 +31,13 @@ from ws_guard.rules.auth.jwt_settings import (
     prepare_key,
 )
 from ws_guard.rules.auth.session import RefreshMatcher, Session, refresh_matcher
-from ws_guard.rules.auth.tokens import FromFirstMessage, FromSubprotocol, TokenSource, check_sources
+from ws_guard.rules.auth.tokens import (
+    FromCookie,
+    FromFirstMessage,
+    FromSubprotocol,
+    TokenSource,
+    check_sources,
+)
 from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
 from ws_guard.rules.base import Checker, Rule, Stage
 from ws_guard.rules.keys import by_ip, by_user
@@ -273,6 +279,47 @@ class JWTAuth(Rule):
             raise ConfigurationError(
                 f"a guard takes one auth rule; {self!r} is given together with {others[0]!r}"
             )
+        self._check_cookie_origin(guard.rules)
+        self._check_user_keys_at_handshake(guard.rules)
+
+    def _check_cookie_origin(self, rules: Sequence[Rule]) -> None:
+        """Raise when a token may come from a cookie and no rule checks origins.
+
+        A browser attaches cookies to a handshake any page opens, so cookie auth
+        without an origin check admits every site the user visits (cross-site
+        WebSocket hijacking).
+        """
+        if any(rule.checks_origin for rule in rules):
+            return
+        cookies = [s for s in self.sources if isinstance(s, FromCookie)]
+        if cookies:
+            raise ConfigurationError(
+                f"{self!r} reads a token from a cookie ({cookies[0]!r}), which a browser sends "
+                f"on a handshake any site opens (cross-site WebSocket hijacking); add "
+                f"rules.AllowedOrigins(['https://your.site']) to the guard's rules"
+            )
+
+    def _check_user_keys_at_handshake(self, rules: Sequence[Rule]) -> None:
+        """Raise when a handshake rule keys by user but the token may arrive after the handshake.
+
+        ``MaxConnectionsPerKey`` and ``ConnectRate`` decide at the handshake; with
+        ``rules.from_first_message`` there is no subject yet, so ``by_user`` gives
+        no key and the rule would let every such connection through: a client
+        could dodge its cap by sending its token in the first message instead.
+        """
+        if self.first_message is None:
+            return
+        for rule in rules:
+            if getattr(rule, "key", None) is by_user and rule.stage in (
+                Stage.CONNECT_RATE,
+                Stage.CONNECTION_CAP,
+            ):
+                raise ConfigurationError(
+                    f"{rule!r} keys by user at the handshake, but {self!r} may take the "
+                    "token from the first message, after the handshake, when there is no user "
+                    "yet to count: a client could escape the rule that way. Key it by "
+                    "rules.by_ip, or take tokens only at the handshake"
+                )
 
     def on_connect(self, conn: Connection) -> None:
         session = Session(self, conn)
@@ -367,28 +414,3 @@ class JWTAuth(Rule):
         if session is not None:
             session.disarm()
             session.stop_waiting()
-
-
-def check_user_keys_at_handshake(rules: Iterable[Rule]) -> None:
-    """Raise when a handshake rule keys by user but the token may arrive after the handshake.
-
-    ``MaxConnectionsPerKey`` and ``ConnectRate`` decide at the handshake; with
-    ``rules.from_first_message`` there is no subject yet, so ``by_user`` gives
-    no key and the rule would let every such connection through: a client
-    could dodge its cap by sending its token in the first message instead.
-    """
-    rules = tuple(rules)
-    deferred = [r for r in rules if isinstance(r, JWTAuth) and r.first_message is not None]
-    if not deferred:
-        return
-    for rule in rules:
-        if getattr(rule, "key", None) is by_user and rule.stage in (
-            Stage.CONNECT_RATE,
-            Stage.CONNECTION_CAP,
-        ):
-            raise ConfigurationError(
-                f"{rule!r} keys by user at the handshake, but {deferred[0]!r} may take the "
-                "token from the first message, after the handshake, when there is no user "
-                "yet to count: a client could escape the rule that way. Key it by "
-                "rules.by_ip, or take tokens only at the handshake"
-            )
