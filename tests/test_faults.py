@@ -35,7 +35,7 @@ from sites import closed_by_server
 from ws_guard import CloseEvent, Guard, WSGuardMiddleware, load, rules
 from ws_guard._core.connection import Connection
 from ws_guard._core.storage import REDIS_DEFAULTS
-from ws_guard.rules.auth.jwks import KeyState
+from ws_guard.rules.auth.key_state import KeyState
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.types import Receive, Scope, Send

@@ -1,7 +1,15 @@
-"""Rules: what a client may do, and the keys that group connections."""
+"""Rules: what a client may do, and the keys that group connections.
 
-from ws_guard.rules.auth.jwks import JWKS
-from ws_guard.rules.auth.jwt import JWTAuth
+``JWTAuth`` and ``JWKS`` load on first use (PEP 562 ``__getattr__``): they
+need PyJWT and cryptography, about 100 ms of import that a guard without a
+JWT rule should not pay.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ws_guard.rules.auth.tokens import (
     TokenSource,
     from_cookie,
@@ -18,6 +26,16 @@ from ws_guard.rules.limits.message_rate import MessageRate
 from ws_guard.rules.messages import Content, Json, MaxMessageSize, MessageTypes, Pattern
 from ws_guard.rules.origin import AllowedOrigins
 from ws_guard.rules.runtime import Runtime
+
+if TYPE_CHECKING:
+    from ws_guard.rules.auth.jwks import JWKS
+    from ws_guard.rules.auth.jwt import JWTAuth
+
+#: Public name -> module that defines it, imported on first access.
+_LAZY = {
+    "JWKS": "ws_guard.rules.auth.jwks",
+    "JWTAuth": "ws_guard.rules.auth.jwt",
+}
 
 __all__ = [
     "JWKS",
@@ -45,3 +63,17 @@ __all__ = [
     "from_query",
     "from_subprotocol",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import ``JWTAuth``/``JWKS`` (and PyJWT with them) when first asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -16,7 +16,6 @@ of tokens with unknown ``kid`` values costs no thread hops:
 
 from __future__ import annotations
 
-import enum
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -29,17 +28,10 @@ from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWKSetError
 from ws_guard._core.tasks import Job, spawn, wait_done
 from ws_guard._validate import check_clock, check_seconds
 from ws_guard.errors import ConfigurationError
+from ws_guard.rules.auth.key_state import KeyState
 
 if TYPE_CHECKING:
     from ws_guard.rules.runtime import Runtime
-
-
-class KeyState(enum.Enum):
-    """Why :meth:`JWKS.cached` / :meth:`JWKS.resolve` returned no key."""
-
-    FETCH = "fetch"  # the answer needs a fetch (stale set, or unknown kid past cooldown)
-    UNKNOWN = "unknown"  # the endpoint does not list this kid
-    UNAVAILABLE = "unavailable"  # the endpoint could not be reached
 
 
 class JWKS:

@@ -23,13 +23,14 @@ from ws_guard._core.decisions import Close, Consume
 from ws_guard._validate import check_number, check_seconds
 from ws_guard.codes import INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER
 from ws_guard.errors import ConfigurationError
-from ws_guard.rules.auth.jwks import JWKS, KeyState
+from ws_guard.rules.auth.jwks import JWKS
 from ws_guard.rules.auth.jwt_settings import (
     check_algorithms,
     check_required_claims,
     check_strings,
     prepare_key,
 )
+from ws_guard.rules.auth.key_state import KeyState
 from ws_guard.rules.auth.session import RefreshMatcher, Session, refresh_matcher
 from ws_guard.rules.auth.tokens import (
     FromCookie,

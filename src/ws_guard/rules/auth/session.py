@@ -27,7 +27,7 @@ from ws_guard._core.decisions import CONSUME, Close, Consume
 from ws_guard._core.scheduler import Deadline
 from ws_guard._json import Unreadable, read_json
 from ws_guard.errors import ConfigurationError
-from ws_guard.rules.auth.jwks import KeyState
+from ws_guard.rules.auth.key_state import KeyState
 from ws_guard.rules.auth.waiting_room import WaitingRoom
 from ws_guard.rules.base import Checker
 from ws_guard.rules.keys import by_user, user_key
