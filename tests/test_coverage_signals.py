@@ -86,7 +86,7 @@ async def test_a_default_disposition_is_restored_and_the_signal_raised_again(
 async def test_an_ignored_signal_stays_ignored_after_the_drain(winch_handler: None) -> None:
     signal.signal(SIG, signal.SIG_IGN)
     guard = Guard(drain_signals=[SIG], drain_window=0.05)
-    hook = guard._signal_drain
+    hook = guard.lifecycle.signal_drain
     await guard.startup()
     signal.raise_signal(SIG)
     await eventually(lambda: hook._task is not None and hook._task.done(), what="drain ended")
@@ -101,7 +101,7 @@ async def test_two_signals_before_the_loop_runs_start_one_drain(winch_handler: N
     forwarded: list[int] = []
     signal.signal(SIG, lambda signum, frame: forwarded.append(signum))
     guard = Guard(drain_signals=[SIG], drain_window=0.05)
-    hook = guard._signal_drain
+    hook = guard.lifecycle.signal_drain
     await guard.startup()
     signal.raise_signal(SIG)
     signal.raise_signal(SIG)  # no await between: both find no drain task yet

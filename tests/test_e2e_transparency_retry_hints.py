@@ -130,10 +130,10 @@ def test_the_http_retry_after_keeps_the_mean() -> None:
 def test_http_denials_spread_jittered_hints_and_never_shorten_rate_hints() -> None:
     guard = Guard(random_source=Draws((0.3, 0.5)))
     jittered = Close(1013, "overloaded", "overloaded", 1.4, jittered=True)
-    assert guard.http_denial(jittered)[1][-1] == (b"retry-after", b"2")
-    assert guard.http_denial(jittered)[1][-1] == (b"retry-after", b"1")
+    assert guard.reporter.http_denial(jittered)[1][-1] == (b"retry-after", b"2")
+    assert guard.reporter.http_denial(jittered)[1][-1] == (b"retry-after", b"1")
     rate = Close(1008, "rate_limited", "rate_limited", 1.1)
-    assert guard.http_denial(rate) == (
+    assert guard.reporter.http_denial(rate) == (
         429,
         [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"2")],
     )

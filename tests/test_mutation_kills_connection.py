@@ -20,8 +20,8 @@ import pytest
 from apps import echo
 from rate_helpers import HeaderSubject, user
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._core.closes import CloseEvent
 from ws_guard._core.decisions import Close
-from ws_guard._core.guard import CloseEvent
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import Receive, Scope, Send
 

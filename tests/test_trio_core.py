@@ -203,7 +203,7 @@ async def test_redis_storage_is_refused_off_asyncio(
 ) -> None:
     guard = Guard(rules=[rules.MessageRate("5/second")], storage="redis://127.0.0.1:1/0")
     if anyio_backend == "asyncio":
-        guard.check_backend()  # nothing to refuse (no Redis is contacted here)
+        guard.lifecycle.check_backend()  # nothing to refuse (no Redis is contacted here)
         return
     with pytest.raises(UnsupportedBackendError, match=r"storage=.*redis.*needs asyncio"):
         await guard.startup()

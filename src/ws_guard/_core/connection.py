@@ -273,7 +273,7 @@ class Connection:
         guard = self.guard
         for rule in guard.connect_rules:
             rule.on_connect(self)
-        refusal = guard.drain_refusal()
+        refusal = guard.lifecycle.drain_refusal()
         if refusal is not None:
             await self._reject(refusal)
             return False
@@ -333,7 +333,7 @@ class Connection:
         self.state = GUARD_CLOSED
         self._guard_close = close
         self.guard.metrics.handshakes_rejected += 1
-        self.guard.record_close(self, close)
+        self.guard.reporter.record_close(self, close)
         await self._accept_and_close(close)
 
     def _check_all(self, message: Message) -> Verdict:
@@ -374,9 +374,9 @@ class Connection:
         self._guard_close = close
         guard.metrics.handshakes_rejected += 1
         if guard.reject == "http" and "websocket.http.response" in self.scope.get("extensions", {}):
-            status, headers = guard.http_denial(close)
+            status, headers = guard.reporter.http_denial(close)
             # Counted as what the client got: the HTTP status, under the rule.
-            guard.record_close(self, close, status=status)
+            guard.reporter.record_close(self, close, status=status)
             await self._send_quietly(
                 {"type": "websocket.http.response.start", "status": status, "headers": headers}
             )
@@ -384,7 +384,7 @@ class Connection:
                 {"type": "websocket.http.response.body", "body": close.wire_reason.encode()}
             )
             return
-        guard.record_close(self, close)
+        guard.reporter.record_close(self, close)
         # A close before accept becomes an HTTP 403 that browsers report as
         # 1006; accepting first is the only way the code reaches a browser.
         await self._accept_and_close(close)
@@ -471,7 +471,7 @@ class Connection:
         """The server reported the client's ``websocket.disconnect``: count it once."""
         if self.state in LIVE:
             self._set_closed(CLOSED)
-            self.guard.record_close(self, None, int(message.get("code", 1005)), "client")
+            self.guard.reporter.record_close(self, None, int(message.get("code", 1005)), "client")
 
     def send(self, message: Message) -> Awaitable[None]:
         # Not a coroutine: on the open path the server's own awaitable goes
@@ -546,7 +546,7 @@ class Connection:
         accepted = self.state != CONNECTING
         self._set_closed(CLOSED)
         if not accepted:
-            self.guard.record_close(self, None, HTTP_FORBIDDEN, "app")
+            self.guard.reporter.record_close(self, None, HTTP_FORBIDDEN, "app")
             return message
         reason = message.get("reason")
         if isinstance(reason, str) and reason:
@@ -561,9 +561,9 @@ class Connection:
             counted = int(code)
         else:
             counted = sendable_code_for(code)
-            self.guard.warn_unsendable_code(code, counted)
+            self.guard.reporter.warn_unsendable_code(code, counted)
             message = {**message, "code": counted}
-        self.guard.record_close(self, None, counted, "app")
+        self.guard.reporter.record_close(self, None, counted, "app")
         return message
 
     def _app_refused(self, message: Message) -> None:
@@ -571,7 +571,7 @@ class Connection:
         self._set_closed(CLOSED)
         status = message.get("status")
         if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
-            self.guard.record_close(self, None, status, "app")
+            self.guard.reporter.record_close(self, None, status, "app")
 
     def connect_message_first(self) -> None:
         """Entering OPEN: if the app has not read ``websocket.connect`` yet, its next receive does.
@@ -728,7 +728,7 @@ class Connection:
     def _mark_guard_closed(self, close: Close) -> None:
         self._guard_close = close
         self._set_closed(GUARD_CLOSED)
-        self.guard.record_close(self, close)
+        self.guard.reporter.record_close(self, close)
         timeout = self.guard.app_exit_timeout
         if timeout is not None and self.task is not None:
             self.call_at(self.guard.scheduler.now() + timeout, self._cancel_app)
@@ -761,14 +761,14 @@ class Connection:
         """
         if self.state in LIVE:
             self._set_closed(CLOSED)
-            self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
+            self.guard.reporter.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     def _disconnect_message(self) -> Message:
         close = cast(Close, self._guard_close)  # only called after a guard close
         return {"type": "websocket.disconnect", "code": close.code, "reason": close.wire_reason}
 
     def _record_shadow(self, close: Close) -> None:
-        self.guard.record_shadow(self, close)
+        self.guard.reporter.record_shadow(self, close)
 
     async def _send_quietly(self, message: Message) -> bool:
         """Send a frame of ws_guard's own; False when the server would not take it.
@@ -801,11 +801,11 @@ class Connection:
             frame = {"type": "websocket.close", "code": close.code, "reason": close.wire_reason}
             if _server_refused_send(exc):
                 # A send the app made on the fast path (not seen by ws_guard) hit a gone client.
-                self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
+                self.guard.reporter.record_close(self, None, ABNORMAL_CLOSURE, "client")
             elif await self._send_quietly(frame):
-                self.guard.record_close(self, close, initiator="app")
+                self.guard.reporter.record_close(self, close, initiator="app")
             else:  # the server refused the close: the client is gone
-                self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
+                self.guard.reporter.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     async def app_returned(self) -> None:
         """The app returned while open: close normally rather than drop TCP.
@@ -817,9 +817,9 @@ class Connection:
         if self.state in LIVE:
             self._set_closed(CLOSED)
             if await self._send_quietly({"type": "websocket.close", "code": NORMAL, "reason": ""}):
-                self.guard.record_close(self, None, NORMAL, "app")
+                self.guard.reporter.record_close(self, None, NORMAL, "app")
             else:
-                self.guard.record_close(self, None, ABNORMAL_CLOSURE, "client")
+                self.guard.reporter.record_close(self, None, ABNORMAL_CLOSURE, "client")
 
     async def finish(self) -> None:
         """Release everything the connection held; runs once, on every path.

@@ -23,8 +23,8 @@ from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
-    from ws_guard._core.guard import Guard
     from ws_guard._core.scheduler import Deadline
+    from ws_guard.rules.runtime import Runtime
 
 #: Codes a drain may close with, and the reason slug each one carries.
 DRAIN_REASONS = {SERVICE_RESTART: "restarting", GOING_AWAY: "going_away"}
@@ -37,7 +37,7 @@ class Drain:
     """One drain of one guard, from the first wave to the last close."""
 
     def __init__(
-        self, guard: Guard, window: float, code: int, retry_after: float, grace: float
+        self, guard: Runtime, window: float, code: int, retry_after: float, grace: float
     ) -> None:
         if code not in DRAIN_REASONS:
             raise ConfigurationError(

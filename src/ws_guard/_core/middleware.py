@@ -59,7 +59,7 @@ class WSGuardMiddleware:
                 # which absorbs that cancel itself.
                 app_scope = None if on_asyncio() else anyio.CancelScope()
                 conn.task = asyncio.current_task() if app_scope is None else app_scope
-                guard.drain_admitted(conn)
+                guard.lifecycle.drain_admitted(conn)
                 result: Any = None  # stays None when the cancel scope stops the app
                 try:
                     if app_scope is None:

@@ -18,13 +18,10 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ws_guard._core.tasks import Job, spawn
 from ws_guard.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from ws_guard._core.guard import Guard
 
 logger = logging.getLogger("ws_guard")
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -50,10 +47,16 @@ def parse_signals(values: Iterable[signal.Signals | int | str]) -> tuple[signal.
     return tuple(parsed)
 
 
+class _Drainable(Protocol):
+    """What a signal drains: a guard (``Guard.drain``)."""
+
+    async def drain(self) -> None: ...
+
+
 class SignalDrain:
     """Handlers that drain the guard, then hand the signal to the server."""
 
-    def __init__(self, guard: Guard, signals: tuple[signal.Signals, ...]) -> None:
+    def __init__(self, guard: _Drainable, signals: tuple[signal.Signals, ...]) -> None:
         self.guard = guard
         self.signals = signals
         self._previous: dict[signal.Signals, Handler] = {}
