@@ -16,6 +16,7 @@ from pathlib import Path
 
 from test_docs_reasons import SENT, sent_by_ws_guard
 from ws_guard import codes
+from ws_guard.client import close_from_http
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOSE_CODES_DOC = ROOT / "docs" / "close-codes.md"
@@ -99,3 +100,19 @@ def test_reason_limit_and_codes_follow_rfc_6455() -> None:
     assert {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014} <= named
     assert (codes.NO_STATUS, codes.ABNORMAL_CLOSURE, codes.TLS_HANDSHAKE) == (1005, 1006, 1015)
     assert sorted(codes.RESERVED_CODES) == [1004, 1005, 1006, 1015]
+
+
+def _body(size: int) -> bytes:
+    """A ws_guard-shaped 403 body of exactly *size* bytes: a slug, then a padded hint."""
+    head = "token_invalid; note="
+    return (head + "x" * (size - len(head))).encode()
+
+
+def test_the_client_keeps_a_refusal_body_up_to_the_reason_limit() -> None:
+    # The client reads the limit from codes: a body that fits a close frame is
+    # kept as the reason, one byte more is not a ws_guard reason.
+    fits, over = _body(codes.MAX_REASON_BYTES), _body(codes.MAX_REASON_BYTES + 1)
+    assert close_from_http(403, {}, fits) == (codes.POLICY_VIOLATION, fits.decode())
+    assert close_from_http(403, {}, over) == (codes.POLICY_VIOLATION, "http_403")
+    assert close_from_http(503, {}, over) == (codes.TRY_AGAIN_LATER, codes.REASON_OVERLOADED)
+    assert close_from_http(429, {}, over) == (codes.TRY_AGAIN_LATER, codes.REASON_RATE_LIMITED)
