@@ -11,6 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ws_guard.codes import (
+    ABNORMAL_CLOSURE,
+    BAD_GATEWAY,
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    INVALID_PAYLOAD,
+    MANDATORY_EXTENSION,
+    MESSAGE_TOO_BIG,
+    NO_STATUS,
+    NORMAL,
+    POLICY_VIOLATION,
+    PROTOCOL_ERROR,
+    REASON_TOKEN_EXPIRED,
+    SERVICE_RESTART,
+    TLS_HANDSHAKE,
+    TRY_AGAIN_LATER,
+    UNSUPPORTED_DATA,
+)
 from ws_guard.errors import ConfigurationError
 
 from .._validate import check_at_most_seconds, check_number
@@ -121,22 +139,22 @@ DEFAULT_FALLBACK: Action = Backoff()
 #: The defaults, as in docs/close-codes: back off on load and failures, a
 #: short random delay on restart, refresh on an expired token, stop otherwise.
 DEFAULT_ACTIONS: Mapping[ActionKey, Action] = {
-    1000: NoRetry("the server closed the connection normally"),
-    1001: Backoff(),
-    1002: NoRetry("protocol error: the same client would fail again"),
-    1003: NoRetry("the server does not accept this data type: fix the client"),
-    1005: NoRetry("the server closed the connection without a code"),
-    1006: Backoff(),
-    1007: NoRetry("invalid message data: fix the client"),
-    1008: NoRetry("policy violation: the server would refuse a retry again"),
-    (1008, "token_expired"): RefreshToken(),
-    1009: NoRetry("message too big: fix the client"),
-    1010: NoRetry("the server lacks an extension the client requires"),
-    1011: Backoff(),
-    1012: RandomDelay(),
-    1013: Backoff(),
-    1014: Backoff(),
-    1015: NoRetry("TLS handshake failed"),
+    NORMAL: NoRetry("the server closed the connection normally"),
+    GOING_AWAY: Backoff(),
+    PROTOCOL_ERROR: NoRetry("protocol error: the same client would fail again"),
+    UNSUPPORTED_DATA: NoRetry("the server does not accept this data type: fix the client"),
+    NO_STATUS: NoRetry("the server closed the connection without a code"),
+    ABNORMAL_CLOSURE: Backoff(),
+    INVALID_PAYLOAD: NoRetry("invalid message data: fix the client"),
+    POLICY_VIOLATION: NoRetry("policy violation: the server would refuse a retry again"),
+    (POLICY_VIOLATION, REASON_TOKEN_EXPIRED): RefreshToken(),
+    MESSAGE_TOO_BIG: NoRetry("message too big: fix the client"),
+    MANDATORY_EXTENSION: NoRetry("the server lacks an extension the client requires"),
+    INTERNAL_ERROR: Backoff(),
+    SERVICE_RESTART: RandomDelay(),
+    TRY_AGAIN_LATER: Backoff(),
+    BAD_GATEWAY: Backoff(),
+    TLS_HANDSHAKE: NoRetry("TLS handshake failed"),
 }
 
 

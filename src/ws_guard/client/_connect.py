@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ws_guard.codes import ABNORMAL_CLOSURE, NO_STATUS, NORMAL
 from ws_guard.errors import ConfigurationError, WSGuardError
 
 from ._actions import Decision, RefreshThenRetry, Stop
@@ -32,7 +33,7 @@ TokenProvider = Callable[[], str | Awaitable[str]]
 OnDecision = Callable[[Decision], object]
 TOKEN_SOURCES = ("query", "header", "subprotocol")
 #: Closes that end the iteration quietly when the policy stops on them.
-_NORMAL_END = frozenset({1000, 1005})
+_NORMAL_END = frozenset({NORMAL, NO_STATUS})
 
 
 class GaveUp(WSGuardError):
@@ -175,7 +176,7 @@ class Reconnecting:
                 decision = session.closed(code, reason)
             except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
                 logger.info("ws_guard client: connect failed: %s", type(exc).__name__)
-                decision = session.closed(1006, "")
+                decision = session.closed(ABNORMAL_CLOSURE, "")
             else:
                 session.opened()
                 # A guard that refuses after accepting usually sends its close with
@@ -277,4 +278,4 @@ async def _ended(ws: ClientConnection) -> tuple[int, str]:
     received = protocol.close_rcvd
     if received is not None and protocol.close_rcvd_then_sent is not False:
         return received.code, received.reason
-    return 1006, ""
+    return ABNORMAL_CLOSURE, ""

@@ -13,7 +13,7 @@ hint grows with how long the overload has lasted and is jittered per client.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_seconds
@@ -26,9 +26,25 @@ if TYPE_CHECKING:
     from ws_guard._core.connection import Connection
     from ws_guard.rules.runtime import Runtime
 
-__all__ = ["LoadGauge"]
+__all__ = ["GaugeOptions", "LoadGauge"]
 
 _MAX_HINT = 3600.0
+
+
+class GaugeOptions(TypedDict, total=False):
+    """The keywords every gauge takes besides its own, checked once by :class:`LoadGauge`.
+
+    ``enforce`` (bool, default True): False counts would-be sheds and sheds
+    nothing. ``shed_open`` (:class:`ShedOpen` or None): also close open
+    connections when the overload lasts. ``retry_min``/``retry_max`` (seconds,
+    default 1 and 60): bounds of the ``retry-after`` hint. A bad value raises
+    ``ConfigurationError`` naming it.
+    """
+
+    enforce: bool
+    shed_open: ShedOpen | None
+    retry_min: float
+    retry_max: float
 
 
 class LoadGauge:

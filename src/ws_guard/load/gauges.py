@@ -11,25 +11,24 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ws_guard._core.tasks import Job, spawn, stop
-from ws_guard._validate import (
-    check_clear_below,
-    check_count,
-    check_positive,
-    check_seconds,
-    is_number,
-)
+from ws_guard._validate import check_count, check_positive, check_seconds, is_number
 from ws_guard.errors import ConfigurationError
 from ws_guard.load.base import LoadGauge
-from ws_guard.load.hysteresis import Hysteresis
+from ws_guard.load.hysteresis import Hysteresis, check_band
 
 if TYPE_CHECKING:
-    from ws_guard.load.shedding import ShedOpen
+    from typing_extensions import Unpack
+
+    from ws_guard.load.base import GaugeOptions
     from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
 #: A user gauge's reading: a number, or an awaitable of one.
 Read = Callable[[], "float | Awaitable[float]"]
+#: The longest ``interval``/``timeout`` of a user read (seconds): a reading
+#: older than minutes no longer describes the load.
+MAX_SAMPLE = 600.0
 
 
 class ConnectionCount(LoadGauge):
@@ -44,24 +43,10 @@ class ConnectionCount(LoadGauge):
     """
 
     def __init__(
-        self,
-        limit: int,
-        *,
-        enforce: bool = True,
-        name: str = "connections",
-        shed_open: ShedOpen | None = None,
-        retry_min: float = 1.0,
-        retry_max: float = 60.0,
+        self, limit: int, *, name: str = "connections", **options: Unpack[GaugeOptions]
     ) -> None:
         check_count("ConnectionCount limit", limit)
-        super().__init__(
-            limit,
-            name=name,
-            enforce=enforce,
-            shed_open=shed_open,
-            retry_min=retry_min,
-            retry_max=retry_max,
-        )
+        super().__init__(limit, name=name, **options)
 
     def value(self) -> float:
         if self._guard is None:
@@ -92,31 +77,19 @@ class Gauge(LoadGauge):
         timeout: float | None = None,
         clear_below: float | None = None,
         hold: float = 0.0,
-        enforce: bool = True,
-        shed_open: ShedOpen | None = None,
-        retry_min: float = 1.0,
-        retry_max: float = 60.0,
+        **options: Unpack[GaugeOptions],
     ) -> None:
         if not callable(read):
             raise ConfigurationError(f"Gauge read must be callable, not {read!r}")
         limit = check_positive("Gauge limit", limit)
-        clear = check_clear_below(clear_below, limit, default=limit)
-        # A load reading older than minutes no longer describes the load.
-        self.interval = check_seconds("Gauge interval", interval, maximum=600.0)
+        clear, self.hold = check_band("Gauge", limit, clear_below, hold, default_clear=limit)
+        self.interval = check_seconds("Gauge interval", interval, maximum=MAX_SAMPLE)
         self.timeout = (
             self.interval
             if timeout is None
-            else check_seconds("Gauge timeout", timeout, maximum=600.0)
+            else check_seconds("Gauge timeout", timeout, maximum=MAX_SAMPLE)
         )
-        self.hold = check_seconds("Gauge hold", hold, maximum=600.0, positive=False)
-        super().__init__(
-            limit,
-            name=name,
-            enforce=enforce,
-            shed_open=shed_open,
-            retry_min=retry_min,
-            retry_max=retry_max,
-        )
+        super().__init__(limit, name=name, **options)
         self.read = read
         self.clear_below = clear
         self.is_async = inspect.iscoroutinefunction(read) or inspect.iscoroutinefunction(

@@ -8,6 +8,25 @@ seconds. Time is passed in, never read here, so tests drive it exactly.
 
 from __future__ import annotations
 
+from ws_guard._validate import check_clear_below, check_seconds
+
+#: The longest ``hold`` a gauge takes (seconds): a longer one would keep
+#: shedding long after the server recovered.
+MAX_HOLD = 600.0
+
+
+def check_band(
+    owner: str, limit: float, clear_below: object, hold: object, *, default_clear: float
+) -> tuple[float, float]:
+    """The checked ``(clear_below, hold)`` of a gauge whose *limit* is already checked.
+
+    ``clear_below`` is *default_clear* when None, else positive and at most
+    *limit*; ``hold`` is seconds >= 0, at most :data:`MAX_HOLD`. Raises
+    ``ConfigurationError`` naming *owner* and the bad value.
+    """
+    clear = check_clear_below(clear_below, limit, default=default_clear)
+    return clear, check_seconds(f"{owner} hold", hold, maximum=MAX_HOLD, positive=False)
+
 
 class Hysteresis:
     """Tripped/clear state over a stream of ``(now, value)`` readings."""

@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ws_guard._core.tasks import Job, spawn
-from ws_guard._validate import check_clear_below, check_seconds
+from ws_guard._validate import check_seconds
 from ws_guard.errors import ConfigurationError
 from ws_guard.load.base import LoadGauge
-from ws_guard.load.hysteresis import Hysteresis
+from ws_guard.load.hysteresis import Hysteresis, check_band
+from ws_guard.metrics.snapshot import EVENT_LOOP_LAG_GAUGE
 
 if TYPE_CHECKING:
-    from ws_guard.load.shedding import ShedOpen
+    from typing_extensions import Unpack
+
+    from ws_guard.load.base import GaugeOptions
     from ws_guard.rules.runtime import Runtime
 
 
@@ -83,31 +86,22 @@ class EventLoopLag(LoadGauge):
         hold: float = 3.0,
         window: float = 1.0,
         interval: float = 0.05,
-        enforce: bool = True,
-        name: str = "event_loop_lag",
-        shed_open: ShedOpen | None = None,
-        retry_min: float = 1.0,
-        retry_max: float = 60.0,
+        name: str = EVENT_LOOP_LAG_GAUGE,
+        **options: Unpack[GaugeOptions],
     ) -> None:
         # Bounds: ws_guard's and browsers' pings time out long before 10 s of
-        # lag; a window or hold past minutes would shed long after recovery.
+        # lag; a window past a minute would shed long after recovery.
         limit = check_seconds("EventLoopLag limit", limit, maximum=10.0)
-        clear = check_clear_below(clear_below, limit, default=limit / 2)
-        self.hold = check_seconds("EventLoopLag hold", hold, maximum=600.0, positive=False)
+        clear, self.hold = check_band(
+            "EventLoopLag", limit, clear_below, hold, default_clear=limit / 2
+        )
         self.window = check_seconds("EventLoopLag window", window, maximum=60.0)
         self.interval = check_seconds("EventLoopLag interval", interval, maximum=10.0)
         if self.interval > self.window:
             raise ConfigurationError(
                 f"interval must not exceed the window ({window!r}), not {interval!r}"
             )
-        super().__init__(
-            limit,
-            name=name,
-            enforce=enforce,
-            shed_open=shed_open,
-            retry_min=retry_min,
-            retry_max=retry_max,
-        )
+        super().__init__(limit, name=name, **options)
         self.clear_below = clear
         # A sample stays in the window for ``window`` seconds; clearing needs
         # the window maximum below ``clear_below`` for ``hold`` more.

@@ -27,15 +27,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "ws_guard.metrics.otel needs opentelemetry-api: pip install 'ws-guard[otel]'"
     ) from exc
 
-from ws_guard.metrics.snapshot import MetricsSnapshot
+from ws_guard.metrics.snapshot import EVENT_LOOP_LAG_GAUGE, MetricsSnapshot
 
 if TYPE_CHECKING:
     from ws_guard._core.guard import Guard
 
 __all__ = ["EVENT_LOOP_LAG_GAUGE", "GuardInstruments", "instrument"]
 
-#: The load gauge whose value is also exported as ``ws_guard.event_loop.lag``.
-EVENT_LOOP_LAG_GAUGE = "event_loop_lag"
 
 Reader = Callable[[MetricsSnapshot], Iterable[Observation]]
 

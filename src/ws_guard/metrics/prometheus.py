@@ -29,15 +29,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "ws_guard.metrics.prometheus needs prometheus-client: pip install 'ws-guard[prometheus]'"
     ) from exc
 
-from ws_guard.metrics.snapshot import MetricsSnapshot
+from ws_guard.metrics.snapshot import EVENT_LOOP_LAG_GAUGE, MetricsSnapshot
 
 if TYPE_CHECKING:
     from ws_guard._core.guard import Guard
 
 __all__ = ["EVENT_LOOP_LAG_GAUGE", "GuardCollector", "families", "make_registry"]
-
-#: The load gauge whose value is also exported as ``ws_guard_event_loop_lag_seconds``.
-EVENT_LOOP_LAG_GAUGE = "event_loop_lag"
 
 
 class GuardCollector:

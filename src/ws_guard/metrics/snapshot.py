@@ -22,6 +22,11 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 INITIATORS = ("guard", "app", "client", "server")
 
+#: The default name of ``load.EventLoopLag``; the gauge by this name is also
+#: exported on its own (``ws_guard_event_loop_lag_seconds``,
+#: ``ws_guard.event_loop.lag``).
+EVENT_LOOP_LAG_GAUGE = "event_loop_lag"
+
 
 class CloseKey(NamedTuple):
     """One kind of close: the joint key the per-code/rule/initiator counts add up from."""
