@@ -1,0 +1,202 @@
+"""ws_guard on trio servers: ``hypercorn -k trio`` and Starlette's TestClient(backend="trio").
+
+The hypercorn server is a real subprocess on a free port (tests/support/trio_app.py),
+driven by the real ``websockets`` client; every close is asserted by code
+and reason, and the server's own counters are read over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import pytest
+import websockets
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tests.support.children import running
+from tests.support.jwt_keys import mint
+from tests.support.paths import ROOT, SERVER_PATH
+from tests.support.servers import free_port
+from ws_guard import Guard, WSGuardMiddleware, rules
+
+pytestmark = pytest.mark.e2e
+
+
+@contextlib.contextmanager
+def hypercorn_trio(app: str, **popen: Any) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
+    """``hypercorn -k trio <app>`` on 127.0.0.1; yields its host:port and process."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=SERVER_PATH)
+    args = [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", app]
+    with running(args, cwd=ROOT, env=env, **popen) as process:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("hypercorn -k trio did not listen") from None
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}", process
+
+
+@pytest.fixture(scope="module")
+def trio_server() -> Iterator[str]:
+    with hypercorn_trio("tests.support.trio_app:app") as (base, _):
+        yield base
+
+
+def http(base: str, path: str, method: str = "GET") -> bytes:
+    request = urllib.request.Request(f"http://{base}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bytes(response.read())
+
+
+async def closed_with(ws: Any) -> tuple[int, str]:
+    """Read until the server's close; its code and reason."""
+    while True:
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed:
+            break
+    assert ws.close_code is not None
+    return ws.close_code, ws.close_reason or ""
+
+
+async def test_trio_rate_rule_closes_1008_rate_limited(trio_server: str) -> None:
+    url = f"ws://{trio_server}/ws?token={mint('alice')}"
+    async with websockets.connect(url) as ws:
+        for i in range(4):
+            await ws.send(f"m{i}")
+        assert [await ws.recv() for _ in range(3)] == ["alice:m0", "alice:m1", "alice:m2"]
+        assert await closed_with(ws) == (1008, "rate_limited; retry-after=1")
+
+
+async def test_trio_expired_token_closes_1008_token_expired(trio_server: str) -> None:
+    url = f"ws://{trio_server}/ws?token={mint('alice', exp_in=-60)}"
+    async with websockets.connect(url) as ws:
+        assert await closed_with(ws) == (1008, "token_expired")
+
+
+async def test_trio_token_expiring_while_open_closes_1008(trio_server: str) -> None:
+    # exp is whole seconds: 2 s from now expires 1 to 2 s after the handshake.
+    url = f"ws://{trio_server}/ws?token={mint('bob', exp_in=2)}"
+    async with websockets.connect(url) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "bob:hi"
+        started = time.monotonic()
+        assert await closed_with(ws) == (1008, "token_expired")
+        assert time.monotonic() - started < 3.0  # by the deadline timer, not a later message
+
+
+async def test_trio_connection_cap_closes_1013(trio_server: str) -> None:
+    url = f"ws://{trio_server}/ws?token={mint('carol')}"
+    async with websockets.connect(url) as one, websockets.connect(url) as two:
+        for ws in (one, two):
+            await ws.send("x")
+            assert await ws.recv() == "carol:x"
+        async with websockets.connect(url) as third:
+            code, reason = await closed_with(third)
+            assert code == 1013
+            # Tenths of a second; the hint grows while an overload lasts.
+            assert re.fullmatch(r"overloaded; retry-after=\d+(\.\d)?", reason), reason
+
+
+async def test_trio_first_message_token(trio_server: str) -> None:
+    async with websockets.connect(f"ws://{trio_server}/first") as ws:
+        await ws.send(mint("dave"))
+        await ws.send("hello")
+        assert await ws.recv() == "dave:hello"
+    async with websockets.connect(f"ws://{trio_server}/first") as ws:
+        await ws.send("not-a-token")
+        assert await closed_with(ws) == (1008, "token_invalid")
+
+
+async def test_trio_drain_closes_1012_and_counts(trio_server: str) -> None:
+    before = json.loads(http(trio_server, "/stats"))
+    async with (
+        websockets.connect(f"ws://{trio_server}/ws?token={mint('erin')}") as ws,
+        websockets.connect(f"ws://{trio_server}/first") as first,
+    ):
+        await ws.send("a")
+        assert await ws.recv() == "erin:a"
+        await first.send(mint("erin"))
+        await first.send("b")
+        assert await first.recv() == "erin:b"
+        assert await anyio.to_thread.run_sync(http, trio_server, "/drain", "POST") == b"drained"
+        for conn in (ws, first):
+            code, reason = await closed_with(conn)
+            assert code == 1012
+            assert re.fullmatch(r"restarting; retry-after=(1(\.[1-9])?|2)", reason), reason
+    after = json.loads(http(trio_server, "/stats"))
+    for name in ("ws", "first"):
+        assert after[name].get("1012", 0) == before[name].get("1012", 0) + 1
+
+
+async def test_trio_redis_storage_closes_1011_and_names_the_feature(tmp_path: Path) -> None:
+    # hypercorn reports a failed lifespan startup as a warning and serves on
+    # without lifespan; ws_guard then refuses each connection itself.
+    log = tmp_path / "stderr.txt"
+    with (
+        log.open("w") as stderr,
+        hypercorn_trio("tests.support.trio_app:redis_app", stderr=stderr) as (base, _),
+    ):
+        for _ in range(2):
+            async with websockets.connect(f"ws://{base}/ws") as ws:
+                assert await closed_with(ws) == (1011, "unsupported_backend")
+    lines = [line for line in log.read_text().splitlines() if "needs asyncio" in line]
+    assert len(lines) == 1, lines
+    assert "ws_guard refuses WebSocket connections" in lines[0]
+    assert "storage=SharedStorage('redis://127.0.0.1:1/0'" in lines[0]
+
+
+def test_starlette_testclient_on_trio() -> None:
+    guard = Guard(rules=[rules.MessageRate("2/second"), rules.MaxMessageSize(8)])
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.send_text("echo:" + await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    app = Starlette(
+        routes=[WebSocketRoute("/ws", echo)],
+        middleware=[Middleware(WSGuardMiddleware, guard=guard)],
+    )
+    with TestClient(app, backend="trio") as client:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text("a")
+            assert ws.receive_text() == "echo:a"
+            ws.send_text("too long a message")
+            assert ws.receive() == {
+                "type": "websocket.close",
+                "code": 1009,
+                "reason": "message_too_big",
+            }
+        with client.websocket_connect("/ws") as ws:
+            for text in ("1", "2", "3"):
+                ws.send_text(text)
+            assert ws.receive_text() == "echo:1"
+            assert ws.receive_text() == "echo:2"
+            message = ws.receive()
+            assert (message["code"], message["reason"]) == (1008, "rate_limited; retry-after=1")
+    assert guard.metrics.snapshot().closes_by_code == {1009: 1, 1008: 1}
