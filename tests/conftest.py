@@ -7,8 +7,9 @@ import pytest
 from tests.support.backends import BOTH_BACKEND_FILES, convert_module
 from tests.support.paths import TESTS
 
-# leftovers: the run fails when a test leaves a process running (see its docstring).
-pytest_plugins = ("tests.support.leftovers", "pytester")
+# leftovers: the run fails when a test leaves a process running (see its docstring);
+# redis_fixtures: shared_redis, redis and own_redis for every Redis-backed test.
+pytest_plugins = ("tests.support.leftovers", "tests.support.redis_fixtures", "pytester")
 
 
 @pytest.fixture(autouse=True)

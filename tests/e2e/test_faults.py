@@ -17,7 +17,6 @@ import json
 import re
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from tests.support.fault_tools import Chatters, Outcome, attempt, flaky_jwks, on
 from tests.support.jwks_server import new_rsa_key
 from tests.support.jwt_keys import SECRET, mint
 from tests.support.rate_helpers import HeaderSubject
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerThread, serve
 from tests.support.sites import closed_by_server
 from ws_guard import CloseEvent, Guard, WSGuardMiddleware, load, rules
@@ -100,12 +99,6 @@ def redis_app(redis: RedisServer, policy: str, heartbeat: float = 10.0) -> tuple
         on_storage_error=policy,
     )
     return WSGuardMiddleware(echo, guard=guard), guard
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def pause(redis: RedisServer) -> None:

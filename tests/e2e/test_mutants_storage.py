@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,19 +21,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.support.apps import echo
 from tests.support.fault_tools import on_server, until
 from tests.support.rate_helpers import HeaderSubject, read_until_closed
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerThread, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.common import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def guarded(redis: RedisServer, *rule_list: rules.Rule, policy: str = "deny") -> tuple[Any, Guard]:

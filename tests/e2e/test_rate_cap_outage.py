@@ -9,7 +9,6 @@ handshake's own reconciliation, not a heartbeat's write-back.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -17,19 +16,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.support.apps import echo
 from tests.support.fault_tools import until
 from tests.support.rate_helpers import HeaderSubject, read_until_closed
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.servers import serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.common import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def capped(redis: RedisServer, *, query: str = "") -> tuple[WSGuardMiddleware, Guard]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,24 +20,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.support.apps import echo
 from tests.support.paths import SERVER_PATH
 from tests.support.rate_helpers import HeaderSubject, read_until_closed
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.servers import serve
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import KeyFunc
 
 KEYS = [pytest.param(rules.by_user, id="by_user"), pytest.param(rules.by_ip, id="by_ip")]
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def redis(shared_redis: RedisServer) -> RedisServer:
-    shared_redis.command("FLUSHALL")
-    return shared_redis
 
 
 def capped(storage: str, path: str, key: KeyFunc, **options: Any) -> Guard:

@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,32 +26,13 @@ from tests.support.children import running
 from tests.support.helpers import ManualClock, eventually
 from tests.support.paths import ROOT, SERVER_PATH
 from tests.support.rate_helpers import HeaderSubject, read_until_closed
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.servers import free_port, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.common import redis_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def redis(shared_redis: RedisServer) -> RedisServer:
-    shared_redis.command("FLUSHALL")
-    return shared_redis
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own, which the test may kill and restart."""
-    with redis_server() as server:
-        yield server
 
 
 def app(redis: RedisServer, *rule_list: rules.Rule, **options: Any) -> tuple[Any, Guard]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.support.reconnect_cases import CASES_PATH, check_js_results
 from tests.support.services import require_binary
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MODULE = ROOT / "examples" / "static" / "reconnect.js"
 RUNNER = ROOT / "tests" / "js" / "policy_cases.mjs"
 

@@ -15,12 +15,11 @@ import asyncio
 import itertools
 import logging
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support.helpers import eventually
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from ws_guard import ConfigurationError, Guard
 from ws_guard._core.storage import SharedStorage
 
@@ -98,12 +97,6 @@ async def test_memory_storage_outside_startup_and_shutdown_is_an_error() -> None
     await storage.close()  # idempotent
     with pytest.raises(RuntimeError, match=r"used before Guard\.startup"):
         storage.limits  # noqa: B018
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @pytest.mark.redis

@@ -11,12 +11,11 @@ clients. ws_guard's pool waits for a free connection instead, at most
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support.apps import echo
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.storage import REDIS_MAX_CONNECTIONS
 from ws_guard.testing import ScriptedWebSocket
@@ -25,12 +24,6 @@ pytestmark = [pytest.mark.redis]
 
 BURST = 3 * REDIS_MAX_CONNECTIONS
 WAIT = 10.0  # seconds a command may wait for a pooled connection here
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 async def test_a_burst_beyond_the_pool_waits_for_connections(redis: RedisServer) -> None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
 from ws_guard.rules.limits.common import redis_key
@@ -73,35 +73,29 @@ async def test_a_connection_without_a_key_is_not_counted() -> None:
     assert snap.handshakes_admitted == 4
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
 @pytest.mark.redis
 @pytest.mark.parametrize("redis_at_shutdown", ["up", "killed"])
 async def test_shutdown_gives_back_the_slots_of_connections_that_outlive_the_drain(
-    redis: RedisServer, redis_at_shutdown: str, caplog: pytest.LogCaptureFixture
+    own_redis: RedisServer, redis_at_shutdown: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cap = rules.MaxConnectionsPerKey(5, key=rules.by_ip, heartbeat=60.0)
-    guard = Guard(rules=[cap], storage=redis.url)
+    guard = Guard(rules=[cap], storage=own_redis.url)
     app = Held()
     middleware = WSGuardMiddleware(app, guard=guard)
     clients = [await handshake(middleware) for _ in range(2)]
     slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
-    assert redis.command("ZCARD", slots) == b":2\r\n"
+    assert own_redis.command("ZCARD", slots) == b":2\r\n"
     assert cap.count("127.0.0.1") == 2
     await guard.drain(0.0, grace=0.05)  # closes both; the app holds on past the grace
     assert all(ws.closed for ws in clients)
     assert guard.metrics.snapshot().active_connections == 2
     errors_before = guard.metrics.snapshot().storage_errors
     if redis_at_shutdown == "killed":
-        redis.kill()
+        own_redis.kill()
     await guard.shutdown()
     assert cap.count("127.0.0.1") == 0  # nothing held by this process any more
     if redis_at_shutdown == "up":
-        assert redis.command("ZCARD", slots) == b":0\r\n"  # given back now, not at expiry
+        assert own_redis.command("ZCARD", slots) == b":0\r\n"  # given back now, not at expiry
         assert guard.metrics.snapshot().storage_errors == errors_before
     else:
         assert guard.metrics.snapshot().storage_errors == errors_before + 1
@@ -118,14 +112,14 @@ async def test_shutdown_gives_back_the_slots_of_connections_that_outlive_the_dra
 
 @pytest.mark.redis
 async def test_a_cap_that_cannot_reach_redis_refuses_with_1013_under_deny(
-    redis: RedisServer,
+    own_redis: RedisServer,
 ) -> None:
     cap = rules.MaxConnectionsPerKey(2, key=rules.by_ip, heartbeat=60.0)
-    guard = Guard(rules=[cap], storage=redis.url, on_storage_error="deny")
+    guard = Guard(rules=[cap], storage=own_redis.url, on_storage_error="deny")
     app = Held()
     middleware = WSGuardMiddleware(app, guard=guard)
     first = await handshake(middleware)
-    redis.kill()
+    own_redis.kill()
     refused = ScriptedWebSocket(middleware)
     await refused.connect()
     await refused.expect("websocket.accept")

@@ -9,13 +9,11 @@ connections are limited as usual. In process; a real ``redis-server``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.support.apps import echo
 from tests.support.rate_helpers import Clock, HeaderSubject, user
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard.testing import ScriptedWebSocket
 
@@ -55,12 +53,6 @@ async def test_memory_a_connection_without_a_user_is_not_counted(rate: str) -> N
         rules=[HeaderSubject(), rules.MessageRate(rate, key=rules.by_user)], clock=Clock()
     )
     await run_case(guard)
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @pytest.mark.redis

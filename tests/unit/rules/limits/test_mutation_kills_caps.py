@@ -11,39 +11,19 @@ telling which line did it. Connections are in process
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.support.apps import echo
 from tests.support.rate_helpers import HeaderSubject, user
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.common import redis_key
 from ws_guard.testing import ScriptedWebSocket
 
 ALICE = user_key(None, "alice")
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def redis(shared_redis: RedisServer) -> RedisServer:
-    shared_redis.command("FLUSHALL")
-    return shared_redis
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own, which the test kills and restarts."""
-    with redis_server() as server:
-        yield server
 
 
 def capped(
