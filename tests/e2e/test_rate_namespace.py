@@ -103,7 +103,7 @@ def test_the_derived_namespace_is_the_same_in_another_process() -> None:
     """Workers are separate processes: the default must not depend on the process."""
     code = (
         "from ws_guard import Guard, rules\n"
-        "from rate_helpers import HeaderSubject\n"
+        "from tests.support.rate_helpers import HeaderSubject\n"
         "g = Guard(rules=[HeaderSubject(), rules.MaxConnectionsPerKey(1, key=rules.by_user)],"
         " paths=['/chat'])\n"
         "print(g.namespace)\n"
