@@ -23,17 +23,14 @@ from typing import Any
 import anyio.to_thread
 import pytest
 import websockets
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.support.children import running
 from tests.support.jwt_keys import mint
 from tests.support.paths import ROOT, SERVER_PATH
 from tests.support.servers import free_port
-from ws_guard import Guard, WSGuardMiddleware, rules
+from tests.support.starlette_apps import starlette_echo
+from ws_guard import Guard, rules
 
 pytestmark = pytest.mark.e2e
 
@@ -170,18 +167,7 @@ async def test_trio_redis_storage_closes_1011_and_names_the_feature(tmp_path: Pa
 def test_starlette_testclient_on_trio() -> None:
     guard = Guard(rules=[rules.MessageRate("2/second"), rules.MaxMessageSize(8)])
 
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            while True:
-                await websocket.send_text("echo:" + await websocket.receive_text())
-        except WebSocketDisconnect:
-            pass
-
-    app = Starlette(
-        routes=[WebSocketRoute("/ws", echo)],
-        middleware=[Middleware(WSGuardMiddleware, guard=guard)],
-    )
+    app = starlette_echo(guard)
     with TestClient(app, backend="trio") as client:
         with client.websocket_connect("/ws") as ws:
             ws.send_text("a")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ws_guard.types import Message, Receive, Scope, Send
+import anyio
+
+from ws_guard.types import ASGIApp, Message, Receive, Scope, Send
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,3 +116,33 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def subject_echo(http: ASGIApp, *, stuck_path: str | None = None) -> ASGIApp:
+    """An app for a server process: lifespan answered, HTTP by *http*, WebSockets echoed.
+
+    Each text comes back as ``"<subject>:<text>"``, the subject being what the
+    guard in front says the client is (``scope["ws_guard"].subject``). On
+    *stuck_path* the handler never returns once its connection closed, as a
+    buggy app's would (what ``app_exit_timeout`` is for).
+    """
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] == "http":
+            await http(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                if scope["path"] == stuck_path:
+                    await anyio.sleep_forever()
+                return
+            subject = scope["ws_guard"].subject
+            await send({"type": "websocket.send", "text": f"{subject}:{message.get('text')}"})
+
+    return app

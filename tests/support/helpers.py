@@ -11,7 +11,7 @@ import anyio
 
 from ws_guard import Close, Guard, rules
 from ws_guard._core.connection import Connection
-from ws_guard.testing import _Queue
+from ws_guard.testing import ScriptedWebSocket, _Queue
 from ws_guard.types import ASGIApp, Message
 
 
@@ -173,3 +173,22 @@ async def eventually(
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what} not met within {timeout} s")
         await anyio.sleep(interval)  # any backend: test_rate_limits also runs on trio
+
+
+async def handshake_outcome(app: ASGIApp, **options: Any) -> dict[str, object]:
+    """Connect through *app* and send ``"ping"``; the close ws_guard sent, or the accept.
+
+    *options* go to :class:`ScriptedWebSocket` (headers, query string, ...).
+    A ping that comes back means the connection was admitted: the client
+    leaves, and the answer is the ``websocket.accept`` message.
+    """
+    ws = ScriptedWebSocket(app, **options)
+    await ws.connect()
+    accept = await ws.expect("websocket.accept")
+    await ws.send_text("ping")
+    reply = await ws.next()
+    if reply["type"] == "websocket.send":
+        await ws.disconnect()
+        reply = accept
+    await ws.finished()
+    return dict(reply)

@@ -1,4 +1,4 @@
-"""A guarded echo for the trio end-to-end tests: ``hypercorn -k trio trio_app:app``.
+"""A guarded echo for the trio end-to-end tests, served by ``hypercorn -k trio``.
 
 Two guards, one per path: ``/ws`` takes a query token and has a message
 rate and a connection cap; ``/first`` takes its token as the first
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.support.apps import lifespan
+from tests.support.apps import subject_echo
 from tests.support.jwt_keys import SECRET
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard.types import Receive, Scope, Send
@@ -49,23 +49,7 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def echo(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-        return
-    if scope["type"] == "http":
-        await _http(scope, receive, send)
-        return
-    await receive()  # websocket.connect
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        subject = scope["ws_guard"].subject
-        await send({"type": "websocket.send", "text": f"{subject}:{message.get('text')}"})
-
-
+echo = subject_echo(_http)
 app = WSGuardMiddleware(WSGuardMiddleware(echo, guard=first_guard), guard=query_guard)
 
 #: A guard whose storage needs asyncio: refused on trio at lifespan startup.

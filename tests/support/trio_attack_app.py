@@ -1,4 +1,4 @@
-"""A guarded app for the hostile trio tests: ``hypercorn -k trio trio_attack_app:app``.
+"""A guarded app for the hostile trio tests, served by ``hypercorn -k trio``.
 
 Background work on every kind ws_guard runs (the lag probe, an async
 gauge's sampler, deadlines of a first-message token, ``drain_signals``),
@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from tests.support.apps import lifespan
+from tests.support.apps import subject_echo
 from tests.support.jwt_keys import SECRET
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard.types import Receive, Scope, Send
@@ -49,23 +49,5 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": json.dumps(stats).encode()})
 
 
-async def echo(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-        return
-    if scope["type"] == "http":
-        await _http(scope, receive, send)
-        return
-    await receive()  # websocket.connect
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            if scope["path"] == "/stuck":
-                await anyio.sleep_forever()  # a handler that never returns
-            return
-        subject = scope["ws_guard"].subject
-        await send({"type": "websocket.send", "text": f"{subject}:{message.get('text')}"})
-
-
+echo = subject_echo(_http, stuck_path="/stuck")
 app = WSGuardMiddleware(echo, guard=guard)

@@ -435,27 +435,14 @@ def test_testclients_without_lifespan_on_both_backends_share_one_guard(
     """Starlette's TestClient without ``with`` runs each connection in an event
     loop of its own and never runs the lifespan: the guard moves from loop to
     loop (trio, asyncio, trio), guards every connection, and says so once."""
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.routing import WebSocketRoute
     from starlette.testclient import TestClient
-    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from tests.support.starlette_apps import starlette_echo
 
     caplog.set_level(logging.DEBUG, logger="ws_guard")
     guard = Guard(rules=[rules.MessageRate("2/second")], load=[load.EventLoopLag(limit=1.0)])
 
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            while True:
-                await websocket.send_text("echo:" + await websocket.receive_text())
-        except WebSocketDisconnect:
-            pass
-
-    app = Starlette(
-        routes=[WebSocketRoute("/ws", echo)],
-        middleware=[Middleware(WSGuardMiddleware, guard=guard)],
-    )
+    app = starlette_echo(guard)
     for backend in ("trio", "asyncio", "trio"):
         client = TestClient(app, backend=backend)
         with client.websocket_connect("/ws") as ws:

@@ -16,8 +16,8 @@ import anyio
 
 from tests.support.apps import echo
 from tests.support.backends import asyncio_only
+from tests.support.helpers import handshake_outcome
 from ws_guard import Guard, WSGuardMiddleware, load
-from ws_guard.testing import ScriptedWebSocket
 
 OVERLOADED = re.compile(r"overloaded; retry-after=\d+(?:\.\d)?")
 
@@ -32,16 +32,7 @@ class Clock:
 
 async def handshake(guard: Guard) -> dict[str, object]:
     """Connect; the close ws_guard sent, or the accept (then leave)."""
-    ws = ScriptedWebSocket(WSGuardMiddleware(echo, guard=guard))
-    await ws.connect()
-    accept = await ws.expect("websocket.accept")
-    await ws.send_text("ping")
-    reply = await ws.next()
-    if reply["type"] == "websocket.send":
-        await ws.disconnect()
-        reply = accept
-    await ws.finished()
-    return dict(reply)
+    return await handshake_outcome(WSGuardMiddleware(echo, guard=guard))
 
 
 async def test_a_sync_read_returning_a_coroutine_turns_the_gauge_async() -> None:

@@ -16,9 +16,9 @@ import pytest
 from jwt import PyJWK
 
 from tests.support.apps import echo
+from tests.support.helpers import handshake_outcome
 from tests.support.jwt_keys import EC_KEY, OTHER_SECRET, RSA_KEY, SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard.testing import ScriptedWebSocket
 
 
 def rsa_jwk(alg: str = "RS256") -> PyJWK:
@@ -65,18 +65,8 @@ def test_the_message_never_holds_the_secret() -> None:
 async def handshake(rule: rules.JWTAuth, token: str) -> dict[str, object]:
     """Connect with *token* in ``?token=``; the close ws_guard sent, or the accept after an echo."""
     guard = Guard(rules=[rule])
-    ws = ScriptedWebSocket(
-        WSGuardMiddleware(echo, guard=guard), query_string=f"token={token}".encode()
-    )
-    await ws.connect()
-    accept = await ws.expect("websocket.accept")
-    await ws.send_text("ping")
-    reply = await ws.next()
-    if reply["type"] == "websocket.send":
-        await ws.disconnect()
-        reply = accept
-    await ws.finished()
-    return dict(reply)
+    app = WSGuardMiddleware(echo, guard=guard)
+    return await handshake_outcome(app, query_string=f"token={token}".encode())
 
 
 @pytest.mark.parametrize(

@@ -14,30 +14,16 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.helpers import eventually
+from tests.support.helpers import handshake_outcome as handshake
 from tests.support.rate_helpers import Clock
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
 from ws_guard.rules.limits.attempts import CounterStore
 from ws_guard.rules.limits.common import parse_rates
-from ws_guard.testing import ScriptedWebSocket
 
 
 def team(conn: Connection) -> str | None:
     return conn.header("x-team")
-
-
-async def handshake(app: WSGuardMiddleware, **options: object) -> dict[str, object]:
-    """Connect; the close ws_guard sent, or the accept (then leave)."""
-    ws = ScriptedWebSocket(app, **options)  # type: ignore[arg-type]
-    await ws.connect()
-    accept = await ws.expect("websocket.accept")
-    await ws.send_text("ping")
-    reply = await ws.next()
-    if reply["type"] == "websocket.send":
-        await ws.disconnect()
-        reply = accept
-    await ws.finished()
-    return dict(reply)
 
 
 async def test_a_handshake_without_a_key_is_not_counted() -> None:
