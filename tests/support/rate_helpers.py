@@ -7,6 +7,7 @@ from typing import Any
 
 import websockets
 
+from tests.support.helpers import ManualClock
 from ws_guard import rules
 from ws_guard._core.connection import Connection
 from ws_guard._core.decisions import Close
@@ -23,14 +24,11 @@ class HeaderSubject(rules.Rule):
         return None
 
 
-class Clock:
-    """A settable clock for Guard(clock=...)."""
+class Clock(ManualClock):
+    """A settable clock for Guard(clock=...), at 1000 s unless told."""
 
     def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+        super().__init__(now)
 
 
 def user(name: str) -> list[tuple[bytes, bytes]]:

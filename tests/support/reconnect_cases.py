@@ -9,10 +9,10 @@ the Python policy from them.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
+from tests.support.helpers import FixedRandom
 from ws_guard.client import (
     Backoff,
     NoRetry,
@@ -27,17 +27,6 @@ from ws_guard.client import (
 CASES_PATH = Path(__file__).resolve().parents[1] / "data" / "reconnect_cases.json"
 TABLE: dict[str, Any] = json.loads(CASES_PATH.read_text())
 KINDS = {Retry: "retry", RefreshThenRetry: "refresh_then_retry", Stop: "stop"}
-
-
-class FixedRandom(random.Random):
-    """A random source that always draws the same value."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
 
 
 def action(spec: dict[str, Any]) -> Any:

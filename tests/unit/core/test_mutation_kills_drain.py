@@ -11,15 +11,16 @@ is the drain's own window (0.1 s), bounded by ``wait_for``.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 import pytest
 
+from tests.support import helpers
 from tests.support.apps import echo
 from tests.support.backends import joined
+from tests.support.helpers import ManualClock as Clock
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware
 from ws_guard._core.connection import Connection
 from ws_guard._core.decisions import Close
@@ -29,23 +30,8 @@ from ws_guard.rules.base import Rule
 from ws_guard.testing import ScriptedWebSocket
 
 
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FixedRandom(random.Random):
+class FixedRandom(helpers.FixedRandom):
     """``random()`` always returns *value*; ``shuffle`` keeps the order."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
 
     def shuffle(self, x: Any) -> None:
         return None

@@ -16,18 +16,11 @@ import anyio
 
 from tests.support.apps import echo
 from tests.support.backends import asyncio_only
+from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import handshake_outcome
 from ws_guard import Guard, WSGuardMiddleware, load
 
 OVERLOADED = re.compile(r"overloaded; retry-after=\d+(?:\.\d)?")
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def handshake(guard: Guard) -> dict[str, object]:
@@ -43,7 +36,7 @@ async def test_a_sync_read_returning_a_coroutine_turns_the_gauge_async() -> None
         return 7.0
 
     gauge = load.Gauge(lambda: depth(), 5, name="queue")  # a sync-looking read
-    guard = Guard(load=[gauge], clock=Clock())
+    guard = Guard(load=[gauge], clock=Clock(0.0))
     was_async = gauge.is_async
     assert await handshake(guard) == {"type": "websocket.accept"}  # judged on no sample yet
     assert not was_async
@@ -71,7 +64,7 @@ async def test_a_sync_read_returning_a_future_turns_the_gauge_async() -> None:
         return future
 
     gauge = load.Gauge(read, 1, name="health")
-    guard = Guard(load=[gauge], clock=Clock())
+    guard = Guard(load=[gauge], clock=Clock(0.0))
     assert await handshake(guard) == {"type": "websocket.accept"}
     assert gauge.is_async
     assert len(made) == 1  # read once, at that handshake; a future needs no closing
@@ -84,7 +77,7 @@ async def test_a_sync_read_returning_a_future_turns_the_gauge_async() -> None:
 async def test_sample_reads_a_sync_gauge_at_the_given_time() -> None:
     level = [3.0]
     gauge = load.Gauge(lambda: level[0], 2, name="rss", clear_below=1, hold=5.0)
-    guard = Guard(load=[gauge], clock=Clock())
+    guard = Guard(load=[gauge], clock=Clock(0.0))
     assert await gauge.sample(now=10.0) is True
     level[0] = 0.0
     # The last reading at or above clear_below was at t=10: held until t=15.
@@ -98,7 +91,7 @@ async def test_sample_reads_a_sync_gauge_at_the_given_time() -> None:
 
 async def test_with_an_injected_clock_no_sampler_runs_and_shutdown_has_none_to_stop() -> None:
     gauge = load.Gauge(lambda: 0.0, 1, name="q")
-    guard = Guard(load=[gauge], clock=Clock())
+    guard = Guard(load=[gauge], clock=Clock(0.0))
     await guard.startup()
     assert gauge._task is None  # tests call sample(); no background task on a manual clock
     await guard.shutdown()

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.backends import asyncio_only
+from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard.load.hysteresis import Hysteresis
@@ -26,14 +27,6 @@ from ws_guard.load.lag import LagWindow
 from ws_guard.testing import ScriptedWebSocket
 
 OVERLOADED = re.compile(r"overloaded; retry-after=(\d+(?:\.\d)?)")
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def admitted(guard: Guard) -> ScriptedWebSocket:
@@ -374,7 +367,7 @@ async def test_user_gauge_read_errors_keep_the_last_value(
         return value  # type: ignore[return-value]
 
     gauge = load.Gauge(read, 3, name="rss")
-    guard = Guard(load=[gauge], clock=Clock())
+    guard = Guard(load=[gauge], clock=Clock(1000.0))
     await shed(guard)
     for _ in range(3):
         await shed(guard)  # errors: still the last value, 5 >= 3

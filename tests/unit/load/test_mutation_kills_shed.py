@@ -13,16 +13,9 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
+from tests.support.helpers import ManualClock as Clock
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard.testing import ScriptedWebSocket
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(

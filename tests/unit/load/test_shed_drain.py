@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.backends import joined
+from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._core.signals import SignalDrain, parse_signals
@@ -24,14 +25,6 @@ from ws_guard._core.tasks import spawn
 from ws_guard.testing import ScriptedWebSocket, _Queue
 
 RESTARTING = re.compile(r"restarting; retry-after=(\d+(?:\.\d)?)")
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def open_clients(guard: Guard, n: int) -> list[ScriptedWebSocket]:

@@ -12,6 +12,7 @@ import pytest
 import sniffio
 
 from tests.support.apps import echo
+from tests.support.helpers import ManualClock as Clock
 from tests.support.jwks_server import JWKSServer, new_rsa_key
 from tests.support.jwt_keys import hs256_with_public_key, mint
 from tests.support.servers import free_port
@@ -21,14 +22,6 @@ from ws_guard.types import Message, Receive, Scope, Send
 
 KEY_A = new_rsa_key()
 KEY_B = new_rsa_key()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -72,7 +65,7 @@ def make_guard(url: str, clock: Clock, policy: str = "allow", **jwks: object) ->
 
 
 async def test_keys_are_fetched_once_at_startup_and_cached(jwks_server: JWKSServer) -> None:
-    guard = make_guard(jwks_server.url, Clock())
+    guard = make_guard(jwks_server.url, Clock(0.0))
     await guard.startup()
     assert jwks_server.hits == 1
     for _ in range(3):
@@ -82,7 +75,7 @@ async def test_keys_are_fetched_once_at_startup_and_cached(jwks_server: JWKSServ
 
 
 async def test_fetched_lazily_without_startup(jwks_server: JWKSServer) -> None:
-    guard = make_guard(jwks_server.url, Clock())
+    guard = make_guard(jwks_server.url, Clock(0.0))
     rule = guard.rules[0]
     assert isinstance(rule, rules.JWTAuth)
     assert rule.jwks is not None
@@ -92,7 +85,7 @@ async def test_fetched_lazily_without_startup(jwks_server: JWKSServer) -> None:
 
 
 async def test_rotation_unknown_kid_triggers_one_refresh(jwks_server: JWKSServer) -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     guard = make_guard(jwks_server.url, clock)
     await guard.startup()
     jwks_server.publish(b=KEY_B)  # rotate: a retired, b introduced
@@ -119,7 +112,7 @@ async def test_rotation_unknown_kid_triggers_one_refresh(jwks_server: JWKSServer
 
 
 async def test_key_set_is_refetched_after_its_lifespan(jwks_server: JWKSServer) -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     guard = make_guard(jwks_server.url, clock, lifespan=60)
     await guard.startup()
     clock.now = 59
@@ -142,7 +135,7 @@ async def test_key_set_is_refetched_after_its_lifespan(jwks_server: JWKSServer) 
     ids=["confusion", "hs256-known-kid", "wrong-key", "aud", "no-kid"],
 )
 async def test_bad_tokens_with_jwks(jwks_server: JWKSServer, token: str) -> None:
-    guard = make_guard(jwks_server.url, Clock())
+    guard = make_guard(jwks_server.url, Clock(0.0))
     await guard.startup()
     assert (await outcome(guard, token))["reason"] == "token_invalid"
 
@@ -151,7 +144,7 @@ async def test_unreachable_at_startup_allow_means_token_invalid(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/jwks"
-    guard = make_guard(url, Clock(), policy="allow", retry=0)
+    guard = make_guard(url, Clock(0.0), policy="allow", retry=0)
     await guard.startup()  # does not raise: the app starts, the failure is counted
     assert guard.metrics.snapshot().storage_errors == 1
     token = rs(KEY_A, "a")
@@ -165,7 +158,7 @@ async def test_unreachable_at_startup_allow_means_token_invalid(
 
 async def test_unreachable_deny_means_1013(caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{free_port()}/jwks"
-    guard = make_guard(url, Clock(), policy="deny", retry=0)
+    guard = make_guard(url, Clock(0.0), policy="deny", retry=0)
     await guard.startup()
     close = await outcome(guard, rs(KEY_A, "a"))
     assert close == {"type": "websocket.close", "code": 1013, "reason": "storage_unavailable"}
@@ -174,7 +167,7 @@ async def test_unreachable_deny_means_1013(caplog: pytest.LogCaptureFixture) -> 
 
 async def test_failed_fetches_are_not_retried_within_retry_interval() -> None:
     url = f"http://127.0.0.1:{free_port()}/jwks"
-    clock = Clock()
+    clock = Clock(0.0)
     guard = make_guard(url, clock, retry=5)
     await guard.startup()
     for _ in range(3):
@@ -187,7 +180,7 @@ async def test_failed_fetches_are_not_retried_within_retry_interval() -> None:
 
 @pytest.mark.parametrize(("policy", "expected"), [("allow", None), ("deny", 1013)])
 async def test_stale_keys_during_an_outage(policy: str, expected: int | None) -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     with JWKSServer() as server:
         server.publish(a=KEY_A)
         guard = make_guard(server.url, clock, policy=policy, lifespan=60)
@@ -203,7 +196,7 @@ async def test_stale_keys_during_an_outage(policy: str, expected: int | None) ->
 
 async def test_http_error_and_empty_set_are_storage_errors(jwks_server: JWKSServer) -> None:
     jwks_server.status = 500
-    guard = make_guard(jwks_server.url, Clock(), retry=0)
+    guard = make_guard(jwks_server.url, Clock(0.0), retry=0)
     await guard.startup()
     jwks_server.status = 200
     jwks_server.publish()  # no keys at all
@@ -213,7 +206,7 @@ async def test_http_error_and_empty_set_are_storage_errors(jwks_server: JWKSServ
 
 async def test_refresh_with_a_rotated_key_waits_for_the_fetch(jwks_server: JWKSServer) -> None:
     """The in-band refresh needs a fetch: later messages wait for its verdict."""
-    clock = Clock()
+    clock = Clock(0.0)
     guard = make_guard(jwks_server.url, clock)
     await guard.startup()
     ws = await connect(guard, rs(KEY_A, "a", exp_in=30))
@@ -233,7 +226,7 @@ async def test_refresh_with_a_rotated_key_waits_for_the_fetch(jwks_server: JWKSS
 
 
 async def test_first_message_with_a_key_fetch(jwks_server: JWKSServer) -> None:
-    source = rules.JWKS(jwks_server.url, clock=Clock())
+    source = rules.JWKS(jwks_server.url, clock=Clock(0.0))
     rule = rules.JWTAuth(algorithms=["RS256"], jwks_url=source, token=rules.from_first_message(5))
     guard = Guard(rules=[rule])  # no startup: the first message triggers the fetch
     ws = ScriptedWebSocket(WSGuardMiddleware(echo, guard=guard))
@@ -289,7 +282,7 @@ async def test_a_receive_cancelled_during_a_key_fetch_keeps_the_decision(
     token would reach the app unauthenticated, and a refresh for another
     subject would never close the connection.
     """
-    clock = Clock()
+    clock = Clock(0.0)
     jwks_server.publish(b=KEY_B)
     source = rules.JWKS(jwks_server.url, clock=clock)
     rule = rules.JWTAuth(algorithms=["RS256"], jwks_url=source, token=rules.from_first_message(5))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.support.apps import echo
+from tests.support.helpers import ManualClock as Clock
 from tests.support.jwt_apps import whoami
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import Guard, WSGuardMiddleware, rules
@@ -17,17 +18,9 @@ from ws_guard.types import ASGIApp
 T0 = 1000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def setup(app: ASGIApp = echo, **options: object) -> tuple[Guard, WSGuardMiddleware, Clock]:
     options.setdefault("algorithms", ["HS256"])
-    clock = Clock()
+    clock = Clock(T0)
     # app_exit_timeout=None: these tests jump the clock far past a close and
     # count the deadlines that fire; the exit deadline would be one more.
     guard = Guard(

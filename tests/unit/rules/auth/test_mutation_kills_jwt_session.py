@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
+from tests.support.helpers import ManualClock as Clock
 from tests.support.jwks_server import JWKSServer, new_rsa_key
 from tests.support.jwt_apps import whoami
 from tests.support.jwt_keys import SECRET, mint
@@ -36,17 +37,9 @@ KEY_A = new_rsa_key()
 KEY_B = new_rsa_key()
 
 
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def setup(app: ASGIApp = echo, **options: Any) -> tuple[Guard, WSGuardMiddleware, Clock]:
     options.setdefault("algorithms", ["HS256"])
-    clock = Clock()
+    clock = Clock(T0)
     guard = Guard(rules=[rules.JWTAuth(SECRET, **options)], clock=clock, app_exit_timeout=None)
     return guard, WSGuardMiddleware(app, guard=guard), clock
 

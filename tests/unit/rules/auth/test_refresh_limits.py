@@ -13,20 +13,13 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
+from tests.support.helpers import ManualClock as Clock
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.fast_path import FusedRun
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import MAX_USER_KEY, user_key
 from ws_guard.testing import ScriptedWebSocket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def refresh(token: str) -> str:
@@ -65,7 +58,7 @@ def build(
 
     rule.decode = counted  # type: ignore[method-assign]
     chosen = [rule, *extra] if fused else [Front(), rule, PassThrough(), *extra]
-    clock = Clock()
+    clock = Clock(1000.0)
     guard = Guard(rules=chosen, clock=clock, app_exit_timeout=None)
     assert any(isinstance(item, FusedRun) for item in guard.check_plan) is fused
     return guard, WSGuardMiddleware(echo, guard=guard), clock, decodes
