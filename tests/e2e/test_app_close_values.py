@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, WebSocket
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support.clients import outcome
 from tests.support.servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware
 from ws_guard.types import Receive, Scope, Send
@@ -50,21 +49,6 @@ def closing_app(code: Any, reason: Any, *, accept: bool) -> Any:
         await send({"type": "websocket.close", "code": code, "reason": reason})
 
     return app
-
-
-async def outcome(url: str) -> tuple[Any, ...]:
-    """What a client sees: an HTTP status, or the messages and the close code/reason."""
-    try:
-        async with connect(url, open_timeout=5, close_timeout=5) as ws:
-            received = []
-            try:
-                while True:
-                    received.append(await ws.recv())
-            except ConnectionClosed as closed:
-                rcvd = closed.rcvd
-                return ("closed", tuple(received), rcvd and (rcvd.code, rcvd.reason))
-    except InvalidStatus as refused:
-        return ("http", refused.response.status_code)
 
 
 async def seen(app: Any, ws: str, path: str, caplog: pytest.LogCaptureFixture) -> tuple[Any, ...]:

@@ -29,8 +29,8 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support.clients import outcome
 from tests.support.helpers import eventually
 from tests.support.jwt_keys import SECRET, mint
 from tests.support.servers import UVICORN_WS, serve
@@ -40,23 +40,6 @@ from ws_guard.types import Receive, Scope, Send
 pytestmark = pytest.mark.e2e
 
 SERVERS = (*UVICORN_WS, "hypercorn")
-
-
-async def outcome(url: str, *send: str) -> tuple[Any, ...]:
-    """What a client sees: an HTTP status, or the messages and the close (code, reason)."""
-    try:
-        async with connect(url, open_timeout=5, close_timeout=5) as ws:
-            for text in send:
-                await ws.send(text)
-            received = []
-            try:
-                while True:
-                    received.append(await ws.recv())
-            except ConnectionClosed as closed:
-                rcvd = closed.rcvd
-                return ("closed", tuple(received), rcvd and (rcvd.code, rcvd.reason))
-    except InvalidStatus as refused:
-        return ("http", refused.response.status_code)
 
 
 async def guarded_outcome(app: Any, server: str, path: str = "/ws") -> tuple[Any, Guard]:

@@ -19,12 +19,14 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] == "websocket.disconnect":
             return
-        reply: Message = {"type": "websocket.send"}
-        if message.get("text") is not None:
-            reply["text"] = message["text"]
-        else:
-            reply["bytes"] = message["bytes"]
-        await send(reply)
+        await send(echoed(message))
+
+
+def echoed(message: Message) -> Message:
+    """The ``websocket.send`` that gives a received ``websocket.receive`` back, text or bytes."""
+    if message.get("text") is not None:
+        return {"type": "websocket.send", "text": message["text"]}
+    return {"type": "websocket.send", "bytes": message["bytes"]}
 
 
 async def http_ok(scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,12 +72,7 @@ class Recorder:
                     self.receive_after_end = await receive()
                 self.returned = True
                 return
-            reply: Message = {"type": "websocket.send"}
-            if message.get("text") is not None:
-                reply["text"] = message["text"]
-            else:
-                reply["bytes"] = message["bytes"]
-            await send(reply)
+            await send(echoed(message))
 
 
 async def crash_after_first_message(scope: Scope, receive: Receive, send: Send) -> None:

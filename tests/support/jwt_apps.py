@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.support.apps import http_ok
+from tests.support.apps import echoed, http_ok
 from ws_guard import connection_info
-from ws_guard.types import Message, Receive, Scope, Send
+from ws_guard.types import Receive, Scope, Send
 
 
 async def whoami(scope: Scope, receive: Receive, send: Send) -> None:
@@ -33,9 +33,4 @@ async def whoami(scope: Scope, receive: Receive, send: Send) -> None:
             claims = dict(info.claims) if info.claims is not None else None
             who = {"sub": info.subject, "claims": claims, "subprotocols": scope["subprotocols"]}
             await send({"type": "websocket.send", "text": json.dumps(who)})
-        reply: Message = {"type": "websocket.send"}
-        if message.get("text") is not None:
-            reply["text"] = message["text"]
-        else:
-            reply["bytes"] = message["bytes"]
-        await send(reply)
+        await send(echoed(message))

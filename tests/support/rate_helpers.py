@@ -11,6 +11,7 @@ from tests.support.helpers import ManualClock
 from ws_guard import rules
 from ws_guard._core.connection import Connection
 from ws_guard._core.decisions import Close
+from ws_guard.testing import ScriptedWebSocket
 
 
 class HeaderSubject(rules.Rule):
@@ -45,3 +46,10 @@ async def read_until_closed(ws: Any, timeout: float = 5.0) -> tuple[list[Any], i
         if exc.rcvd is None:
             raise AssertionError("the connection ended without a close frame") from exc
         return received, exc.rcvd.code, exc.rcvd.reason
+
+
+async def echoes(ws: ScriptedWebSocket, n: int, text: str = "m") -> None:
+    """Send *n* texts (``m0``, ``m1``, ...) and expect each echoed back at once."""
+    for i in range(n):
+        await ws.send_text(f"{text}{i}")
+        await ws.expect("websocket.send", text=f"{text}{i}")

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from tests.support.apps import echo
-from tests.support.rate_helpers import Clock, HeaderSubject, user
+from tests.support.rate_helpers import Clock, HeaderSubject, echoes, user
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.testing import ScriptedWebSocket
 
@@ -27,12 +27,6 @@ async def opened(app: Any, name: str, ip: str = "10.0.0.1") -> ScriptedWebSocket
     await ws.connect()
     await ws.expect("websocket.accept")
     return ws
-
-
-async def echoes(ws: ScriptedWebSocket, n: int, text: str = "m") -> None:
-    for i in range(n):
-        await ws.send_text(f"{text}{i}")
-        await ws.expect("websocket.send", text=f"{text}{i}")
 
 
 async def refused(ws: ScriptedWebSocket, text: str, reason: str) -> None:

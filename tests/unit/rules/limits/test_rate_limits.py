@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.helpers import eventually
-from tests.support.rate_helpers import Clock, HeaderSubject, user
+from tests.support.rate_helpers import Clock, HeaderSubject, echoes, user
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.storage import SharedStorage
 from ws_guard.testing import ScriptedWebSocket
@@ -28,12 +28,6 @@ async def opened(
     await ws.connect()
     await ws.expect("websocket.accept")
     return ws
-
-
-async def echoes(ws: ScriptedWebSocket, n: int, text: str = "m") -> None:
-    for i in range(n):
-        await ws.send_text(f"{text}{i}")
-        await ws.expect("websocket.send", text=f"{text}{i}")
 
 
 async def closed_with(ws: ScriptedWebSocket, text: str, code: int, reason: str) -> None:
