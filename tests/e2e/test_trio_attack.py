@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import pytest
 import websockets
 
-from tests.e2e.test_trio import closed_with, http, hypercorn_trio
 from tests.support.children import signal_group
+from tests.support.hypercorn import closed_with, http, hypercorn_trio
 from tests.support.jwt_keys import mint
 
 pytestmark = pytest.mark.e2e

@@ -192,3 +192,8 @@ async def handshake_outcome(app: ASGIApp, **options: Any) -> dict[str, object]:
         reply = accept
     await ws.finished()
     return dict(reply)
+
+
+def sent_close(ws: ScriptedWebSocket) -> dict[str, Any] | None:
+    """The first ``websocket.close`` ws_guard sent *ws*, or None."""
+    return next((m for m in ws.sent if m["type"] == "websocket.close"), None)

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.backends import joined
+from tests.support.helpers import sent_close as close_of
 from tests.support.rate_helpers import Clock
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
@@ -59,10 +60,6 @@ async def open_clients(app: Any, n: int) -> list[ScriptedWebSocket]:
 async def waited(event: anyio.Event, timeout: float) -> None:
     with anyio.fail_after(timeout):
         await event.wait()
-
-
-def close_of(ws: ScriptedWebSocket) -> dict[str, Any] | None:
-    return next((m for m in ws.sent if m["type"] == "websocket.close"), None)
 
 
 async def settle(clients: Sequence[ScriptedWebSocket]) -> None:

@@ -21,6 +21,7 @@ from tests.support import helpers
 from tests.support.apps import echo
 from tests.support.backends import joined
 from tests.support.helpers import ManualClock as Clock
+from tests.support.helpers import sent_close as closed_with
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware
 from ws_guard._core.connection import Connection
 from ws_guard._core.decisions import Close
@@ -70,10 +71,6 @@ class Gate(Rule):
         self.waiting += 1
         await self.gate.wait()
         return None
-
-
-def closed_with(ws: ScriptedWebSocket) -> dict[str, Any] | None:
-    return next((m for m in ws.sent if m["type"] == "websocket.close"), None)
 
 
 async def open_client(guard: Guard) -> ScriptedWebSocket:

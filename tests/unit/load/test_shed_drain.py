@@ -19,6 +19,7 @@ from tests.support.apps import echo
 from tests.support.backends import joined
 from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import eventually
+from tests.support.helpers import sent_close as closed_with
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._core.signals import SignalDrain, parse_signals
 from ws_guard._core.tasks import spawn
@@ -36,10 +37,6 @@ async def open_clients(guard: Guard, n: int) -> list[ScriptedWebSocket]:
         clients.append(ws)
         await anyio.sleep(0.001)  # distinct opened_at (monotonic) for newest-first order
     return clients
-
-
-def closed_with(ws: ScriptedWebSocket) -> dict[str, Any] | None:
-    return next((m for m in ws.sent if m["type"] == "websocket.close"), None)
 
 
 async def settle(clients: Sequence[ScriptedWebSocket] = ()) -> None:
