@@ -1,6 +1,6 @@
 """In-band refresh limits and principal checks, in process on an injected clock.
 
-The end-to-end attacks are in ``test_e2e_refresh_security.py``; here are the
+The end-to-end attacks are in ``tests/e2e/test_refresh_security.py``; here are the
 configuration checks, shadow mode, both check paths (compiled and plain) and
 ``by_user``'s key format, where an injected clock makes windows exact.
 """

@@ -111,7 +111,7 @@ CASES: dict[str, tuple[str, list[tuple[str, str]], list[str], dict[str, Any]]] =
         {"sec-websocket-protocol": "chat, access_token", "subprotocols": ["chat", "access_token"]},
     ),
     # The token in two places: both copies go. (Two different values under one
-    # name are token_invalid: tests/test_e2e_security_keys.py.)
+    # name are token_invalid: tests/e2e/test_security_keys.py.)
     "query twice": (
         f"token={TOKEN}&room=7&token={TOKEN}",
         [],
