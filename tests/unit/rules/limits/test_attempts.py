@@ -10,9 +10,8 @@ limit (rules/limits/attempts.py). Windows and times are binary fractions
 
 from __future__ import annotations
 
-from ws_guard.rules.limits.common import Rate
-
 from ws_guard.rules.limits.attempts import CounterStore, Counts
+from ws_guard.rules.limits.rates import Rate
 
 TWO_PER_4S = Rate(2, 4.0)
 

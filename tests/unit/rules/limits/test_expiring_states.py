@@ -7,8 +7,7 @@ file names the module that holds ``ExpiringStates``.
 
 from __future__ import annotations
 
-from ws_guard.rules.limits.common import ExpiringStates
-
+from ws_guard.rules.limits.expiring import ExpiringStates
 from ws_guard.rules.limits.leases import CountedWindow
 
 
