@@ -36,8 +36,8 @@ from ws_guard.rules.limits.common import (
 )
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard._core.guard import Guard
+    from ws_guard.rules.context import RuleContext
 
 #: Keys one rule tracks in process memory by default (about 250 B each: 25 MB).
 DEFAULT_MAX_KEYS = 100_000
@@ -110,7 +110,7 @@ class ConnectRate(Rule):
         self._counters = None
         self._script = None
 
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         key = self.key(conn)
         if key is None:
             return None
