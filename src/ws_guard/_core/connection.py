@@ -121,8 +121,6 @@ class Connection:
 
     __slots__ = (
         "_asides",
-        "_auth_every",
-        "_auth_refresh",
         "_check",
         "_close_task",
         "_connect_message",
@@ -136,13 +134,9 @@ class Connection:
         "_hold",
         "_id",
         "_query",
-        "_rate_count",
-        "_rate_end",
         "_receive",
         "_send",
         "admitted",
-        "app_receive",
-        "auth",
         "cancelled_by_guard",
         "claims",
         "client_ip",
@@ -171,23 +165,11 @@ class Connection:
         )
         self.subject: str | None = None
         self.claims: Mapping[str, Any] | None = None
-        #: The auth rule's per-connection session (one auth rule per guard).
-        self.auth: Any = None
         self._extra: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
         #: The message checks: one rule's (or fused run's) checker, or a chain.
-        #: Without the guard's lead run, which app_receive has inlined.
         self._check: Checker | None = None
-        #: The receive the app is given (set at admission): :meth:`receive`,
-        #: or the lead run's compiled receive with its checks inlined.
-        self.app_receive: Receive
-        # A fused run keeps its per-connection state in these slots (set by
-        # FusedRun.bind): the auth session's check and the rate window.
-        self._auth_every: Checker | None = None
-        self._auth_refresh: Checker | None = None
-        self._rate_end: float
-        self._rate_count: int
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
         self._close_task: Job[Any] | None = None
@@ -209,7 +191,7 @@ class Connection:
 
     @property
     def extra(self) -> dict[Any, Any]:
-        """Per-connection state rules may keep, keyed by the rule's own choice."""
+        """Per-connection state of the rules, keyed by the rule (an auth rule's session too)."""
         if self._extra is None:
             self._extra = {}
         return self._extra
@@ -304,15 +286,8 @@ class Connection:
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
         guard.connections.add(self)
-        plan = guard.check_plan
-        lead = guard.lead_run
-        if lead is not None:
-            self.app_receive = lead.receiver(self)
-            plan = plan[1:]
-        else:
-            self.app_receive = self.receive
         checks: list[Checker] = []
-        for item in plan:
+        for item in guard.check_plan:
             check = item.checker(self)
             if check is not None:
                 checks.append(check)
@@ -336,13 +311,8 @@ class Connection:
         self.guard.record_close(self, close)
         await self._accept_and_close(close)
 
-    def _check_all(self, message: Message) -> Verdict:
-        """Every message check, the inlined lead run's too (for _receive_slow)."""
-        lead = self.guard.lead_run
-        if lead is not None:
-            verdict = lead.check(self, message)
-            if verdict is not None:
-                return verdict
+    def check_message(self, message: Message) -> Verdict:
+        """Every message check's decision on *message* (off the fast path)."""
         check = self._check
         return None if check is None else check(message)
 
@@ -392,9 +362,7 @@ class Connection:
     # -- the app's receive/send -------------------------------------------------
     async def receive(self) -> Message:
         # The message path: open before and after the wait, a data message the
-        # checks pass. Everything else goes to _receive_slow. (With a lead
-        # run, the app is given that run's compiled receive instead, and
-        # self._check leaves the run out: see handshake.) The server's
+        # checks pass. Everything else goes to _receive_slow. The server's
         # receive is read into a local first: calling it straight off the
         # slot is a method lookup the interpreter cannot specialise. Early
         # returns keep every jump short: CPython 3.11 leaves a comparison
@@ -441,7 +409,7 @@ class Connection:
                 return self._disconnect_message()  # closed while we waited: drop what came
             if message["type"] == "websocket.receive":
                 if verdict is _UNCHECKED:
-                    verdict = self._check_all(message)
+                    verdict = self.check_message(message)
                 if verdict is None:
                     return message
                 if verdict is not CONSUME:

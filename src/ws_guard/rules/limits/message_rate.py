@@ -19,6 +19,7 @@ from ws_guard._validate import check_count
 from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
 from ws_guard.rules.auth.session import refresh_session
 from ws_guard.rules.base import Checker, Rule
+from ws_guard.rules.fast import SingleRate
 from ws_guard.rules.keys import KeyFunc, by_connection
 from ws_guard.rules.limits.common import (
     ExpiringStates,
@@ -36,8 +37,8 @@ from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook,
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard._core.guard import Guard
+    from ws_guard.rules.context import RuleContext
 
 _INF = float("inf")
 Window = CountedWindow | LeasedWindow
@@ -122,7 +123,7 @@ class MessageRate(Rule):
         return make
 
     # -- admission: learn whether a shared key's window is already spent -----
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         book = self._book
         if book is None:
             return None
@@ -138,16 +139,25 @@ class MessageRate(Rule):
         return None
 
     # -- the message check ------------------------------------------------------
-    def checker(self, conn: Connection) -> Checker | None:
+    def checker(self, conn: RuleContext) -> Checker | None:
         check = self._checker(conn)
+        self._share(conn, check)
+        return check
+
+    def _share(self, conn: RuleContext, check: Checker) -> None:
         # An in-band token refresh is consumed by the auth rule before any
         # rate sees it; it counts here too, before its signature is checked.
         session = refresh_session(conn)
         if session is not None:
             session.rates += (check,)
-        return check
 
-    def _checker(self, conn: Connection) -> Checker:
+    def fast_check(self) -> SingleRate | None:
+        """One rate per connection is a window the fast path keeps; shared keys are not."""
+        if self.key is not by_connection or len(self.rates) != 1:
+            return None
+        return SingleRate(self.rates[0].limit, self.rates[0].window, self._deny, self._share)
+
+    def _checker(self, conn: RuleContext) -> Checker:
         guard = self._guard
         if guard is None:
             raise RuntimeError("MessageRate is not part of a Guard")
@@ -194,7 +204,7 @@ class MessageRate(Rule):
 
         return check
 
-    def _single_shared_checker(self, conn: Connection, guard: Guard) -> Checker:
+    def _single_shared_checker(self, conn: RuleContext, guard: Guard) -> Checker:
         """One rate on a shared key: a clock read, one comparison, the window's ``take``."""
         clock = guard.scheduler.clock
         states = self._maps[0]
@@ -225,7 +235,7 @@ class MessageRate(Rule):
 
         return check
 
-    def _shared_windows(self, conn: Connection) -> Callable[[float], list[Window] | None]:
+    def _shared_windows(self, conn: RuleContext) -> Callable[[float], list[Window] | None]:
         key_of = self.key
         maps = self._maps
         held: list[Window] = []
