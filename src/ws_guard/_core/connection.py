@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
@@ -21,6 +21,7 @@ import anyio
 from ws_guard._core.auth_gate import AuthGate
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.request import joined_headers, loggable_path
+from ws_guard._core.rule_state import EMPTY, RuleState
 from ws_guard._core.scheduler import Deadline
 from ws_guard._core.states import AUTHENTICATING, CLOSED, CONNECTING, GUARD_CLOSED, LIVE, OPEN
 from ws_guard._core.tasks import Job, spawn, wait_done
@@ -125,7 +126,6 @@ class Connection:
         "_close_task",
         "_connect_message",
         "_deadlines",
-        "_extra",
         "_finished",
         "_gate",
         "_guard_close",
@@ -136,6 +136,9 @@ class Connection:
         "_query",
         "_receive",
         "_send",
+        "_state_key",
+        "_state_more",
+        "_state_value",
         "admitted",
         "cancelled_by_guard",
         "claims",
@@ -165,7 +168,10 @@ class Connection:
         )
         self.subject: str | None = None
         self.claims: Mapping[str, Any] | None = None
-        self._extra: dict[Any, Any] | None = None
+        # The rules' state (see _core/rule_state.py): one entry in slots, more in a dict.
+        self._state_key: Any = EMPTY
+        self._state_value: Any = EMPTY
+        self._state_more: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
         #: The message checks: one rule's (or fused run's) checker, or a chain.
@@ -190,11 +196,9 @@ class Connection:
         self.cancelled_by_guard = False
 
     @property
-    def extra(self) -> dict[Any, Any]:
+    def extra(self) -> MutableMapping[Any, Any]:
         """Per-connection state of the rules, keyed by the rule (an auth rule's session too)."""
-        if self._extra is None:
-            self._extra = {}
-        return self._extra
+        return RuleState(self)
 
     @property
     def id(self) -> str:

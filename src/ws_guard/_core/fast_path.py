@@ -182,7 +182,7 @@ PlanItem = Rule | FusedRun
 
 
 class RunState:
-    """One connection's state for a :class:`FusedRun`: the auth checks and the rate window."""
+    """One connection's state for a :class:`FusedRun`: the auth checks (and rate window)."""
 
     __slots__ = ("count", "end", "every", "marked", "run")
 

@@ -8,7 +8,7 @@ touching them and a rule can be tested with any object of this shape.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ws_guard.types import Message, Scope
@@ -75,7 +75,7 @@ class RuleContext(Protocol):
         """The subprotocols the client offered, in order."""
 
     @property
-    def extra(self) -> dict[Any, Any]:
+    def extra(self) -> MutableMapping[Any, Any]:
         """Per-connection state of the rules, keyed by the rule object; made on first use."""
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> Deadline:
