@@ -40,11 +40,9 @@ class Connection(Holds):
 
     async def receive(self) -> Message:
         # The message path: open before and after the wait, a data message the
-        # checks pass. Everything else goes to _receive_slow. The server's
-        # receive is read into a local first: calling it straight off the
-        # slot is a method lookup the interpreter cannot specialise. Early
-        # returns keep every jump short: CPython 3.11 leaves a comparison
-        # unspecialised when its jump needs an EXTENDED_ARG.
+        # checks pass, one call for the checks. Everything else goes to
+        # _receive_slow. Its shape (locals, early returns) is chosen for the
+        # interpreter: see docs/benchmarks.md, "After the redesign".
         if self.state != OPEN or self._hold is not None:
             return await self._receive_slow(None, _UNCHECKED)
         server_receive = self._receive
@@ -119,7 +117,7 @@ class Connection(Holds):
         # await a send at once, so checking the state here rather than at the
         # await is the same thing; a gone client is classified in app_crashed.
         if self.state == OPEN and message["type"] == "websocket.send":
-            server_send = self._send  # a local: see receive()
+            server_send = self._send  # a local, as in receive()
             return server_send(message)
         return self._send_slow(message)
 
