@@ -13,6 +13,7 @@ from typing import cast
 
 from ws_guard._core.closing import Closing
 from ws_guard._core.decisions import CONSUME, Close
+from ws_guard._core.fast_path import FusedRun
 from ws_guard._core.info import ConnectionInfo
 from ws_guard._core.states import CLOSED, GUARD_CLOSED
 from ws_guard.rules.base import Checker, Verdict
@@ -67,12 +68,18 @@ class Admission(Closing):
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
         guard.connections.add(self.full)
+        plan = guard.check_plan
+        # A leading fused run calls the rest of the plan itself: one call per
+        # message. Its state is made first: checks are set up in plan order.
+        lead = plan[0].bind(self.full) if plan and isinstance(plan[0], FusedRun) else None
         checks: list[Checker] = []
-        for item in guard.check_plan:
+        for item in plan[0 if lead is None else 1 :]:
             check = item.checker(self.full)
             if check is not None:
                 checks.append(check)
         self._check = self._combine(checks)
+        if lead is not None:
+            lead.rest, self._check = self._check, lead.check
         self.scope["ws_guard"] = ConnectionInfo(self.full)
         return True
 

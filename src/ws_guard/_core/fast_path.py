@@ -115,9 +115,11 @@ class FusedRun:
         "auth_check",
         "binary_ok",
         "clock",
+        "content",
         "contents",
         "limit",
         "max_bytes",
+        "more_contents",
         "needle",
         "quarter",
         "rate",
@@ -161,13 +163,15 @@ class FusedRun:
                 self.text_ok, self.binary_ok = data.text, data.binary
                 self.types_breach = data.breach
             elif isinstance(data, ContentTest):
-                contents.append(data)
+                contents.append(data)  # several: the first without a loop
             elif isinstance(data, SingleRate):
                 self.rate, self.single_rate = rule, data
                 self.limit, self.window = data.limit, data.window
             else:
                 raise TypeError(f"{rule!r} has no fast-path check to join a run with")
         self.contents = tuple(contents)
+        self.content = contents[0] if contents else None
+        self.more_contents = self.contents[1:]
 
     def __repr__(self) -> str:
         return f"FusedRun({list(self.rules)!r})"
@@ -175,6 +179,10 @@ class FusedRun:
     def checker(self, conn: RuleContext) -> Checker:
         """The run as one check on *conn*, with *conn*'s own state for it."""
         return RunState(self, conn).check
+
+    def bind(self, conn: RuleContext) -> RunState:
+        """*conn*'s state for this run (its ``check`` is the run's checker)."""
+        return RunState(self, conn)
 
 
 #: What a connection's checks are built from: each item's ``checker(conn)``.
@@ -184,10 +192,13 @@ PlanItem = Rule | FusedRun
 class RunState:
     """One connection's state for a :class:`FusedRun`: the auth checks (and rate window)."""
 
-    __slots__ = ("count", "end", "every", "marked", "run")
+    __slots__ = ("count", "end", "every", "marked", "rest", "run")
 
     def __init__(self, run: FusedRun, conn: RuleContext) -> None:
         self.run = run
+        #: The plan's checks after the run, when the run leads: called from
+        #: check() itself, so the connection makes one call per message.
+        self.rest: Checker | None = None
         self.every: Checker | None = None
         self.marked: Checker | None = None
         if run.auth_check is not None:
@@ -234,25 +245,34 @@ class RunState:
                     return run.size_breach
                 if not run.binary_ok:
                     return run.types_breach
-        for test in run.contents:
+        test = run.content
+        if test is not None:
             try:
                 if not test.allowed(payload):  # bool() inside: it may raise too
                     return test.breach
             except Exception:  # noqa: BLE001 - the user's check is broken: failed() logs it, 1011
                 return test.failed()
-        if run.single_rate is None:
+            for test in run.more_contents:
+                try:
+                    if not test.allowed(payload):
+                        return test.breach
+                except Exception:  # noqa: BLE001 - as above
+                    return test.failed()
+        if run.single_rate is not None:
+            # count_one's sums, written out: the rate is on every message's path.
+            t = run.clock()
+            if t >= self.end:
+                self.end = t + run.window
+                self.count = 1
+            else:
+                count = self.count
+                if count >= run.limit:
+                    return run.single_rate.deny(self.end - t)
+                self.count = count + 1
+        rest = self.rest
+        if rest is None:
             return None
-        # count_one's sums, written out: the rate is on every message's path.
-        t = run.clock()
-        if t >= self.end:
-            self.end = t + run.window
-            self.count = 1
-            return None
-        count = self.count
-        if count < run.limit:
-            self.count = count + 1
-            return None
-        return run.single_rate.deny(self.end - t)
+        return rest(message)
 
     def count_one(self, message: Message) -> Verdict:
         """Count *message* in the rate window; the rate's close when it is past the limit."""
