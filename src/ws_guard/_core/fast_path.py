@@ -11,7 +11,7 @@ docs/benchmarks.md), so a run of enforcing rules whose checks are data
 order, and any rule in shadow mode, is checked rule by rule. The decisions
 are the same either way: the first breach in rule order wins, a consumed
 message goes no further, and a rate counts only the messages the rules
-before it let through. ``tests/test_fuse.py`` checks this property-wise.
+before it let through. ``tests/test_fast_path.py`` checks this property-wise.
 """
 
 from __future__ import annotations

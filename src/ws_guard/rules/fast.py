@@ -5,7 +5,7 @@ A rule whose message check is one of these shapes returns it from
 run of such rules as one function call per message, reading the numbers
 and predicates from these records. A rule that returns ``None`` (the
 default) is asked for its ``checker(ctx)`` and checked on its own. The
-decisions are the same either way: ``tests/test_fuse.py`` compares them.
+decisions are the same either way: ``tests/test_fast_path.py`` compares them.
 """
 
 from __future__ import annotations
