@@ -8,10 +8,9 @@ in code, or serve it with :func:`metrics_app` (Prometheus) and
 
 from ws_guard import load, rules
 from ws_guard._core.closes import CloseEvent
-from ws_guard._core.connection import ConnectionInfo
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.guard import Guard
-from ws_guard._core.info import connection_info
+from ws_guard._core.info import ConnectionInfo, connection_info
 from ws_guard._core.middleware import WSGuardMiddleware
 from ws_guard._version import __version__
 from ws_guard.codes import MAX_REASON_BYTES, truncate_reason

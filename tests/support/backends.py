@@ -32,7 +32,7 @@ BOTH_BACKEND_FILES = frozenset(
         "unit/core/test_core_counters.py",
         "unit/core/test_coverage_guard.py",
         "unit/core/test_first_message_hold.py",
-        "unit/core/test_fuse.py",
+        "unit/core/test_fast_path.py",
         "unit/core/test_handshake.py",
         "unit/core/test_hostile_parsing.py",
         "unit/core/test_middleware.py",

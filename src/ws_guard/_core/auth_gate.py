@@ -105,7 +105,7 @@ class AuthGate:
                 # (after a guard close it is dropped, as any message then is).
                 self.stash = message
                 return
-            verdict = conn._check_all(message)
+            verdict = conn.check_message(message)
             if verdict is CONSUME:
                 if conn._hold is not None:  # a key fetch: its decision is applied by its task
                     await conn._settle_hold_or_close()

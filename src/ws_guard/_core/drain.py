@@ -22,8 +22,8 @@ from ws_guard.codes import GOING_AWAY, SERVICE_RESTART
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard._core.scheduler import Deadline
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 #: Codes a drain may close with, and the reason slug each one carries.
@@ -51,8 +51,8 @@ class Drain:
         self.reason = DRAIN_REASONS[code]
         self.started_at = 0.0
         self.closed = 0
-        self._plan: deque[tuple[float, Connection]] = deque()
-        self._planned: set[Connection] = set()
+        self._plan: deque[tuple[float, RuleContext]] = deque()
+        self._planned: set[RuleContext] = set()
         self._deadline: Deadline | None = None
         self._done = anyio.Event()
 
@@ -92,13 +92,13 @@ class Drain:
                 self._close(conn)
         self._done.set()
 
-    def admitted(self, conn: Connection) -> None:
+    def admitted(self, conn: RuleContext) -> None:
         """A handshake admitted after the last wave: it missed the plan, so close it now."""
         if self._done.is_set() and conn not in self._planned:
             self._planned.add(conn)
             self._close(conn)
 
-    def _close(self, conn: Connection) -> None:
+    def _close(self, conn: RuleContext) -> None:
         if conn.state in _CLOSABLE:
             self.closed += 1
             conn.close_soon(self.close_for_one())

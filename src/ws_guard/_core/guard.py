@@ -146,8 +146,7 @@ class Guard:
         self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
         #: What each connection's message checks are built from (see _core/fast_path.py).
         self.check_plan = plan_checks(self.checker_rules, self.scheduler.clock)
-        #: The plan's first item when it is a fused run: each connection's
-        #: receive has it inlined (FusedRun.receiver).
+        #: The plan's first item when it is a fused run (for reading).
         first = self.check_plan[0] if self.check_plan else None
         self.lead_run = first if isinstance(first, FusedRun) else None
         self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))

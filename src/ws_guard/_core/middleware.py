@@ -63,10 +63,10 @@ class WSGuardMiddleware:
                 result: Any = None  # stays None when the cancel scope stops the app
                 try:
                     if app_scope is None:
-                        result = await app(scope, conn.app_receive, conn.send)
+                        result = await app(scope, conn.receive, conn.send)
                     else:
                         with app_scope:
-                            result = await app(scope, conn.app_receive, conn.send)
+                            result = await app(scope, conn.receive, conn.send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise

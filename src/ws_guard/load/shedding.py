@@ -21,18 +21,18 @@ from ws_guard._validate import check_positive, check_seconds
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard._core.scheduler import Deadline
     from ws_guard.load.base import LoadGauge
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
 #: Orders connections for shedding: the lowest value is shed first.
-Priority = Callable[["Connection"], float]
+Priority = Callable[["RuleContext"], float]
 
 
-def newest_first(conn: Connection) -> float:
+def newest_first(conn: RuleContext) -> float:
     """The default order: the most recently opened connection goes first."""
     return -conn.opened_at
 

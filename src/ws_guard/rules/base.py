@@ -17,7 +17,8 @@ from ws_guard.errors import ConfigurationError
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
+    from ws_guard.rules.fast import FastCheck
     from ws_guard.rules.runtime import Runtime
 
 Verdict = Close | Consume | None
@@ -90,7 +91,7 @@ class Rule:
         """Release what :meth:`startup` created."""
 
     # -- per connection ----------------------------------------------------
-    def on_connect(self, conn: Connection) -> None:
+    def on_connect(self, conn: RuleContext) -> None:
         """Runs at ``websocket.connect`` before any admission decision; sync, cheap.
 
         The place to take secrets out of the scope (a query-string token) so
@@ -98,15 +99,25 @@ class Rule:
         handshake's outcome.
         """
 
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         """Decide on a handshake; ``None`` admits."""
         return None
 
-    def checker(self, conn: Connection) -> Checker | None:
+    def checker(self, conn: RuleContext) -> Checker | None:
         """The message check for *conn*, or ``None`` when this rule has none."""
         return None
 
-    def on_accept(self, conn: Connection, message: Message) -> None:
+    def fast_check(self) -> FastCheck | None:
+        """This rule's message check as data the fast path runs, or ``None``.
+
+        Only for a check that is one of the shapes in :mod:`ws_guard.rules.fast`
+        and decides exactly as :meth:`checker` does; the engine then runs it
+        with its neighbours in one call. A subclass that overrides
+        :meth:`checker` is checked on its own.
+        """
+        return None
+
+    def on_accept(self, conn: RuleContext, message: Message) -> None:
         """Edit an accept message in place (e.g. choose a subprotocol).
 
         Runs on the app's accept and on the accept ws_guard sends itself
@@ -114,10 +125,10 @@ class Rule:
         handshake and can read the close code.
         """
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: RuleContext) -> None:
         """The app accepted; schedule deadlines here."""
 
-    async def release(self, conn: Connection) -> None:
+    async def release(self, conn: RuleContext) -> None:
         """Give back what :meth:`admit` took (connection slots)."""
 
     # -- helpers -----------------------------------------------------------

@@ -26,12 +26,12 @@ from ws_guard.errors import ConfigurationError
 from ws_guard.rules.base import Rule, Stage
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-KeyFunc = Callable[["Connection"], "str | None"]
+KeyFunc = Callable[["RuleContext"], "str | None"]
 
 #: ``client_ip`` of a connection without an IP peer (no ``scope["client"]``,
 #: or a Unix socket path) and no trusted forwarded address.
@@ -39,12 +39,12 @@ UNKNOWN = "unknown"
 DEFAULT_IPV6_PREFIX = 64
 
 
-def by_connection(conn: Connection) -> str:
+def by_connection(conn: RuleContext) -> str:
     """Each connection on its own (the default for :class:`MessageRate`)."""
     return conn.id
 
 
-def by_ip(conn: Connection) -> str:
+def by_ip(conn: RuleContext) -> str:
     """The client address: IPv4 as is, IPv6 as its ``/ipv6_prefix`` network.
 
     ``X-Forwarded-For`` counts only from ``trusted_proxies``. A connection
@@ -90,7 +90,7 @@ def check_ipv6_prefix(value: object) -> int:
 MAX_USER_KEY = 200
 
 
-def by_user(conn: Connection) -> str | None:
+def by_user(conn: RuleContext) -> str | None:
     """The verified principal, JWT ``iss`` and ``sub`` together; needs a JWT rule.
 
     ``None`` while no ``sub`` is verified. The same ``sub`` from two issuers
@@ -214,7 +214,7 @@ class PeerRequired(Rule):
         self.refusal = self.breach(POLICY_VIOLATION, "client_unknown")
         self._warned = False
 
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         if conn.client_ip != UNKNOWN:
             return None
         if not self._warned:

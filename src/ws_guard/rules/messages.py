@@ -17,11 +17,12 @@ from ws_guard._validate import check_count
 from ws_guard.codes import INTERNAL_ERROR, MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.base import Checker, Rule
+from ws_guard.rules.fast import ContentTest, SizeLimit, TypeFilter
 from ws_guard.rules.regex import compile_search
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
 
@@ -52,8 +53,11 @@ class MaxMessageSize(Rule):
         #: message, and local reads are cheaper than attribute lookups.
         self.check: Checker = _size_check(max_bytes, self._breach)
 
-    def checker(self, conn: Connection) -> Checker:
+    def checker(self, conn: RuleContext) -> Checker:
         return self.check
+
+    def fast_check(self) -> SizeLimit:
+        return SizeLimit(self.max_bytes, self._breach)
 
 
 def _size_check(limit: int, breach: Close) -> Checker:
@@ -107,8 +111,11 @@ class MessageTypes(Rule):
         else:
             self.check = _needs_key("bytes", self._breach)
 
-    def checker(self, conn: Connection) -> Checker | None:
+    def checker(self, conn: RuleContext) -> Checker | None:
         return self.check
+
+    def fast_check(self) -> TypeFilter:
+        return TypeFilter(self.text, self.binary, self._breach)
 
 
 def _needs_key(key: str, breach: Close) -> Checker:
@@ -139,8 +146,11 @@ class Content(Rule):
         self._failed = self.breach(INTERNAL_ERROR, "internal_error")
         self.check: Checker = _content_check(check, self._breach, self.failed)
 
-    def checker(self, conn: Connection) -> Checker:
+    def checker(self, conn: RuleContext) -> Checker:
         return self.check
+
+    def fast_check(self) -> ContentTest:
+        return ContentTest(self.allowed, self._breach, self.failed)
 
     def failed(self) -> Close:
         """The decision when ``check`` raised (called in its ``except``: logs the traceback)."""

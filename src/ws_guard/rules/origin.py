@@ -24,7 +24,7 @@ from ws_guard.errors import ConfigurationError
 from ws_guard.rules.base import Rule, Stage
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
 
@@ -203,7 +203,7 @@ class AllowedOrigins(Rule):
                 return True
         return False
 
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         value: str | None = None
         for key, raw in conn.scope.get("headers", ()):
             if key.lower() == b"origin":

@@ -34,6 +34,8 @@ class Runtime(Protocol):
     - ``storage``: the shared ``limits`` storage, opened by ``startup``;
       ``storage.errors`` are the exceptions that mean "unavailable";
     - ``namespace``: the prefix of every storage key this guard writes;
+    - ``ipv6_prefix``: the network size (bits) that ``by_ip`` keys an IPv6
+      client by;
     - ``on_storage_error``: ``"allow"`` (fail open) or ``"deny"``;
     - ``metrics``: the guard's counters;
     - ``connections``: the admitted connections that have not finished;
@@ -54,6 +56,9 @@ class Runtime(Protocol):
 
     @property
     def namespace(self) -> str: ...
+
+    @property
+    def ipv6_prefix(self) -> int: ...
 
     @property
     def on_storage_error(self) -> str: ...

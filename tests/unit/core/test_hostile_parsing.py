@@ -367,9 +367,10 @@ async def test_the_session_check_consumes_without_raising() -> None:
     guard = first_message_guard(fused=True)
     ws = await exchange(guard)
     conn = next(iter(guard.connections))
+    (session,) = conn.extra.values()
     for value in HOSTILE_VALUES.values():
-        conn.auth.pending = True
-        verdict = conn.auth.check(text(in_token(value)))
+        session.pending = True
+        verdict = session.check(text(in_token(value)))
         assert isinstance(verdict, Close)
         assert verdict.reason == "token_invalid"
     await ws.disconnect()

@@ -11,7 +11,6 @@ and the connection's ``MessageRate`` rules), so a flood of them costs no crypto.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -41,12 +40,13 @@ from ws_guard.rules.auth.tokens import (
 )
 from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
 from ws_guard.rules.base import Checker, Rule, Stage
+from ws_guard.rules.fast import AuthCheck, refresh_needle
 from ws_guard.rules.keys import by_ip, by_user
 from ws_guard.rules.limits.rates import Rate, parse_rates
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
@@ -152,15 +152,15 @@ class JWTAuth(Rule):
         self.max_token_bytes = max_token_bytes
         self.refresh = refresh
         self.refresh_field = refresh_field
+        #: The built-in refresh message's type as it appears in JSON: a message
+        #: without it is not a refresh, decided by one substring test.
+        self.refresh_needle = refresh_needle(refresh) if isinstance(refresh, str) else None
         self.refresh_token = refresh_matcher(refresh, refresh_field, max_token_bytes)
         try:
             #: Refreshes per connection, counted before their signature is checked.
             self.refresh_rates: tuple[Rate, ...] = parse_rates(refresh_rate)
         except ConfigurationError as exc:
             raise ConfigurationError(f"JWTAuth refresh_rate: {exc}") from None
-        #: The built-in refresh message's type as it appears in JSON: a message
-        #: without it is not a refresh, decided by one substring test.
-        self._refresh_needle = json.dumps(refresh) if isinstance(refresh, str) else None
         self.expiring_notice = (
             None
             if expiring_notice is None
@@ -322,7 +322,7 @@ class JWTAuth(Rule):
                     "rules.by_ip, or take tokens only at the handshake"
                 )
 
-    def on_connect(self, conn: Connection) -> None:
+    def on_connect(self, conn: RuleContext) -> None:
         session = Session(self, conn)
         for source in self._handshake_sources:
             token = source.take(conn)  # every source redacts its own token
@@ -330,13 +330,13 @@ class JWTAuth(Rule):
                 session.token = token
         if self.subprotocol is not None:
             session.marker = self.subprotocol.offered(conn)
-        conn.auth = session
+        conn.extra[self] = session
 
-    async def admit(self, conn: Connection) -> Close | None:
-        session: Session | None = conn.auth
+    async def admit(self, conn: RuleContext) -> Close | None:
+        session: Session | None = conn.extra.get(self)
         if session is None:
             self.on_connect(conn)
-            session = conn.auth
+            session = conn.extra[self]
         token, session.token = session.token, None  # held no longer than needed
         if token is None:
             if self.first_message is None:
@@ -350,7 +350,7 @@ class JWTAuth(Rule):
         session.apply(outcome)
         return None
 
-    def _wait_for_first_message(self, session: Session, conn: Connection) -> Close | None:
+    def _wait_for_first_message(self, session: Session, conn: RuleContext) -> Close | None:
         """Admit a tokenless connection to wait for its token, within the bounds."""
         waiting = cast(WaitingRoom, self.waiting)
         key = by_ip(conn)
@@ -365,14 +365,11 @@ class JWTAuth(Rule):
             conn.hold_until_verified()
         return refusal  # None, or a shadow breach to count
 
-    def checker(self, conn: Connection) -> Checker | None:
-        session: Session | None = conn.auth
-        if session is None or not (session.pending or self.refresh_token is not None):
-            return None
-        prefilter = self.refresh_prefilter(conn)
-        if prefilter is None:
-            return session.check
-        needle, full = prefilter
+    def checker(self, conn: RuleContext) -> Checker | None:
+        every, marked = self._checks(conn)
+        if marked is None:
+            return every
+        needle = self.refresh_needle
 
         def check(message: Message) -> Close | Consume | None:
             # Every message passes here: most are not refreshes, and one
@@ -380,38 +377,38 @@ class JWTAuth(Rule):
             text = message.get("text")
             if text is None or needle not in text:
                 return None
-            return full(message)
+            return marked(message)
 
         return check
 
-    def refresh_prefilter(self, conn: Connection) -> tuple[str, Checker] | None:
-        """``(needle, check)``: only a text message containing *needle* needs *check*.
+    def fast_check(self) -> AuthCheck:
+        return AuthCheck(self.refresh_needle, self._checks)
 
-        ``None`` when every message needs the session's check (a first-message
-        token is awaited, or the refresh matcher is the user's own).
-        """
-        session: Session | None = conn.auth
-        needle = self._refresh_needle
-        if session is None or session.pending or needle is None or self.refresh_token is None:
-            return None
-        return needle, session.check
+    def _checks(self, conn: RuleContext) -> tuple[Checker | None, Checker | None]:
+        """``(every, marked)``: the session's check for every message, or only
+        for text containing the refresh needle (see :class:`AuthCheck`)."""
+        session: Session | None = conn.extra.get(self)
+        if session is None or not (session.pending or self.refresh_token is not None):
+            return None, None
+        if session.pending or self.refresh_needle is None:
+            return session.check, None  # a first-message token, or the user's own matcher
+        return None, session.check
 
-    def on_accept(self, conn: Connection, message: Message) -> None:
-        session: Session | None = conn.auth
+    def on_accept(self, conn: RuleContext, message: Message) -> None:
+        session: Session | None = conn.extra.get(self)
         if session is None or not session.marker or self.subprotocol is None:
             return
         chosen = message.get("subprotocol")
         if chosen is None or chosen not in (conn.scope.get("subprotocols") or ()):
             message["subprotocol"] = self.subprotocol.marker  # never the token
 
-    def on_open(self, conn: Connection) -> None:
-        session: Session | None = conn.auth
+    def on_open(self, conn: RuleContext) -> None:
+        session: Session | None = conn.extra.get(self)
         if session is not None:
             session.start()
 
-    async def release(self, conn: Connection) -> None:
-        session: Session | None = conn.auth
-        conn.auth = None
+    async def release(self, conn: RuleContext) -> None:
+        session: Session | None = conn.extra.pop(self, None)
         if session is not None:
             session.disarm()
             session.stop_waiting()

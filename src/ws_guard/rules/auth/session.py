@@ -30,13 +30,14 @@ from ws_guard.errors import ConfigurationError
 from ws_guard.rules.auth.key_state import KeyState
 from ws_guard.rules.auth.waiting_room import WaitingRoom
 from ws_guard.rules.base import Checker
+from ws_guard.rules.fast import refresh_needle
 from ws_guard.rules.keys import by_user, user_key
 from ws_guard.rules.limits.leases import CountedWindow
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard.rules.auth.jwt import JWTAuth, Outcome
+    from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
 
@@ -65,7 +66,7 @@ class Session:
         "waiting",
     )
 
-    def __init__(self, rule: JWTAuth, conn: Connection) -> None:
+    def __init__(self, rule: JWTAuth, conn: RuleContext) -> None:
         self.rule = rule
         self.conn = conn
         #: The handshake's token, between ``on_connect`` and ``admit`` only.
@@ -312,16 +313,19 @@ class Session:
         return close
 
 
-def refresh_session(conn: Connection) -> Session | None:
+def refresh_session(conn: RuleContext) -> Session | None:
     """*conn*'s session when it takes in-band refreshes, else ``None``.
 
     A message rate that sets up *conn* adds its check to ``session.rates``,
     so refreshes, which the session consumes before any rate sees them,
     still count as messages.
     """
-    session = conn.auth
-    if isinstance(session, Session) and session.rule.refresh_token is not None:
-        return session
+    for rule in conn.guard.rules:
+        # Read only with an auth rule: a connection's extra is made on first use.
+        if rule.provides_subject:
+            session = conn.extra.get(rule)
+            if isinstance(session, Session) and session.rule.refresh_token is not None:
+                return session
     return None
 
 
@@ -337,7 +341,7 @@ def refresh_matcher(
         )
     if not isinstance(field, str) or not field:
         raise ConfigurationError(f"JWTAuth refresh_field must be a name, not {field!r}")
-    needle = json.dumps(refresh)  # '"auth.refresh"': the cheap prefilter
+    needle = refresh_needle(refresh)  # the cheap prefilter
     envelope = max_token_bytes + ENVELOPE_BYTES  # bigger: app content, not a refresh
 
     def match(message: Message) -> str | None:

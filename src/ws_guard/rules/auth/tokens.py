@@ -30,7 +30,7 @@ from ws_guard.rules.auth.redaction import (
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
 
 #: What a source takes from a request that carries a token it must not read
 #: (two Authorization lines): not ``None``, so no later source is asked, and
@@ -44,7 +44,7 @@ DEFAULT_PENDING_PER_IP = 10
 _HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def _field_lines(conn: Connection, name: bytes) -> list[str]:
+def _field_lines(conn: RuleContext, name: bytes) -> list[str]:
     """Every line of header *name* (lower-case bytes), read straight from the scope.
 
     Not through ``conn.header``, whose cache would keep every header (the
@@ -77,7 +77,7 @@ class TokenSource:
 
     deferred = False
 
-    def take(self, conn: Connection) -> str | None:
+    def take(self, conn: RuleContext) -> str | None:
         """The handshake's token, or ``None``; also redacts it from the scope."""
         return None
 
@@ -93,7 +93,7 @@ class FromQuery(TokenSource):
         self.name = _check_name("from_query", name)
         self.redact = check_redact("from_query", redact)
 
-    def take(self, conn: Connection) -> str | None:
+    def take(self, conn: RuleContext) -> str | None:
         raw: bytes = conn.scope.get("query_string", b"")
         if not raw:
             return None
@@ -128,13 +128,13 @@ class FromHeader(TokenSource):
             )
         self.scheme = scheme
 
-    def take(self, conn: Connection) -> str | None:
+    def take(self, conn: RuleContext) -> str | None:
         token = self._find(conn)
         if self.redact:  # every line with the scheme, not only the one read
             redact_header(conn.scope, self._raw_name, self.scheme)
         return token
 
-    def _find(self, conn: Connection) -> str | None:
+    def _find(self, conn: RuleContext) -> str | None:
         lines = _field_lines(conn, self._raw_name)
         if not lines:
             return None
@@ -163,13 +163,13 @@ class FromCookie(TokenSource):
         self.name = _check_name("from_cookie", name)
         self.redact = check_redact("from_cookie", redact)
 
-    def take(self, conn: Connection) -> str | None:
+    def take(self, conn: RuleContext) -> str | None:
         token = self._find(conn)
         if self.redact:  # every pair of that name, on every Cookie line
             remove_cookie(conn.scope, self.name)
         return token
 
-    def _find(self, conn: Connection) -> str | None:
+    def _find(self, conn: RuleContext) -> str | None:
         header = join_field("cookie", _field_lines(conn, b"cookie"))
         if not header:
             return None
@@ -201,16 +201,16 @@ class FromSubprotocol(TokenSource):
         self.marker = marker
         self.redact = check_redact("from_subprotocol", redact)
 
-    def offered(self, conn: Connection) -> bool:
+    def offered(self, conn: RuleContext) -> bool:
         return self.marker in (conn.scope.get("subprotocols") or ())
 
-    def take(self, conn: Connection) -> str | None:
+    def take(self, conn: RuleContext) -> str | None:
         token = self._find(conn)
         if token is not None and self.redact and token != self.marker:
             remove_subprotocol(conn.scope, token)  # the header line and any second copy
         return token
 
-    def _find(self, conn: Connection) -> str | None:
+    def _find(self, conn: RuleContext) -> str | None:
         offered = list(conn.scope.get("subprotocols") or ())
         if self.marker not in offered:
             return None

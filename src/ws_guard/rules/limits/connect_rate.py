@@ -28,7 +28,7 @@ from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 #: Keys one rule tracks in process memory by default (about 250 B each: 25 MB).
@@ -102,7 +102,7 @@ class ConnectRate(Rule):
         self._counters = None
         self._script = None
 
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         key = self.key(conn)
         if key is None:
             return None

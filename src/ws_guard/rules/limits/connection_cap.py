@@ -30,7 +30,7 @@ from ws_guard.rules.keys import KeyFunc, by_ip
 from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key, require_subject
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 #: Drop expired slots, write back the slots this process holds (ARGV[5..]:
@@ -129,7 +129,7 @@ class MaxConnectionsPerKey(Rule):
             except guard.storage.errors as exc:
                 guard.report_storage_error(exc, "connection cap release")
 
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         key = self.key(conn)
         if key is None:
             return None
@@ -150,7 +150,7 @@ class MaxConnectionsPerKey(Rule):
         conn.extra[self] = key
         return self._full() if int(count) > self.limit else None  # over only in shadow mode
 
-    async def _take(self, conn: Connection, key: str) -> tuple[bool | None, int]:
+    async def _take(self, conn: RuleContext, key: str) -> tuple[bool | None, int]:
         """Take a slot in Redis, or per process if Redis fails and the policy allows.
 
         Returns (taken, count after); ``taken`` is None when storage failed
@@ -191,7 +191,7 @@ class MaxConnectionsPerKey(Rule):
             await self._remove_late()
         return bool(int(taken)), int(count)
 
-    async def release(self, conn: Connection) -> None:
+    async def release(self, conn: RuleContext) -> None:
         key = conn.extra.pop(self, None)
         if key is None:
             return

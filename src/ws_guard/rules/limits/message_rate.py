@@ -20,6 +20,7 @@ from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.auth.session import refresh_session
 from ws_guard.rules.base import Checker, Rule
+from ws_guard.rules.fast import SingleRate
 from ws_guard.rules.keys import KeyFunc, by_connection
 from ws_guard.rules.limits.expiring import ExpiringStates
 from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key, require_subject
@@ -28,7 +29,7 @@ from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 _INF = float("inf")
@@ -114,7 +115,7 @@ class MessageRate(Rule):
         return make
 
     # -- admission: learn whether a shared key's window is already spent -----
-    async def admit(self, conn: Connection) -> Close | None:
+    async def admit(self, conn: RuleContext) -> Close | None:
         book = self._book
         if book is None:
             return None
@@ -130,16 +131,25 @@ class MessageRate(Rule):
         return None
 
     # -- the message check ------------------------------------------------------
-    def checker(self, conn: Connection) -> Checker | None:
+    def checker(self, conn: RuleContext) -> Checker | None:
         check = self._checker(conn)
+        self._share(conn, check)
+        return check
+
+    def _share(self, conn: RuleContext, check: Checker) -> None:
         # An in-band token refresh is consumed by the auth rule before any
         # rate sees it; it counts here too, before its signature is checked.
         session = refresh_session(conn)
         if session is not None:
             session.rates += (check,)
-        return check
 
-    def _checker(self, conn: Connection) -> Checker:
+    def fast_check(self) -> SingleRate | None:
+        """One rate per connection is a window the fast path keeps; shared keys are not."""
+        if self.key is not by_connection or len(self.rates) != 1:
+            return None
+        return SingleRate(self.rates[0].limit, self.rates[0].window, self._deny, self._share)
+
+    def _checker(self, conn: RuleContext) -> Checker:
         guard = self._guard
         if guard is None:
             raise NotStartedError("MessageRate is not part of a Guard")
@@ -186,7 +196,7 @@ class MessageRate(Rule):
 
         return check
 
-    def _single_shared_checker(self, conn: Connection, guard: Runtime) -> Checker:
+    def _single_shared_checker(self, conn: RuleContext, guard: Runtime) -> Checker:
         """One rate on a shared key: a clock read, one comparison, the window's ``take``."""
         clock = guard.scheduler.clock
         states = self._maps[0]
@@ -217,7 +227,7 @@ class MessageRate(Rule):
 
         return check
 
-    def _shared_windows(self, conn: Connection) -> Callable[[float], list[Window] | None]:
+    def _shared_windows(self, conn: RuleContext) -> Callable[[float], list[Window] | None]:
         key_of = self.key
         maps = self._maps
         held: list[Window] = []

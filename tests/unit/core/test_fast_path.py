@@ -1,4 +1,4 @@
-"""Fused message checks decide exactly as the rules checked one by one."""
+"""The fast path (fused runs of rules) decides exactly as the rules checked one by one."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ async def _serve(
     clock = ManualClock(10.0)
     guard = Guard(rules=[make_rule(kind, n + 1, on) for kind, n, on in specs], clock=clock)
     if not fused:
-        guard.check_plan = tuple(guard.checker_rules)  # rule by rule, the generic receive
+        guard.check_plan = tuple(guard.checker_rules)  # rule by rule
         guard.lead_run = None
     ws = _SteppedWebSocket(WSGuardMiddleware(echo, guard=guard), clock)
     await ws.connect()
@@ -152,25 +152,24 @@ fusing_specs = st.builds(
     fusing_specs,
     st.lists(st.tuples(message, st.sampled_from([0.0, 0.0, 0.3, 1.0])), min_size=1, max_size=16),
 )
-def test_compiled_receive_serves_like_rule_by_rule(
+def test_fast_path_serves_like_rule_by_rule(
     backend: str, specs: list[tuple[str, int, bool]], script: list[tuple[dict[str, Any], float]]
 ) -> None:
-    """The fused receive inlined into the message path: same echoes, same close, same counts."""
+    """The fused run on the message path: same echoes, same close, same counts."""
     fused = anyio.run(functools.partial(_serve, specs, script, fused=True), backend=backend)
     reference = anyio.run(functools.partial(_serve, specs, script, fused=False), backend=backend)
     assert fused == reference
 
 
-def test_the_compiled_source_has_only_the_branches_its_run_needs() -> None:
+def test_a_run_holds_only_the_data_its_rules_give() -> None:
     guard = Guard(rules=[rules.MaxMessageSize(64), rules.MessageRate("20/second")])
     run = guard.check_plan[0]
     assert isinstance(run, FusedRun)
-    assert "if size > 16 and (size > 64 or len(text.encode(" in run.source
-    assert "if count < 20:" in run.source
-    assert "t + 1.0" in run.source
-    assert "ALLOWED_" not in run.source
-    assert "NEEDLE" not in run.source
-    assert "async def receive(self):" in run.source  # the plan's first item: inlined
+    assert (run.max_bytes, run.quarter) == (64, 16)
+    assert (run.limit, run.window) == (20, 1.0)
+    assert run.contents == ()
+    assert run.needle == ""
+    assert guard.lead_run is run  # the plan's first item
 
 
 def test_the_usual_rules_become_one_check() -> None:
@@ -187,8 +186,8 @@ def test_the_usual_rules_become_one_check() -> None:
 
 def test_other_orders_shared_keys_and_shadow_rules_stay_separate() -> None:
     size, types = rules.MaxMessageSize(64), rules.MessageTypes(binary=False)
-    # Out of order: two runs. A lone rule at the head is a run of its own (so it
-    # is inlined into receive); further on it checks itself.
+    # Out of order: two runs. A lone rule at the head is a run of its own;
+    # further on it checks itself.
     head, tail = plan_checks([types, size])
     assert isinstance(head, FusedRun)
     assert tail is size
@@ -215,11 +214,11 @@ def test_other_orders_shared_keys_and_shadow_rules_stay_separate() -> None:
     assert plan[-1] is second
 
 
-def test_a_lone_rate_is_inlined_into_receive() -> None:
+def test_a_lone_rate_at_the_head_is_a_run() -> None:
     rate = rules.MessageRate("5/second")
     (only,) = plan_checks([rate])
     assert isinstance(only, FusedRun)
-    assert "async def receive(self):" in only.source
+    assert only.rate is rate
 
 
 # -- JWT in a fused run, through the real connection path ----------------------------
@@ -368,8 +367,8 @@ async def test_after_the_app_closes_the_lead_run_still_decides() -> None:
     assert dict(snap.closes_by_initiator) == {"app": 1}
 
 
-def test_a_content_rule_with_its_own_checker_is_not_compiled() -> None:
-    """The compiled run calls ``allowed`` directly: a subclass that decides in
+def test_a_content_rule_with_its_own_checker_is_not_fused() -> None:
+    """A fused run calls ``allowed`` directly: a subclass that decides in
     ``checker()`` (here: not on /admin) must keep being asked."""
 
     class NotOnAdmin(rules.Content):
@@ -383,17 +382,40 @@ def test_a_content_rule_with_its_own_checker_is_not_compiled() -> None:
     assert len(plan_checks([rules.MaxMessageSize(9), pattern, json_rule])) == 1
 
 
-def test_the_generated_source_is_forgotten_with_its_run() -> None:
-    import gc
-    import linecache
+def test_any_rule_whose_own_checker_decides_is_not_fused() -> None:
+    """Not only Content: a subclass of any fast-path rule that overrides
+    ``checker()`` is asked itself, and so is one that gives no data."""
 
-    guard = Guard(rules=[rules.MaxMessageSize(64), rules.MessageRate("20/second")])
-    run = guard.lead_run
-    assert run is not None
-    names = [n for n in linecache.cache if str(n).startswith("<ws_guard fused")]
-    assert len(names) >= 2
-    files = list(run._code.files)
-    assert all(f in linecache.cache for f in files)
-    del guard, run
-    gc.collect()
-    assert not any(f in linecache.cache for f in files)
+    class SizeNotOnAdmin(rules.MaxMessageSize):
+        def checker(self, conn: Any) -> Checker:
+            return (lambda message: None) if conn.path == "/admin" else super().checker(conn)
+
+    class RateWithOwnData(rules.MessageRate):
+        pass  # inherits checker and fast_check together: still fused
+
+    own_size = SizeNotOnAdmin(4)
+    assert plan_checks([own_size]) == (own_size,)
+    admin = SimpleNamespace(path="/admin", guard=Guard(rules=[own_size]))
+    (check,) = checks_of(admin.guard.check_plan, admin)
+    assert check({"type": "websocket.receive", "text": "too long"}) is None
+    rate = RateWithOwnData("5/second")
+    (run,) = plan_checks([rate])
+    assert isinstance(run, FusedRun)
+    assert run.rate is rate
+
+
+def test_the_core_imports_no_concrete_rule() -> None:
+    """The fast path is built from the rules' data, never from their classes."""
+    import ast
+    import pathlib
+
+    import ws_guard._core.fast_path as fast_path
+
+    tree = ast.parse(pathlib.Path(fast_path.__file__).read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    rule_modules = {m for m in imported if m.startswith("ws_guard.rules")}
+    assert rule_modules == {"ws_guard.rules.base", "ws_guard.rules.fast", "ws_guard.rules.context"}

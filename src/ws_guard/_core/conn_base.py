@@ -1,0 +1,205 @@
+"""The connection's data: its slots, request accessors, state and frames of its own.
+
+Everything the other layers of the connection (closing, admission, holds,
+the receive/send state machine) share; see ``_core/connection.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs
+
+import anyio
+
+from ws_guard._core.decisions import Close
+from ws_guard._core.request import joined_headers
+from ws_guard._core.rule_state import EMPTY, RuleState
+from ws_guard._core.states import CONNECTING
+from ws_guard.rules.keys import resolve_client_ip
+from ws_guard.types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ws_guard._core.auth_gate import AuthGate
+    from ws_guard._core.connection import Connection
+    from ws_guard._core.guard import Guard
+    from ws_guard._core.scheduler import Deadline
+    from ws_guard._core.tasks import Job
+    from ws_guard.rules.base import Checker, Rule
+
+
+def close_frame(code: int, reason: str) -> Message:
+    """The ASGI ``websocket.close`` message ws_guard sends: *code*, *reason* as given.
+
+    The one place such a message is built; *reason* is already cut to 123
+    bytes (``Close.wire_reason``, ``truncate_reason``).
+    """
+    return {"type": "websocket.close", "code": code, "reason": reason}
+
+
+class ConnectionBase:
+    """One guarded WebSocket's state; the layers above add what it does."""
+
+    __slots__ = (
+        "_asides",
+        "_check",
+        "_close_task",
+        "_connect_message",
+        "_deadlines",
+        "_finished",
+        "_gate",
+        "_guard_close",
+        "_headers",
+        "_held",
+        "_hold",
+        "_id",
+        "_query",
+        "_receive",
+        "_send",
+        "_state_key",
+        "_state_more",
+        "_state_value",
+        "admitted",
+        "cancelled_by_guard",
+        "claims",
+        "client_ip",
+        "guard",
+        "opened_at",
+        "scope",
+        "state",
+        "subject",
+        "task",
+    )
+
+    def __init__(self, guard: Guard, scope: Scope, receive: Receive, send: Send) -> None:
+        self.guard = guard
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self._id: str | None = None
+        self.state = CONNECTING
+        self._headers: dict[str, str] | None = None  # parsed on first header() call
+        self._query: dict[str, list[str]] | None = None
+        client = scope.get("client")
+        self.client_ip = resolve_client_ip(
+            client[0] if client else None,
+            self.header("x-forwarded-for") if guard.trusted_proxies else None,
+            guard.trusted_proxies,
+        )
+        self.subject: str | None = None
+        self.claims: Mapping[str, Any] | None = None
+        # The rules' state (see _core/rule_state.py): one entry in slots, more in a dict.
+        self._state_key: Any = EMPTY
+        self._state_value: Any = EMPTY
+        self._state_more: dict[Any, Any] | None = None
+        self.admitted = False
+        self.opened_at = 0.0
+        #: The message checks: one rule's (or fused run's) checker, or a chain.
+        self._check: Checker | None = None
+        self._connect_message: Message | None = None
+        self._guard_close: Close | None = None
+        self._close_task: Job[Any] | None = None
+        # Created on first use: most connections never need them, and an idle
+        # connection's footprint is what 10 000 of them multiply.
+        self._deadlines: list[Deadline] | None = None
+        self._held: list[Rule] | None = None
+        self._hold: Job[Close | None] | None = None
+        self._asides: set[Job[Any]] | None = None
+        #: Set at admission when a first-message token must be verified before
+        #: the app's sends may reach the client (see _core/auth_gate.py).
+        self._gate: AuthGate | None = None
+        self._finished = False
+        #: What stops the app (set by the middleware): its task on asyncio, a
+        #: cancel scope around it elsewhere; and whether ws_guard cancelled it
+        #: because it ran on after a guard close.
+        self.task: asyncio.Task[Any] | anyio.CancelScope | None = None
+        self.cancelled_by_guard = False
+
+    @property
+    def full(self) -> Connection:
+        """This object as the whole connection, for the layers that hand it to rules and the guard.
+
+        Every instance is a ``Connection``; the layers are only how its code is split.
+        """
+        return cast("Connection", self)
+
+    @property
+    def extra(self) -> MutableMapping[Any, Any]:
+        """Per-connection state of the rules, keyed by the rule (an auth rule's session too)."""
+        return RuleState(self)
+
+    @property
+    def id(self) -> str:
+        """A random id, unique across processes (Redis connection slots use it)."""
+        if self._id is None:
+            self._id = uuid.uuid4().hex
+        return self._id
+
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", ""))
+
+    def header(self, name: str) -> str | None:
+        """A request header by lower-case name, latin-1; ``None`` when absent.
+
+        Repeated field lines are joined in order, as RFC 9110 section 5.3
+        says (``"; "`` for Cookie, RFC 6265 section 5.4): a proxy's appended
+        line is never hidden behind one the client wrote.
+        """
+        if self._headers is None:
+            self._headers = joined_headers(self.scope.get("headers", ()))
+        return self._headers.get(name)
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            raw = self.scope.get("query_string", b"")
+            self._query = parse_qs(raw.decode("latin-1"), keep_blank_values=True)
+        return self._query
+
+    @property
+    def subprotocols(self) -> list[str]:
+        return list(self.scope.get("subprotocols") or ())
+
+    @property
+    def guard_close(self) -> Close | None:
+        """The decision ws_guard closed this connection with, if it did."""
+        return self._guard_close
+
+    def call_at(self, when: float, callback: Any) -> Deadline:
+        """Schedule *callback* on the guard's shared heap; cancelled at finish."""
+        deadline = self.guard.scheduler.call_at(when, callback)
+        if self._deadlines is None:
+            self._deadlines = []
+        self._deadlines.append(deadline)
+        return deadline
+
+    def _set_closed(self, state: int) -> None:
+        """Enter CLOSED or GUARD_CLOSED; sends held for a token are dropped."""
+        self.state = state
+        gate = self._gate
+        if gate is not None:
+            gate.shut()
+
+    def _record_shadow(self, close: Close) -> None:
+        self.guard.reporter.record_shadow(self.full, close)
+
+    async def _send_quietly(self, message: Message) -> bool:
+        """Send a frame of ws_guard's own; False when the server would not take it.
+
+        A gone client is not an error: servers raise ``OSError`` for it
+        (uvicorn's ``ClientDisconnected``), and uvicorn's websockets-sansio
+        stack raises ``RuntimeError`` once it has closed the connection itself
+        (answering the client's close, or on a keepalive ping timeout).
+        """
+        try:
+            await self._send(message)
+        except (OSError, RuntimeError):
+            return False
+        return True
+
+    def _disconnect_message(self) -> Message:
+        close = cast(Close, self._guard_close)  # only called after a guard close
+        return {"type": "websocket.disconnect", "code": close.code, "reason": close.wire_reason}
