@@ -16,7 +16,7 @@ from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.fast_path import FusedRun
 from ws_guard._core.info import ConnectionInfo
 from ws_guard._core.states import CLOSED, GUARD_CLOSED
-from ws_guard.rules.base import Checker, Verdict
+from ws_guard.rules.context import Checker, Verdict
 from ws_guard.types import Message
 
 logger = logging.getLogger("ws_guard")

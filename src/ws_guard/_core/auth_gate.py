@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import anyio
 
@@ -44,9 +44,41 @@ from ws_guard.codes import INTERNAL_ERROR
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import Verdict
+    from ws_guard.rules.runtime import Runtime
+    from ws_guard.types import Receive, Send
 
 logger = logging.getLogger("ws_guard")
+
+
+class GatedConnection(Protocol):
+    """What the gate uses of its connection (``_core.connection.Connection`` has it).
+
+    A protocol, so the gate's module does not import the connection's, which
+    builds the gate.
+    """
+
+    state: int
+    _receive: Receive
+    _send: Send
+    _hold: Job[Close | None] | None
+
+    @property
+    def guard(self) -> Runtime: ...
+
+    def client_closed(self, message: Message) -> None: ...
+
+    def check_message(self, message: Message) -> Verdict: ...
+
+    async def _settle_hold_or_close(self) -> Message | None: ...
+
+    async def _close_open(self, close: Close) -> None: ...
+
+    def close_soon(self, close: Close) -> None: ...
+
+    def _client_gone(self) -> None: ...
+
+    def connect_message_first(self) -> None: ...
 
 
 class _Turn:
@@ -72,7 +104,7 @@ class AuthGate:
 
     __slots__ = ("_held", "_sending", "conn", "decided", "reader", "stash")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: GatedConnection) -> None:
         self.conn = conn
         #: The token was verified: held sends go out, then the state becomes OPEN.
         self.decided = False

@@ -21,8 +21,8 @@ from ws_guard._core.request import loggable_path
 from ws_guard.codes import SERVICE_RESTART, TRY_AGAIN_LATER
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard.metrics.snapshot import Metrics
+    from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
 
@@ -87,7 +87,7 @@ class CloseReporter:
 
     def record_close(
         self,
-        conn: Connection,
+        conn: RuleContext,
         close: Close | None,
         code: int | None = None,
         initiator: str = "guard",
@@ -138,7 +138,7 @@ class CloseReporter:
             extra={"ws_code": code, "ws_sent_code": sent},
         )
 
-    def record_shadow(self, conn: Connection, close: Close) -> None:
+    def record_shadow(self, conn: RuleContext, close: Close) -> None:
         """Count a shadow breach; log it unless this rule logged one in the last interval.
 
         Every breach is counted and reaches ``on_close``; the WARNING is
@@ -172,7 +172,7 @@ class CloseReporter:
 
     def _emit(
         self,
-        conn: Connection,
+        conn: RuleContext,
         code: int,
         reason: str,
         rule: str | None,

@@ -23,11 +23,11 @@ from ws_guard.types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from ws_guard._core.auth_gate import AuthGate
-    from ws_guard._core.connection import Connection
     from ws_guard._core.guard import Guard
     from ws_guard._core.scheduler import Deadline
     from ws_guard._core.tasks import Job
-    from ws_guard.rules.base import Checker, Rule
+    from ws_guard.rules.base import Rule
+    from ws_guard.rules.context import Checker, RuleContext
 
 
 def close_frame(code: int, reason: str) -> Message:
@@ -118,12 +118,13 @@ class ConnectionBase:
         self.cancelled_by_guard = False
 
     @property
-    def full(self) -> Connection:
-        """This object as the whole connection, for the layers that hand it to rules and the guard.
+    def full(self) -> RuleContext:
+        """This object as rules and the guard see it: a :class:`RuleContext`.
 
-        Every instance is a ``Connection``; the layers are only how its code is split.
+        Every instance is a whole ``Connection``, which implements the protocol;
+        the layers are only how its code is split.
         """
-        return cast("Connection", self)
+        return cast("RuleContext", self)
 
     @property
     def extra(self) -> MutableMapping[Any, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -208,3 +208,14 @@ class Connection(Holds):
             self.guard.metrics.connection_finished(time.monotonic() - self.opened_at)
         if close_task is not None and close_task.done() and not close_task.cancelled():
             close_task.result()  # a bug in sending it is raised, after the releases
+
+
+if TYPE_CHECKING:
+    from ws_guard._core.auth_gate import GatedConnection
+    from ws_guard.rules.context import RuleContext
+
+    def _implements(conn: Connection) -> tuple[RuleContext, GatedConnection]:
+        """Let mypy check that a Connection is what the protocols promise (never called)."""
+        context: RuleContext = conn
+        gated: GatedConnection = conn
+        return context, gated

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ws_guard.rules.base import Checker, Rule, Verdict
+from ws_guard.rules.base import Rule
+from ws_guard.rules.context import Checker, Verdict
 from ws_guard.rules.fast import (
     AuthCheck,
     ContentTest,

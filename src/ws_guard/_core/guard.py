@@ -41,7 +41,7 @@ from ws_guard.rules.keys import (
 )
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
 T = TypeVar("T")
@@ -103,7 +103,7 @@ class Guard:
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Admitted connections that have not finished.
-        self.connections: set[Connection] = set()
+        self.connections: set[RuleContext] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.
         self.drain_window = check_seconds(
             "drain_window", drain_window, maximum=_MAX_DRAIN_WINDOW, positive=False

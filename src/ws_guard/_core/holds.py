@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING, cast
 
 from ws_guard._core.admission import Admission
 from ws_guard._core.auth_gate import AuthGate
@@ -16,6 +17,9 @@ from ws_guard._core.states import AUTHENTICATING, GUARD_CLOSED, OPEN
 from ws_guard._core.tasks import Job, spawn, wait_done
 from ws_guard.codes import INTERNAL_ERROR
 from ws_guard.types import Message
+
+if TYPE_CHECKING:
+    from ws_guard._core.auth_gate import GatedConnection
 
 logger = logging.getLogger("ws_guard")
 
@@ -54,7 +58,7 @@ class Holds(Admission):
         messages itself; see _core/auth_gate.py for what the app sees.
         """
         if self._gate is None:
-            self._gate = AuthGate(self.full)
+            self._gate = AuthGate(cast("GatedConnection", self))  # the whole Connection
 
     def verified(self) -> None:
         """The pending token is valid: held sends go out in order, then the connection opens."""

@@ -22,11 +22,11 @@ from ws_guard.codes import SERVICE_RESTART
 from ws_guard.errors import UnsupportedBackendError
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
     from ws_guard._core.scheduler import Scheduler
     from ws_guard._core.storage import SharedStorage
     from ws_guard.load.base import LoadGauge
     from ws_guard.rules.base import Rule
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
@@ -46,7 +46,7 @@ class Lifecycle:
         gauges: tuple[LoadGauge, ...],
         storage: SharedStorage,
         scheduler: Scheduler,
-        connections: Collection[Connection],
+        connections: Collection[RuleContext],
         signal_drain: SignalDrain,
         drain_window: float,
     ) -> None:
@@ -209,7 +209,7 @@ class Lifecycle:
             self._drain.start()
         await self._drain.wait()
 
-    def drain_admitted(self, conn: Connection) -> None:
+    def drain_admitted(self, conn: RuleContext) -> None:
         """*conn* was admitted; a drain whose waves all ran closes it at once.
 
         A handshake can be past the drain check and still in admission (a

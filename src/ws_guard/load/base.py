@@ -23,7 +23,7 @@ from ws_guard.load.shedding import ShedOpen, ShedTimer
 from ws_guard.metrics.snapshot import GaugeReading
 
 if TYPE_CHECKING:
-    from ws_guard._core.connection import Connection
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
 __all__ = ["GaugeOptions", "LoadGauge"]
@@ -162,7 +162,7 @@ class LoadGauge:
             jittered=True,
         )
 
-    def check(self, conn: Connection) -> Close | None:
+    def check(self, conn: RuleContext) -> Close | None:
         now = conn.guard.scheduler.now()
         if not self.observe(now):
             return None

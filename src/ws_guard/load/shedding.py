@@ -14,15 +14,15 @@ import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ws_guard._core.states import LIVE
 from ws_guard._validate import check_positive, check_seconds
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ws_guard._core.decisions import Close
     from ws_guard._core.scheduler import Deadline
-    from ws_guard.load.base import LoadGauge
     from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
@@ -62,12 +62,31 @@ class ShedOpen:
             raise ConfigurationError(f"ShedOpen priority must be callable, not {self.priority!r}")
 
 
+class SheddingGauge(Protocol):
+    """What the timer uses of its gauge (:class:`ws_guard.load.LoadGauge` has it).
+
+    A protocol, so this module does not import the gauge's, which imports it.
+    """
+
+    name: str
+    enforce: bool
+    open_sheds: int
+    shadow_sheds: int
+
+    def observe(self, now: float) -> bool: ...
+
+    @property
+    def tripped_since(self) -> float | None: ...
+
+    def overload_close(self, now: float) -> Close: ...
+
+
 class ShedTimer:
     """The periodic check of one gauge, chained on the guard's scheduler."""
 
     __slots__ = ("_deadline", "config", "gauge", "guard")
 
-    def __init__(self, gauge: LoadGauge, guard: Runtime, config: ShedOpen) -> None:
+    def __init__(self, gauge: SheddingGauge, guard: Runtime, config: ShedOpen) -> None:
         self.gauge = gauge
         self.guard = guard
         self.config = config

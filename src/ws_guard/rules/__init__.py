@@ -18,8 +18,8 @@ from ws_guard.rules.auth.tokens import (
     from_query,
     from_subprotocol,
 )
-from ws_guard.rules.base import Checker, Rule, Stage
-from ws_guard.rules.context import RuleContext
+from ws_guard.rules.base import Rule, Stage
+from ws_guard.rules.context import Checker, RuleContext
 from ws_guard.rules.keys import by_connection, by_ip, by_user
 from ws_guard.rules.limits.connect_rate import ConnectRate
 from ws_guard.rules.limits.connection_cap import MaxConnectionsPerKey

@@ -9,21 +9,17 @@ for a client's behaviour.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from ws_guard._core.decisions import Close, Consume
+from ws_guard._core.decisions import Close
 from ws_guard.errors import ConfigurationError
+from ws_guard.rules.context import Checker
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
     from ws_guard.rules.fast import FastCheck
     from ws_guard.rules.runtime import Runtime
-
-Verdict = Close | Consume | None
-#: A per-connection message check: sees every ``websocket.receive`` message.
-Checker = Callable[[Message], Verdict]
 
 
 class Stage(enum.IntEnum):

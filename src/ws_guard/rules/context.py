@@ -11,12 +11,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ws_guard._core.decisions import Close, Consume
 from ws_guard.types import Message, Scope
 
 if TYPE_CHECKING:
-    from ws_guard._core.decisions import Close
-    from ws_guard.rules.runtime import Runtime
     from ws_guard._core.scheduler import Deadline
+    from ws_guard.rules.runtime import Runtime
+
+
+#: What a message check returns: close, keep from the app (CONSUME), or pass (None).
+Verdict = Close | Consume | None
+#: A per-connection message check: sees every ``websocket.receive`` message.
+Checker = Callable[[Message], Verdict]
 
 
 class RuleContext(Protocol):

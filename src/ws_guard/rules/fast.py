@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ws_guard._core.decisions import Close
-    from ws_guard.rules.base import Checker
-    from ws_guard.rules.context import RuleContext
+    from ws_guard.rules.context import Checker, RuleContext
 
 
 @dataclass(frozen=True, slots=True)

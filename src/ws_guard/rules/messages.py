@@ -16,7 +16,8 @@ from ws_guard._json import Unreadable, read_json
 from ws_guard._validate import check_count
 from ws_guard.codes import INTERNAL_ERROR, MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA
 from ws_guard.errors import ConfigurationError
-from ws_guard.rules.base import Checker, Rule
+from ws_guard.rules.base import Rule
+from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import ContentTest, SizeLimit, TypeFilter
 from ws_guard.rules.regex import compile_search
 from ws_guard.types import Message

@@ -17,7 +17,34 @@ if TYPE_CHECKING:
     from ws_guard._core.scheduler import Scheduler
     from ws_guard._core.storage import SharedStorage
     from ws_guard.metrics.snapshot import Metrics
-    from ws_guard.rules.base import Rule
+
+
+class RuleTraits(Protocol):
+    """What a rule may read of the guard's other rules (:class:`ws_guard.rules.Rule` has it all).
+
+    For configuration checks across rules at ``bind``: one auth rule per guard,
+    cookie auth only with an origin check, ``by_user`` keys only with an auth rule.
+    """
+
+    @property
+    def stage(self) -> int:
+        """The rule's admission stage (``Stage``)."""
+
+    @property
+    def provides_subject(self) -> bool:
+        """True for a rule that sets the connection's subject (an auth rule)."""
+
+    @property
+    def checks_origin(self) -> bool:
+        """True for a rule that checks the ``Origin`` header."""
+
+    @property
+    def enforce(self) -> bool:
+        """False for a rule in shadow mode."""
+
+    @property
+    def name(self) -> str | None:
+        """The rule's metrics label, or ``None``."""
 
 
 class Runtime(Protocol):
@@ -43,7 +70,7 @@ class Runtime(Protocol):
     """
 
     @property
-    def rules(self) -> tuple[Rule, ...]: ...
+    def rules(self) -> tuple[RuleTraits, ...]: ...
 
     @property
     def scheduler(self) -> Scheduler: ...

@@ -30,7 +30,7 @@ from ws_guard.rules.auth.jwt_settings import (
     prepare_key,
 )
 from ws_guard.rules.auth.key_state import KeyState
-from ws_guard.rules.auth.session import RefreshMatcher, Session, refresh_matcher
+from ws_guard.rules.auth.session import Claims, Outcome, RefreshMatcher, Session, refresh_matcher
 from ws_guard.rules.auth.tokens import (
     FromCookie,
     FromFirstMessage,
@@ -39,7 +39,8 @@ from ws_guard.rules.auth.tokens import (
     check_sources,
 )
 from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
-from ws_guard.rules.base import Checker, Rule, Stage
+from ws_guard.rules.base import Rule, Stage
+from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import AuthCheck, refresh_needle
 from ws_guard.rules.keys import by_ip, by_user
 from ws_guard.rules.limits.rates import Rate, parse_rates
@@ -47,17 +48,14 @@ from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
-    from ws_guard.rules.runtime import Runtime
+    from ws_guard.rules.runtime import RuleTraits, Runtime
 
 logger = logging.getLogger("ws_guard")
 
-Claims = dict[str, Any]
 #: What decoding a hostile token may raise. PyJWT wraps most failures in its
 #: own errors; older releases let ``RecursionError`` (a deeply nested header)
 #: and ``ValueError`` (``UnicodeEncodeError`` for a non-ASCII token) through.
 _DECODE_ERRORS = (PyJWTError, ValueError, RecursionError)
-#: What verification can end in: claims, a close, or "the key server is down".
-Outcome = Claims | Close | KeyState
 #: A client refreshes about once per token lifetime; three a minute per
 #: connection leaves room for tokens of 20 s and bounds the crypto a client
 #: can make the server do (ES256: ~95 us a refresh).
@@ -283,7 +281,7 @@ class JWTAuth(Rule):
         self._check_cookie_origin(guard.rules)
         self._check_user_keys_at_handshake(guard.rules)
 
-    def _check_cookie_origin(self, rules: Sequence[Rule]) -> None:
+    def _check_cookie_origin(self, rules: Sequence[RuleTraits]) -> None:
         """Raise when a token may come from a cookie and no rule checks origins.
 
         A browser attaches cookies to a handshake any page opens, so cookie auth
@@ -300,7 +298,7 @@ class JWTAuth(Rule):
                 f"rules.AllowedOrigins(['https://your.site']) to the guard's rules"
             )
 
-    def _check_user_keys_at_handshake(self, rules: Sequence[Rule]) -> None:
+    def _check_user_keys_at_handshake(self, rules: Sequence[RuleTraits]) -> None:
         """Raise when a handshake rule keys by user but the token may arrive after the handshake.
 
         ``MaxConnectionsPerKey`` and ``ConnectRate`` decide at the handshake; with

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from ws_guard._core.decisions import CONSUME, Close, Consume
 from ws_guard._core.scheduler import Deadline
@@ -29,15 +29,54 @@ from ws_guard._json import Unreadable, read_json
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.auth.key_state import KeyState
 from ws_guard.rules.auth.waiting_room import WaitingRoom
-from ws_guard.rules.base import Checker
+from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import refresh_needle
 from ws_guard.rules.keys import by_user, user_key
 from ws_guard.rules.limits.leases import CountedWindow
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard.rules.auth.jwt import JWTAuth, Outcome
+    from ws_guard.rules.auth.tokens import FromFirstMessage
     from ws_guard.rules.context import RuleContext
+    from ws_guard.rules.limits.rates import Rate
+    from ws_guard.rules.runtime import Runtime
+
+#: Verified claims (a JWT's payload).
+Claims = dict[str, Any]
+#: What verifying a token gives: its claims, a close, or a key state (fetch pending).
+Outcome = Claims | Close | KeyState
+
+
+class AuthRule(Protocol):
+    """What a session needs of the auth rule that made it (``JWTAuth`` is one).
+
+    A protocol, so this module does not import the rule and the rule's
+    module can import this one.
+    """
+
+    first_message: FromFirstMessage | None
+    waiting: WaitingRoom | None
+    refresh_token: RefreshMatcher | None
+    refresh_rates: tuple[Rate, ...]
+    expiring_notice: float | None
+    leeway: float
+    max_token_bytes: int
+    provides_subject: ClassVar[bool]
+    missing: Close
+    invalid: Close
+    expired: Close
+    stale: Close
+    unavailable: Close
+    failed: Close
+
+    def verify_now(self, token: str) -> Outcome: ...
+
+    async def verify(self, token: str, guard: Runtime) -> Outcome: ...
+
+    def refresh_limited(self, retry: float) -> Close: ...
+
+    def handshake_close(self, outcome: KeyState, guard: Runtime) -> Close: ...
+
 
 logger = logging.getLogger("ws_guard")
 
@@ -66,7 +105,7 @@ class Session:
         "waiting",
     )
 
-    def __init__(self, rule: JWTAuth, conn: RuleContext) -> None:
+    def __init__(self, rule: AuthRule, conn: RuleContext) -> None:
         self.rule = rule
         self.conn = conn
         #: The handshake's token, between ``on_connect`` and ``admit`` only.

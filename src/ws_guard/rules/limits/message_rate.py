@@ -19,7 +19,8 @@ from ws_guard._validate import check_count
 from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.auth.session import refresh_session
-from ws_guard.rules.base import Checker, Rule
+from ws_guard.rules.base import Rule
+from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import SingleRate
 from ws_guard.rules.keys import KeyFunc, by_connection
 from ws_guard.rules.limits.expiring import ExpiringStates
