@@ -35,7 +35,7 @@ class Admission(Closing):
             return False
         self._connect_message = message
         guard = self.guard
-        for rule in guard.connect_rules:
+        for rule in guard.plan.connect_rules:
             rule.on_connect(self.full)
         refusal = guard.lifecycle.drain_refusal()
         if refusal is not None:
@@ -49,7 +49,7 @@ class Admission(Closing):
                 else:
                     await self._reject(verdict)
                     return False
-        for rule, holds in guard.admission_rules:
+        for rule, holds in guard.plan.admission_rules:
             if holds:
                 # Held before the await: a handshake cancelled inside admit()
                 # (the client left) still releases what admit() took so far.
@@ -68,7 +68,7 @@ class Admission(Closing):
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
         guard.connections.add(self.full)
-        plan = guard.check_plan
+        plan = guard.plan.checks
         # A leading fused run calls the rest of the plan itself: one call per
         # message. Its state is made first: checks are set up in plan order.
         lead = plan[0].bind(self.full) if plan and isinstance(plan[0], FusedRun) else None

@@ -76,7 +76,7 @@ class Closing(ConnectionBase):
 
     async def _accept_and_close(self, close: Close) -> None:
         accept: Message = {"type": "websocket.accept"}
-        for rule in self.guard.accept_rules:
+        for rule in self.guard.plan.accept_rules:
             rule.on_accept(self.full, accept)  # e.g. the subprotocol a browser insists on
         if await self._send_quietly(accept):
             await self._send_quietly(close_frame(close.code, close.wire_reason))

@@ -147,7 +147,7 @@ class Connection(Holds):
         if state == CONNECTING:
             kind = message["type"]
             if kind == "websocket.accept":
-                for rule in self.guard.accept_rules:
+                for rule in self.guard.plan.accept_rules:
                     rule.on_accept(self, message)
                 # The accept itself goes out (the client needs it to send its
                 # token); with a token pending, nothing after it does.
@@ -159,7 +159,7 @@ class Connection(Holds):
                 except OSError:
                     self._client_gone()
                     raise
-                for rule in self.guard.open_rules:
+                for rule in self.guard.plan.open_rules:
                     rule.on_open(self)
                 if gate is not None and self.state == AUTHENTICATING:
                     gate.start()

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from ws_guard._core.closes import CloseReporter, OnClose
-from ws_guard._core.fast_path import FusedRun, plan_checks
 from ws_guard._core.namespace import guard_namespace
 from ws_guard._core.paths import PathMatcher
+from ws_guard._core.plan import HookPlan
 from ws_guard._core.runtime import Lifecycle
 from ws_guard._core.scheduler import Scheduler
 from ws_guard._core.signals import SignalDrain, parse_signals
@@ -31,7 +31,7 @@ from ws_guard.codes import SERVICE_RESTART
 from ws_guard.errors import ConfigurationError
 from ws_guard.load.base import LoadGauge
 from ws_guard.metrics.snapshot import Metrics
-from ws_guard.rules.base import Rule, overrides
+from ws_guard.rules.base import Rule
 from ws_guard.rules.keys import (
     DEFAULT_IPV6_PREFIX,
     IPNetwork,
@@ -136,21 +136,8 @@ class Guard:
             self.drain_window,
         )
 
-        ordered = sorted(
-            peer_checks(self.rules) + self.rules, key=lambda rule: rule.stage
-        )  # stable: user order within a stage, the peer check first
-        self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
-            (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
-        )
-        self.connect_rules = tuple(r for r in ordered if overrides(r, "on_connect"))
-        self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
-        #: What each connection's message checks are built from (see _core/fast_path.py).
-        self.check_plan = plan_checks(self.checker_rules, self.scheduler.clock)
-        #: The plan's first item when it is a fused run (for reading).
-        first = self.check_plan[0] if self.check_plan else None
-        self.lead_run = first if isinstance(first, FusedRun) else None
-        self.accept_rules = tuple(r for r in self.rules if overrides(r, "on_accept"))
-        self.open_rules = tuple(r for r in self.rules if overrides(r, "on_open"))
+        #: Engine use: which rules each connection hook calls (see _core/plan.py).
+        self.plan = HookPlan(self.rules, peer_checks(self.rules), self.scheduler.clock)
         for rule in self.rules:
             rule.bind(self)
         for gauge in self.gauges:

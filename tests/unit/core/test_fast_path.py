@@ -88,8 +88,8 @@ def test_fused_plan_decides_like_rule_by_rule(
     clock = ManualClock(10.0)
     guard = Guard(rules=rule_list, clock=clock)
     conn = SimpleNamespace(guard=guard, auth=None)
-    one_by_one = checks_of(guard.checker_rules, conn)
-    fused = checks_of(plan_checks(guard.checker_rules, guard.scheduler.clock), conn)
+    one_by_one = checks_of(guard.plan.checker_rules, conn)
+    fused = checks_of(plan_checks(guard.plan.checker_rules, guard.scheduler.clock), conn)
     for m, step in script:
         clock.now += step
         assert decide(fused, m) == decide(one_by_one, m)
@@ -117,8 +117,8 @@ async def _serve(
     clock = ManualClock(10.0)
     guard = Guard(rules=[make_rule(kind, n + 1, on) for kind, n, on in specs], clock=clock)
     if not fused:
-        guard.check_plan = tuple(guard.checker_rules)  # rule by rule
-        guard.lead_run = None
+        guard.plan.checks = tuple(guard.plan.checker_rules)  # rule by rule
+        guard.plan.lead_run = None
     ws = _SteppedWebSocket(WSGuardMiddleware(echo, guard=guard), clock)
     await ws.connect()
     for m, step in script:
@@ -163,13 +163,13 @@ def test_fast_path_serves_like_rule_by_rule(
 
 def test_a_run_holds_only_the_data_its_rules_give() -> None:
     guard = Guard(rules=[rules.MaxMessageSize(64), rules.MessageRate("20/second")])
-    run = guard.check_plan[0]
+    run = guard.plan.checks[0]
     assert isinstance(run, FusedRun)
     assert (run.max_bytes, run.quarter) == (64, 16)
     assert (run.limit, run.window) == (20, 1.0)
     assert run.contents == ()
     assert run.needle == ""
-    assert guard.lead_run is run  # the plan's first item
+    assert guard.plan.lead_run is run  # the plan's first item
 
 
 def test_the_usual_rules_become_one_check() -> None:
@@ -248,8 +248,8 @@ async def test_jwt_refresh_and_message_rules_in_one_fused_check() -> None:
             rules.MessageRate("3/minute"),
         ]
     )
-    assert len(guard.check_plan) == 1
-    assert isinstance(guard.check_plan[0], FusedRun)
+    assert len(guard.plan.checks) == 1
+    assert isinstance(guard.plan.checks[0], FusedRun)
     now = time.time()
     ws = ScriptedWebSocket(
         WSGuardMiddleware(echo, guard=guard),
@@ -350,7 +350,7 @@ async def test_after_the_app_closes_the_lead_run_still_decides() -> None:
 
     clock = ManualClock(10.0)
     guard = Guard(rules=[rules.MaxMessageSize(10), rules.MessageRate("2/second")], clock=clock)
-    assert guard.lead_run is not None
+    assert guard.plan.lead_run is not None
     ws = ScriptedWebSocket(WSGuardMiddleware(closes_then_reads, guard=guard))
     await ws.connect()
     await ws.expect("websocket.accept")
@@ -396,7 +396,7 @@ def test_any_rule_whose_own_checker_decides_is_not_fused() -> None:
     own_size = SizeNotOnAdmin(4)
     assert plan_checks([own_size]) == (own_size,)
     admin = SimpleNamespace(path="/admin", guard=Guard(rules=[own_size]))
-    (check,) = checks_of(admin.guard.check_plan, admin)
+    (check,) = checks_of(admin.guard.plan.checks, admin)
     assert check({"type": "websocket.receive", "text": "too long"}) is None
     rate = RateWithOwnData("5/second")
     (run,) = plan_checks([rate])

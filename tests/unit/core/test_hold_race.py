@@ -136,7 +136,7 @@ def setup(jwks_server: JWKSServer, *, fused: bool, token: Any) -> tuple[Guard, G
     jwks = GatedJWKS(jwks_server.url)
     rule = rules.JWTAuth(algorithms=["RS256"], jwks_url=jwks, token=token)
     guard = Guard(rules=[rule] if fused else [PassThrough(), rule])
-    assert isinstance(guard.lead_run, FusedRun) is fused  # both receive paths are covered
+    assert isinstance(guard.plan.lead_run, FusedRun) is fused  # both receive paths are covered
     return guard, jwks
 
 

@@ -267,7 +267,7 @@ async def test_a_refused_frame_after_the_app_closed_is_dropped_not_delivered() -
     # app's receive is the connection's own.
     received: list[dict[str, Any]] = []
     guard = Guard(rules=[rules.MessageRate("1/minute", key=rules.by_ip)])
-    assert guard.lead_run is None
+    assert guard.plan.lead_run is None
     app = await app_that_closes_while_a_receive_waits(received, first=True)
     ws = ScriptedWebSocket(WSGuardMiddleware(app, guard=guard))
     await ws.connect()

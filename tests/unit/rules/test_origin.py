@@ -227,7 +227,7 @@ async def refused(ws: ScriptedWebSocket, reason: str = "origin_not_allowed") -> 
 
 def test_the_rule_runs_first_among_admission_rules() -> None:
     guard = guarded(rules.ConnectRate("5/minute"), rules.MaxConnectionsPerKey(2))
-    order = [type(rule).__name__ for rule, _ in guard.admission_rules]
+    order = [type(rule).__name__ for rule, _ in guard.plan.admission_rules]
     # PeerRequired: the by_ip keys need a client address (refused before any count).
     assert order == [
         "AllowedOrigins",

@@ -143,7 +143,7 @@ def test_jwt_rule_provides_the_subject_and_runs_at_the_auth_stage() -> None:
     assert rule.provides_subject
     assert rule.stage == rules.Stage.AUTH
     guard = Guard(rules=[rule])
-    assert guard.connect_rules == (rule,)
+    assert guard.plan.connect_rules == (rule,)
 
 
 @pytest.mark.parametrize(

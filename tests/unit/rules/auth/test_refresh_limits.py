@@ -60,7 +60,7 @@ def build(
     chosen = [rule, *extra] if fused else [Front(), rule, PassThrough(), *extra]
     clock = Clock(1000.0)
     guard = Guard(rules=chosen, clock=clock, app_exit_timeout=None)
-    assert any(isinstance(item, FusedRun) for item in guard.check_plan) is fused
+    assert any(isinstance(item, FusedRun) for item in guard.plan.checks) is fused
     return guard, WSGuardMiddleware(echo, guard=guard), clock, decodes
 
 
