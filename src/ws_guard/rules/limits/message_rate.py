@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
-from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    POLICY_VIOLATION,
+    REASON_RATE_LIMITED,
+    REASON_STORAGE_UNAVAILABLE,
+    TRY_AGAIN_LATER,
+)
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.auth.session import refresh_session
 from ws_guard.rules.base import Checker, Rule
@@ -126,7 +131,7 @@ class MessageRate(Rule):
         for states in self._maps:
             if not await states.get(key, now).prime():
                 if not book.fail_open:
-                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                    return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
                 break
         return None
 
@@ -166,8 +171,8 @@ class MessageRate(Rule):
 
     def _deny(self, retry: float) -> Close:
         if retry == STORAGE_DOWN:
-            return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
-        return self.breach(POLICY_VIOLATION, "rate_limited", retry)
+            return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
+        return self.breach(POLICY_VIOLATION, REASON_RATE_LIMITED, retry)
 
     def _single_checker(self, guard: Runtime) -> Checker:
         """The common case, kept to a clock read and two comparisons."""
