@@ -1,9 +1,10 @@
 """Every close reason the docs mention is spelled exactly as ws_guard sends it.
 
 The reasons ws_guard can send are read from its source, not listed here: each
-``breach(code, "slug"[, retry])`` and ``Close(code, "slug", rule[, retry])``
-call with a literal slug, the ``content:<name>`` family, and the drain
-reasons. A call that passes a retry value sends the slug with the hint, whose
+``breach(code, slug[, retry])`` and ``Close(code, slug, rule[, retry])``
+call whose slug is a literal or a ``REASON_*`` constant of ``ws_guard.codes``
+(``REASON_X`` or ``codes.REASON_X``), the ``content:<name>`` family, and the
+drain reasons. A call that passes a retry value sends the slug with the hint, whose
 spelling is taken from ``Close.wire_reason`` itself.
 
 Scanned: README.md, docs/*.md, and the docstrings and comments of examples/
@@ -62,12 +63,43 @@ class Sent:
         (self.hinted if hinted else self.plain).add(slug)
 
 
+def _codes_name(node: ast.expr) -> str | None:
+    """``X`` for a bare name ``X`` or an attribute ``codes.X``, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.attr if node.value.id == "codes" else None
+    return None
+
+
 def _code_value(node: ast.expr) -> int | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, int):
         return node.value
-    if isinstance(node, ast.Name) and isinstance(getattr(_close, node.id, None), int):
-        return int(getattr(_close, node.id))
+    name = _codes_name(node)
+    if name is not None and isinstance(getattr(_close, name, None), int):
+        return int(getattr(_close, name))
     return None
+
+
+def _slug_value(node: ast.expr) -> str | None:
+    """A literal slug, or the value of the ``REASON_*`` constant *node* names.
+
+    A ``REASON_*`` name that ``ws_guard.codes`` lacks raises, so a slug
+    sent through a misspelt constant is never silently left out of the scan.
+    """
+    if isinstance(node, ast.JoinedStr) and node.values:
+        node = node.values[0]  # f"content:{name}": the family's fixed prefix
+        if isinstance(node, ast.FormattedValue):  # f"{REASON_CONTENT_PREFIX}{name}"
+            node = node.value
+    if isinstance(node, ast.Constant):
+        return node.value if isinstance(node.value, str) else None
+    name = _codes_name(node)
+    if name is None or not name.startswith("REASON_"):
+        return None
+    value = getattr(_close, name, None)
+    if not isinstance(value, str):
+        raise LookupError(f"ws_guard.codes has no reason slug {name}")
+    return value
 
 
 def _has_retry(call: ast.Call, position: int) -> bool:
@@ -77,7 +109,7 @@ def _has_retry(call: ast.Call, position: int) -> bool:
 
 
 def collect_breaches(tree: ast.AST, sent: Sent) -> None:
-    """Add every ``breach``/``Close`` call in *tree* with a literal slug."""
+    """Add every ``breach``/``Close`` call in *tree* with a literal or ``REASON_*`` slug."""
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or len(node.args) < 2:
             continue
@@ -85,12 +117,10 @@ def collect_breaches(tree: ast.AST, sent: Sent) -> None:
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
         if name not in ("breach", "Close"):
             continue
-        code, slug = _code_value(node.args[0]), node.args[1]
-        if isinstance(slug, ast.JoinedStr) and slug.values:
-            slug = slug.values[0]  # f"content:{name}": the family's fixed prefix
-        if code is None or not isinstance(slug, ast.Constant) or not isinstance(slug.value, str):
+        code, slug = _code_value(node.args[0]), _slug_value(node.args[1])
+        if code is None or slug is None:
             continue
-        sent.add(slug.value, code, _has_retry(node, 2 if name == "breach" else 3))
+        sent.add(slug, code, _has_retry(node, 2 if name == "breach" else 3))
 
 
 def sent_by_ws_guard() -> Sent:
@@ -112,6 +142,33 @@ def test_reasons_are_read_from_the_code() -> None:
     assert SENT.codes["overloaded"] == {1013}
     assert SENT.codes["unsupported_data"] == {1003}
     assert HINT == "; retry-after="
+
+
+def test_scan_resolves_reason_constants() -> None:
+    """Slugs sent through ``REASON_*`` constants count as the literals they stand for."""
+    sent = Sent()
+    source = (
+        "self.breach(POLICY_VIOLATION, REASON_RATE_LIMITED, retry)\n"
+        "Close(codes.TRY_AGAIN_LATER, codes.REASON_OVERLOADED, REASON_OVERLOADED, 3.0)\n"
+        "self.breach(POLICY_VIOLATION, f'{REASON_CONTENT_PREFIX}{name}')\n"
+        "self.breach(1003, 'unsupported_data')\n"
+        "self.breach(1008, reason)\n"  # not a slug the scan can read: left out
+        "self.breach(1008, other.REASON_TOKEN_STALE)\n"  # not ws_guard.codes: left out
+    )
+    collect_breaches(ast.parse(source), sent)
+    assert sent.codes == {
+        "rate_limited": {1008},
+        "overloaded": {1013},
+        "content:": {1008},
+        "unsupported_data": {1003},
+    }
+    assert sent.hinted == {"rate_limited", "overloaded"}
+    assert sent.plain == {"content:", "unsupported_data"}
+
+
+def test_scan_refuses_an_unknown_reason_constant() -> None:
+    with pytest.raises(LookupError, match="REASON_RATE_LIMTED"):
+        collect_breaches(ast.parse("self.breach(1008, REASON_RATE_LIMTED)"), Sent())
 
 
 # -- the text that is scanned ------------------------------------------------------

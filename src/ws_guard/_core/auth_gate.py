@@ -40,7 +40,7 @@ import anyio
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.states import AUTHENTICATING, OPEN
 from ws_guard._core.tasks import Job, spawn, wait_done
-from ws_guard.codes import INTERNAL_ERROR
+from ws_guard.codes import INTERNAL_ERROR, REASON_INTERNAL_ERROR
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
@@ -156,7 +156,9 @@ class AuthGate:
         if exc is not None:
             # Fail closed: nothing the app sent goes out unverified.
             logger.error("ws_guard could not read a first-message token", exc_info=exc)
-            self.conn.close_soon(Close(INTERNAL_ERROR, "internal_error", "internal_error"))
+            self.conn.close_soon(
+                Close(INTERNAL_ERROR, REASON_INTERNAL_ERROR, REASON_INTERNAL_ERROR)
+            )
 
     async def read(self) -> Message | None:
         """For the app's receive: wait for the reader; the message it left, if any."""

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 from ws_guard._core.decisions import Close, http_retry_after
 from ws_guard._core.request import loggable_path
-from ws_guard.codes import SERVICE_RESTART, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    REASON_CONNECT_RATE_LIMITED,
+    REASON_RATE_LIMITED,
+    REASON_TOO_MANY_CONNECTIONS,
+    SERVICE_RESTART,
+    TRY_AGAIN_LATER,
+)
 
 if TYPE_CHECKING:
     from ws_guard.metrics.snapshot import Metrics
@@ -26,7 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ws_guard")
 
-_RATE_REASONS = frozenset({"rate_limited", "connect_rate_limited", "too_many_connections"})
+_RATE_REASONS = frozenset(
+    {REASON_RATE_LIMITED, REASON_CONNECT_RATE_LIMITED, REASON_TOO_MANY_CONNECTIONS}
+)
 
 
 @dataclass(frozen=True, slots=True)

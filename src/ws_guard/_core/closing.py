@@ -15,6 +15,7 @@ from ws_guard.codes import (
     HTTP_FORBIDDEN,
     INTERNAL_ERROR,
     NORMAL,
+    REASON_INTERNAL_ERROR,
     is_sendable_code,
     sendable_code_for,
     truncate_reason,
@@ -180,7 +181,7 @@ class Closing(ConnectionBase):
         """
         if self.state in LIVE:
             self._set_closed(CLOSED)
-            close = Close(INTERNAL_ERROR, "internal_error", "internal_error")
+            close = Close(INTERNAL_ERROR, REASON_INTERNAL_ERROR, REASON_INTERNAL_ERROR)
             frame = close_frame(close.code, close.wire_reason)
             if server_refused_send(exc):
                 # A send the app made on the fast path (not seen by ws_guard) hit a gone client.

@@ -18,7 +18,7 @@ import anyio
 from ws_guard._core.decisions import Close
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, OPEN
 from ws_guard._validate import check_non_negative, check_positive
-from ws_guard.codes import GOING_AWAY, SERVICE_RESTART
+from ws_guard.codes import GOING_AWAY, REASON_GOING_AWAY, REASON_RESTARTING, SERVICE_RESTART
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ws_guard.rules.runtime import Runtime
 
 #: Codes a drain may close with, and the reason slug each one carries.
-DRAIN_REASONS = {SERVICE_RESTART: "restarting", GOING_AWAY: "going_away"}
+DRAIN_REASONS = {SERVICE_RESTART: REASON_RESTARTING, GOING_AWAY: REASON_GOING_AWAY}
 #: Admitted connections still to close: open (or waiting for a first-message
 #: token), or admitted and not yet accepted.
 _CLOSABLE = (OPEN, AUTHENTICATING, CONNECTING)

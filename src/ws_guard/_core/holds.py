@@ -15,7 +15,7 @@ from ws_guard._core.auth_gate import AuthGate
 from ws_guard._core.decisions import Close
 from ws_guard._core.states import AUTHENTICATING, GUARD_CLOSED, OPEN
 from ws_guard._core.tasks import Job, spawn, wait_done
-from ws_guard.codes import INTERNAL_ERROR
+from ws_guard.codes import INTERNAL_ERROR, REASON_INTERNAL_ERROR
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Holds(Admission):
         if exc is not None:
             # A bug in the deciding code: fail closed, never let the next message pass.
             logger.error("ws_guard could not decide a held message", exc_info=exc)
-            self.close_soon(Close(INTERNAL_ERROR, "internal_error", "internal_error"))
+            self.close_soon(Close(INTERNAL_ERROR, REASON_INTERNAL_ERROR, REASON_INTERNAL_ERROR))
             return
         close = future.result()
         if close is not None:

@@ -13,7 +13,7 @@ from ws_guard._core.connection import Connection
 from ws_guard._core.decisions import Close
 from ws_guard._core.guard import Guard
 from ws_guard._core.tasks import on_asyncio
-from ws_guard.codes import INTERNAL_ERROR
+from ws_guard.codes import INTERNAL_ERROR, REASON_UNSUPPORTED_BACKEND
 from ws_guard.errors import ConfigurationError, UnsupportedBackendError
 from ws_guard.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -98,7 +98,9 @@ class WSGuardMiddleware:
                 self._backend_logged = True
                 logger.error("ws_guard refuses WebSocket connections: %s", exc)
             conn = Connection(self.guard, scope, receive, send)
-            await conn.refuse(Close(INTERNAL_ERROR, "unsupported_backend", "unsupported_backend"))
+            await conn.refuse(
+                Close(INTERNAL_ERROR, REASON_UNSUPPORTED_BACKEND, REASON_UNSUPPORTED_BACKEND)
+            )
             await conn.finish()
             return False
         return True

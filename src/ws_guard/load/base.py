@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_seconds
-from ws_guard.codes import TRY_AGAIN_LATER
+from ws_guard.codes import REASON_OVERLOADED, TRY_AGAIN_LATER
 from ws_guard.errors import ConfigurationError
 from ws_guard.load.shedding import ShedOpen, ShedTimer
 from ws_guard.metrics.snapshot import GaugeReading
@@ -155,8 +155,8 @@ class LoadGauge:
         """The 1013 decision for one client, with its own jittered hint."""
         return Close(
             TRY_AGAIN_LATER,
-            "overloaded",
-            "overloaded",
+            REASON_OVERLOADED,
+            REASON_OVERLOADED,
             self.retry_after(now),
             not self.enforce,
             jittered=True,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ws_guard._core.decisions import Close
-from ws_guard.codes import POLICY_VIOLATION
+from ws_guard.codes import POLICY_VIOLATION, REASON_CLIENT_UNKNOWN
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.base import Rule, Stage
 
@@ -211,7 +211,7 @@ class PeerRequired(Rule):
 
     def __init__(self, *, enforce: bool = True) -> None:
         super().__init__(enforce=enforce)
-        self.refusal = self.breach(POLICY_VIOLATION, "client_unknown")
+        self.refusal = self.breach(POLICY_VIOLATION, REASON_CLIENT_UNKNOWN)
         self._warned = False
 
     async def admit(self, conn: RuleContext) -> Close | None:

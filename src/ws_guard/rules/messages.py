@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 from ws_guard._core.decisions import Close
 from ws_guard._json import Unreadable, read_json
 from ws_guard._validate import check_count
-from ws_guard.codes import INTERNAL_ERROR, MESSAGE_TOO_BIG, POLICY_VIOLATION, UNSUPPORTED_DATA
+from ws_guard.codes import (
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
+    POLICY_VIOLATION,
+    REASON_CONTENT_PREFIX,
+    REASON_INTERNAL_ERROR,
+    REASON_MESSAGE_TOO_BIG,
+    REASON_UNSUPPORTED_DATA,
+    UNSUPPORTED_DATA,
+)
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.base import Rule
 from ws_guard.rules.context import Checker
@@ -49,7 +58,7 @@ class MaxMessageSize(Rule):
         max_bytes = check_count("MaxMessageSize max_bytes", max_bytes)
         super().__init__(enforce=enforce, name=name)
         self.max_bytes = max_bytes
-        self._breach = self.breach(MESSAGE_TOO_BIG, "message_too_big")
+        self._breach = self.breach(MESSAGE_TOO_BIG, REASON_MESSAGE_TOO_BIG)
         #: The message check, a closure over plain locals: it runs on every
         #: message, and local reads are cheaper than attribute lookups.
         self.check: Checker = _size_check(max_bytes, self._breach)
@@ -103,7 +112,7 @@ class MessageTypes(Rule):
         super().__init__(enforce=enforce, name=name)
         self.text = text
         self.binary = binary
-        self._breach = self.breach(UNSUPPORTED_DATA, "unsupported_data")
+        self._breach = self.breach(UNSUPPORTED_DATA, REASON_UNSUPPORTED_DATA)
 
         if text and binary:
             self.check: Checker | None = None
@@ -141,10 +150,10 @@ class Content(Rule):
         if not callable(check):
             raise ConfigurationError(f"Content check must be callable, not {check!r}")
         self.content_name = _check_content_name(name)
-        super().__init__(enforce=enforce, name=f"content:{name}")
+        super().__init__(enforce=enforce, name=f"{REASON_CONTENT_PREFIX}{name}")
         self.allowed = check
-        self._breach = self.breach(POLICY_VIOLATION, f"content:{name}")
-        self._failed = self.breach(INTERNAL_ERROR, "internal_error")
+        self._breach = self.breach(POLICY_VIOLATION, f"{REASON_CONTENT_PREFIX}{name}")
+        self._failed = self.breach(INTERNAL_ERROR, REASON_INTERNAL_ERROR)
         self.check: Checker = _content_check(check, self._breach, self.failed)
 
     def checker(self, conn: RuleContext) -> Checker:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from ws_guard._core.decisions import Close
-from ws_guard.codes import POLICY_VIOLATION
+from ws_guard.codes import POLICY_VIOLATION, REASON_ORIGIN_NOT_ALLOWED
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.base import Rule, Stage
 
@@ -176,7 +176,7 @@ class AllowedOrigins(Rule):
         self.allow_missing = allow_missing
         self._exact = frozenset(exact)
         self._suffixes = tuple(suffixes)
-        self._refusal = self.breach(POLICY_VIOLATION, "origin_not_allowed")
+        self._refusal = self.breach(POLICY_VIOLATION, REASON_ORIGIN_NOT_ALLOWED)
 
     def __repr__(self) -> str:
         return (

@@ -20,7 +20,20 @@ from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
 from ws_guard._core.decisions import Close, Consume
 from ws_guard._validate import check_number, check_seconds
-from ws_guard.codes import INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    REASON_INTERNAL_ERROR,
+    REASON_OVERLOADED,
+    REASON_REFRESH_RATE_LIMITED,
+    REASON_STORAGE_UNAVAILABLE,
+    REASON_TOKEN_EXPIRED,
+    REASON_TOKEN_INVALID,
+    REASON_TOKEN_MISSING,
+    REASON_TOKEN_STALE,
+    REASON_TOO_MANY_UNAUTHENTICATED,
+    TRY_AGAIN_LATER,
+)
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.auth.jwks import JWKS
 from ws_guard.rules.auth.jwt_settings import (
@@ -175,20 +188,20 @@ class JWTAuth(Rule):
             if self.issuer is None
             else (self.issuer[0] if len(self.issuer) == 1 else self.issuer)
         )
-        self.missing = self.breach(POLICY_VIOLATION, "token_missing")
-        self.invalid = self.breach(POLICY_VIOLATION, "token_invalid")
-        self.expired = self.breach(POLICY_VIOLATION, "token_expired")
-        self.unavailable = self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+        self.missing = self.breach(POLICY_VIOLATION, REASON_TOKEN_MISSING)
+        self.invalid = self.breach(POLICY_VIOLATION, REASON_TOKEN_INVALID)
+        self.expired = self.breach(POLICY_VIOLATION, REASON_TOKEN_EXPIRED)
+        self.unavailable = self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
         #: A verified refresh whose exp does not move the deadline forward.
-        self.stale = self.breach(POLICY_VIOLATION, "token_stale")
+        self.stale = self.breach(POLICY_VIOLATION, REASON_TOKEN_STALE)
         #: A refresh matcher of the user's own raised: a bug in it, not the client's fault.
-        self.failed = self.breach(INTERNAL_ERROR, "internal_error")
+        self.failed = self.breach(INTERNAL_ERROR, REASON_INTERNAL_ERROR)
         # Too many tokenless connections waiting: one client's (1008), or the
         # process's (1013, retry once the current ones have timed out).
-        self.pending_per_ip = self.breach(POLICY_VIOLATION, "too_many_unauthenticated")
+        self.pending_per_ip = self.breach(POLICY_VIOLATION, REASON_TOO_MANY_UNAUTHENTICATED)
         self.pending_full = Close(
             TRY_AGAIN_LATER,
-            "overloaded",
+            REASON_OVERLOADED,
             name or "pending_auth",
             None if first is None else first.timeout,
             not enforce,
@@ -204,7 +217,7 @@ class JWTAuth(Rule):
 
     def refresh_limited(self, retry: float) -> Close:
         """The close for a refresh past ``refresh_rate``; *retry* in seconds."""
-        return self.breach(POLICY_VIOLATION, "refresh_rate_limited", retry)
+        return self.breach(POLICY_VIOLATION, REASON_REFRESH_RATE_LIMITED, retry)
 
     # -- verification ---------------------------------------------------------
     def decode(self, token: str, key: Any) -> Claims | Close:

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
-from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    POLICY_VIOLATION,
+    REASON_CONNECT_RATE_LIMITED,
+    REASON_STORAGE_UNAVAILABLE,
+    TRY_AGAIN_LATER,
+)
 from ws_guard.errors import ConfigurationError, NotStartedError
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import KeyFunc, by_ip, by_user
@@ -119,11 +124,11 @@ class ConnectRate(Rule):
                 admitted, wait_ms = await self._script([rkey], self._args)
             except guard.storage.errors as exc:
                 if not guard.report_storage_error(exc, "connect rate"):
-                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                    return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
                 # Fail open to this process' own count, as MessageRate does.
                 retry = counters.hit(key, guard.scheduler.clock())
             else:
                 retry = None if int(admitted) else int(wait_ms) / 1000.0
         if retry is None:
             return None
-        return self.breach(POLICY_VIOLATION, "connect_rate_limited", retry)
+        return self.breach(POLICY_VIOLATION, REASON_CONNECT_RATE_LIMITED, retry)

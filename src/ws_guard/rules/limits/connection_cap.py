@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count, check_seconds
-from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    POLICY_VIOLATION,
+    REASON_STORAGE_UNAVAILABLE,
+    REASON_TOO_MANY_CONNECTIONS,
+    TRY_AGAIN_LATER,
+)
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import KeyFunc, by_ip
@@ -143,7 +148,7 @@ class MaxConnectionsPerKey(Rule):
         else:
             taken, count = await self._take(conn, key)
             if taken is None:
-                return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
             if not taken:
                 return self._full()
             self._held.setdefault(key, set()).add(conn.id)
@@ -225,7 +230,7 @@ class MaxConnectionsPerKey(Rule):
             conn.guard.report_storage_error(exc, "connection cap release")
 
     def _full(self) -> Close:
-        return self.breach(POLICY_VIOLATION, "too_many_connections")
+        return self.breach(POLICY_VIOLATION, REASON_TOO_MANY_CONNECTIONS)
 
     def _rkey(self, key: str) -> str:
         if self._guard is None:

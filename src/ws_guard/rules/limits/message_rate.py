@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
-from ws_guard.codes import POLICY_VIOLATION, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    POLICY_VIOLATION,
+    REASON_RATE_LIMITED,
+    REASON_STORAGE_UNAVAILABLE,
+    TRY_AGAIN_LATER,
+)
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.auth.session import refresh_session
 from ws_guard.rules.base import Rule
@@ -127,7 +132,7 @@ class MessageRate(Rule):
         for states in self._maps:
             if not await states.get(key, now).prime():
                 if not book.fail_open:
-                    return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
+                    return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
                 break
         return None
 
@@ -167,20 +172,19 @@ class MessageRate(Rule):
 
     def _deny(self, retry: float) -> Close:
         if retry == STORAGE_DOWN:
-            return self.breach(TRY_AGAIN_LATER, "storage_unavailable")
-        return self.breach(POLICY_VIOLATION, "rate_limited", retry)
+            return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
+        return self.breach(POLICY_VIOLATION, REASON_RATE_LIMITED, retry)
 
     def _single_checker(self, guard: Runtime) -> Checker:
         """The common case, kept to a clock read and two comparisons."""
         now = guard.scheduler.clock
         limit, window = self.rates[0].limit, self.rates[0].window
-        enforce = self.enforce
+        report = _Report(self._deny, self.enforce)
         end = -_INF
         count = 0
-        quiet_until = -_INF
 
         def check(message: Message) -> Close | None:
-            nonlocal end, count, quiet_until
+            nonlocal end, count
             t = now()
             if t >= end:
                 end = t + window
@@ -189,11 +193,7 @@ class MessageRate(Rule):
             if count < limit:
                 count += 1
                 return None
-            if not enforce:  # shadow mode: one report per window, not one per message
-                if t < quiet_until:
-                    return None
-                quiet_until = end
-            return self._deny(end - t)
+            return report(t, end - t, end)
 
         return check
 
@@ -202,13 +202,12 @@ class MessageRate(Rule):
         clock = guard.scheduler.clock
         states = self._maps[0]
         key_of = self.key
-        enforce = self.enforce
+        report = _Report(self._deny, self.enforce)
         window: Window | None = None
         key: str | None = None
-        quiet_until = -_INF
 
         def check(message: Message) -> Close | None:
-            nonlocal window, key, quiet_until
+            nonlocal window, key
             t = clock()
             held = window
             if held is None or t >= held.end:  # a dead window may have been swept: look it up
@@ -220,11 +219,7 @@ class MessageRate(Rule):
             retry = held.take(t)
             if retry is None:
                 return None
-            if not enforce:
-                if t < quiet_until:
-                    return None
-                quiet_until = t + (1.0 if retry == STORAGE_DOWN else retry)
-            return self._deny(retry)
+            return report(t, retry)
 
         return check
 
@@ -251,11 +246,9 @@ class MessageRate(Rule):
 
     def _combine(self, guard: Runtime, windows_at: Callable[[float], Any]) -> Checker:
         now = guard.scheduler.clock
-        enforce = self.enforce
-        quiet_until = -_INF
+        report = _Report(self._deny, self.enforce)
 
         def check(message: Message) -> Close | None:
-            nonlocal quiet_until
             t = now()
             windows = windows_at(t)
             if windows is None:
@@ -267,13 +260,37 @@ class MessageRate(Rule):
                     worst = retry if worst is None or retry == STORAGE_DOWN else max(worst, retry)
             if worst is None:
                 return None
-            if not enforce:
-                if t < quiet_until:
-                    return None
-                quiet_until = t + (1.0 if worst == STORAGE_DOWN else worst)
-            return self._deny(worst)
+            return report(t, worst)
 
         return check
+
+
+class _Report:
+    """A checker's breach path: the close, or nothing while shadow mode is quiet.
+
+    In shadow mode (``enforce=False``) a breach is reported once per window,
+    not once per message: after a report, breaches stay quiet until the
+    window ends (``until``, by default *retry* seconds on, or one second
+    while storage is down). Only breaches call it, so a message that passes
+    pays nothing for it.
+    """
+
+    __slots__ = ("deny", "enforce", "quiet_until")
+
+    def __init__(self, deny: Callable[[float], Close], enforce: bool) -> None:
+        self.deny = deny
+        self.enforce = enforce
+        self.quiet_until = -_INF
+
+    def __call__(self, t: float, retry: float, until: float | None = None) -> Close | None:
+        """The close for a breach at *t* (seconds on the guard's clock), *retry* seconds left."""
+        if not self.enforce:
+            if t < self.quiet_until:
+                return None
+            if until is None:  # a storage outage reports once a second
+                until = t + (1.0 if retry == STORAGE_DOWN else retry)
+            self.quiet_until = until
+        return self.deny(retry)
 
 
 def _counted(rate: Rate) -> Callable[[str], CountedWindow]:
