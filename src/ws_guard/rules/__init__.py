@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ws_guard.rules.auth.first_message import from_first_message
 from ws_guard.rules.auth.tokens import (
     TokenSource,
     from_cookie,
-    from_first_message,
     from_header,
     from_query,
     from_subprotocol,

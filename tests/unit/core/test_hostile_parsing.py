@@ -21,7 +21,7 @@ from ws_guard import Close, Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
 from ws_guard._core.fast_path import FusedRun
 from ws_guard._json import MAX_DEPTH, Unreadable, nesting_depth, read_json
-from ws_guard.rules.auth.session import refresh_matcher
+from ws_guard.rules.auth.refresh_matcher import refresh_matcher
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import Message, Receive, Scope, Send
 

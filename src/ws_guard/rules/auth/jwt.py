@@ -1,12 +1,9 @@
 """JWT authentication: verify at the handshake, close at expiry, refresh in band.
 
-Signatures are checked at the handshake, on the first message (when that is
-the token source) and on an in-band refresh, never per message: PyJWT costs
-34-95 us a call here, more than a whole echo round trip. Live expiry is one
-deadline per connection on the guard's shared heap (one timer handle for
-all connections), so an idle authenticated socket costs no wake-ups. A
-refresh is rate-limited before its signature is checked (``refresh_rate``,
-and the connection's ``MessageRate`` rules), so a flood of them costs no crypto.
+The rule's hooks, from the handshake to the connection's end. Its settings
+are checked in rules/auth/jwt_settings.py, tokens verified in
+rules/auth/verifier.py (never per message: PyJWT costs 34-95 us a call), and
+each connection's deadlines and in-band messages kept in rules/auth/session.py.
 """
 
 from __future__ import annotations
@@ -14,9 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
-
-import jwt
-from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
 from ws_guard._core.decisions import Close, Consume
 from ws_guard._validate import check_number, check_seconds
@@ -35,40 +29,38 @@ from ws_guard.codes import (
     TRY_AGAIN_LATER,
 )
 from ws_guard.errors import ConfigurationError
-from ws_guard.rules.auth.jwks import JWKS
+from ws_guard.rules.auth.first_message import FromFirstMessage
 from ws_guard.rules.auth.jwt_settings import (
     check_algorithms,
+    check_cookie_origin,
+    check_keys,
+    check_one_auth_rule,
     check_required_claims,
+    check_sources,
     check_strings,
-    prepare_key,
+    check_user_keys_at_handshake,
 )
 from ws_guard.rules.auth.key_state import KeyState
-from ws_guard.rules.auth.session import Claims, Outcome, RefreshMatcher, Session, refresh_matcher
-from ws_guard.rules.auth.tokens import (
-    FromCookie,
-    FromFirstMessage,
-    FromSubprotocol,
-    TokenSource,
-    check_sources,
-)
+from ws_guard.rules.auth.refresh_matcher import RefreshMatcher, refresh_matcher
+from ws_guard.rules.auth.session import Session
+from ws_guard.rules.auth.tokens import FromSubprotocol, TokenSource
+from ws_guard.rules.auth.verifier import Verifier
 from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import AuthCheck, refresh_needle
-from ws_guard.rules.keys import by_ip, by_user
+from ws_guard.rules.keys import by_ip
 from ws_guard.rules.limits.rates import Rate, parse_rates
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
+    from ws_guard.rules.auth.auth_rule import Claims, Outcome
+    from ws_guard.rules.auth.jwks import JWKS
     from ws_guard.rules.context import RuleContext
-    from ws_guard.rules.runtime import RuleTraits, Runtime
+    from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
-#: What decoding a hostile token may raise. PyJWT wraps most failures in its
-#: own errors; older releases let ``RecursionError`` (a deeply nested header)
-#: and ``ValueError`` (``UnicodeEncodeError`` for a non-ASCII token) through.
-_DECODE_ERRORS = (PyJWTError, ValueError, RecursionError)
 #: A client refreshes about once per token lifetime; three a minute per
 #: connection leaves room for tokens of 20 s and bounds the crypto a client
 #: can make the server do (ES256: ~95 us a refresh).
@@ -123,19 +115,7 @@ class JWTAuth(Rule):
                 "they are never read from the token"
             )
         self.algorithms = check_algorithms(algorithms)
-        self.jwks: JWKS | None = None
-        self._key: Any = None
-        if jwks_url is not None:
-            if key is not None:
-                raise ConfigurationError("JWTAuth takes a key or jwks_url=..., not both")
-            if any(alg.startswith("HS") for alg in self.algorithms):
-                raise ConfigurationError(
-                    f"JWTAuth with jwks_url verifies public-key algorithms only, "
-                    f"not {list(self.algorithms)!r}"
-                )
-            self.jwks = jwks_url if isinstance(jwks_url, JWKS) else JWKS(jwks_url)
-        else:
-            self._key = prepare_key(key, self.algorithms)
+        prepared, self.jwks = check_keys(key, jwks_url, self.algorithms)
         self.sources = check_sources(token)
         self.first_message = next(
             (s for s in self.sources if isinstance(s, FromFirstMessage)), None
@@ -177,17 +157,6 @@ class JWTAuth(Rule):
             if expiring_notice is None
             else check_seconds("JWTAuth expiring_notice", expiring_notice, maximum=3600.0)
         )
-        self._pyjwt = jwt.PyJWT({"require": list(self.require), "enforce_minimum_key_length": True})
-        self._audience_arg = (
-            None
-            if self.audience is None
-            else (self.audience[0] if len(self.audience) == 1 else list(self.audience))
-        )
-        self._issuer_arg = (
-            None
-            if self.issuer is None
-            else (self.issuer[0] if len(self.issuer) == 1 else self.issuer)
-        )
         self.missing = self.breach(POLICY_VIOLATION, REASON_TOKEN_MISSING)
         self.invalid = self.breach(POLICY_VIOLATION, REASON_TOKEN_INVALID)
         self.expired = self.breach(POLICY_VIOLATION, REASON_TOKEN_EXPIRED)
@@ -206,6 +175,18 @@ class JWTAuth(Rule):
             None if first is None else first.timeout,
             not enforce,
         )
+        self.verifier = Verifier(
+            algorithms=self.algorithms,
+            key=prepared,
+            jwks=self.jwks,
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway,
+            require=self.require,
+            max_token_bytes=max_token_bytes,
+            invalid=self.invalid,
+            expired=self.expired,
+        )
 
     def __repr__(self) -> str:
         keys = f"jwks_url={self.jwks.url!r}" if self.jwks else "key=<hidden>"
@@ -221,55 +202,16 @@ class JWTAuth(Rule):
 
     # -- verification ---------------------------------------------------------
     def decode(self, token: str, key: Any) -> Claims | Close:
-        """Claims of a verified *token*, or the close it earns."""
-        try:
-            claims: Claims = self._pyjwt.decode(
-                token,
-                key,
-                algorithms=self.algorithms,
-                audience=self._audience_arg,
-                issuer=self._issuer_arg,
-                leeway=self.leeway,
-            )
-        except ExpiredSignatureError:
-            return self.expired
-        except _DECODE_ERRORS as exc:
-            logger.debug("ws_guard rejected a token: %s", type(exc).__name__)
-            return self.invalid
-        return claims
+        """Claims of a verified *token*, or the close it earns (:meth:`Verifier.decode`)."""
+        return self.verifier.decode(token, key)
 
     def verify_now(self, token: str) -> Outcome:
         """Verify without I/O; ``KeyState.FETCH`` when a JWKS fetch must come first."""
-        # A JWT is ASCII (base64url and dots, RFC 7519 section 3); anything
-        # else, such as a lone surrogate a JSON envelope can carry, is refused
-        # before PyJWT encodes it.
-        if not token or len(token) > self.max_token_bytes or not token.isascii():
-            return self.invalid
-        jwks = self.jwks
-        if jwks is None:
-            return self.decode(token, self._key)
-        try:
-            header = jwt.get_unverified_header(token)
-        except _DECODE_ERRORS:
-            return self.invalid
-        found = jwks.cached(header.get("kid"))
-        if found is KeyState.FETCH:
-            return found
-        if isinstance(found, KeyState):
-            return self.invalid
-        return self.decode(token, found)
+        return self.verifier.verify_now(token, self.decode)
 
     async def verify(self, token: str, guard: Runtime) -> Outcome:
         """Verify, fetching JWKS keys off the loop when needed."""
-        outcome = self.verify_now(token)
-        if outcome is not KeyState.FETCH or self.jwks is None:
-            return outcome
-        found = await self.jwks.resolve(jwt.get_unverified_header(token).get("kid"), guard)
-        if found is KeyState.UNAVAILABLE:
-            return found
-        if isinstance(found, KeyState):
-            return self.invalid
-        return self.decode(token, found)
+        return await self.verifier.verify(token, guard, self.decode)
 
     def handshake_close(self, outcome: KeyState, guard: Runtime) -> Close:
         """The close for a token that could not be checked because keys are unreachable.
@@ -286,52 +228,9 @@ class JWTAuth(Rule):
             await self.jwks.refresh(guard)  # a failure is counted, logged, and retried later
 
     def bind(self, guard: Runtime) -> None:
-        others = [r for r in guard.rules if r.provides_subject and r is not self]
-        if others:
-            raise ConfigurationError(
-                f"a guard takes one auth rule; {self!r} is given together with {others[0]!r}"
-            )
-        self._check_cookie_origin(guard.rules)
-        self._check_user_keys_at_handshake(guard.rules)
-
-    def _check_cookie_origin(self, rules: Sequence[RuleTraits]) -> None:
-        """Raise when a token may come from a cookie and no rule checks origins.
-
-        A browser attaches cookies to a handshake any page opens, so cookie auth
-        without an origin check admits every site the user visits (cross-site
-        WebSocket hijacking).
-        """
-        if any(rule.checks_origin for rule in rules):
-            return
-        cookies = [s for s in self.sources if isinstance(s, FromCookie)]
-        if cookies:
-            raise ConfigurationError(
-                f"{self!r} reads a token from a cookie ({cookies[0]!r}), which a browser sends "
-                f"on a handshake any site opens (cross-site WebSocket hijacking); add "
-                f"rules.AllowedOrigins(['https://your.site']) to the guard's rules"
-            )
-
-    def _check_user_keys_at_handshake(self, rules: Sequence[RuleTraits]) -> None:
-        """Raise when a handshake rule keys by user but the token may arrive after the handshake.
-
-        ``MaxConnectionsPerKey`` and ``ConnectRate`` decide at the handshake; with
-        ``rules.from_first_message`` there is no subject yet, so ``by_user`` gives
-        no key and the rule would let every such connection through: a client
-        could dodge its cap by sending its token in the first message instead.
-        """
-        if self.first_message is None:
-            return
-        for rule in rules:
-            if getattr(rule, "key", None) is by_user and rule.stage in (
-                Stage.CONNECT_RATE,
-                Stage.CONNECTION_CAP,
-            ):
-                raise ConfigurationError(
-                    f"{rule!r} keys by user at the handshake, but {self!r} may take the "
-                    "token from the first message, after the handshake, when there is no user "
-                    "yet to count: a client could escape the rule that way. Key it by "
-                    "rules.by_ip, or take tokens only at the handshake"
-                )
+        check_one_auth_rule(self, guard.rules)
+        check_cookie_origin(self, self.sources, guard.rules)
+        check_user_keys_at_handshake(self, self.first_message, guard.rules)
 
     def on_connect(self, conn: RuleContext) -> None:
         session = Session(self, conn)

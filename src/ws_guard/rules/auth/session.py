@@ -19,73 +19,28 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ws_guard._core.decisions import CONSUME, Close, Consume
 from ws_guard._core.scheduler import Deadline
-from ws_guard._json import Unreadable, read_json
-from ws_guard.errors import ConfigurationError
+from ws_guard._json import Unreadable
 from ws_guard.rules.auth.key_state import KeyState
+from ws_guard.rules.auth.refresh_matcher import ENVELOPE_BYTES
 from ws_guard.rules.auth.waiting_room import WaitingRoom
 from ws_guard.rules.context import Checker
-from ws_guard.rules.fast import refresh_needle
 from ws_guard.rules.keys import by_user, user_key
 from ws_guard.rules.limits.leases import CountedWindow
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard.rules.auth.tokens import FromFirstMessage
+    from ws_guard.rules.auth.auth_rule import AuthRule, Outcome
     from ws_guard.rules.context import RuleContext
-    from ws_guard.rules.limits.rates import Rate
-    from ws_guard.rules.runtime import Runtime
-
-#: Verified claims (a JWT's payload).
-Claims = dict[str, Any]
-#: What verifying a token gives: its claims, a close, or a key state (fetch pending).
-Outcome = Claims | Close | KeyState
-
-
-class AuthRule(Protocol):
-    """What a session needs of the auth rule that made it (``JWTAuth`` is one).
-
-    A protocol, so this module does not import the rule and the rule's
-    module can import this one.
-    """
-
-    first_message: FromFirstMessage | None
-    waiting: WaitingRoom | None
-    refresh_token: RefreshMatcher | None
-    refresh_rates: tuple[Rate, ...]
-    expiring_notice: float | None
-    leeway: float
-    max_token_bytes: int
-    provides_subject: ClassVar[bool]
-    missing: Close
-    invalid: Close
-    expired: Close
-    stale: Close
-    unavailable: Close
-    failed: Close
-
-    def verify_now(self, token: str) -> Outcome: ...
-
-    async def verify(self, token: str, guard: Runtime) -> Outcome: ...
-
-    def refresh_limited(self, retry: float) -> Close: ...
-
-    def handshake_close(self, outcome: KeyState, guard: Runtime) -> Close: ...
-
 
 logger = logging.getLogger("ws_guard")
 
-#: Room around the token in a JSON first or refresh message.
-ENVELOPE_BYTES = 1024
 #: The type of the optional notice sent before expiry.
 EXPIRING_TYPE = "auth.expiring"
-#: Finds the token in an in-band refresh message; ``None`` for any other message.
-RefreshMatcher = Callable[[Message], "str | None"]
 
 
 class Session:
@@ -366,35 +321,3 @@ def refresh_session(conn: RuleContext) -> Session | None:
             if isinstance(session, Session) and session.rule.refresh_token is not None:
                 return session
     return None
-
-
-def refresh_matcher(
-    refresh: str | RefreshMatcher | None, field: str, max_token_bytes: int
-) -> RefreshMatcher | None:
-    """The function that finds the token in a refresh message, or ``None`` in any other."""
-    if refresh is None or callable(refresh):
-        return refresh
-    if not isinstance(refresh, str) or not refresh:
-        raise ConfigurationError(
-            f"JWTAuth refresh must be a message type, a callable or None, not {refresh!r}"
-        )
-    if not isinstance(field, str) or not field:
-        raise ConfigurationError(f"JWTAuth refresh_field must be a name, not {field!r}")
-    needle = refresh_needle(refresh)  # the cheap prefilter
-    envelope = max_token_bytes + ENVELOPE_BYTES  # bigger: app content, not a refresh
-
-    def match(message: Message) -> str | None:
-        text = message.get("text")
-        if text is None or needle not in text or len(text) > envelope:
-            return None
-        value = read_json(text)
-        if value is Unreadable.NOT_JSON:
-            return None  # mentions the type, is no JSON: app content
-        if value is Unreadable.REFUSED:
-            return ""  # JSON naming the refresh type that cannot be read: token_invalid
-        if not isinstance(value, dict) or value.get("type") != refresh:
-            return None
-        token = value.get(field)
-        return token if isinstance(token, str) else ""  # a refresh without a token
-
-    return match

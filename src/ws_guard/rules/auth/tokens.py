@@ -1,4 +1,4 @@
-"""Where a client's token comes from: query, header, cookie, subprotocol, first message.
+"""Where a client's token comes from at the handshake: query, header, cookie, subprotocol.
 
 Handshake sources *take* their token at ``websocket.connect``, before any
 admission decision, and take it out of the scope where a server or an app
@@ -7,18 +7,17 @@ might print it: uvicorn's access log line (``"WebSocket /ws?token=..."
 query token is overwritten in place; a subprotocol token is dropped from
 ``scope["subprotocols"]`` so the app cannot echo it back as its choice.
 Each source also edits its header copies (``redact=True``, see rules/auth/redaction.py).
+The first-message source, which waits for the token after the accept, is in
+rules/auth/first_message.py.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from ws_guard._core.request import field_lines, join_field
-from ws_guard._json import Unreadable, read_json
-from ws_guard._validate import check_count, check_seconds
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.auth.redaction import (
     check_redact,
@@ -27,7 +26,6 @@ from ws_guard.rules.auth.redaction import (
     remove_cookie,
     remove_subprotocol,
 )
-from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
@@ -36,10 +34,6 @@ if TYPE_CHECKING:
 #: (two Authorization lines): not ``None``, so no later source is asked, and
 #: empty, so verification refuses it as ``token_invalid``.
 INVALID_TOKEN = ""
-#: Tokenless connections one client address may hold waiting for a first
-#: message: a real client waits one round trip, so even a busy NAT rarely
-#: has more than a few waiting at once.
-DEFAULT_PENDING_PER_IP = 10
 # RFC 7230 "token": what a Sec-WebSocket-Protocol value may be.
 _HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -66,7 +60,8 @@ def _single(values: list[str]) -> str | None:
     return first or None
 
 
-def _check_name(what: str, name: object) -> str:
+def check_name(what: str, name: object) -> str:
+    """*name* when it is a non-empty string; raises ``ConfigurationError`` naming *what*."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"{what} needs a non-empty name, not {name!r}")
     return name
@@ -90,7 +85,7 @@ class FromQuery(TokenSource):
     """``?<name>=<token>``. Redacted in the scope (``<name>=redacted``) unless ``redact=False``."""
 
     def __init__(self, name: str = "token", *, redact: bool = True) -> None:
-        self.name = _check_name("from_query", name)
+        self.name = check_name("from_query", name)
         self.redact = check_redact("from_query", redact)
 
     def take(self, conn: RuleContext) -> str | None:
@@ -119,7 +114,7 @@ class FromHeader(TokenSource):
     def __init__(
         self, name: str = "authorization", *, scheme: str | None = "Bearer", redact: bool = True
     ) -> None:
-        self.name = _check_name("from_header", name).lower()
+        self.name = check_name("from_header", name).lower()
         self.redact = check_redact("from_header", redact)
         self._raw_name = self.name.encode("latin-1")
         if scheme is not None and (not isinstance(scheme, str) or not _HTTP_TOKEN.match(scheme)):
@@ -160,7 +155,7 @@ class FromCookie(TokenSource):
     """
 
     def __init__(self, name: str, *, redact: bool = True) -> None:
-        self.name = _check_name("from_cookie", name)
+        self.name = check_name("from_cookie", name)
         self.redact = check_redact("from_cookie", redact)
 
     def take(self, conn: RuleContext) -> str | None:
@@ -222,78 +217,6 @@ class FromSubprotocol(TokenSource):
         return token or None
 
 
-class FromFirstMessage(TokenSource):
-    """The first client message carries the token; ws_guard consumes it.
-
-    The message is either the bare token or a JSON object with the token
-    under ``field`` (``{"type": "auth", "token": "..."}``). Without it within
-    ``timeout`` seconds of the accept, the connection closes ``token_missing``.
-
-    Connections waiting for it are bounded per process: ``max_pending_per_ip``
-    per client address (``rules.by_ip`` keys; default 10, or ``max_pending``
-    if smaller; past it 1008 ``too_many_unauthenticated``) and
-    ``max_pending`` in all (past it 1013 ``overloaded; retry-after=<seconds>``, the
-    hint being ``timeout``).
-    """
-
-    deferred = True
-
-    def __init__(
-        self,
-        timeout: float = 10.0,
-        *,
-        field: str = "token",
-        max_pending: int = 1000,
-        max_pending_per_ip: int | None = None,
-    ) -> None:
-        # An unauthenticated connection is held this long: minutes at most.
-        self.timeout = check_seconds("from_first_message timeout", timeout, maximum=300.0)
-        self.field = _check_name("from_first_message field", field)
-        self.max_pending = check_count("from_first_message max_pending", max_pending)
-        self.max_pending_per_ip = (
-            min(DEFAULT_PENDING_PER_IP, self.max_pending)
-            if max_pending_per_ip is None
-            else check_count("from_first_message max_pending_per_ip", max_pending_per_ip)
-        )
-        if self.max_pending_per_ip > self.max_pending:
-            # The per-address bound could never bind: one client could fill the total.
-            raise ConfigurationError(
-                f"from_first_message max_pending_per_ip ({max_pending_per_ip!r}) must not "
-                f"exceed max_pending ({max_pending!r})"
-            )
-
-    def parse(self, message: Message) -> str | Unreadable | None:
-        """The token in *message*, ``None`` when it carries none, or why it cannot be read.
-
-        ``None``: an empty message, or a JSON object without ``field``
-        (``token_missing``). An :class:`~ws_guard._json.Unreadable`: binary
-        that is not UTF-8, JSON that cannot be read (see ``_parse``), or a
-        ``field`` that is not a non-empty string (``token_invalid``). Never
-        raises, whatever the client sent.
-        """
-        payload = message.get("text")
-        if payload is None:
-            data = message.get("bytes")
-            if not isinstance(data, bytes):
-                return None
-            try:
-                payload = data.decode("utf-8")
-            except UnicodeDecodeError:
-                return Unreadable.NOT_JSON
-        payload = payload.strip()
-        if payload.startswith("{"):
-            value = read_json(payload)
-            if isinstance(value, Unreadable):
-                return value
-            if not isinstance(value, dict):  # "{" opens an object: never taken
-                return Unreadable.NOT_JSON
-            if self.field not in value:
-                return None
-            token = value[self.field]
-            return token if isinstance(token, str) and token else Unreadable.REFUSED
-        return payload or None
-
-
 def from_query(name: str = "token", *, redact: bool = True) -> FromQuery:
     """The token in query parameter *name* (redacted from the scope by default)."""
     return FromQuery(name, redact=redact)
@@ -324,40 +247,3 @@ def from_subprotocol(marker: str = "access_token", *, redact: bool = True) -> Fr
     it never stays in ``scope["subprotocols"]``.
     """
     return FromSubprotocol(marker, redact=redact)
-
-
-def from_first_message(
-    timeout: float = 10.0,
-    *,
-    field: str = "token",
-    max_pending: int = 1000,
-    max_pending_per_ip: int | None = None,
-) -> FromFirstMessage:
-    """The token in the first client message, which the app never sees.
-
-    Until it is verified the app's sends are held; connections waiting for it
-    are bounded per client address and in total (see :class:`FromFirstMessage`).
-    """
-    return FromFirstMessage(
-        timeout, field=field, max_pending=max_pending, max_pending_per_ip=max_pending_per_ip
-    )
-
-
-def check_sources(token: TokenSource | Iterable[TokenSource] | None) -> tuple[TokenSource, ...]:
-    """The rule's sources: one or a list, at most one of each in-band kind."""
-    if token is None:
-        return (from_header(),)
-    sources = (token,) if isinstance(token, TokenSource) else token
-    if not isinstance(sources, Iterable):
-        raise ConfigurationError(f"JWTAuth token must be a token source or a list, not {token!r}")
-    checked = tuple(sources)
-    if not checked or not all(isinstance(s, TokenSource) for s in checked):
-        raise ConfigurationError(
-            f"JWTAuth token must be rules.from_query/from_header/from_cookie/"
-            f"from_subprotocol/from_first_message sources, not {token!r}"
-        )
-    if sum(1 for s in checked if isinstance(s, FromFirstMessage)) > 1:
-        raise ConfigurationError("JWTAuth takes at most one from_first_message source")
-    if sum(1 for s in checked if isinstance(s, FromSubprotocol)) > 1:
-        raise ConfigurationError("JWTAuth takes at most one from_subprotocol source")
-    return checked

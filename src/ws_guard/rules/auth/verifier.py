@@ -1,0 +1,124 @@
+"""Token verification with PyJWT: signature, algorithms and claims, keys fixed or from JWKS.
+
+Called at the handshake, on a first-message token and on an in-band
+refresh, never per message: PyJWT costs 34-95 us a call here, more than a
+whole echo round trip. A token whose key must first be fetched gives
+``KeyState.FETCH`` from :meth:`Verifier.verify_now`, so a synchronous
+caller can hand it to :meth:`Verifier.verify`, which fetches off the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from jwt.exceptions import ExpiredSignatureError, PyJWTError
+
+from ws_guard.rules.auth.key_state import KeyState
+
+if TYPE_CHECKING:
+    from ws_guard._core.decisions import Close
+    from ws_guard.rules.auth.auth_rule import Claims, Outcome
+    from ws_guard.rules.auth.jwks import JWKS
+    from ws_guard.rules.runtime import Runtime
+
+logger = logging.getLogger("ws_guard")
+
+#: Checks a token against one key: the rule's ``decode``, passed in at each
+#: call so that a wrapper of it (a subclass, a test counting signature
+#: checks) sees every check.
+Decode = Callable[[str, Any], "Claims | Close"]
+
+#: What decoding a hostile token may raise. PyJWT wraps most failures in its
+#: own errors; older releases let ``RecursionError`` (a deeply nested header)
+#: and ``ValueError`` (``UnicodeEncodeError`` for a non-ASCII token) through.
+_DECODE_ERRORS = (PyJWTError, ValueError, RecursionError)
+
+
+class Verifier:
+    """Verifies one rule's tokens: claims, or the rule's ``invalid``/``expired`` close.
+
+    Takes settings already checked (rules/auth/jwt_settings.py): ``key`` is
+    the prepared key, or ``None`` with ``jwks``; ``leeway`` in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        algorithms: tuple[str, ...],
+        key: Any,
+        jwks: JWKS | None,
+        audience: tuple[str, ...] | None,
+        issuer: tuple[str, ...] | None,
+        leeway: float,
+        require: tuple[str, ...],
+        max_token_bytes: int,
+        invalid: Close,
+        expired: Close,
+    ) -> None:
+        self.algorithms = algorithms
+        self._key = key
+        self.jwks = jwks
+        self.leeway = leeway
+        self.max_token_bytes = max_token_bytes
+        self.invalid = invalid
+        self.expired = expired
+        self._pyjwt = jwt.PyJWT({"require": list(require), "enforce_minimum_key_length": True})
+        # PyJWT takes one audience or issuer as a string, several as a sequence.
+        self._audience = (
+            None if audience is None else (audience[0] if len(audience) == 1 else list(audience))
+        )
+        self._issuer = None if issuer is None else (issuer[0] if len(issuer) == 1 else issuer)
+
+    def decode(self, token: str, key: Any) -> Claims | Close:
+        """Claims of a verified *token*, or the close it earns."""
+        try:
+            claims: Claims = self._pyjwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self.leeway,
+            )
+        except ExpiredSignatureError:
+            return self.expired
+        except _DECODE_ERRORS as exc:
+            logger.debug("ws_guard rejected a token: %s", type(exc).__name__)
+            return self.invalid
+        return claims
+
+    def verify_now(self, token: str, decode: Decode) -> Outcome:
+        """Verify without I/O; ``KeyState.FETCH`` when a JWKS fetch must come first."""
+        # A JWT is ASCII (base64url and dots, RFC 7519 section 3); anything
+        # else, such as a lone surrogate a JSON envelope can carry, is refused
+        # before PyJWT encodes it.
+        if not token or len(token) > self.max_token_bytes or not token.isascii():
+            return self.invalid
+        jwks = self.jwks
+        if jwks is None:
+            return decode(token, self._key)
+        try:
+            header = jwt.get_unverified_header(token)
+        except _DECODE_ERRORS:
+            return self.invalid
+        found = jwks.cached(header.get("kid"))
+        if found is KeyState.FETCH:
+            return found
+        if isinstance(found, KeyState):
+            return self.invalid
+        return decode(token, found)
+
+    async def verify(self, token: str, guard: Runtime, decode: Decode) -> Outcome:
+        """Verify, fetching JWKS keys off the loop when needed."""
+        outcome = self.verify_now(token, decode)
+        if outcome is not KeyState.FETCH or self.jwks is None:
+            return outcome
+        found = await self.jwks.resolve(jwt.get_unverified_header(token).get("kid"), guard)
+        if found is KeyState.UNAVAILABLE:
+            return found
+        if isinstance(found, KeyState):
+            return self.invalid
+        return decode(token, found)
