@@ -11,9 +11,10 @@ Sources:
   websockets protocols crash on a longer one (the client then sees 1006;
   measured, docs/close-codes.md), so reasons are cut here, on a character
   boundary, before anything is sent.
-- Reason slugs: what ws_guard itself sends, one constant per slug; a test
-  (tests/test_codes.py) keeps them equal to the slugs the source sends and to
-  the table in docs/close-codes.md. A slug may be followed on the wire by
+- Reason slugs: what ws_guard itself sends, one constant per slug, and the
+  source sends each through its constant; a test (tests/project/test_codes.py)
+  keeps them equal to the slugs the source sends and to the table in
+  docs/close-codes.md. A slug may be followed on the wire by
   ``; retry-after=<seconds>``.
 
 This module imports nothing from ws_guard, so anything may import it.

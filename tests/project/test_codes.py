@@ -5,7 +5,8 @@ tests/project/test_docs_reasons.py (every ``breach``/``Close`` call with a liter
 slug, and the drain reasons); the documented ones from the "At a glance"
 table of docs/close-codes.md. The three sets must be equal, so a new slug
 cannot ship without its constant and its row, and a removed one leaves
-neither behind.
+neither behind. Outside codes.py the source spells no slug as a literal:
+it sends each through its ``REASON_*`` constant.
 """
 
 from __future__ import annotations
@@ -64,6 +65,50 @@ def test_the_scan_reads_the_source_not_a_cache() -> None:
     assert fresh.codes["going_away"] == {codes.GOING_AWAY}
     assert fresh.codes["content:"] == {codes.POLICY_VIOLATION}
     assert len(fresh.codes) == 20
+
+
+def slug_literals(source: str) -> list[tuple[int, str]]:
+    """(line, slug) of each string literal in *source* that spells a slug, docstrings aside."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and ast.get_docstring(node, clean=False) is not None
+        and isinstance(node.body[0], ast.Expr)
+    }
+    slugs = set(slug_constants().values())
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and id(node) not in docstrings
+        and isinstance(node.value, str)
+        and node.value in slugs
+    ]
+
+
+def test_the_source_sends_slugs_through_their_constants() -> None:
+    """A slug is spelt once, in codes.py; everywhere else it is a ``REASON_*`` name."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {slug!r}"
+        for path in sorted((ROOT / "src" / "ws_guard").rglob("*.py"))
+        if path.name != "codes.py" or path.parent.name != "ws_guard"
+        for line, slug in slug_literals(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, "use the REASON_* constant of ws_guard.codes:\n" + "\n".join(found)
+
+
+def test_slug_literals_are_found_in_code_and_not_in_docstrings() -> None:
+    source = (
+        '"""A module about ``rate_limited``."""\n'
+        "REASONS = {1: 'going_away', 2: REASON_RESTARTING}\n"
+        "def f():\n"
+        '    """Sends overloaded."""\n'
+        "    return self.breach(1008, f'content:{name}'), Close(1011, 'internal_error', 'x')\n"
+    )
+    found = sorted(slug_literals(source))
+    assert found == [(2, "going_away"), (5, "content:"), (5, "internal_error")]
 
 
 def test_each_slug_comment_names_the_code_it_is_sent_with() -> None:

@@ -19,17 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
-from ws_guard.codes import (
-    POLICY_VIOLATION,
-    REASON_CONNECT_RATE_LIMITED,
-    REASON_STORAGE_UNAVAILABLE,
-    TRY_AGAIN_LATER,
-)
-from ws_guard.errors import ConfigurationError, NotStartedError
-from ws_guard.rules.base import Rule, Stage
+from ws_guard.codes import POLICY_VIOLATION, REASON_CONNECT_RATE_LIMITED
+from ws_guard.errors import ConfigurationError
+from ws_guard.rules.base import Stage
 from ws_guard.rules.keys import KeyFunc, by_ip, by_user
 from ws_guard.rules.limits.attempts import ATTEMPT_SCRIPT, CounterStore
-from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key
+from ws_guard.rules.limits.keying import redis_key
+from ws_guard.rules.limits.limit_rule import LimitRule
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
 
 if TYPE_CHECKING:
@@ -40,10 +36,11 @@ if TYPE_CHECKING:
 DEFAULT_MAX_KEYS = 100_000
 
 
-class ConnectRate(Rule):
+class ConnectRate(LimitRule):
     """At most ``rate`` handshake attempts per key (default ``rules.by_ip``)."""
 
     stage = Stage.CONNECT_RATE
+    public_name = "ConnectRate"
 
     def __init__(
         self,
@@ -58,29 +55,20 @@ class ConnectRate(Rule):
         self.rates: tuple[Rate, ...] = parse_rates(rate)
         #: Keys kept in process memory at most; the least recently used goes first.
         self.max_keys = check_count("ConnectRate max_keys", max_keys)
-        self.key = check_key(key, "ConnectRate", per_connection=False)
+        self.key = self._check_key(key, per_connection=False)
         if key is by_user:
             raise ConfigurationError(
                 "ConnectRate runs before authentication, so key=rules.by_user is not known "
                 "yet; use rules.by_ip or a callable of the request"
             )
-        #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
-        self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
+        self.id = self._storage_id(name, join_rates(self.rates))
         self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
-        self._guard: Runtime | None = None
         #: memory:// counters, or the per-process fallback while Redis is down.
         self._counters: CounterStore | None = None
         self._script: Any = None
-        self._job: object | None = None
 
-    def __repr__(self) -> str:
-        return (
-            f"ConnectRate({describe_rates(self.rates)!r}, key={key_label(self.key)}, "
-            f"enforce={self.enforce!r}, name={self.name!r})"
-        )
-
-    def bind(self, guard: Runtime) -> None:
-        self._guard = bind_once(self._guard, guard, self)
+    def _limit_arg(self) -> str:
+        return describe_rates(self.rates)
 
     @property
     def evicted(self) -> int:
@@ -96,14 +84,12 @@ class ConnectRate(Rule):
 
         # Counters expire by the window after their last attempt; sweeping
         # every shortest window keeps expired keys for at most one more.
-        self._job = storage.add_job(min(r.window for r in self.rates), sweep)
+        self._every(guard, min(r.window for r in self.rates), sweep)
         if not storage.is_memory:
             self._script = storage.script(ATTEMPT_SCRIPT)
 
     async def shutdown(self, guard: Runtime) -> None:
-        if self._job is not None:
-            guard.storage.remove_job(self._job)
-            self._job = None
+        await super().shutdown(guard)
         self._counters = None
         self._script = None
 
@@ -114,7 +100,7 @@ class ConnectRate(Rule):
         guard = conn.guard
         counters = self._counters
         if counters is None:
-            raise NotStartedError("ConnectRate is used before Guard.startup()")
+            raise self._not_started()
         retry: float | None
         if self._script is None:
             retry = counters.hit(key, guard.scheduler.clock())
@@ -124,11 +110,12 @@ class ConnectRate(Rule):
                 admitted, wait_ms = await self._script([rkey], self._args)
             except guard.storage.errors as exc:
                 if not guard.report_storage_error(exc, "connect rate"):
-                    return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
+                    return self._unavailable()
                 # Fail open to this process' own count, as MessageRate does.
                 retry = counters.hit(key, guard.scheduler.clock())
             else:
                 retry = None if int(admitted) else int(wait_ms) / 1000.0
-        if retry is None:
-            return None
+        return None if retry is None else self._limited(retry)
+
+    def _limited(self, retry: float | None = None) -> Close:
         return self.breach(POLICY_VIOLATION, REASON_CONNECT_RATE_LIMITED, retry)

@@ -23,16 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count, check_seconds
-from ws_guard.codes import (
-    POLICY_VIOLATION,
-    REASON_STORAGE_UNAVAILABLE,
-    REASON_TOO_MANY_CONNECTIONS,
-    TRY_AGAIN_LATER,
-)
-from ws_guard.errors import NotStartedError
-from ws_guard.rules.base import Rule, Stage
+from ws_guard.codes import POLICY_VIOLATION, REASON_TOO_MANY_CONNECTIONS
+from ws_guard.rules.base import Stage
 from ws_guard.rules.keys import KeyFunc, by_ip
-from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key, require_subject
+from ws_guard.rules.limits.keying import redis_key
+from ws_guard.rules.limits.limit_rule import LimitRule
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
@@ -61,10 +56,11 @@ _PIPELINE_KEYS = 500  # keys per heartbeat pipeline round trip
 _LATE_MAX = 10_000
 
 
-class MaxConnectionsPerKey(Rule):
+class MaxConnectionsPerKey(LimitRule):
     """At most ``limit`` open connections per key (default ``rules.by_ip``)."""
 
     stage = Stage.CONNECTION_CAP
+    public_name = "MaxConnectionsPerKey"
 
     def __init__(
         self,
@@ -80,30 +76,21 @@ class MaxConnectionsPerKey(Rule):
         # Slots of a dead process live 3 heartbeats: past minutes, its clients
         # would stay locked out long after it died.
         self.heartbeat = check_seconds("MaxConnectionsPerKey heartbeat", heartbeat, maximum=300.0)
-        self.key = check_key(key, "MaxConnectionsPerKey", per_connection=False)
+        self.key = self._check_key(key, per_connection=False)
         #: A slot lives this long in Redis without a heartbeat.
         self.slot_ttl = 3 * self.heartbeat
-        self.id = name or f"{key_label(self.key)}:{limit}"
-        self._guard: Runtime | None = None
+        self.id = self._storage_id(name, f"{limit}")
         self._counts: dict[str, int] = {}  # memory storage
         self._held: dict[str, set[str]] = {}  # Redis storage: key -> ids this process holds
         self._pending: dict[str, set[str]] = {}  # of those, taken while Redis was away
         self._redis = False
         self._client: Any = None
         self._acquire: Any = None
-        self._job: object | None = None
         self._writes = 0  # calls in flight that write held slots back (heartbeat, reconcile)
         self._late: list[tuple[str, str]] = []
 
-    def __repr__(self) -> str:
-        return (
-            f"MaxConnectionsPerKey({self.limit!r}, key={key_label(self.key)}, "
-            f"enforce={self.enforce!r}, name={self.name!r})"
-        )
-
-    def bind(self, guard: Runtime) -> None:
-        self._guard = bind_once(self._guard, guard, self)
-        require_subject(guard, self.key, self)
+    def _limit_arg(self) -> int:
+        return self.limit
 
     def count(self, key: str) -> int:
         """Slots this process holds for *key*."""
@@ -118,12 +105,10 @@ class MaxConnectionsPerKey(Rule):
             return
         self._client = storage.redis()
         self._acquire = storage.script(ACQUIRE_SCRIPT)
-        self._job = storage.add_job(self.heartbeat, self._beat)
+        self._every(guard, self.heartbeat, self._beat)
 
     async def shutdown(self, guard: Runtime) -> None:
-        if self._job is not None:
-            guard.storage.remove_job(self._job)
-            self._job = None
+        await super().shutdown(guard)
         self._acquire = None
         client, self._client = self._client, None
         held, self._held = self._held, {}
@@ -141,19 +126,19 @@ class MaxConnectionsPerKey(Rule):
         if not self._redis:
             count = self._counts.get(key, 0) + 1
             if count > self.limit and self.enforce:
-                return self._full()
+                return self._limited()
             self._counts[key] = count
         elif self._acquire is None:
             return None  # the guard shut down; nothing to count against
         else:
             taken, count = await self._take(conn, key)
             if taken is None:
-                return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
+                return self._unavailable()
             if not taken:
-                return self._full()
+                return self._limited()
             self._held.setdefault(key, set()).add(conn.id)
         conn.extra[self] = key
-        return self._full() if int(count) > self.limit else None  # over only in shadow mode
+        return self._limited() if int(count) > self.limit else None  # over only in shadow mode
 
     async def _take(self, conn: RuleContext, key: str) -> tuple[bool | None, int]:
         """Take a slot in Redis, or per process if Redis fails and the policy allows.
@@ -229,13 +214,12 @@ class MaxConnectionsPerKey(Rule):
         except conn.guard.storage.errors as exc:  # the slot expires without heartbeats
             conn.guard.report_storage_error(exc, "connection cap release")
 
-    def _full(self) -> Close:
+    def _limited(self, retry: float | None = None) -> Close:
+        # No retry hint: a slot frees when a connection ends, which no one can tell.
         return self.breach(POLICY_VIOLATION, REASON_TOO_MANY_CONNECTIONS)
 
     def _rkey(self, key: str) -> str:
-        if self._guard is None:
-            raise NotStartedError("MaxConnectionsPerKey is not part of a Guard")
-        return redis_key(self._guard.namespace, "slots", self.id, key)
+        return redis_key(self._runtime().namespace, "slots", self.id, key)
 
     async def _beat(self) -> None:
         client, guard = self._client, self._guard

@@ -16,21 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
-from ws_guard.codes import (
-    POLICY_VIOLATION,
-    REASON_RATE_LIMITED,
-    REASON_STORAGE_UNAVAILABLE,
-    TRY_AGAIN_LATER,
-)
-from ws_guard.errors import NotStartedError
+from ws_guard.codes import POLICY_VIOLATION, REASON_RATE_LIMITED
 from ws_guard.rules.auth.session import refresh_session
-from ws_guard.rules.base import Rule
 from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import SingleRate
 from ws_guard.rules.keys import KeyFunc, by_connection
 from ws_guard.rules.limits.expiring import ExpiringStates
-from ws_guard.rules.limits.keying import bind_once, check_key, key_label, redis_key, require_subject
+from ws_guard.rules.limits.keying import redis_key
 from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
+from ws_guard.rules.limits.limit_rule import LimitRule
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
 from ws_guard.types import Message
 
@@ -42,7 +36,7 @@ _INF = float("inf")
 Window = CountedWindow | LeasedWindow
 
 
-class MessageRate(Rule):
+class MessageRate(LimitRule):
     """At most ``rate`` messages per key, else 1008 ``rate_limited; retry-after=<seconds>``.
 
     ``key=rules.by_connection`` (the default) counts each connection on its
@@ -51,6 +45,8 @@ class MessageRate(Rule):
     processes with Redis, where quota is taken in leases of at most ``lease``
     messages (default: a tenth of the limit).
     """
+
+    public_name = "MessageRate"
 
     def __init__(
         self,
@@ -63,24 +59,14 @@ class MessageRate(Rule):
     ) -> None:
         super().__init__(enforce=enforce, name=name)
         self.rates: tuple[Rate, ...] = parse_rates(rate)
-        self.key = check_key(key, "MessageRate")
+        self.key = self._check_key(key)
         self.lease = None if lease is None else check_count("lease", lease)
-        #: Names this rule's keys in shared storage; give ``name=`` to keep it stable.
-        self.id = name or f"{key_label(self.key)}:{join_rates(self.rates)}"
-        self._guard: Runtime | None = None
+        self.id = self._storage_id(name, join_rates(self.rates))
         self._maps: list[ExpiringStates[Any]] = []
         self._book: LeaseBook | None = None
-        self._jobs: list[object] = []
 
-    def __repr__(self) -> str:
-        return (
-            f"MessageRate({describe_rates(self.rates)!r}, key={key_label(self.key)}, "
-            f"enforce={self.enforce!r}, name={self.name!r})"
-        )
-
-    def bind(self, guard: Runtime) -> None:
-        self._guard = bind_once(self._guard, guard, self)
-        require_subject(guard, self.key, self)
+    def _limit_arg(self) -> str:
+        return describe_rates(self.rates)
 
     async def startup(self, guard: Runtime) -> None:
         if self.key is by_connection:
@@ -95,12 +81,10 @@ class MessageRate(Rule):
                 for i, r in enumerate(self.rates)
             ]
         for states in self._maps:
-            self._jobs.append(storage.add_job(states.interval, _sweeper(states, guard)))
+            self._every(guard, states.interval, _sweeper(states, guard))
 
     async def shutdown(self, guard: Runtime) -> None:
-        for job in self._jobs:
-            guard.storage.remove_job(job)
-        self._jobs.clear()
+        await super().shutdown(guard)
         if self._book is not None:
             await self._book.close()
             self._book = None
@@ -132,7 +116,7 @@ class MessageRate(Rule):
         for states in self._maps:
             if not await states.get(key, now).prime():
                 if not book.fail_open:
-                    return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
+                    return self._unavailable()
                 break
         return None
 
@@ -156,24 +140,24 @@ class MessageRate(Rule):
         return SingleRate(self.rates[0].limit, self.rates[0].window, self._deny, self._share)
 
     def _checker(self, conn: RuleContext) -> Checker:
-        guard = self._guard
-        if guard is None:
-            raise NotStartedError("MessageRate is not part of a Guard")
+        guard = self._runtime()
         if self.key is by_connection:
             if len(self.rates) == 1:
                 return self._single_checker(guard)
             windows = [CountedWindow(r.limit, r.window) for r in self.rates]
             return self._combine(guard, lambda t: windows)
         if not self._maps:
-            raise NotStartedError("MessageRate is used before Guard.startup()")
+            raise self._not_started()
         if len(self.rates) == 1:
             return self._single_shared_checker(conn, guard)
         return self._combine(guard, self._shared_windows(conn))
 
-    def _deny(self, retry: float) -> Close:
-        if retry == STORAGE_DOWN:
-            return self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
+    def _limited(self, retry: float | None = None) -> Close:
         return self.breach(POLICY_VIOLATION, REASON_RATE_LIMITED, retry)
+
+    def _deny(self, retry: float) -> Close:
+        """The close for a message *retry* seconds before its window frees, or in an outage."""
+        return self._unavailable() if retry == STORAGE_DOWN else self._limited(retry)
 
     def _single_checker(self, guard: Runtime) -> Checker:
         """The common case, kept to a clock read and two comparisons."""
