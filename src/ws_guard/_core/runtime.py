@@ -190,14 +190,7 @@ class Lifecycle:
         retry_after: float = 1.0,
         grace: float = 2.0,
     ) -> None:
-        """Close open connections with 1012 ``restarting; retry-after=<seconds>``, over *window*.
-
-        Connection *i* of *n* is closed at ``window * i / n`` seconds, each with
-        its own ``retry-after`` in ``[retry_after, 2 * retry_after)``; new
-        handshakes meanwhile get the same close. Returns once the last wave
-        ran and the closed connections finished (at most *grace* seconds
-        later). A second call joins the drain in progress.
-        """
+        """Start the drain (:meth:`ws_guard.Guard.drain` documents it) or join the one in progress."""
         if self._drain is None:
             self._drain = Drain(
                 self.runtime,
