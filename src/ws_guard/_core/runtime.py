@@ -190,7 +190,7 @@ class Lifecycle:
         retry_after: float = 1.0,
         grace: float = 2.0,
     ) -> None:
-        """Start the drain (:meth:`ws_guard.Guard.drain` documents it) or join the one in progress."""
+        """Start the drain (see :meth:`ws_guard.Guard.drain`) or join the one in progress."""
         if self._drain is None:
             self._drain = Drain(
                 self.runtime,
