@@ -43,9 +43,12 @@ class _Queue:
 
     async def get(self) -> Message:
         while not self._items:
-            if self._ready is None or self._ready.is_set():
-                self._ready = anyio.Event()
-            await self._ready.wait()
+            ready = self._ready
+            if ready is None or ready.is_set():
+                ready = self._ready = anyio.Event()
+            await ready.wait()
+            if self._ready is ready:  # set, of no further use: an idle queue holds no event
+                self._ready = None
         return self._items.popleft()
 
 

@@ -7,11 +7,14 @@ against the plain echo app behind a guard.
 
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
 import pytest
 
 from tests.support.apps import echo
 from ws_guard import Guard, WSGuardMiddleware, rules
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ScriptedWebSocket, _Queue
 
 
 def guarded() -> ScriptedWebSocket:
@@ -72,3 +75,32 @@ async def test_send_bytes_reaches_the_app_as_a_binary_message() -> None:
     await ws.send_bytes(b"12345")  # binary counts against MaxMessageSize(4) too
     await ws.expect("websocket.close", code=1009, reason="message_too_big")
     await ws.finished()
+
+
+async def _until_waiting(queue: Any) -> None:
+    with anyio.fail_after(2):
+        while queue._ready is None:
+            await anyio.sleep(0)
+
+
+async def test_an_idle_queue_keeps_no_event_and_every_reader_gets_its_message() -> None:
+    """After a read that waited, the queue drops its event (``jwt_idle.py`` counts
+    memory per idle connection), but never one that another reader waits on."""
+    queue = _Queue()
+    got: list[Any] = []
+
+    async def read(times: int) -> None:
+        for _ in range(times):
+            got.append(await queue.get())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read, 2)  # reads again at once, while the other reader wakes
+            tg.start_soon(read, 1)
+            for n in range(3):
+                await _until_waiting(queue)
+                queue.put_nowait({"type": "message", "n": n})
+                while len(got) <= n:
+                    await anyio.sleep(0)
+        assert sorted(m["n"] for m in got) == [0, 1, 2]
+        assert queue._ready is None

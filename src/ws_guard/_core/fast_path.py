@@ -16,6 +16,7 @@ before it let through. ``tests/unit/core/test_fast_path.py`` checks this propert
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -112,6 +113,7 @@ class FusedRun:
     """A run of fast-path rules, checked as one: the data of its rules, in one place."""
 
     __slots__ = (
+        "allowed",
         "auth",
         "auth_check",
         "binary_ok",
@@ -128,6 +130,7 @@ class FusedRun:
         "single_rate",
         "size_breach",
         "text_ok",
+        "text_state",
         "types_breach",
         "window",
     )
@@ -142,7 +145,8 @@ class FusedRun:
         self.needle = ""
         self.single_rate: SingleRate | None = None
         self.max_bytes: int | None = None
-        self.quarter = 0
+        #: Text of at most this many characters fits the limit (any text without one).
+        self.quarter = sys.maxsize
         self.size_breach: Close | None = None
         #: Whether each payload passes the type filter; a filter refuses neither-payload too.
         self.text_ok = self.binary_ok = True
@@ -172,18 +176,30 @@ class FusedRun:
                 raise TypeError(f"{rule!r} has no fast-path check to join a run with")
         self.contents = tuple(contents)
         self.content = contents[0] if contents else None
+        #: The first content test's predicate, read by the text states (None without one).
+        self.allowed = self.content.allowed if self.content is not None else None
         self.more_contents = self.contents[1:] or None
+        #: The state of a connection without a check on every message: the
+        #: common run written out where it fits (chosen once, here).
+        self.text_state: type[RunState] = RunState
+        if self.text_ok and len(contents) == 1:
+            self.text_state = TextRateState if self.single_rate is not None else TextState
 
     def __repr__(self) -> str:
         return f"FusedRun({list(self.rules)!r})"
 
     def checker(self, conn: RuleContext) -> Checker:
         """The run as one check on *conn*, with *conn*'s own state for it."""
-        return RunState(self, conn).check
+        return self.bind(conn).check
 
     def bind(self, conn: RuleContext) -> RunState:
         """*conn*'s state for this run (its ``check`` is the run's checker)."""
-        return RunState(self, conn)
+        every: Checker | None = None
+        marked: Checker | None = None
+        if self.auth_check is not None:
+            every, marked = self.auth_check.checks(conn)
+        kind = self.text_state if every is None else RunState
+        return kind(self, conn, every, marked)
 
 
 #: What a connection's checks are built from: each item's ``checker(conn)``.
@@ -195,15 +211,16 @@ class RunState:
 
     __slots__ = ("count", "end", "every", "marked", "rest", "run")
 
-    def __init__(self, run: FusedRun, conn: RuleContext) -> None:
+    def __init__(
+        self, run: FusedRun, conn: RuleContext, every: Checker | None, marked: Checker | None
+    ) -> None:
         self.run = run
         #: The plan's checks after the run, when the run leads: called from
         #: check() itself, so the connection makes one call per message.
         self.rest: Checker | None = None
-        self.every: Checker | None = None
-        self.marked: Checker | None = None
-        if run.auth_check is not None:
-            self.every, self.marked = run.auth_check.checks(conn)
+        #: The auth rule's checks (``AuthCheck.checks``): of every message, of marked text.
+        self.every = every
+        self.marked = marked
         self.end = _NEVER
         self.count = 0
         if run.single_rate is not None:
@@ -296,3 +313,69 @@ class RunState:
             self.count = count + 1
             return None
         return run.single_rate.deny(self.end - t)  # type: ignore[union-attr]
+
+
+class TextState(RunState):
+    """:meth:`RunState.check` for a run that takes text and has one content test.
+
+    The common message written out: text short enough to fit the size
+    limit by its length alone, no refresh marker. Any other message, before
+    anything is counted, goes to :meth:`RunState.check`. Chosen once per run
+    for a connection with no check on every message (``FusedRun.bind``).
+    """
+
+    __slots__ = ()
+
+    def check(self, message: Message) -> Verdict:
+        text = message.get("text")
+        run = self.run
+        if text is None or len(text) > run.quarter:
+            return RunState.check(self, message)
+        marked = self.marked
+        if marked is not None and run.needle in text:
+            return RunState.check(self, message)
+        allowed = run.allowed
+        try:
+            if not allowed(text):  # type: ignore[misc]  # set: a text state has one
+                return run.content.breach  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - as in RunState.check
+            return run.content.failed()  # type: ignore[union-attr]
+        rest = self.rest
+        if rest is None:
+            return None
+        return rest(message)
+
+
+class TextRateState(RunState):
+    """:class:`TextState` with the run's rate window (``RunState.check``'s sums)."""
+
+    __slots__ = ()
+
+    def check(self, message: Message) -> Verdict:
+        text = message.get("text")
+        run = self.run
+        if text is None or len(text) > run.quarter:
+            return RunState.check(self, message)
+        marked = self.marked
+        if marked is not None and run.needle in text:
+            return RunState.check(self, message)
+        allowed = run.allowed
+        try:
+            if not allowed(text):  # type: ignore[misc]  # set: a text state has one
+                return run.content.breach  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - as in RunState.check
+            return run.content.failed()  # type: ignore[union-attr]
+        clock = run.clock
+        t = clock()
+        if t >= self.end:
+            self.end = t + run.window
+            self.count = 1
+        else:
+            count = self.count
+            if count >= run.limit:
+                return run.single_rate.deny(self.end - t)  # type: ignore[union-attr]
+            self.count = count + 1
+        rest = self.rest
+        if rest is None:
+            return None
+        return rest(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +17,13 @@ from tests.support.apps import echo
 from tests.support.backends import BACKENDS
 from tests.support.helpers import ManualClock
 from ws_guard import CONSUME, Close, Guard, WSGuardMiddleware, rules
-from ws_guard._core.fast_path import FusedRun, plan_checks
+from ws_guard._core.fast_path import (
+    FusedRun,
+    RunState,
+    TextRateState,
+    TextState,
+    plan_checks,
+)
 from ws_guard.rules.base import Checker, Rule
 from ws_guard.testing import ScriptedWebSocket
 
@@ -170,6 +177,69 @@ def test_a_run_holds_only_the_data_its_rules_give() -> None:
     assert run.contents == ()
     assert run.needle == ""
     assert guard.plan.lead_run is run  # the plan's first item
+
+
+def _raises_on_q(payload: str | bytes | None) -> bool:
+    if isinstance(payload, str) and "q" in payload:
+        raise ValueError("a broken content check")
+    return _no_z(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.tuples(message, st.sampled_from([0.0, 0.0, 0.3, 1.0])), min_size=1, max_size=12),
+)
+def test_text_states_decide_like_rule_by_rule(
+    size: int,
+    text_only: bool,
+    rate: bool,
+    after: bool,
+    script: list[tuple[dict[str, Any], float]],
+) -> None:
+    """The written-out common runs: long text, binary and neither-payload go the general
+    way; a breach, a raising content check, the rate and a check after the run as rules do."""
+    rule_list: list[Rule] = [rules.MaxMessageSize(size)]
+    if text_only:
+        rule_list.append(rules.MessageTypes(binary=False))
+    rule_list.append(rules.Content(_raises_on_q, name="noz"))
+    if rate:
+        rule_list.append(rules.MessageRate("3/second"))
+    if after:  # out of the run's order: a check of its own after it
+        rule_list.append(rules.MaxMessageSize(max(1, size - 6)))
+    clock = ManualClock(10.0)
+    guard = Guard(rules=rule_list, clock=clock)
+    conn = SimpleNamespace(guard=guard, auth=None)
+    run = guard.check_plan[0]
+    assert isinstance(run, FusedRun)
+    state = run.bind(conn)
+    assert type(state) is (TextRateState if rate else TextState)
+    rest = checks_of(guard.check_plan[1:], conn)
+    assert len(rest) == int(after)
+    state.rest = rest[0] if rest else None  # as a connection's leading run
+    one_by_one = checks_of(guard.checker_rules, conn)
+    for m, step in script:
+        clock.now += step
+        assert decide([state.check], m) == decide(one_by_one, m)
+
+
+def test_only_runs_that_fit_take_a_text_state() -> None:
+    conn = SimpleNamespace(guard=Guard(), auth=None)
+    content = rules.Content(_no_z, name="noz")
+    for run_rules, kind in [
+        ([rules.MaxMessageSize(64), content], TextState),
+        ([content, rules.MessageRate("5/second")], TextRateState),
+        ([rules.MaxMessageSize(64), rules.MessageTypes(text=False), content], RunState),
+        ([rules.MaxMessageSize(64), content, rules.Pattern("q")], RunState),
+        ([rules.MaxMessageSize(64), rules.MessageRate("5/second")], RunState),
+    ]:
+        run = FusedRun(run_rules)
+        assert run.text_state is kind, run_rules
+        assert type(run.bind(conn)) is kind
+    assert FusedRun([content]).quarter == sys.maxsize  # no size limit: any text fits
 
 
 def test_the_usual_rules_become_one_check() -> None:
