@@ -37,15 +37,6 @@ if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
     from ws_guard.types import Message
 
-_PHASES: dict[type, int] = {
-    AuthCheck: 0,
-    SizeLimit: 1,
-    TypeFilter: 2,
-    ContentTest: 3,
-    SingleRate: 4,
-}
-_CONTENT = _PHASES[ContentTest]
-
 #: A rate window's end before its first message.
 _NEVER = float("-inf")
 
@@ -62,51 +53,6 @@ def fast_check_of(rule: Rule) -> FastCheck | None:
     kind = type(rule)
     owner = next(cls for cls in kind.__mro__ if "fast_check" in vars(cls))
     return data if kind.checker is owner.checker else None  # type: ignore[attr-defined]
-
-
-def plan_checks(
-    rules: Sequence[Rule], clock: Callable[[], float] = time.monotonic
-) -> tuple[PlanItem, ...]:
-    """The rules with checkers, runs of fast-path rules replaced by one :class:`FusedRun`.
-
-    *clock* is what a run's rate reads (the guard scheduler's). Only one
-    run keeps a rate window; a second per-connection rate checks itself.
-    """
-    plan: list[PlanItem] = []
-    run: list[Rule] = []
-    last = -1
-    rate_fused = False
-
-    def flush() -> None:
-        # A lone rule after the head checks itself: its own check is one call too.
-        if len(run) == 1 and plan:
-            plan.append(run[0])
-        elif run:
-            plan.append(FusedRun(run, clock))
-        run.clear()
-
-    for rule in rules:
-        data = fast_check_of(rule)
-        if isinstance(data, TypeFilter) and data.text and data.binary:
-            continue  # text and binary both allowed: nothing to check
-        if not rule.enforce:
-            data = None  # a shadow breach must not stop the rules after it
-        if isinstance(data, SingleRate):
-            if rate_fused:
-                data = None
-            rate_fused = True
-        if data is None:
-            flush()
-            last = -1
-            plan.append(rule)
-            continue
-        phase = _PHASES[type(data)]
-        if phase < last or (phase == last and phase != _CONTENT):
-            flush()
-        run.append(rule)
-        last = phase
-    flush()
-    return tuple(plan)
 
 
 class FusedRun:
@@ -200,10 +146,6 @@ class FusedRun:
             every, marked = self.auth_check.checks(conn)
         kind = self.text_state if every is None else RunState
         return kind(self, conn, every, marked)
-
-
-#: What a connection's checks are built from: each item's ``checker(conn)``.
-PlanItem = Rule | FusedRun
 
 
 class RunState:

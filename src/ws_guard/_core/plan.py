@@ -1,5 +1,9 @@
 """The hook plan: which rules each step of a connection calls, worked out once per guard.
 
+And the message-check plan: the rules with checkers in order, with runs of
+fast-path rules (``Rule.fast_check()`` data) joined into one
+:class:`~ws_guard._core.fast_path.FusedRun`.
+
 A rule overrides only the hooks it needs (see ``rules/base.py``); the plan
 lists, per hook, the rules that override it, in admission order, so a
 connection never calls a no-op and never asks a rule what it does.
@@ -7,10 +11,69 @@ connection never calls a no-op and never asks a rule what it does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
-from ws_guard._core.fast_path import FusedRun, PlanItem, plan_checks
+from ws_guard._core.fast_path import FusedRun, fast_check_of
 from ws_guard.rules.base import Rule, overrides
+from ws_guard.rules.fast import AuthCheck, ContentTest, SingleRate, SizeLimit, TypeFilter
+
+_PHASES: dict[type, int] = {
+    AuthCheck: 0,
+    SizeLimit: 1,
+    TypeFilter: 2,
+    ContentTest: 3,
+    SingleRate: 4,
+}
+_CONTENT = _PHASES[ContentTest]
+
+#: What a connection's checks are built from: each item's ``checker(conn)``.
+PlanItem = Rule | FusedRun
+
+
+def plan_checks(
+    rules: Sequence[Rule], clock: Callable[[], float] = time.monotonic
+) -> tuple[PlanItem, ...]:
+    """The rules with checkers, runs of fast-path rules replaced by one :class:`FusedRun`.
+
+    *clock* is what a run's rate reads (the guard scheduler's). Only one
+    run keeps a rate window; a second per-connection rate checks itself.
+    """
+    plan: list[PlanItem] = []
+    run: list[Rule] = []
+    last = -1
+    rate_fused = False
+
+    def flush() -> None:
+        # A lone rule after the head checks itself: its own check is one call too.
+        if len(run) == 1 and plan:
+            plan.append(run[0])
+        elif run:
+            plan.append(FusedRun(run, clock))
+        run.clear()
+
+    for rule in rules:
+        data = fast_check_of(rule)
+        if isinstance(data, TypeFilter) and data.text and data.binary:
+            continue  # text and binary both allowed: nothing to check
+        if not rule.enforce:
+            data = None  # a shadow breach must not stop the rules after it
+        if isinstance(data, SingleRate):
+            if rate_fused:
+                data = None
+            rate_fused = True
+        if data is None:
+            flush()
+            last = -1
+            plan.append(rule)
+            continue
+        phase = _PHASES[type(data)]
+        if phase < last or (phase == last and phase != _CONTENT):
+            flush()
+        run.append(rule)
+        last = phase
+    flush()
+    return tuple(plan)
 
 
 class HookPlan:

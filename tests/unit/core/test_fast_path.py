@@ -22,8 +22,8 @@ from ws_guard._core.fast_path import (
     RunState,
     TextRateState,
     TextState,
-    plan_checks,
 )
+from ws_guard._core.plan import plan_checks
 from ws_guard.rules.base import Checker, Rule
 from ws_guard.testing import ScriptedWebSocket
 
@@ -213,14 +213,14 @@ def test_text_states_decide_like_rule_by_rule(
     clock = ManualClock(10.0)
     guard = Guard(rules=rule_list, clock=clock)
     conn = SimpleNamespace(guard=guard, auth=None)
-    run = guard.check_plan[0]
+    run = guard.plan.checks[0]
     assert isinstance(run, FusedRun)
     state = run.bind(conn)
     assert type(state) is (TextRateState if rate else TextState)
-    rest = checks_of(guard.check_plan[1:], conn)
+    rest = checks_of(guard.plan.checks[1:], conn)
     assert len(rest) == int(after)
     state.rest = rest[0] if rest else None  # as a connection's leading run
-    one_by_one = checks_of(guard.checker_rules, conn)
+    one_by_one = checks_of(guard.plan.checker_rules, conn)
     for m, step in script:
         clock.now += step
         assert decide([state.check], m) == decide(one_by_one, m)
