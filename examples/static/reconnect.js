@@ -1,9 +1,10 @@
 // ws_guard reconnect policy for browsers: reconnect as each close code asks.
 //
 // A dependency-free ES module with the same table as ws_guard.client (Python):
-//   1013 (and 1001, 1006, 1011, 1014, unknown codes): exponential back-off from
-//        1 s, doubling, full jitter, capped (60 s), never before the server's
-//        "retry-after=<seconds>" hint;
+//   1013 (and 1001, 1006, 1011, 1014, unknown codes): exponential back-off:
+//        attempt n waits uniform [step, 2 * step] with step = 1 s * 2^(n-1),
+//        both capped (60 s); with the server's "retry-after=<seconds>" hint,
+//        the hint plus uniform [0, step];
 //   1012: a short random delay (0-5 s) after the hint;
 //   1008 "token_expired": get a fresh token, reconnect at once (back off on
 //        repeats, stop after 3 refreshes in a row);
@@ -163,16 +164,17 @@ export class ReconnectPolicy {
       if (refreshes >= action.maxRefreshes) {
         return { type: "stop", ...base, why: `the token was still refused after ${refreshes} refreshes` };
       }
-      const delay = refreshes === 0 ? 0 : this.#jitter(action.backoff, refreshes);
-      return { type: "refresh_then_retry", delay: this.#afterHint(delay, hint), ...base };
+      const delay =
+        refreshes === 0 ? this.#afterHint(0, hint) : this.#backoff(action.backoff, refreshes, hint);
+      return { type: "refresh_then_retry", delay, ...base };
     }
     if (this.maxAttempts !== null && attempt > this.maxAttempts) {
       return { type: "stop", ...base, why: `gave up after ${this.maxAttempts} reconnect attempts` };
     }
-    const delay =
-      action.action === "backoff"
-        ? this.#jitter(action, attempt)
-        : action.low + this.random() * (action.high - action.low);
+    if (action.action === "backoff") {
+      return { type: "retry", delay: this.#backoff(action, attempt, hint), ...base };
+    }
+    const delay = action.low + this.random() * (action.high - action.low);
     return { type: "retry", delay: this.#afterHint(delay, hint), ...base };
   }
 
@@ -180,9 +182,19 @@ export class ReconnectPolicy {
     return new ReconnectSession(this);
   }
 
-  #jitter(action, attempt) {
-    const ceiling = Math.min(this.cap, action.initial * action.factor ** (attempt - 1));
-    return this.random() * ceiling;
+  // The floor of back-off attempt n (1-based): min(cap, initial * factor ** (n - 1)).
+  #step(action, attempt) {
+    return Math.min(this.cap, action.initial * action.factor ** (attempt - 1));
+  }
+
+  // No hint: uniform in [step, min(cap, 2 * step)], never back early, a herd
+  // spreads over one more step; at the cap, exactly the cap. With a hint: the
+  // hint plus uniform [0, step], at most max(cap, hint). One random draw.
+  #backoff(action, attempt, hint) {
+    const step = this.#step(action, attempt);
+    if (hint !== null) return this.#afterHint(this.random() * step, hint);
+    const ceiling = Math.min(this.cap, 2 * step);
+    return step + this.random() * (ceiling - step);
   }
 
   // Never before the hint; jitter on top of it; at most the cap (or the hint).

@@ -49,3 +49,28 @@ export function runCases(lib, table) {
   });
   return { cases, sessions, parsing, invalid };
 }
+
+// Draws `draws` back-off delays per attempt 1..12 with the policy's own random
+// source (Math.random by default) and returns every delay outside the promised
+// range: [step, min(cap, 2 * step)] without a hint, [hint, max(cap, hint)] with
+// one (step = min(cap, initial * factor ** (n - 1))). An empty list passes.
+export function backoffBounds(lib, draws) {
+  const cap = 60;
+  const policy = new lib.ReconnectPolicy({ cap });
+  const out = [];
+  const codes = [1001, 1006, 1011, 1013, 1014, 4000];
+  for (let attempt = 1; attempt <= 12; attempt += 1) {
+    const step = Math.min(cap, 2 ** (attempt - 1));
+    const ceiling = Math.min(cap, 2 * step);
+    for (let i = 0; i < draws; i += 1) {
+      const code = codes[i % codes.length];
+      const plain = policy.decide(code, "", attempt).delay;
+      if (!(plain >= step && plain <= ceiling)) out.push({ code, attempt, delay: plain });
+      const hinted = policy.decide(code, "overloaded; retry-after=7", attempt).delay;
+      if (!(hinted >= 7 && hinted <= Math.max(cap, 7) && hinted <= 7 + step)) {
+        out.push({ code, attempt, hint: 7, delay: hinted });
+      }
+    }
+  }
+  return out;
+}

@@ -38,10 +38,14 @@ from .._validate import check_at_most_seconds, check_number
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential back-off with full jitter.
+    """Exponential back-off from a floor that doubles (by default), jitter on top.
 
-    Attempt *n* waits a uniform random time in ``[0, min(cap, initial *
-    factor ** (n - 1))]``; with a ``retry-after`` hint, the hint plus that.
+    With ``step = min(cap, initial * factor ** (n - 1))`` seconds, attempt *n*
+    waits a uniform random time in ``[step, min(cap, 2 * step)]``: never less
+    than the step (the close-code guidance: back off from 1 s, doubling), up
+    to one step more so clients closed together come back apart. With a
+    ``retry-after`` hint it waits the hint plus a uniform time in
+    ``[0, step]``, at most ``max(cap, hint)``.
     """
 
     initial: float = 1.0

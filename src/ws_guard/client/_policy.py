@@ -2,10 +2,11 @@
 
 A close code is the server telling the client what to do next. 1013 means
 "not now": clients that come straight back keep the server overloaded, so
-they back off exponentially with full jitter and never return before the
-server's ``retry-after`` hint. 1008 means "not like this": the same request
-is refused again, so the client stops, unless the reason is
-``token_expired``, which a fresh token fixes. The decision is a pure
+they back off exponentially (never before ``initial * factor ** (n - 1)``
+seconds, up to twice that, so a herd spreads without anyone coming back
+early) and never return before the server's ``retry-after`` hint. 1008
+means "not like this": the same request is refused again, so the client
+stops, unless the reason is ``token_expired``, which a fresh token fixes. The decision is a pure
 function of (code, reason, attempt) and an injected random source;
 :class:`ReconnectSession` adds the one piece of state, the attempt counter,
 which resets once a connection has stayed up for ``stable_after`` seconds.
@@ -137,28 +138,51 @@ class ReconnectPolicy:
             if refreshes >= action.max_refreshes:
                 why = f"the token was still refused after {refreshes} refreshes"
                 return Stop(code, reason, attempt, why)
-            delay = 0.0 if refreshes == 0 else self._jitter(action.backoff, refreshes)
-            return RefreshThenRetry(self._after_hint(delay, hint), code, reason, attempt)
+            if refreshes == 0:
+                delay = self._after_hint(0.0, hint)
+            else:
+                delay = self._backoff(action.backoff, refreshes, hint)
+            return RefreshThenRetry(delay, code, reason, attempt)
         if self.max_attempts is not None and attempt > self.max_attempts:
             why = f"gave up after {self.max_attempts} reconnect attempts"
             return Stop(code, reason, attempt, why)
         if isinstance(action, Backoff):
-            delay = self._jitter(action, attempt)
-        else:
-            delay = action.low + self._random.random() * (action.high - action.low)
+            return Retry(self._backoff(action, attempt, hint), code, reason, attempt)
+        delay = action.low + self._random.random() * (action.high - action.low)
         return Retry(self._after_hint(delay, hint), code, reason, attempt)
 
     def session(self) -> ReconnectSession:
         """A fresh attempt counter for one client."""
         return ReconnectSession(self)
 
-    def _jitter(self, backoff: Backoff, attempt: int) -> float:
+    def _step(self, backoff: Backoff, attempt: int) -> float:
+        """The back-off floor of *attempt* (1-based), in seconds.
+
+        ``min(cap, initial * factor ** (attempt - 1))``: 1, 2, 4, ... 60 s with
+        the defaults, as the close-code guidance asks (docs/close-codes.md).
+        """
         try:
             growth = backoff.factor ** (attempt - 1)
         except OverflowError:
             growth = float("inf")
-        ceiling = min(self.cap, backoff.initial * growth)
-        return self._random.random() * ceiling
+        return min(self.cap, backoff.initial * growth)
+
+    def _backoff(self, backoff: Backoff, attempt: int, hint: float | None) -> float:
+        """The delay before back-off *attempt*, in seconds; one random draw.
+
+        Without a hint: uniform in ``[step, min(cap, 2 * step)]``, never below
+        the step (nobody comes back early) and spread over up to one more step
+        (a herd closed at once does not return at once). Once the step reaches
+        the cap, every delay is the cap. With a hint: the hint plus a uniform
+        draw in ``[0, step]``, at most ``max(cap, hint)``.
+        """
+        step = self._step(backoff, attempt)
+        if hint is not None:
+            return self._after_hint(self._random.random() * step, hint)
+        # step <= ceiling <= 2 * step, so ceiling - step is exact (Sterbenz) and
+        # the sum below never rounds past the ceiling.
+        ceiling = min(self.cap, 2.0 * step)
+        return step + self._random.random() * (ceiling - step)
 
     def _after_hint(self, delay: float, hint: float | None) -> float:
         """Never before the hint; jitter on top of it; at most the cap (or the hint)."""

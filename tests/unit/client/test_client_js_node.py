@@ -18,14 +18,15 @@ MODULE = ROOT / "examples" / "static" / "reconnect.js"
 RUNNER = ROOT / "tests" / "js" / "policy_cases.mjs"
 
 
-def test_reconnect_js_policy_table_in_node() -> None:
+def run_node(body: str) -> object:
+    """Run *body* as an ES module in node with ``lib`` and the case runner imported."""
     node = require_binary("node", apt_package="nodejs")
     script = (
         f"import * as lib from {json.dumps(MODULE.as_uri())};"
-        f"import {{ runCases }} from {json.dumps(RUNNER.as_uri())};"
+        f"import {{ runCases, backoffBounds }} from {json.dumps(RUNNER.as_uri())};"
         "import { readFileSync } from 'node:fs';"
         f"const table = JSON.parse(readFileSync({json.dumps(str(CASES_PATH))}, 'utf8'));"
-        "console.log(JSON.stringify(runCases(lib, table)));"
+        f"{body}"
     )
     out = subprocess.run(
         [node, "--input-type=module", "-e", script],
@@ -34,4 +35,16 @@ def test_reconnect_js_policy_table_in_node() -> None:
         timeout=30,
         check=True,
     )
-    check_js_results(json.loads(out.stdout))
+    return json.loads(out.stdout)
+
+
+def test_reconnect_js_policy_table_in_node() -> None:
+    results = run_node("console.log(JSON.stringify(runCases(lib, table)));")
+    assert isinstance(results, dict)
+    check_js_results(results)
+
+
+def test_reconnect_js_backoff_bounds_over_many_math_random_draws() -> None:
+    """10,000 Math.random draws per attempt 1..12, with and without a hint."""
+    outside = run_node("console.log(JSON.stringify(backoffBounds(lib, 10000)));")
+    assert outside == []

@@ -6,6 +6,8 @@ import dataclasses
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.reconnect_cases import TABLE, FixedRandom, as_dict, matches, policy
 from ws_guard import ConfigurationError
@@ -57,20 +59,82 @@ def test_every_code_in_the_close_code_reference_is_covered() -> None:
     assert covered - named  # and some codes nobody named
 
 
-def test_jitter_stays_in_bounds_with_a_real_random_source() -> None:
+def test_backoff_stays_between_the_step_and_twice_the_step_with_a_real_random_source() -> None:
     decide = ReconnectPolicy(random_source=random.Random(7)).decide
     for attempt in range(1, 12):
-        ceiling = min(60.0, 2.0 ** (attempt - 1))
+        step = min(60.0, 2.0 ** (attempt - 1))
+        ceiling = min(60.0, 2.0 * step)
         delays = [decide(1013, "overloaded", attempt).delay for _ in range(400)]  # type: ignore[union-attr]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        # full jitter: the draws spread over the range, not bunched at the top
-        assert min(delays) < 0.1 * ceiling
-        assert max(delays) > 0.9 * ceiling
+        assert all(step <= d <= ceiling for d in delays)
+        if step < ceiling:  # the spread covers the range, not bunched at either end
+            assert min(delays) < step + 0.1 * (ceiling - step)
+            assert max(delays) > step + 0.9 * (ceiling - step)
+        else:  # at the cap: exactly the cap
+            assert set(delays) == {60.0}
         hinted = [decide(1013, "overloaded; retry-after=7", attempt).delay for _ in range(400)]  # type: ignore[union-attr]
-        assert all(7.0 <= d <= max(60.0, 7.0) for d in hinted)
-        assert all(d <= 7.0 + ceiling for d in hinted)
+        assert all(7.0 <= d <= min(60.0, 7.0 + step) for d in hinted)
     restarts = [decide(1012, "restarting; retry-after=2", 1).delay for _ in range(400)]  # type: ignore[union-attr]
     assert all(2.0 <= d <= 7.0 for d in restarts)
+
+
+BACKOFF_CODES = sorted(
+    {code for code, action in DEFAULT_ACTIONS.items() if isinstance(action, Backoff)}
+    | {1004, 1016, 3000, 4999}  # codes nobody named take the fallback back-off
+)
+
+
+@given(
+    code=st.sampled_from(BACKOFF_CODES),
+    attempt=st.integers(min_value=1, max_value=5000),
+    seed=st.integers(min_value=0, max_value=2**32),
+    initial=st.sampled_from([0.01, 0.5, 1.0, 3.0, 600.0]),
+    factor=st.sampled_from([1.0, 1.5, 2.0, 3.0, 10.0]),
+    cap=st.sampled_from([0.1, 1.0, 10.0, 60.0, 3600.0]),
+)
+@settings(max_examples=300, deadline=None)
+def test_property_backoff_never_comes_back_early(
+    code: int, attempt: int, seed: int, initial: float, factor: float, cap: float
+) -> None:
+    """Attempt n waits within [step, 2 * step] (both capped), step = initial * factor**(n-1)."""
+    action = Backoff(initial, factor)
+    policy = ReconnectPolicy(overrides={code: action}, cap=cap, random_source=random.Random(seed))
+    try:
+        step = min(cap, initial * factor ** (attempt - 1))
+    except OverflowError:  # factor ** (attempt - 1) beyond a float: the step is the cap
+        step = cap
+    for _ in range(20):
+        decision = policy.decide(code, "", attempt)
+        assert isinstance(decision, Retry)
+        assert min(cap, step) <= decision.delay <= min(cap, 2 * step)
+
+
+@given(
+    code=st.sampled_from(BACKOFF_CODES),
+    attempt=st.integers(min_value=1, max_value=5000),
+    seed=st.integers(min_value=0, max_value=2**32),
+    hint=st.sampled_from(["0", "0.5", "1", "7", "59.999", "60", "61", "3599", "99999"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_property_backoff_with_a_hint_never_comes_back_before_it(
+    code: int, attempt: int, seed: int, hint: str
+) -> None:
+    """With retry-after=h: h <= delay <= max(cap, h), h cut to max_hint (3600 s)."""
+    policy = ReconnectPolicy(random_source=random.Random(seed))
+    seconds = min(float(hint), 3600.0)
+    for _ in range(20):
+        decision = policy.decide(code, f"overloaded; retry-after={hint}", attempt)
+        assert isinstance(decision, Retry)
+        assert seconds <= decision.delay <= max(60.0, seconds)
+
+
+def test_token_refresh_backoff_keeps_the_floor() -> None:
+    policy = ReconnectPolicy(random_source=random.Random(11))
+    for refreshes, step in ((1, 1.0), (2, 2.0)):
+        delays = [
+            policy.decide(1008, "token_expired", refreshes + 1, refreshes).delay  # type: ignore[union-attr]
+            for _ in range(400)
+        ]
+        assert all(step <= d <= 2 * step for d in delays)
 
 
 def test_two_clients_with_the_same_hint_do_not_come_back_together() -> None:
@@ -83,7 +147,7 @@ def test_two_clients_with_the_same_hint_do_not_come_back_together() -> None:
 
 def test_decisions_are_frozen_slotted_values() -> None:
     decision = ReconnectPolicy(random_source=FixedRandom(0.5)).decide(1013, "overloaded", 1)
-    assert decision == Retry(0.5, 1013, "overloaded", 1)
+    assert decision == Retry(1.5, 1013, "overloaded", 1)
     assert not hasattr(decision, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.delay = 0.0  # type: ignore[misc]
