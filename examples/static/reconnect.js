@@ -89,16 +89,22 @@ function checkNumber(what, value, { minimum = 0, strict = false } = {}) {
   return value;
 }
 
+// Seconds, not milliseconds: the same bounds as ws_guard.client (Python).
+function checkSeconds(what, value, maximum) {
+  if (value > maximum) throw new RangeError(`${what} is in seconds (at most ${maximum}); ${value} looks like milliseconds`);
+  return value;
+}
+
 function checkAction(what, action) {
   if (!action || !ACTIONS.has(action.action)) {
     throw new TypeError(`${what} must be backoff(), randomDelay(), refreshToken() or noRetry()`);
   }
   if (action.action === "backoff") {
-    checkNumber(`${what} initial`, action.initial, { strict: true });
+    checkSeconds(`${what} initial`, checkNumber(`${what} initial`, action.initial, { strict: true }), 600);
     checkNumber(`${what} factor`, action.factor, { minimum: 1 });
   } else if (action.action === "random_delay") {
     checkNumber(`${what} low`, action.low);
-    checkNumber(`${what} high`, action.high, { minimum: action.low });
+    checkSeconds(`${what} high`, checkNumber(`${what} high`, action.high, { minimum: action.low }), 600);
   } else if (action.action === "refresh_token") {
     if (!Number.isInteger(action.maxRefreshes) || action.maxRefreshes < 1) {
       throw new RangeError(`${what} maxRefreshes must be an integer >= 1`);
@@ -121,9 +127,11 @@ export class ReconnectPolicy {
     random = Math.random,
     clock = () => performance.now() / 1000,
   } = {}) {
-    this.cap = checkNumber("cap", cap, { strict: true });
-    this.stableAfter = checkNumber("stableAfter", stableAfter);
-    this.maxHint = checkNumber("maxHint", maxHint);
+    this.cap = checkSeconds("cap", checkNumber("cap", cap, { strict: true }), 3600);
+    // stableAfter 0 would reset the attempt count on every accept-then-close, so
+    // back-off would never grow; maxHint 0 would throw away every retry-after.
+    this.stableAfter = checkSeconds("stableAfter", checkNumber("stableAfter", stableAfter, { strict: true }), 3600);
+    this.maxHint = checkSeconds("maxHint", checkNumber("maxHint", maxHint, { strict: true }), 86400);
     if (maxAttempts !== null && (!Number.isInteger(maxAttempts) || maxAttempts < 1)) {
       throw new RangeError(`maxAttempts must be null or an integer >= 1, not ${maxAttempts}`);
     }
