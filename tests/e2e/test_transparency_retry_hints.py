@@ -191,4 +191,9 @@ async def test_forty_http_denials_do_not_all_send_the_same_retry_after() -> None
     guard, _ = busy_guard(random.Random(40), reject="http")
     with serve(WSGuardMiddleware(echo, guard=guard)) as server:
         headers = Counter([await shed_header(server.url + "/ws") for _ in range(40)])
-    assert set(headers) == {(503, "1"), (503, "2")}  # before, all 40 read 2
+    assert {status for status, _ in headers} == {503}
+    seconds = [int(value) for _, value in headers]
+    # A 1-2 s draw at first, randomly rounded to 1 or 2; the base grows by 0.5 s
+    # per second the overload lasts, so a slow run (coverage) may also see 3.
+    assert all(1 <= s <= 60 for s in seconds)
+    assert {1, 2} <= set(seconds)  # before, all 40 read 2
