@@ -289,7 +289,11 @@ class TextState(RunState):
 
 
 class TextRateState(RunState):
-    """:class:`TextState` with the run's rate window (``RunState.check``'s sums)."""
+    """:class:`TextState` with the run's rate window (``RunState.check``'s sums).
+
+    Its first lines repeat ``TextState.check`` on purpose: a shared method
+    would cost a Python call per message, more than these states save.
+    """
 
     __slots__ = ()
 
