@@ -41,6 +41,9 @@ logger = logging.getLogger("ws_guard")
 
 #: The type of the optional notice sent before expiry.
 EXPIRING_TYPE = "auth.expiring"
+#: The latest expiry kept (epoch seconds, the end of year 9999): a later
+#: ``exp`` is read as this one, which a float holds exactly.
+LATEST_EXPIRY = 253_402_300_799
 
 
 class Session:
@@ -95,8 +98,16 @@ class Session:
         """Wall-clock time (epoch seconds) at which the token stops being valid."""
         claims = self.conn.claims
         exp = None if claims is None else claims.get("exp")
-        # PyJWT truncates exp to an int and calls a token expired at exp + leeway.
-        return None if exp is None else int(exp) + self.rule.leeway
+        return None if exp is None else self._expiry(exp)
+
+    def _expiry(self, exp: Any) -> float:
+        """``exp + leeway`` as PyJWT reads it, with ``exp`` no later than :data:`LATEST_EXPIRY`.
+
+        PyJWT truncates ``exp`` to an int and calls a token expired at
+        ``exp + leeway``. An issuer may sign any integer (``10**400``), which
+        no float holds; capped, it still never expires in practice.
+        """
+        return min(int(exp), LATEST_EXPIRY) + float(self.rule.leeway)
 
     def wait(self, key: str) -> None:
         """Admitted without a token: wait for the first message, counted under *key*."""
@@ -295,7 +306,7 @@ class Session:
             return False  # a token without exp never expires: nothing to extend
         exp = claims.get("exp")
         # PyJWT checked that int(exp) works; it compares exp as an int too.
-        return exp is None or int(exp) + self.rule.leeway > current
+        return exp is None or self._expiry(exp) > current
 
     def _sync(self, close: Close | None) -> Close | Consume:
         """A decision on a message ws_guard consumed: the message never reaches the app."""

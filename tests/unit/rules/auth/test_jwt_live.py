@@ -321,3 +321,20 @@ async def test_handshake_token_skips_the_first_message() -> None:
     await ws.expect("websocket.send", text="first app message")
     await ws.disconnect()
     await ws.finished()
+
+
+@pytest.mark.parametrize(
+    "exp", [10**400, 2**63, 253_402_300_799 + 10], ids=["1e400", "2^63", "9999+10s"]
+)
+async def test_an_exp_past_year_9999_is_admitted_and_armed_at_the_cap(exp: int) -> None:
+    # An issuer may sign any integer; 10**400 has no float, and converting it
+    # once raised OverflowError out of the guard at the handshake.
+    guard, app, _ = setup()
+    ws = await open_socket(app, mint(exp_in=None, exp=exp))
+    assert len(guard.scheduler) == 1
+    assert guard.scheduler.run_due(T0 + 10**6) == 0
+    await ws.send_text("hi")
+    await ws.expect("websocket.send", text="hi")
+    # A refresh to another such token extends nothing: both read as the cap.
+    await ws.send_text(refresh_message(mint(exp_in=None, exp=exp + 1)))
+    await ws.expect("websocket.close", code=1008, reason="token_stale")
