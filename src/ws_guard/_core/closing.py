@@ -31,15 +31,21 @@ def server_refused_send(exc: BaseException) -> bool:
     uvicorn raises it from a send to a client that left; Starlette turns it
     into ``WebSocketDisconnect(1006)`` raised from it, so it sits in the
     exception's context chain. A ``WebSocketDisconnect`` the app raises on
-    its own (a bad token) has no such context. Matched by name: no server
-    imports.
+    its own (a bad token) has no such context. An exception group (an app
+    that sends from several tasks of a task group) counts when every
+    exception in it does. Matched by name: no server imports, and the same
+    on Python 3.10, where groups come from the ``exceptiongroup`` backport.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if any(cls.__name__ == "ClientDisconnected" for cls in type(current).__mro__):
+        names = {cls.__name__ for cls in type(current).__mro__}
+        if "ClientDisconnected" in names:
             return True
+        if "BaseExceptionGroup" in names:
+            members: tuple[BaseException, ...] = tuple(getattr(current, "exceptions", ()))
+            return bool(members) and all(server_refused_send(member) for member in members)
         current = current.__cause__ or current.__context__
     return False
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import pytest
@@ -24,6 +25,11 @@ from ws_guard._core.closes import CloseEvent
 from ws_guard._core.decisions import Close
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import Receive, Scope, Send
+
+if sys.version_info >= (3, 11):
+    from builtins import ExceptionGroup
+else:  # anyio's backport on 3.10
+    from exceptiongroup import ExceptionGroup
 
 
 def guarded(app: Any, **options: Any) -> tuple[Any, Guard, list[CloseEvent]]:
@@ -429,3 +435,51 @@ async def test_app_sends_after_its_own_close_while_a_token_is_pending_go_to_the_
     ]
     assert guard.metrics.snapshot().dropped_sends == 0
     await guard.shutdown()
+
+
+def _refused() -> ClientDisconnected:
+    return ClientDisconnected("send to a gone client")
+
+
+def _wrapped() -> WebSocketDisconnect:
+    try:
+        raise _refused()
+    except ClientDisconnected as refused:
+        try:
+            raise WebSocketDisconnect("the client left") from refused
+        except WebSocketDisconnect as error:
+            return error
+
+
+@pytest.mark.parametrize(
+    ("members", "client_left"),
+    [
+        (lambda: [_refused(), _wrapped()], True),
+        (lambda: [_refused(), ExceptionGroup("inner", [_wrapped()])], True),
+        (lambda: [_refused(), RuntimeError("bug")], False),
+        (lambda: [_wrapped(), ExceptionGroup("inner", [ValueError("bug")])], False),
+    ],
+    ids=["all-refused", "nested-refused", "one-bug", "nested-bug"],
+)
+async def test_an_exception_group_of_refused_sends_is_the_client_leaving(
+    members: Any, client_left: bool
+) -> None:
+    # An app that sends from several tasks of a task group raises a group of
+    # the server's refusals when the client leaves: still the client leaving.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+        raise ExceptionGroup("tasks", members())
+
+    guarded_app, _, events = guarded(app)
+    ws = ScriptedWebSocket(guarded_app)
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text("hi")
+    if not client_left:
+        await ws.expect("websocket.close", code=1011, reason="internal_error")
+    with pytest.raises(ExceptionGroup):
+        await ws.finished()
+    expected = (1006, "client", None) if client_left else (1011, "app", "internal_error")
+    assert [(e.code, e.initiator, e.rule) for e in events] == [expected]
