@@ -49,7 +49,7 @@ from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import AuthCheck, refresh_needle
-from ws_guard.rules.keys import by_ip
+from ws_guard.rules.keys import by_ip, by_user
 from ws_guard.rules.limits.rates import Rate, parse_rates
 from ws_guard.types import Message
 
@@ -231,6 +231,13 @@ class JWTAuth(Rule):
         check_one_auth_rule(self, guard.rules)
         check_cookie_origin(self, self.sources, guard.rules)
         check_user_keys_at_handshake(self, self.first_message, guard.rules)
+        if "sub" not in self.require and any(
+            getattr(rule, "key", None) is by_user for rule in guard.rules
+        ):
+            # A token without sub has no user to count: it would escape
+            # every by_user cap and rate. Refuse it (1008 token_invalid).
+            self.require += ("sub",)
+            self.verifier.require_claims(self.require)
 
     def on_connect(self, conn: RuleContext) -> None:
         session = Session(self, conn)

@@ -65,12 +65,16 @@ class Verifier:
         self.max_token_bytes = max_token_bytes
         self.invalid = invalid
         self.expired = expired
-        self._pyjwt = jwt.PyJWT({"require": list(require), "enforce_minimum_key_length": True})
+        self.require_claims(require)
         # PyJWT takes one audience or issuer as a string, several as a sequence.
         self._audience = (
             None if audience is None else (audience[0] if len(audience) == 1 else list(audience))
         )
         self._issuer = None if issuer is None else (issuer[0] if len(issuer) == 1 else issuer)
+
+    def require_claims(self, require: tuple[str, ...]) -> None:
+        """Refuse tokens without any of *require* (PyJWT's ``require`` option)."""
+        self._pyjwt = jwt.PyJWT({"require": list(require), "enforce_minimum_key_length": True})
 
     def decode(self, token: str, key: Any) -> Claims | Close:
         """Claims of a verified *token*, or the close it earns."""

@@ -220,3 +220,45 @@ async def test_named_rule_labels_its_closes() -> None:
     await ws.expect("websocket.close", code=1008, reason="token_missing")
     await ws.finished()
     assert guard.metrics.snapshot().closes_by_rule == {"jwt": 1}
+
+
+@pytest.mark.parametrize(
+    ("key", "claims", "reason"),
+    [
+        (rules.by_user, {"sub": None}, "token_invalid"),  # no sub: no user to count
+        (rules.by_user, {"sub": None, "user": "alice"}, "token_invalid"),
+        (rules.by_user, {"sub": 7}, "token_invalid"),  # PyJWT >= 2.10: sub must be a string
+        (rules.by_user, {"sub": "alice"}, None),
+        (rules.by_ip, {"sub": None}, None),  # no per-user rule: sub stays optional
+    ],
+    ids=["by_user-no-sub", "by_user-other-claim", "by_user-int-sub", "by_user-sub", "by_ip"],
+)
+async def test_a_guard_keyed_by_user_refuses_tokens_without_a_user(
+    key: object, claims: dict, reason: str | None
+) -> None:
+    # A token without sub has no by_user key, so it escaped every per-user
+    # cap: the guard now makes JWTAuth require sub when a rule keys by user.
+    claims = dict(claims)  # parametrized values are shared by the asyncio and trio runs
+    sub = claims.pop("sub")
+    rule = rules.JWTAuth(SECRET, algorithms=["HS256"])
+    cap = rules.MaxConnectionsPerKey(1, key=key)  # type: ignore[arg-type]
+    guard = Guard(rules=[rule, cap])
+    reply = await handshake_in(guard, mint(sub, **claims))
+    if reason is None:
+        assert reply["type"] == "websocket.accept"
+    else:
+        assert (reply["code"], reply["reason"]) == (1008, reason)
+    assert ("sub" in rule.require) is (key is rules.by_user)
+
+
+async def handshake_in(guard: Guard, token: str) -> dict:
+    ws = ScriptedWebSocket(WSGuardMiddleware(echo, guard=guard), headers=bearer(token))
+    await ws.connect()
+    accept = await ws.expect("websocket.accept")
+    await ws.send_text("ping")
+    reply = await ws.next()
+    if reply["type"] == "websocket.send":
+        await ws.disconnect()
+        reply = accept
+    await ws.finished()
+    return reply
