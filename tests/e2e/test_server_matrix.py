@@ -151,6 +151,24 @@ async def test_app_close_code(served: ServerProcess, code: int) -> None:
     assert await counted(served, "crash", code, before) == before + 1
 
 
+async def test_app_close_reason_is_cut_to_123_bytes(served: ServerProcess) -> None:
+    # Unguarded, a 140-byte reason drops TCP on granian (1006), as on uvicorn.
+    async with connect(served.url("/close")) as ws:
+        await ws.send("3001 " + "é" * 70)
+        got = await close_of(ws)
+    assert got == (3001, wire(served.server).reason("é" * 61))
+
+
+async def test_app_return_without_close_gives_1000(served: ServerProcess) -> None:
+    # Unguarded: granian sends a close frame with no code (1005), daphne keeps
+    # the connection open.
+    before = stats(served)["crash"].get("1000", 0)
+    async with connect(served.url("/return")) as ws:
+        await ws.send("bye")
+        assert await close_of(ws) == (1000, "")
+    assert await counted(served, "crash", 1000, before) == before + 1
+
+
 async def test_client_close_is_counted(served: ServerProcess) -> None:
     stats_before = stats(served)["ws"]
     async with connect(served.url("/ws")) as ws:
@@ -163,10 +181,11 @@ async def test_client_close_is_counted(served: ServerProcess) -> None:
 
 
 #: Servers where ``Guard(drain_signals=...)`` drains before the server closes
-#: WebSockets itself. granian and hypercorn (asyncio) handle SIGTERM/SIGINT in
-#: their event loop and close every WebSocket at once (granian: 1006 within
-#: milliseconds; hypercorn: 1011 after its graceful timeout), so there the
-#: drain comes first (docs/servers.md).
+#: WebSockets itself. With a signal to its main process, granian closes every
+#: WebSocket at once (1006 within milliseconds; its worker handles the signal
+#: in its event loop, beside ws_guard's handler) and hypercorn's CLI sends 1011
+#: with no reason after its 3 s graceful timeout, so there ``guard.drain()``
+#: comes first (docs/servers.md).
 DRAIN_BY_SIGNAL = ["uvicorn", "daphne"]
 DRAIN_FIRST = [server for server in SERVERS if server not in DRAIN_BY_SIGNAL]
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]

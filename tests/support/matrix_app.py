@@ -5,9 +5,11 @@
   same guard drains on SIGTERM and SIGINT (window 0.2 s), so open clients
   get 1012 before the server closes them itself.
 - ``/crash``: accepts, reads one message, raises (1011).
-- ``/close``: accepts, reads one message ``"<code>"``, closes with that
-  code and the reason ``app_close``: the app's own close (counted on
-  the ``crash`` guard, which guards no rule).
+- ``/close``: accepts, reads one message ``"<code>"`` or
+  ``"<code> <reason>"``, closes with that code and reason (``app_close``
+  by default): the app's own close (counted on the ``crash`` guard, which
+  guards no rule).
+- ``/return``: accepts, reads one message, returns without closing.
 - ``/shed``: an echo behind ``load.ConnectionCount(limit=1)``: the second
   open connection is shed at the handshake (1013).
 - ``/drain``: ``guard.drain()`` of the ``/ws`` guard, answered (as ``/stats``) once
@@ -23,7 +25,12 @@ from __future__ import annotations
 
 import json
 
-from tests.support.apps import crash_after_first_message, echo, lifespan
+from tests.support.apps import (
+    crash_after_first_message,
+    echo,
+    lifespan,
+    return_after_first_message,
+)
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard.types import Receive, Scope, Send
 
@@ -41,7 +48,7 @@ guards = {
         drain_window=DRAIN_WINDOW,
         drain_signals=["SIGTERM", "SIGINT"],
     ),
-    "crash": Guard(paths=["/crash", "/close"]),
+    "crash": Guard(paths=["/crash", "/close", "/return"]),
     "shed": Guard(load=[load.ConnectionCount(limit=1)], paths=["/shed"]),
 }
 
@@ -50,8 +57,8 @@ async def _close_as_asked(receive: Receive, send: Send) -> None:
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     message = await receive()
-    code = int(message["text"])
-    await send({"type": "websocket.close", "code": code, "reason": "app_close"})
+    code, _, reason = message["text"].partition(" ")
+    await send({"type": "websocket.close", "code": int(code), "reason": reason or "app_close"})
     await receive()  # websocket.disconnect
 
 
@@ -72,6 +79,8 @@ async def _inner(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["path"] == "/crash":
         await crash_after_first_message(scope, receive, send)
+    elif scope["path"] == "/return":
+        await return_after_first_message(scope, receive, send)
     elif scope["path"] == "/close":
         await _close_as_asked(receive, send)
     else:
