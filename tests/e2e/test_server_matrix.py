@@ -4,8 +4,8 @@ Each server in :data:`SERVERS` runs ``tests/support/matrix_app.py`` through
 its own command line, and the real ``websockets`` client checks what a
 user's client sees: 1008, 1009 and 1003 from message rules, 1013 shed at
 the handshake, 1011 for an app crash, 1012 from the drain on SIGTERM and
-SIGINT. The server's own counters are read over HTTP (``/stats``) and
-always hold the RFC code.
+SIGINT, and ``Guard(reject="http")``. The server's own counters are read
+over HTTP (``/stats``) and always hold the RFC code.
 
 Where a server differs, :data:`WIRE` says how, and docs/servers.md says
 why: daphne refuses every close code but 1000 and 3000-4999 and drops
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.server_procs import ServerProcess, server_process
@@ -127,6 +128,34 @@ async def test_shed_at_handshake_closes_1013(served: ServerProcess) -> None:
     else:
         assert reason == ""
     assert await counted(served, "shed", 1013, before) == before + 1
+
+
+#: Servers without the ``websocket.http.response`` extension (docs/servers.md).
+NO_HTTP_RESPONSE = {"daphne"}
+
+
+async def test_http_reject_mode_sheds_with_503_or_falls_back(served: ServerProcess) -> None:
+    before = stats(served)["shed_http"]
+    async with connect(served.url("/shed-http")) as first:
+        await first.send("a")
+        assert await first.recv() == "a"
+        if served.server in NO_HTTP_RESPONSE:  # accept-then-close, as without reject="http"
+            async with connect(served.url("/shed-http")) as second:
+                assert (await close_of(second))[0] == wire(served.server).code(1013)
+            counted_as = 1013
+        else:
+            with pytest.raises(websockets.InvalidStatus) as info:
+                async with connect(served.url("/shed-http")):
+                    pass  # pragma: no cover
+            response = info.value.response
+            assert response.status_code == 503
+            assert re.fullmatch(r"[1-9][0-9]*", response.headers["Retry-After"])
+            assert bytes(response.body or b"").startswith(b"overloaded; retry-after=")
+            counted_as = 503
+        await first.send("b")
+        assert await first.recv() == "b"
+    old = before.get(str(counted_as), 0)
+    assert await counted(served, "shed_http", counted_as, old) == old + 1
 
 
 async def test_app_crash_closes_1011(served: ServerProcess) -> None:

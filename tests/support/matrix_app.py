@@ -12,6 +12,8 @@
 - ``/return``: accepts, reads one message, returns without closing.
 - ``/shed``: an echo behind ``load.ConnectionCount(limit=1)``: the second
   open connection is shed at the handshake (1013).
+- ``/shed-http``: the same with ``Guard(reject="http")``: HTTP 503 where the
+  server has ``websocket.http.response``, accept-then-close where not.
 - ``/drain``: ``guard.drain()`` of the ``/ws`` guard, answered (as ``/stats``) once
   it returned: the drain-first shutdown docs/servers.md gives for servers
   whose signal handling ws_guard cannot run ahead of (granian, hypercorn).
@@ -50,6 +52,7 @@ guards = {
     ),
     "crash": Guard(paths=["/crash", "/close", "/return"]),
     "shed": Guard(load=[load.ConnectionCount(limit=1)], paths=["/shed"]),
+    "shed_http": Guard(load=[load.ConnectionCount(limit=1)], paths=["/shed-http"], reject="http"),
 }
 
 
