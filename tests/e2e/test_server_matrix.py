@@ -212,9 +212,10 @@ async def test_client_close_is_counted(served: ServerProcess) -> None:
 #: Servers where ``Guard(drain_signals=...)`` drains before the server closes
 #: WebSockets itself. With a signal to its main process, granian closes every
 #: WebSocket at once (1006 within milliseconds; its worker handles the signal
-#: in its event loop, beside ws_guard's handler) and hypercorn's CLI sends 1011
-#: with no reason after its 3 s graceful timeout, so there ``guard.drain()``
-#: comes first (docs/servers.md).
+#: in its event loop, beside ws_guard's handler), and hypercorn's CLI tells its
+#: worker process through an event, not a signal, so ws_guard's handler never
+#: runs and the clients get 1011 with no reason after hypercorn's 3 s graceful
+#: timeout. There ``guard.drain()`` comes first (docs/servers.md).
 DRAIN_BY_SIGNAL = ["uvicorn", "daphne"]
 DRAIN_FIRST = [server for server in SERVERS if server not in DRAIN_BY_SIGNAL]
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
