@@ -9,6 +9,8 @@
 //   1008 "token_expired": get a fresh token, reconnect at once (back off on
 //        repeats, stop after 3 refreshes in a row);
 //   1008 other reasons, 1000, 1002, 1003, 1005, 1007, 1009, 1010, 1015: stop.
+// A private-range twin (code + 3000: 4001-4003, 4007-4014), which ws_guard sends
+// on servers that refuse RFC codes (daphne), is treated as its RFC code.
 // The attempt counter resets once a connection stayed open for `stableAfter` s.
 //
 //   import { connect } from "/static/reconnect.js";
@@ -47,6 +49,18 @@ export function reasonSlug(reason) {
 export function retryAfterHint(reason) {
   const value = splitReason(reason).hints["retry-after"];
   return value !== undefined && SECONDS.test(value) ? Number(value) : null;
+}
+
+// -- private-range twins (ws_guard/_core/twins.py) ---------------------------
+/** RFC codes ws_guard twins as code + 3000 where a server refuses them. */
+export const TWINNED_CODES = Object.freeze([
+  1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+]);
+
+/** The RFC code a twin stands for (4009 -> 1009); any other code unchanged. */
+export function rfcCode(code) {
+  const original = code - 3000;
+  return TWINNED_CODES.includes(original) ? original : code;
 }
 
 // -- actions ---------------------------------------------------------------
@@ -149,6 +163,7 @@ export class ReconnectPolicy {
   }
 
   actionFor(code, slug) {
+    code = rfcCode(code);
     const specific = `${code}:${slug}`;
     return (
       this.overrides[specific] ??

@@ -18,6 +18,7 @@ from ws_guard._core.decisions import Close
 from ws_guard._core.request import joined_headers
 from ws_guard._core.rule_state import EMPTY, RuleState
 from ws_guard._core.states import CONNECTING
+from ws_guard._core.twins import refuses_close_code, twin_code
 from ws_guard.rules.keys import resolve_client_ip
 from ws_guard.types import Message, Receive, Scope, Send
 
@@ -34,7 +35,9 @@ def close_frame(code: int, reason: str) -> Message:
     """The ASGI ``websocket.close`` message ws_guard sends: *code*, *reason* as given.
 
     The one place such a message is built; *reason* is already cut to 123
-    bytes (``Close.wire_reason``, ``truncate_reason``).
+    bytes (``Close.wire_reason``, ``truncate_reason``). A server that
+    refuses the RFC code gets its private-range twin instead, from
+    :meth:`ConnectionBase._send_close`.
     """
     return {"type": "websocket.close", "code": code, "reason": reason}
 
@@ -61,6 +64,7 @@ class ConnectionBase:
         "_state_key",
         "_state_more",
         "_state_value",
+        "_twins",
         "admitted",
         "cancelled_by_guard",
         "claims",
@@ -111,6 +115,9 @@ class ConnectionBase:
         #: the app's sends may reach the client (see _core/auth_gate.py).
         self._gate: AuthGate | None = None
         self._finished = False
+        #: Whether the server refused an RFC close code on this connection:
+        #: closes then go out as their twins (see _core/twins.py).
+        self._twins = False
         #: What stops the app (set by the middleware): its task on asyncio, a
         #: cancel scope around it elsewhere; and whether ws_guard cancelled it
         #: because it ran on after a guard close.
@@ -201,10 +208,34 @@ class ConnectionBase:
         (answering the client's close, or on a keepalive ping timeout).
         """
         try:
-            await self._send(message)
+            if message["type"] == "websocket.close":
+                await self._send_close(message)
+            else:
+                await self._send(message)
         except (OSError, RuntimeError):
             return False
         return True
+
+    async def _send_close(self, message: Message) -> None:
+        """Send a ``websocket.close``; as its code's twin if the server refuses the code.
+
+        daphne refuses every code but 1000 and 3000-4999 by raising from
+        the send, before anything goes out (``_core/twins.py``); the first
+        refusal switches this connection to twins, and the close is sent
+        again as ``code + 3000`` with the same reason. The metrics and the
+        app's ``websocket.disconnect`` keep the RFC code. Anything else the
+        server raises propagates, as from a plain send.
+        """
+        code = message.get("code")
+        if self._twins and isinstance(code, int):
+            message = {**message, "code": twin_code(code)}
+        try:
+            await self._send(message)
+        except Exception as exc:  # autobahn refuses with a bare Exception; others re-raise
+            if self._twins or not refuses_close_code(exc, code):
+                raise
+            self._twins = True
+            await self._send({**message, "code": twin_code(cast(int, code))})
 
     def _disconnect_message(self) -> Message:
         close = cast(Close, self._guard_close)  # only called after a guard close

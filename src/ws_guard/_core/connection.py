@@ -124,10 +124,11 @@ class Connection(Holds):
     async def _send_slow(self, message: Message) -> None:
         state = self.state
         if state == OPEN:
-            if message["type"] == "websocket.close":
+            closing = message["type"] == "websocket.close"
+            if closing:
                 message = self._app_closed(message)
             try:
-                await self._send(message)
+                await (self._send_close(message) if closing else self._send(message))
             except OSError:
                 self._client_gone()
                 raise
@@ -140,7 +141,7 @@ class Connection(Holds):
             if message["type"] == "websocket.close":
                 # Not held: the app chose to end, and a close frame carries only
                 # its own code and reason. What it sent before is dropped.
-                await self._send(self._app_closed(message))
+                await self._send_close(self._app_closed(message))
                 return
             await gate.send(message)  # until the verdict; then in order, or dropped
             return

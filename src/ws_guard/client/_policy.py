@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
+from ws_guard._core.twins import rfc_code
 from ws_guard.errors import ConfigurationError
 
 from .._validate import (
@@ -110,7 +111,14 @@ class ReconnectPolicy:
         )
 
     def action_for(self, code: int, slug: str) -> Action:
-        """The action the table holds for *code* with reason *slug*."""
+        """The action the table holds for *code* with reason *slug*.
+
+        A private-range twin is looked up as its RFC code (4009 as 1009):
+        ws_guard sends twins on servers that refuse RFC codes (daphne; see
+        docs/close-codes.md). Twinned are 1001-1003 and 1007-1014, as 4001-4003
+        and 4007-4014; other 4xxx codes are looked up as they are.
+        """
+        code = rfc_code(code)
         for table, key in (
             (self._actions, (code, slug)),
             (DEFAULT_ACTIONS, (code, slug)),

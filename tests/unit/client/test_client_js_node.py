@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.support.reconnect_cases import CASES_PATH, check_js_results
 from tests.support.services import require_binary
+from ws_guard._core.twins import TWINNED_CODES, rfc_code
 
 ROOT = Path(__file__).resolve().parents[3]
 MODULE = ROOT / "examples" / "static" / "reconnect.js"
@@ -48,3 +49,13 @@ def test_reconnect_js_backoff_bounds_over_many_math_random_draws() -> None:
     """10,000 Math.random draws per attempt 1..12, with and without a hint."""
     outside = run_node("console.log(JSON.stringify(backoffBounds(lib, 10000)));")
     assert outside == []
+
+
+def test_reconnect_js_twins_are_the_servers_twins() -> None:
+    """reconnect.js maps back exactly the codes ws_guard twins, and only those."""
+    codes = list(range(3990, 5010)) + list(range(990, 1020))
+    got = run_node(
+        f"console.log(JSON.stringify({{twinned: lib.TWINNED_CODES, "
+        f"mapped: {json.dumps(codes)}.map(lib.rfcCode)}}));"
+    )
+    assert got == {"twinned": sorted(TWINNED_CODES), "mapped": [rfc_code(c) for c in codes]}
