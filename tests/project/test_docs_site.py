@@ -12,11 +12,14 @@ one MkDocs cannot see: a link must also work on GitHub, so
   ``blob/main`` or ``tree/main`` (the README's rule, test_docs_links.py), and
   names a file or folder that exists;
 - every page is in ``mkdocs.yml``'s navigation, every entry there is a page,
-  and every ``::: module`` of docs/api.md names a module under src/.
+  and every ``::: module`` of docs/api.md names a module under src/;
+- every Sphinx role the docstrings use (``:class:`Guard```) is one that
+  docs/griffe_roles.py turns into a code span on the API page.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -177,3 +180,22 @@ def test_nav_pages_reads_nested_entries_and_stops_at_the_next_key() -> None:
         "      - api.md\n  - Far: https://example.com/\nplugins:\n  - page.md\n"
     )
     assert nav_pages(config) == ["index.md", "guide.md", "api.md"]
+
+
+def test_sphinx_roles_become_code_spans_on_the_site() -> None:
+    """docs/griffe_roles.py rewrites every role the docstrings under src/ use."""
+    pytest.importorskip("griffe", reason="the docs extra is not installed")
+    spec = importlib.util.spec_from_file_location("griffe_roles", DOCS / "griffe_roles.py")
+    assert spec is not None
+    assert spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    assert roles.plain(":class:`Guard` and :meth:`~ws_guard.Guard.drain`, :py:func:`f`") == (
+        "`Guard` and `drain`, `f`"
+    )
+    assert roles.plain("a :term:`x` and `:class:` alone") == "a :term:`x` and `:class:` alone"
+    left = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        rewritten = roles.plain(path.read_text(encoding="utf-8"))
+        left += [f"{path.name}: {m[0]}" for m in re.finditer(r":[a-z:]+:`[^`]+`", rewritten)]
+    assert not left, f"roles the site would print as they are: {left}"
