@@ -8,7 +8,7 @@ each page in headless Chromium (``tests/support/chromium.py``: Debian's
 ``chromium`` with the flags a container needs, driven over the DevTools
 protocol), makes the closes the picture should show with the page's own
 buttons or the real ``websockets`` client, waits until the page shows them,
-and saves the viewport (1200 x 900 CSS pixels) as PNG:
+and saves the page as PNG (1200 CSS pixels wide, cut below its content):
 
     example.png         the chat room: a chat line, then a 1009 and a 1003 close
                         and the reconnect policy's decision after each
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import importlib.util
 import json
 import sys
@@ -58,11 +59,23 @@ def text_of(element_id: str) -> str:
     return f"document.getElementById({element_id!r}).textContent"
 
 
+async def picture(page: Page) -> bytes:
+    """The page's content as PNG: the viewport's width, cut below the last element."""
+    height = await page.evaluate(
+        "Math.ceil(Math.max(...[...document.body.querySelectorAll('*')]"
+        ".map((e) => e.getBoundingClientRect().bottom + window.scrollY), 0)) + 24"
+    )
+    width = await page.evaluate("document.documentElement.clientWidth")
+    clip = {"x": 0, "y": 0, "width": width, "height": min(height, 900), "scale": 1}
+    shot = await page.call("Page.captureScreenshot", format="png", clip=clip)
+    return base64.b64decode(shot["data"])
+
+
 async def click(page: Page, element_id: str) -> None:
     await page.evaluate(f"document.getElementById({element_id!r}).click()")
 
 
-async def chat_room(page: Page, out: Path) -> None:
+async def chat_room(page: Page) -> bytes:
     """The example page: chat, then break two rules with its buttons."""
     await page.wait_for(f"{text_of('status')} === 'open'")
     await page.evaluate(
@@ -77,10 +90,10 @@ async def chat_room(page: Page, out: Path) -> None:
     await click(page, "binary")
     await page.wait_for(f"{text_of('closes')}.includes('closed 1003')")
     await page.wait_for(f"{text_of('closes')}.split('policy: stop').length === 3")
-    await page.screenshot(out / "example.png")
+    return await picture(page)
 
 
-async def reconnect_demo(page: Page, out: Path) -> None:
+async def reconnect_demo(page: Page) -> bytes:
     """reconnect-demo.html on the example's /ws: a message, then a 1008 close."""
     await page.wait_for(f"{text_of('log')}.includes('open')")
     for message in ("hello", "see http://example.com"):
@@ -90,36 +103,38 @@ async def reconnect_demo(page: Page, out: Path) -> None:
         )
         await page.wait_for(f"{text_of('log')}.includes({json.dumps('sent: ' + message)})")
     await page.wait_for(f"{text_of('log')}.includes('stop:')")
-    await page.screenshot(out / "reconnect-demo.png")
+    return await picture(page)
 
 
-async def status(page: Page, out: Path) -> None:
+async def status(page: Page) -> bytes:
     """The status page once it counts every close made above."""
     await page.wait_for(f"{text_of('state')} === 'live'")
     for code in (1003, 1008, 1009):
         row = f"document.querySelector('#closes-by-code tr[data-code=\"{code}\"]')"
         await page.wait_for(f"{row} !== null")
     await page.wait_for(f"{text_of('active')} === '1'")
-    await page.screenshot(out / "status.png")
+    return await picture(page)
 
 
-async def main(out: Path) -> None:
-    """Serve the example once and shoot its three pages into *out* (a folder that exists)."""
+async def main() -> dict[str, bytes]:
+    """Serve the example once and picture its three pages: PNG bytes by file name."""
     example = load_example()
+    pictures = {}
     with serve(example.app) as server:
         # A second member, so the room is not empty and the status page counts one open.
         async with websockets.connect(server.url + "/ws", open_timeout=10) as member:
             await member.recv()  # its welcome
-            for name, path, shoot in (
-                ("example page", "/", chat_room),
-                ("reconnect demo", "/static/reconnect-demo.html?ws=/ws", reconnect_demo),
-                ("status page", "/status", status),
+            for name, path, scene in (
+                ("example.png", "/", chat_room),
+                ("reconnect-demo.png", "/static/reconnect-demo.html?ws=/ws", reconnect_demo),
+                ("status.png", "/status", status),
             ):
                 async with open_page(server.http_url + path) as page:
                     try:
-                        await shoot(page, out)
+                        pictures[name] = await scene(page)
                     except AssertionError as exc:
                         raise SystemExit(f"{name}: {exc}") from exc
+    return pictures
 
 
 if __name__ == "__main__":
@@ -127,6 +142,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the PNGs ({OUT})")
     folder = parser.parse_args().out
     folder.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(folder))
-    for png in ("example.png", "reconnect-demo.png", "status.png"):
-        print(f"{folder / png}: {(folder / png).stat().st_size} bytes")
+    for name, png in asyncio.run(main()).items():
+        (folder / name).write_bytes(png)
+        print(f"{folder / name}: {len(png)} bytes")
