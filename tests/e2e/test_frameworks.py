@@ -1,0 +1,109 @@
+"""ws_guard in front of every framework it is tested with, end to end.
+
+The same app (tests/support/framework_apps.py) in each framework runs on real
+uvicorn on 127.0.0.1, bare and behind a guard, and is driven by the real
+``websockets`` client. For each framework: an echo passes, a rule breach
+closes with its exact code and reason, and the framework's own refusal
+before accept and its own close after accept reach the client exactly as
+the bare app sends them. The README's matrix is checked against
+:data:`FRAMEWORKS` (tests/project/test_readme_matrix.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError
+
+from tests.support.clients import outcome
+from tests.support.framework_apps import CLOSED_BY_APP, DENIED, FACTORIES
+from tests.support.helpers import eventually
+from tests.support.servers import ServerThread, serve
+from ws_guard import Guard, rules
+
+pytestmark = pytest.mark.e2e
+
+#: Every framework with an end-to-end test here; the README's framework table lists these.
+FRAMEWORKS = ["starlette", "fastapi", "litestar", "channels", "quart", "raw"]
+
+MAX_BYTES = 64
+
+
+def new_guard() -> Guard:
+    # No paths: every WebSocket path is guarded, the framework's refusals included.
+    return Guard(rules=[rules.MaxMessageSize(MAX_BYTES), rules.MessageTypes(binary=False)])
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def guard() -> Guard:
+    return new_guard()
+
+
+@pytest.fixture
+def guarded(framework: str, guard: Guard) -> Iterator[ServerThread]:
+    with serve(FACTORIES[framework](guard)) as server:
+        yield server
+
+
+def test_every_framework_has_an_app() -> None:
+    assert list(FACTORIES) == FRAMEWORKS
+
+
+async def closes_counted(guard: Guard, expected: dict[int, int]) -> None:
+    """Wait until the guard has counted exactly *expected* closes by code."""
+
+    def counted() -> bool:
+        return dict(guard.metrics.snapshot().closes_by_code) == expected
+
+    await eventually(counted, what=f"closes_by_code == {expected}")
+
+
+async def test_an_echo_passes(guarded: ServerThread, guard: Guard) -> None:
+    async with connect(guarded.url + "/ws", open_timeout=5, close_timeout=5) as ws:
+        for text in ("hello", "x" * MAX_BYTES):  # the limit itself is allowed
+            await ws.send(text)
+            assert await ws.recv(decode=True) == f"echo:{text}"
+    assert (ws.close_code, ws.close_reason) == (1000, "")
+    await closes_counted(guard, {1000: 1})
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {}
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "reason"),
+    [
+        pytest.param("x" * (MAX_BYTES + 1), 1009, "message_too_big", id="too-big"),
+        pytest.param(b"\x00", 1003, "unsupported_data", id="binary"),
+    ],
+)
+async def test_a_rule_breach_closes_with_its_code_and_reason(
+    guarded: ServerThread, guard: Guard, message: str | bytes, code: int, reason: str
+) -> None:
+    url = guarded.url + "/ws"
+    async with connect(url, open_timeout=5, close_timeout=5) as ws:
+        await ws.send("first")
+        assert await ws.recv(decode=True) == "echo:first"
+        await ws.send(message)
+        with pytest.raises(ConnectionClosedError):
+            await ws.recv()
+    assert (ws.close_code, ws.close_reason) == (code, reason)
+    await closes_counted(guard, {code: 1})
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {reason: 1}
+
+
+async def test_the_frameworks_own_refusal_and_close_pass_through_unchanged(
+    framework: str, guarded: ServerThread, guard: Guard
+) -> None:
+    with serve(FACTORIES[framework](None)) as bare:
+        bare_seen = [await outcome(bare.url + path) for path in ("/deny", "/close")]
+    guarded_seen = [await outcome(guarded.url + path) for path in ("/deny", "/close")]
+    assert bare_seen == guarded_seen == [DENIED[framework], CLOSED_BY_APP]
+    # Counted by what the client saw: the server's 403, the app's own close code.
+    await closes_counted(guard, {403: 1, 4403: 1})
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {}
