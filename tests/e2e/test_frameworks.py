@@ -11,7 +11,10 @@ the bare app sends them. The README's matrix is checked against
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 from websockets.asyncio.client import connect
@@ -20,6 +23,7 @@ from websockets.exceptions import ConnectionClosedError
 from tests.support.clients import outcome
 from tests.support.framework_apps import CLOSED_BY_APP, DENIED, FACTORIES
 from tests.support.helpers import eventually
+from tests.support.paths import ROOT
 from tests.support.servers import ServerThread, serve
 from ws_guard import Guard, rules
 
@@ -29,6 +33,15 @@ pytestmark = pytest.mark.e2e
 FRAMEWORKS = ["starlette", "fastapi", "litestar", "channels", "quart", "raw"]
 
 MAX_BYTES = 64
+#: The runnable example of each framework (examples/app.py has its own test).
+EXAMPLES = {
+    "starlette": "examples/app.py",
+    "fastapi": "examples/fastapi_app.py",
+    "litestar": "examples/litestar_app.py",
+    "channels": "examples/channels_app.py",
+    "quart": "examples/quart_app.py",
+    "raw": "examples/raw_app.py",
+}
 
 
 def new_guard() -> Guard:
@@ -52,8 +65,9 @@ def guarded(framework: str, guard: Guard) -> Iterator[ServerThread]:
         yield server
 
 
-def test_every_framework_has_an_app() -> None:
-    assert list(FACTORIES) == FRAMEWORKS
+def test_every_framework_has_an_app_and_an_example() -> None:
+    assert list(FACTORIES) == list(EXAMPLES) == FRAMEWORKS
+    assert [path for path in EXAMPLES.values() if not (ROOT / path).is_file()] == []
 
 
 async def closes_counted(guard: Guard, expected: dict[int, int]) -> None:
@@ -107,3 +121,39 @@ async def test_the_frameworks_own_refusal_and_close_pass_through_unchanged(
     # Counted by what the client saw: the server's 403, the app's own close code.
     await closes_counted(guard, {403: 1, 4403: 1})
     assert dict(guard.metrics.snapshot().closes_by_rule) == {}
+
+
+def load_example(framework: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A fresh copy of the framework's example: its own guard, counters at zero.
+
+    In ``sys.modules`` for the test (Litestar resolves handler annotations there).
+    """
+    name = f"ws_guard_example_{framework}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / EXAMPLES[framework])
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("framework", [f for f in FRAMEWORKS if f != "starlette"])
+async def test_the_example_echoes_closes_1009_and_refuses_members(
+    framework: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = load_example(framework, monkeypatch)
+    limit = 64 * 1024  # the examples' MaxMessageSize
+    with serve(example.app) as server:
+        async with connect(server.url + "/ws", open_timeout=5, close_timeout=5) as ws:
+            await ws.send("hello")
+            assert await ws.recv(decode=True) == "hello"
+        assert await outcome(server.url + "/ws", "x" * (limit + 1)) == (
+            "closed",
+            (),
+            (1009, "message_too_big"),
+        )
+        if framework != "fastapi":  # its example has no /members
+            assert await outcome(server.url + "/members") == ("http", 403)
+    expected = {1000: 1, 1009: 1} if framework == "fastapi" else {1000: 1, 1009: 1, 403: 1}
+    await closes_counted(example.guard, expected)
