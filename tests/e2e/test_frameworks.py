@@ -18,9 +18,10 @@ from types import ModuleType
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedError
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
 from tests.support.clients import outcome
+from tests.support.django_settings import session_cookie
 from tests.support.framework_apps import CLOSED_BY_APP, DENIED, FACTORIES
 from tests.support.helpers import eventually
 from tests.support.paths import ROOT
@@ -157,3 +158,20 @@ async def test_the_example_echoes_closes_1009_and_refuses_members(
             assert await outcome(server.url + "/members") == ("http", 403)
     expected = {1000: 1, 1009: 1} if framework == "fastapi" else {1000: 1, 1009: 1, 403: 1}
     await closes_counted(example.guard, expected)
+
+
+async def test_channels_auth_middleware_stack_sees_the_session_through_the_guard(
+    guard: Guard,
+) -> None:
+    # The guard wraps ProtocolTypeRouter; the cookie still reaches Channels'
+    # session and auth middleware, which logs the member in.
+    with serve(FACTORIES["channels"](guard)) as server:
+        url = server.url + "/deny"
+        headers = {"Cookie": session_cookie(7)}
+        async with connect(url, additional_headers=headers, open_timeout=5) as ws:
+            assert await ws.recv(decode=True) == "welcome:7"
+            with pytest.raises(ConnectionClosedOK):
+                await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (1000, "")
+        assert await outcome(url) == ("http", 403)  # no cookie: anonymous, refused
+    await closes_counted(guard, {1000: 1, 403: 1})

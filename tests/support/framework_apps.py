@@ -147,8 +147,10 @@ def channels_app(guard: Guard | None) -> ASGIApp:
     """Django Channels: ``ProtocolTypeRouter`` with ``AuthMiddlewareStack``; the guard in front.
 
     ``/deny`` is a consumer that closes in ``connect`` when
-    ``AuthMiddlewareStack`` found no logged-in user (here: always, as the
-    client sends no session cookie); ``/close`` accepts, then closes.
+    ``AuthMiddlewareStack`` found no logged-in user, and else sends
+    ``"welcome:<user id>"`` and closes (a session cookie from
+    :func:`tests.support.django_settings.session_cookie` logs one in);
+    ``/close`` accepts, then closes.
     """
     from tests.support.django_settings import configure
 
@@ -165,10 +167,13 @@ def channels_app(guard: Guard | None) -> ASGIApp:
 
     class MembersOnly(AsyncWebsocketConsumer):
         async def connect(self) -> None:
-            if not self.scope["user"].is_authenticated:
+            user = self.scope["user"]  # set by AuthMiddlewareStack
+            if not user.is_authenticated:
                 await self.close()  # before accept: the server answers 403
                 return
             await self.accept()
+            await self.send(text_data=f"welcome:{user.pk}")
+            await self.close()
 
     class Close(AsyncWebsocketConsumer):
         async def connect(self) -> None:
