@@ -15,9 +15,9 @@ compare with) and returns an ASGI app with three WebSocket endpoints:
     the framework's own close *after* accept, with code 4403 and reason
     ``"forbidden"``, through the framework's API for it.
 
-:data:`DENIALS` holds, per framework, what the real ``websockets`` client sees
-at ``/deny`` and ``/close`` (the value :func:`tests.support.clients.outcome`
-returns); ws_guard must pass both through unchanged.
+:data:`DENIED` (per framework) and :data:`CLOSED_BY_APP` are what the real
+``websockets`` client sees at ``/deny`` and ``/close`` (the value
+:func:`tests.support.clients.outcome` returns), bare and behind a guard alike.
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def channels_app(guard: Guard | None) -> ASGIApp:
     router = ProtocolTypeRouter(
         {
             "http": get_asgi_application(),
-            # ProtocolTypeRouter routes no lifespan by itself (uvicorn would log
-            # an error and run without one, and so without ws_guard's drain).
+            # ProtocolTypeRouter routes no lifespan by itself: uvicorn's
+            # --lifespan on would refuse to start, auto would run without one.
             "lifespan": lifespan,
             "websocket": AuthMiddlewareStack(
                 URLRouter(
