@@ -5,10 +5,10 @@ backticks) and compared with the ids the tests are parametrized by:
 
 - frameworks: ``FRAMEWORKS`` of tests/e2e/test_frameworks.py, and each row's
   example link names that framework's file in its ``EXAMPLES``;
-- servers: ``SERVERS`` of tests/e2e/test_server_matrix.py, the matrix of every
-  server's close-code tests, when that module exists; otherwise the servers
-  tests/e2e/test_transparency.py runs every case on (uvicorn's three
-  WebSocket stacks, hypercorn on asyncio and on trio).
+- servers: the servers tests/e2e/test_transparency.py runs every case on
+  (uvicorn's three WebSocket stacks, hypercorn on asyncio and on trio) and
+  ``SERVERS`` of tests/e2e/test_server_matrix.py, the matrix of every
+  server's close-code tests (granian and daphne besides two of those).
 
 A server or framework added to the tests without a row, or a row left behind
 by one removed, fails here with the ids that differ.
@@ -81,11 +81,12 @@ def param_ids(values: Any) -> list[str]:
 
 
 def servers_under_test() -> list[str]:
+    """Every server id a test runs: the transparency suite's and the close-code matrix's."""
+    ids = param_ids(importlib.import_module("tests.e2e.test_transparency").SERVERS)
     if SERVER_MATRIX.exists():
-        module = importlib.import_module("tests.e2e.test_server_matrix")
-    else:
-        module = importlib.import_module("tests.e2e.test_transparency")
-    return param_ids(module.SERVERS)
+        matrix = importlib.import_module("tests.e2e.test_server_matrix")
+        ids += [server for server in param_ids(matrix.SERVERS) if server not in ids]
+    return ids
 
 
 def test_the_server_rows_are_the_tested_servers() -> None:

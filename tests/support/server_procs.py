@@ -49,10 +49,12 @@ def _command(server: str, port: int, app: str) -> list[str]:
         ]
     if server == "daphne":
         return [*python, "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "1", app]
-    if server == "uvicorn":
+    if server == "uvicorn-websockets-sansio":
         return [
             *python,
             "uvicorn",
+            "--ws",
+            "websockets-sansio",
             "--host",
             "127.0.0.1",
             "--port",
@@ -63,8 +65,8 @@ def _command(server: str, port: int, app: str) -> list[str]:
             "warning",
             app,
         ]
-    if server == "hypercorn":
-        return [*python, "hypercorn", "-b", f"127.0.0.1:{port}", app]
+    if server == "hypercorn-asyncio":
+        return [*python, "hypercorn", "-k", "asyncio", "-b", f"127.0.0.1:{port}", app]
     raise ValueError(f"unknown server {server!r}")
 
 
@@ -88,7 +90,7 @@ class ServerProcess:
 def server_process(
     server: str, app: str, *, sig: int = signal.SIGTERM, **popen: Any
 ) -> Iterator[ServerProcess]:
-    """Serve *app* with *server* (``granian``, ``daphne``, ``uvicorn``, ``hypercorn``).
+    """Serve *app* with *server*, an id of ``tests/e2e/test_server_matrix.SERVERS``.
 
     Yields once the port accepts connections; on exit the process group gets
     *sig*, then SIGKILL after the grace of :func:`tests.support.children.stop`.
