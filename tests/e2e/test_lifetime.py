@@ -7,8 +7,10 @@ close timed by the client from its own open, within 100 ms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -17,8 +19,19 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.apps import echo
+from tests.support.helpers import FixedRandom
 from tests.support.servers import UVICORN_WS, serve
 from ws_guard import Guard, MetricsSnapshot, WSGuardMiddleware, rules
+from ws_guard.client import (
+    Decision,
+    GaveUp,
+    ReconnectPolicy,
+    Retry,
+    Stop,
+    retry_after_hint,
+)
+from ws_guard.client import connect as reconnecting
+from ws_guard.client._actions import IDLE_WHY
 
 pytestmark = [
     pytest.mark.e2e,
@@ -138,3 +151,61 @@ async def test_lifetimes_spread_across_the_jitter_window_with_drawn_hints() -> N
         "max_lifetime; retry-after=1.8",
     ]
     assert snap.closes_by_rule == {"max_lifetime": count}
+
+
+# -- the client's side: ws_guard.client.connect against these closes ----------------------
+async def test_client_rotates_after_max_lifetime_honouring_the_hint_without_counting() -> None:
+    """max_attempts=1 would stop at the second counted close: rotations are not counted."""
+    rule = rules.MaxLifetime(0.3, jitter=0, retry_after=0.5, random_source=random.Random(5))
+    guard = Guard(rules=[rule])
+    decisions: list[Decision] = []
+    gaps: list[float] = []
+    policy = ReconnectPolicy(max_attempts=1, random_source=FixedRandom(0.0))
+    with serve(WSGuardMiddleware(echo, guard=guard)) as server:
+        connections = reconnecting(server.url + "/ws", policy=policy, on_decision=decisions.append)
+        async with contextlib.aclosing(connections):
+            closed_at = None
+            async for ws in connections:
+                if closed_at is not None:
+                    gaps.append(time.monotonic() - closed_at)
+                if len(decisions) == 3:
+                    break
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.send("hi")
+                    assert await asyncio.wait_for(ws.recv(), 2) == "hi"
+                    await asyncio.wait_for(ws.recv(), 2)
+                closed_at = time.monotonic()
+        await until(guard, lambda s: s.active_connections == 0)
+    assert [type(d) for d in decisions] == [Retry] * 3
+    for decision, gap in zip(decisions, gaps, strict=True):
+        assert isinstance(decision, Retry)
+        assert (decision.code, decision.attempt) == (1001, 0)
+        hint = retry_after_hint(decision.reason)
+        assert re.fullmatch(r"max_lifetime; retry-after=\d(\.\d)?", decision.reason)
+        assert hint is not None
+        assert 0.0 <= hint <= 0.5
+        assert decision.delay == hint  # the draw on top is 0 here
+        assert gap >= hint - 0.01  # not before the hint (the client's own clock)
+    assert guard.metrics.snapshot().closes_by_rule == {"max_lifetime": 3}
+
+
+async def test_client_stops_after_idle_timeout() -> None:
+    guard = Guard(rules=[rules.IdleTimeout(0.3)])
+    decisions: list[Decision] = []
+    with serve(WSGuardMiddleware(echo, guard=guard)) as server:
+        connections = reconnecting(server.url + "/ws", on_decision=decisions.append)
+        opened = 0
+
+        async def wait_on_each() -> None:
+            nonlocal opened
+            async for ws in connections:
+                opened += 1
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 2)
+
+        with pytest.raises(GaveUp) as gave_up:
+            await wait_on_each()
+        await until(guard, lambda s: s.active_connections == 0)
+    assert opened == 1
+    assert (gave_up.value.code, gave_up.value.reason) == (1001, "idle_timeout")
+    assert decisions == [Stop(1001, "idle_timeout", 1, IDLE_WHY)]
