@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from functools import partial
 from typing import TYPE_CHECKING
 
 from ws_guard._core.decisions import Close
@@ -40,6 +39,8 @@ MAX_RETRY_AFTER = 600.0
 DEFAULT_JITTER = 0.1
 #: ``MaxLifetime``'s default bound of its retry hint, in seconds.
 DEFAULT_RETRY_AFTER = 5.0
+#: "No message yet" and "nothing reported yet": one shared float, not one per connection.
+_NEVER = float("-inf")
 
 
 class IdleTimeout(Rule):
@@ -51,10 +52,13 @@ class IdleTimeout(Rule):
     refresh) does not count. The app's own sends do not count either: a
     connection the server streams to but the client never writes on is idle.
 
-    The clock starts when the app accepts. One deadline per connection is
-    armed at ``accept + seconds``; each message only stores the time (one
-    clock read). When the deadline fires after a message came, it is moved
-    to ``last message + seconds``; otherwise the connection closes. In
+    The clock starts when the connection is admitted, just before the app
+    sees it, so an app that never accepts is idle too (ws_guard then
+    accepts and closes, so the client reads the code). One deadline per
+    connection is armed at ``admission + seconds``; each message only
+    stores the time (one clock read). When the deadline fires after a
+    message came, it is moved to ``last message + seconds``; otherwise the
+    connection closes. In
     shadow mode the breach is counted and logged once per idle stretch and
     the connection stays open.
 
@@ -71,14 +75,13 @@ class IdleTimeout(Rule):
         return f"IdleTimeout({self.seconds!r}, enforce={self.enforce!r}, name={self.name!r})"
 
     def checker(self, conn: RuleContext) -> Checker:
+        # Called once per admitted connection: the watch is armed here and
+        # reached only through its check and its deadline, so it needs no
+        # entry in ``conn.extra`` (a dict per connection when auth holds the
+        # first slot).
         watch = _IdleWatch(self, conn)
-        conn.extra[self] = watch
+        watch.start()
         return watch.seen
-
-    def on_open(self, conn: RuleContext) -> None:
-        watch: _IdleWatch | None = conn.extra.get(self)
-        if watch is not None:  # None only if the plan skipped the checker: nothing to watch
-            watch.start()
 
 
 class _IdleWatch:
@@ -91,10 +94,10 @@ class _IdleWatch:
         self.conn = conn
         #: The guard's cheap clock (``time.monotonic`` or the injected one).
         self.clock: Callable[[], float] = conn.guard.scheduler.clock
-        #: When the last client message passed (clock seconds); the accept before one.
-        self.last = float("-inf")
+        #: When the last client message passed (clock seconds); admission before one.
+        self.last = _NEVER
         #: ``last`` when a shadow breach was reported: one report per idle stretch.
-        self.reported = float("nan")
+        self.reported = _NEVER
         self.deadline: Deadline | None = None
 
     def seen(self, message: Message) -> None:
@@ -102,13 +105,12 @@ class _IdleWatch:
         self.last = self.clock()
 
     def start(self) -> None:
-        scheduler = self.conn.guard.scheduler
-        now = scheduler.now()
-        if self.last == float("-inf"):
-            self.last = now
-        self.deadline = self.conn.call_at(self.last + self.rule.seconds, self.fire)
+        self.last = self.conn.guard.scheduler.now()
+        # The watch itself is the deadline's callback: no bound method to keep
+        # per connection (10 000 idle connections multiply every object).
+        self.deadline = self.conn.call_at(self.last + self.rule.seconds, self)
 
-    def fire(self) -> None:
+    def __call__(self) -> None:
         """The deadline: close if nothing came since, else move it to the new end."""
         self.deadline = None
         conn = self.conn
@@ -116,7 +118,7 @@ class _IdleWatch:
         due = self.last + seconds
         now = conn.guard.scheduler.now()
         if due > now:
-            self.deadline = conn.call_at(due, self.fire)
+            self.deadline = conn.call_at(due, self)
             return
         close = self.rule.timed_out
         if not close.shadow:
@@ -126,7 +128,7 @@ class _IdleWatch:
         if self.reported != self.last:
             self.reported = self.last
             conn.close_soon(close)
-        self.deadline = conn.call_at(now + seconds, self.fire)
+        self.deadline = conn.call_at(now + seconds, self)
 
 
 class MaxLifetime(Rule):
@@ -184,12 +186,23 @@ class MaxLifetime(Rule):
     def on_open(self, conn: RuleContext) -> None:
         rng = self.random or conn.guard.random
         when = conn.guard.scheduler.now() + self.seconds + rng.random() * self.jitter
-        conn.call_at(when, partial(self._end, conn, rng))
+        conn.call_at(when, _LifetimeEnd(self, conn))
 
     def ended(self, rng: random.Random) -> Close:
         """The close for a connection past its lifetime, with a fresh hint drawn from *rng*."""
         hint = rng.random() * self.retry_after
         return replace(self.breach(GOING_AWAY, REASON_MAX_LIFETIME, hint), jittered=True)
 
-    def _end(self, conn: RuleContext, rng: random.Random) -> None:
-        conn.close_soon(self.ended(rng))
+
+class _LifetimeEnd:
+    """One connection's end, the deadline's callback: two slots, the least a callback can be."""
+
+    __slots__ = ("conn", "rule")
+
+    def __init__(self, rule: MaxLifetime, conn: RuleContext) -> None:
+        self.rule = rule
+        self.conn = conn
+
+    def __call__(self) -> None:
+        rule = self.rule
+        self.conn.close_soon(rule.ended(rule.random or self.conn.guard.random))

@@ -113,26 +113,27 @@ async def test_app_sends_are_not_activity() -> None:
     await leave(ws)
 
 
-async def test_idle_clock_starts_at_the_apps_accept() -> None:
+async def test_idle_clock_starts_at_admission_an_app_that_never_accepts_is_idle() -> None:
     clock = ManualClock(100.0)
     guard = Guard(rules=[rules.IdleTimeout(5)], clock=clock)
-    accept = anyio.Event()
+    never = anyio.Event()
 
-    async def slow_accept(scope: Scope, receive: Receive, send: Send) -> None:
+    async def never_accepts(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
-        await accept.wait()
-        await send({"type": "websocket.accept"})
-        await receive()
+        await never.wait()
 
-    ws = ScriptedWebSocket(WSGuardMiddleware(slow_accept, guard=guard))
+    ws = ScriptedWebSocket(WSGuardMiddleware(never_accepts, guard=guard))
     await ws.connect()
     await settle()
-    assert len(guard.scheduler) == 0  # admitted, not accepted: nothing armed yet
-    clock.now = 102.0
-    accept.set()
+    assert [d.when for d in guard.scheduler._heap if not d.cancelled] == [105.0]
+    clock.now = 105.0
+    assert guard.scheduler.run_due() == 1
+    # Accepted by ws_guard and closed, so that a browser can read the code.
     await ws.expect("websocket.accept")
-    assert [d.when for d in guard.scheduler._heap if not d.cancelled] == [107.0]
+    assert await ws.next() == IDLE
+    never.set()
     await leave(ws)
+    assert guard.metrics.snapshot().closes_by_rule == {"idle_timeout": 1}
 
 
 async def test_shadow_idle_counts_once_per_idle_stretch_and_keeps_the_connection() -> None:
