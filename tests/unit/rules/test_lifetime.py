@@ -189,7 +189,7 @@ async def test_re_arming_keeps_the_connections_deadline_list_short() -> None:
     await leave(ws)
 
 
-@pytest.mark.asyncio_only
+@pytest.mark.asyncio_only  # counts handles in asyncio's timer heap; trio has no call_at
 async def test_many_idle_connections_arm_one_loop_timer() -> None:
     """Real clock: 200 connections with both rules hold 400 deadlines and one timer."""
     guard = Guard(rules=[rules.IdleTimeout(60), rules.MaxLifetime(120)])
