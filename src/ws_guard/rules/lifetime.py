@@ -27,7 +27,6 @@ from ws_guard.types import Message
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ws_guard._core.scheduler import Deadline
     from ws_guard.rules.context import Checker, RuleContext
 
 #: Longest idle timeout or lifetime, in seconds: a day. Far above any sane
@@ -58,9 +57,12 @@ class IdleTimeout(Rule):
     connection is armed at ``admission + seconds``; each message only
     stores the time (one clock read). When the deadline fires after a
     message came, it is moved to ``last message + seconds``; otherwise the
-    connection closes. In
-    shadow mode the breach is counted and logged once per idle stretch and
-    the connection stays open.
+    connection closes. In shadow mode the breach is counted and logged once
+    per idle stretch and the connection stays open.
+
+    List it after the message rules: its check then runs at the end of
+    their fused run, one call per message; listed before them, every
+    message goes through a chain of checks instead.
 
     Raises :class:`~ws_guard.ConfigurationError` for ``seconds`` that is
     not a positive number of seconds of at most a day.
@@ -87,7 +89,7 @@ class IdleTimeout(Rule):
 class _IdleWatch:
     """One connection's idle clock: the last message's time and the pending deadline."""
 
-    __slots__ = ("clock", "conn", "deadline", "last", "reported", "rule")
+    __slots__ = ("clock", "conn", "last", "reported", "rule")
 
     def __init__(self, rule: IdleTimeout, conn: RuleContext) -> None:
         self.rule = rule
@@ -98,7 +100,6 @@ class _IdleWatch:
         self.last = _NEVER
         #: ``last`` when a shadow breach was reported: one report per idle stretch.
         self.reported = _NEVER
-        self.deadline: Deadline | None = None
 
     def seen(self, message: Message) -> None:
         """The per-message check: a clock read and a store; never closes."""
@@ -108,17 +109,16 @@ class _IdleWatch:
         self.last = self.conn.guard.scheduler.now()
         # The watch itself is the deadline's callback: no bound method to keep
         # per connection (10 000 idle connections multiply every object).
-        self.deadline = self.conn.call_at(self.last + self.rule.seconds, self)
+        self.conn.call_at(self.last + self.rule.seconds, self)
 
     def __call__(self) -> None:
         """The deadline: close if nothing came since, else move it to the new end."""
-        self.deadline = None
         conn = self.conn
         seconds = self.rule.seconds
         due = self.last + seconds
         now = conn.guard.scheduler.now()
         if due > now:
-            self.deadline = conn.call_at(due, self)
+            conn.call_at(due, self)
             return
         close = self.rule.timed_out
         if not close.shadow:
@@ -128,7 +128,7 @@ class _IdleWatch:
         if self.reported != self.last:
             self.reported = self.last
             conn.close_soon(close)
-        self.deadline = conn.call_at(now + seconds, self)
+        conn.call_at(now + seconds, self)
 
 
 class MaxLifetime(Rule):
