@@ -97,6 +97,21 @@ def _build_jwt() -> Guard:
     return Guard(rules=[_jwt_auth(), *_message_rules()])
 
 
+#: Far beyond any benchmark run: the deadlines are armed but never fire.
+IDLE_SECONDS = 3600.0
+LIFETIME_SECONDS = 86_400.0
+
+
+def _build_lifetime() -> Guard:
+    return Guard(
+        rules=[
+            *_message_rules(),
+            rules.IdleTimeout(IDLE_SECONDS),
+            rules.MaxLifetime(LIFETIME_SECONDS),
+        ]
+    )
+
+
 def _build_all() -> Guard:
     return Guard(
         rules=[_jwt_auth(), *_message_rules(), rules.MessageRate(UNREACHED_RATE)],
@@ -136,6 +151,11 @@ VARIANTS: dict[str, Variant] = {
         "sampling every 50 ms",
         _build_all,
         client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "lifetime": Variant(
+        f"rules + IdleTimeout({IDLE_SECONDS:g}) + MaxLifetime({LIFETIME_SECONDS:g}): "
+        "a clock read and a store per message",
+        _build_lifetime,
     ),
     # Add variants here. Limits must be far above the benchmark's rate: the
     # benchmark measures the cost of checking, not of closing.

@@ -1,11 +1,14 @@
 // ws_guard reconnect policy for browsers: reconnect as each close code asks.
 //
 // A dependency-free ES module with the same table as ws_guard.client (Python):
-//   1013 (and 1001, 1006, 1011, 1014, unknown codes): exponential back-off:
+//   1013 (and other 1001s, 1006, 1011, 1014, unknown codes): exponential back-off:
 //        attempt n waits uniform [step, 2 * step] with step = 1 s * 2^(n-1),
 //        both capped (60 s); with the server's "retry-after=<seconds>" hint,
 //        the hint plus uniform [0, step];
 //   1012: a short random delay (0-5 s) after the hint;
+//   1001 "max_lifetime": the hint plus up to 1 s, not counted as an attempt
+//        (a planned end: the next back-off starts from 1 s again);
+//   1001 "idle_timeout": stop; reconnect when the app has something to send;
 //   1008 "token_expired": get a fresh token, reconnect at once (back off on
 //        repeats, stop after 3 refreshes in a row);
 //   1008 other reasons, 1000, 1002, 1003, 1005, 1007, 1009, 1010, 1015: stop.
@@ -65,7 +68,13 @@ export function rfcCode(code) {
 
 // -- actions ---------------------------------------------------------------
 export const backoff = (initial = 1, factor = 2) => ({ action: "backoff", initial, factor });
-export const randomDelay = (low = 0, high = 5) => ({ action: "random_delay", low, high });
+// planned: a close the server planned (1001 max_lifetime), not a failure: no attempt counted.
+export const randomDelay = (low = 0, high = 5, planned = false) => ({
+  action: "random_delay",
+  low,
+  high,
+  planned,
+});
 export const refreshToken = (maxRefreshes = 3, then = backoff()) => ({
   action: "refresh_token",
   maxRefreshes,
@@ -76,6 +85,8 @@ export const noRetry = (why = "") => ({ action: "no_retry", why });
 export const DEFAULT_ACTIONS = Object.freeze({
   1000: noRetry("the server closed the connection normally"),
   1001: backoff(),
+  "1001:max_lifetime": randomDelay(0, 1, true),
+  "1001:idle_timeout": noRetry("the server closed an idle connection: reconnect when there is something to send"),
   1002: noRetry("protocol error: the same client would fail again"),
   1003: noRetry("the server does not accept this data type: fix the client"),
   1005: noRetry("the server closed the connection without a code"),
@@ -119,6 +130,9 @@ function checkAction(what, action) {
   } else if (action.action === "random_delay") {
     checkNumber(`${what} low`, action.low);
     checkSeconds(`${what} high`, checkNumber(`${what} high`, action.high, { minimum: action.low }), 600);
+    if (action.planned !== undefined && typeof action.planned !== "boolean") {
+      throw new TypeError(`${what} planned must be true or false, not ${action.planned}`);
+    }
   } else if (action.action === "refresh_token") {
     if (!Number.isInteger(action.maxRefreshes) || action.maxRefreshes < 1) {
       throw new RangeError(`${what} maxRefreshes must be an integer >= 1`);
@@ -174,6 +188,12 @@ export class ReconnectPolicy {
     );
   }
 
+  /** True when the table says code/reason is a planned end (randomDelay(..., true)). */
+  isPlanned(code, reason) {
+    const action = this.actionFor(code, reasonSlug(String(reason ?? "")));
+    return action.action === "random_delay" && action.planned === true;
+  }
+
   decide(code, reason, attempt, refreshes = 0) {
     reason = String(reason ?? "");
     const action = this.actionFor(code, reasonSlug(reason));
@@ -191,7 +211,9 @@ export class ReconnectPolicy {
         refreshes === 0 ? this.#afterHint(0, hint) : this.#backoff(action.backoff, refreshes, hint);
       return { type: "refresh_then_retry", delay, ...base };
     }
-    if (this.maxAttempts !== null && attempt > this.maxAttempts) {
+    const planned = action.action === "random_delay" && action.planned === true;
+    // A planned end is no failure: maxAttempts is not spent on it.
+    if (!planned && this.maxAttempts !== null && attempt > this.maxAttempts) {
       return { type: "stop", ...base, why: `gave up after ${this.maxAttempts} reconnect attempts` };
     }
     if (action.action === "backoff") {
@@ -244,6 +266,12 @@ export class ReconnectSession {
     const openedAt = this.openedAt;
     this.openedAt = null;
     if (openedAt !== null && this.policy.clock() - openedAt >= this.policy.stableAfter) this.reset();
+    if (this.policy.isPlanned(code, reason)) {
+      // The server ended a working connection on purpose: a new run, as after
+      // a stable connection; the decision's attempt is 0.
+      this.reset();
+      return this.policy.decide(code, reason, 0);
+    }
     this.attempt += 1;
     const decision = this.policy.decide(code, reason, this.attempt, this.refreshes);
     if (decision.type === "refresh_then_retry") this.refreshes += 1;

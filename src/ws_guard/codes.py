@@ -89,6 +89,10 @@ REASON_GOING_AWAY = "going_away"
 REASON_INTERNAL_ERROR = "internal_error"
 #: 1011, the guard: a Redis storage needs asyncio and the server runs trio.
 REASON_UNSUPPORTED_BACKEND = "unsupported_backend"
+#: 1001, ``rules.IdleTimeout``: no client message for the idle timeout.
+REASON_IDLE_TIMEOUT = "idle_timeout"
+#: 1001 with a retry hint, ``rules.MaxLifetime``: the connection reached its lifetime.
+REASON_MAX_LIFETIME = "max_lifetime"
 
 #: Counted as the code of an app's close *before* accept: no close frame goes
 #: out, the server refuses the handshake with HTTP 403 (ASGI spec; uvicorn and

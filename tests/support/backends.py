@@ -67,6 +67,7 @@ BOTH_BACKEND_FILES = frozenset(
         "unit/rules/limits/test_rate_limits.py",
         "unit/rules/limits/test_rate_memory_bound.py",
         "unit/rules/test_keys.py",
+        "unit/rules/test_lifetime.py",
         "unit/rules/test_message_rules.py",
         "unit/rules/test_origin.py",
         "unit/test_coverage_testing.py",

@@ -34,7 +34,7 @@ def action(spec: dict[str, Any]) -> Any:
     if kind == "backoff":
         return Backoff(spec["initial"], spec["factor"])
     if kind == "random_delay":
-        return RandomDelay(spec["low"], spec["high"])
+        return RandomDelay(spec["low"], spec["high"], spec.get("planned", False))
     if kind == "refresh_token":
         return RefreshToken(spec["maxRefreshes"], action(spec["backoff"]))
     if kind == "no_retry":

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from ws_guard.rules.base import Rule
     from ws_guard.rules.context import Checker, RuleContext
 
+#: Length of a connection's deadline list at which fired and cancelled
+#: entries are dropped (each ``call_at`` past it scans the few left).
+_PRUNE_AT = 8
+
 
 def close_frame(code: int, reason: str) -> Message:
     """The ASGI ``websocket.close`` message ws_guard sends: *code*, *reason* as given.
@@ -184,9 +188,15 @@ class ConnectionBase:
     def call_at(self, when: float, callback: Any) -> Deadline:
         """Schedule *callback* on the guard's shared heap; cancelled at finish."""
         deadline = self.guard.scheduler.call_at(when, callback)
-        if self._deadlines is None:
-            self._deadlines = []
-        self._deadlines.append(deadline)
+        deadlines = self._deadlines
+        if deadlines is None:
+            self._deadlines = [deadline]
+            return deadline
+        if len(deadlines) >= _PRUNE_AT:
+            # A rule that re-arms (IdleTimeout) adds one per period: drop the
+            # fired and cancelled ones, or a long-lived connection's list grows.
+            deadlines[:] = [entry for entry in deadlines if not entry.cancelled]
+        deadlines.append(deadline)
         return deadline
 
     def _set_closed(self, state: int) -> None:

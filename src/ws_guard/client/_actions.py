@@ -23,6 +23,8 @@ from ws_guard.codes import (
     NORMAL,
     POLICY_VIOLATION,
     PROTOCOL_ERROR,
+    REASON_IDLE_TIMEOUT,
+    REASON_MAX_LIFETIME,
     REASON_TOKEN_EXPIRED,
     SERVICE_RESTART,
     TLS_HANDSHAKE,
@@ -59,10 +61,16 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class RandomDelay:
-    """A short uniform random delay in ``[low, high]``, after the hint if there is one."""
+    """A short uniform random delay in ``[low, high]``, after the hint if there is one.
+
+    ``planned=True`` marks a close the server planned (``max_lifetime``, 1001),
+    not a failure: it does not count as an attempt, so a later back-off starts
+    from its first step and ``max_attempts`` is not spent on it.
+    """
 
     low: float = 0.0
     high: float = 5.0
+    planned: bool = False
 
     def __post_init__(self) -> None:
         check_number("RandomDelay low", self.low)
@@ -70,6 +78,10 @@ class RandomDelay:
         if self.high < self.low:
             raise ConfigurationError(f"RandomDelay high {self.high!r} is below low {self.low!r}")
         check_at_most_seconds("RandomDelay high", float(self.high), maximum=600.0)
+        if not isinstance(self.planned, bool):
+            raise ConfigurationError(
+                f"RandomDelay planned must be True or False, not {self.planned!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +149,9 @@ class Stop:
 
 Decision = Retry | RefreshThenRetry | Stop
 
+#: Why the client stops after 1001 ``idle_timeout``.
+IDLE_WHY = "the server closed an idle connection: reconnect when there is something to send"
+
 #: The action for codes nobody named: back off (never hammer, never strand).
 DEFAULT_FALLBACK: Action = Backoff()
 
@@ -145,6 +160,12 @@ DEFAULT_FALLBACK: Action = Backoff()
 DEFAULT_ACTIONS: Mapping[ActionKey, Action] = {
     NORMAL: NoRetry("the server closed the connection normally"),
     GOING_AWAY: Backoff(),
+    # A planned end: come back after the hint (the server's spread) and up to
+    # a second more, without counting it as a failure (docs/client.md).
+    (GOING_AWAY, REASON_MAX_LIFETIME): RandomDelay(0.0, 1.0, planned=True),
+    # Idle: a new connection at once would only idle again; the app reconnects
+    # when it has something to send (docs/client.md).
+    (GOING_AWAY, REASON_IDLE_TIMEOUT): NoRetry(IDLE_WHY),
     PROTOCOL_ERROR: NoRetry("protocol error: the same client would fail again"),
     UNSUPPORTED_DATA: NoRetry("the server does not accept this data type: fix the client"),
     NO_STATUS: NoRetry("the server closed the connection without a code"),

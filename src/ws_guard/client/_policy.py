@@ -37,6 +37,7 @@ from ._actions import (
     Backoff,
     Decision,
     NoRetry,
+    RandomDelay,
     RefreshThenRetry,
     RefreshToken,
     Retry,
@@ -130,6 +131,11 @@ class ReconnectPolicy:
                 return action
         return self.fallback
 
+    def is_planned(self, code: int, reason: str) -> bool:
+        """True when the table holds a planned end for *code*/*reason* (``planned=True``)."""
+        action = self.action_for(code, reason_slug(reason))
+        return isinstance(action, RandomDelay) and action.planned
+
     def decide(self, code: int, reason: str, attempt: int, refreshes: int = 0) -> Decision:
         """What to do after close *code*/*reason*, the *attempt*-th close in a row.
 
@@ -151,7 +157,9 @@ class ReconnectPolicy:
             else:
                 delay = self._backoff(action.backoff, refreshes, hint)
             return RefreshThenRetry(delay, code, reason, attempt)
-        if self.max_attempts is not None and attempt > self.max_attempts:
+        planned = isinstance(action, RandomDelay) and action.planned
+        # A planned end is no failure: max_attempts is not spent on it.
+        if not planned and self.max_attempts is not None and attempt > self.max_attempts:
             why = f"gave up after {self.max_attempts} reconnect attempts"
             return Stop(code, reason, attempt, why)
         if isinstance(action, Backoff):
@@ -222,6 +230,11 @@ class ReconnectSession:
         opened_at, self._opened_at = self._opened_at, None
         if opened_at is not None and self.policy.clock() - opened_at >= self.policy.stable_after:
             self.reset()
+        if self.policy.is_planned(code, reason):
+            # The server ended a working connection on purpose: a new run,
+            # as after a stable connection; the decision's attempt is 0.
+            self.reset()
+            return self.policy.decide(code, reason, 0)
         self.attempt += 1
         decision = self.policy.decide(code, reason, self.attempt, self.refreshes)
         if isinstance(decision, RefreshThenRetry):
