@@ -52,8 +52,10 @@ class ReconnectPolicy:
     ``overrides`` maps a close code, or ``(code, reason slug)``, to an action.
     The most specific key wins, a user's before the default at the same
     level: ``(1008, "token_expired")``, then ``1008``, then ``fallback`` for
-    codes nobody named. No delay exceeds ``cap`` unless the server's hint is
-    longer; hints above ``max_hint`` are cut to it.
+    codes nobody named. A reason of a family (``rate_limited:chat``) looks
+    up ``(1008, "rate_limited:chat")``, then ``(1008, "rate_limited")``.
+    No delay exceeds ``cap`` unless the server's hint is longer; hints
+    above ``max_hint`` are cut to it.
     """
 
     __slots__ = (
@@ -110,10 +112,17 @@ class ReconnectPolicy:
         )
 
     def action_for(self, code: int, slug: str) -> Action:
-        """The action the table holds for *code* with reason *slug*."""
+        """The action the table holds for *code* with reason *slug*.
+
+        A slug of a family, ``rate_limited:chat``, falls back to the
+        family's (``rate_limited``) before the code's.
+        """
+        family = slug.partition(":")[0]
         for table, key in (
             (self._actions, (code, slug)),
             (DEFAULT_ACTIONS, (code, slug)),
+            (self._actions, (code, family)),
+            (DEFAULT_ACTIONS, (code, family)),
             (self._actions, code),
             (DEFAULT_ACTIONS, code),
         ):
