@@ -53,14 +53,28 @@ class LastParse:
 
     A payload is the same object for every rule that looks at one message,
     so an identity test finds it; holding it keeps that identity from being
-    reused by a later payload.
+    reused by a later payload. The last kind to look at a message lets it
+    go (:meth:`release`), so an idle connection does not keep its last
+    message alive.
     """
 
-    __slots__ = ("payload", "value")
+    __slots__ = ("kinds", "payload", "value")
 
     def __init__(self) -> None:
         self.payload: object = None
         self.value: Any = None
+        #: How many kinds of the connection share this parse, in check order.
+        self.kinds = 0
+
+    def join(self) -> int:
+        """Register one more kind; returns its place (the last one releases)."""
+        self.kinds += 1
+        return self.kinds
+
+    def release(self) -> None:
+        """Let go of the payload and its value."""
+        self.payload = None
+        self.value = None
 
     def __call__(self, payload: object) -> Any:
         """``read_json(payload)``, parsed once per payload."""

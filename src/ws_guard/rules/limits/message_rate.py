@@ -220,14 +220,7 @@ class MessageRate(LimitRule):
     def _matching(self, conn: RuleContext, match: Match, count: Checker) -> Checker:
         """*count* for the messages *match* accepts; the others pass uncounted."""
         failed = self._match_failed
-        if isinstance(match, JsonField):
-            # The JSON kinds of a connection share its last parse.
-            parse = conn.extra.get(LastParse)
-            if parse is None:
-                parse = conn.extra[LastParse] = LastParse()
-            test: Callable[[Message], Any] = lambda message: match.matches(message, parse)  # noqa: E731
-        else:
-            test = match
+        test = _shared_parse(conn, match) if isinstance(match, JsonField) else match
 
         def check(message: Message) -> Close | None:
             try:
@@ -373,6 +366,27 @@ class MessageRate(LimitRule):
             return report(t, worst)
 
         return check
+
+
+def _shared_parse(conn: RuleContext, kind: JsonField) -> Callable[[Message], bool]:
+    """*kind*'s test with the parse the JSON kinds of *conn* share.
+
+    Checks are built in the order they run, so the kind built last is the
+    last to see a message: it lets the parse go once it decided.
+    """
+    parse = conn.extra.get(LastParse)
+    if parse is None:
+        parse = conn.extra[LastParse] = LastParse()
+    place = parse.join()
+
+    def test(message: Message) -> bool:
+        try:
+            return kind.matches(message, parse)
+        finally:
+            if place == parse.kinds:
+                parse.release()
+
+    return test
 
 
 class _Report:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -228,3 +229,24 @@ def test_the_longest_reason_fits_a_close_frame() -> None:
     reason = rate._limited(86400.0).wire_reason
     assert reason == "rate_limited:" + "n" * 64 + "; retry-after=86400"
     assert len(reason.encode()) <= MAX_REASON_BYTES
+
+
+def test_the_last_kind_lets_the_shared_parse_go() -> None:
+    """An idle connection keeps no message alive for its JSON kinds."""
+    kinds = [
+        rules.MessageRate("5/second", match=rules.json_type(value), name=value)
+        for value in ("typing", "chat")
+    ]
+    guard = Guard(rules=kinds, clock=Clock(0.0))
+    conn: Any = SimpleNamespace(extra={}, guard=guard)
+    checks = [rate.checker(conn) for rate in kinds]
+    parse = conn.extra[LastParse]
+    assert parse.kinds == 2
+    message = {"type": "websocket.receive", "text": '{"type": "chat"}'}
+    assert checks[0](message) is None  # typing: "chat" has no '"typing"': not parsed
+    assert parse.payload is None
+    message = {"type": "websocket.receive", "text": '{"type": "typing", "x": "chat"}'}
+    assert checks[0](message) is None
+    assert parse.payload is message["text"]  # parsed once, kept for the next kind
+    assert checks[1](message) is None
+    assert (parse.payload, parse.value) == (None, None)  # the last kind let it go
