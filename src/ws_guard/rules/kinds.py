@@ -54,8 +54,8 @@ class LastParse:
     A payload is the same object for every rule that looks at one message,
     so an identity test finds it; holding it keeps that identity from being
     reused by a later payload. The last kind to look at a message lets it
-    go (:meth:`release`), so an idle connection does not keep its last
-    message alive.
+    go (sets both back to ``None``), so an idle connection does not keep its
+    last message alive.
     """
 
     __slots__ = ("kinds", "payload", "value")
@@ -70,11 +70,6 @@ class LastParse:
         """Register one more kind; returns its place (the last one releases)."""
         self.kinds += 1
         return self.kinds
-
-    def release(self) -> None:
-        """Let go of the payload and its value."""
-        self.payload = None
-        self.value = None
 
     def __call__(self, payload: object) -> Any:
         """``read_json(payload)``, parsed once per payload."""
@@ -96,7 +91,7 @@ class JsonField:
     ``ws_guard._json``) is no match; nothing here raises for any input.
     """
 
-    __slots__ = ("_bytes_needle", "_text_needle", "field", "value")
+    __slots__ = ("_bytes_needle", "field", "text_needle", "value")
 
     def __init__(self, value: str, field: str = "type") -> None:
         if not isinstance(value, str) or not isinstance(field, str):
@@ -105,9 +100,9 @@ class JsonField:
             )
         self.value = value
         self.field = field
-        # Without escapes, a JSON string equal to value is written exactly so.
-        self._text_needle = json.dumps(value, ensure_ascii=False)
-        self._bytes_needle = self._text_needle.encode("utf-8", "surrogatepass")
+        #: Without escapes, a JSON string equal to value is written exactly so.
+        self.text_needle = json.dumps(value, ensure_ascii=False)
+        self._bytes_needle = self.text_needle.encode("utf-8", "surrogatepass")
 
     def __repr__(self) -> str:
         return f"json_type({self.value!r}, field={self.field!r})"
@@ -119,7 +114,7 @@ class JsonField:
         """The test, with *parse* reading the payload (a :class:`LastParse` shares it)."""
         payload = message.get("text")
         if payload is not None:
-            if self._text_needle not in payload and "\\" not in payload:
+            if self.text_needle not in payload and "\\" not in payload:
                 return False
         else:
             payload = message.get("bytes")

@@ -30,7 +30,7 @@ from ws_guard.codes import (
     REASON_RATE_LIMITED_PREFIX,
 )
 from ws_guard.rules.auth.session import refresh_session
-from ws_guard.rules.context import Checker
+from ws_guard.rules.context import Checker, Verdict
 from ws_guard.rules.fast import SingleRate
 from ws_guard.rules.keys import KeyFunc, by_connection
 from ws_guard.rules.kinds import JsonField, LastParse, Match, check_kind_name, check_match
@@ -219,8 +219,10 @@ class MessageRate(LimitRule):
 
     def _matching(self, conn: RuleContext, match: Match, count: Checker) -> Checker:
         """*count* for the messages *match* accepts; the others pass uncounted."""
+        if isinstance(match, JsonField):
+            return _json_kind_check(conn, match, count)
         failed = self._match_failed
-        test = _shared_parse(conn, match) if isinstance(match, JsonField) else match
+        test = match
 
         def check(message: Message) -> Close | None:
             try:
@@ -368,25 +370,33 @@ class MessageRate(LimitRule):
         return check
 
 
-def _shared_parse(conn: RuleContext, kind: JsonField) -> Callable[[Message], bool]:
-    """*kind*'s test with the parse the JSON kinds of *conn* share.
+def _json_kind_check(conn: RuleContext, kind: JsonField, count: Checker) -> Checker:
+    """*count* for the messages of JSON *kind*, with the parse the kinds of *conn* share.
 
-    Checks are built in the order they run, so the kind built last is the
-    last to see a message: it lets the parse go once it decided.
+    A text that holds neither the value as written nor a backslash is
+    decided here, without a call (the common message of another kind).
+    ``kind.matches`` never raises. Checks are built in the order they run,
+    so the kind built last is the last to see a message: it lets the
+    shared parse go once it decided, so an idle connection keeps no payload.
     """
     parse = conn.extra.get(LastParse)
     if parse is None:
         parse = conn.extra[LastParse] = LastParse()
     place = parse.join()
+    needle = kind.text_needle
+    matches = kind.matches
 
-    def test(message: Message) -> bool:
-        try:
-            return kind.matches(message, parse)
-        finally:
-            if place == parse.kinds:
-                parse.release()
+    def check(message: Message) -> Verdict:
+        text = message.get("text")
+        if text is not None and needle not in text and "\\" not in text:
+            hit = False
+        else:
+            hit = matches(message, parse)
+        if place == parse.kinds and parse.payload is not None:
+            parse.payload = parse.value = None
+        return count(message) if hit else None
 
-    return test
+    return check
 
 
 class _Report:
