@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
-from tests.support.rate_helpers import Clock
+from tests.support.rate_helpers import Clock, HeaderSubject, user
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.plan import plan_checks
 from ws_guard.codes import MAX_REASON_BYTES
@@ -250,3 +250,40 @@ def test_the_last_kind_lets_the_shared_parse_go() -> None:
     assert parse.payload is message["text"]  # parsed once, kept for the next kind
     assert checks[1](message) is None
     assert (parse.payload, parse.value) == (None, None)  # the last kind let it go
+
+
+async def test_a_kind_on_a_shared_key_counts_across_the_users_connections() -> None:
+    clock = Clock(0.0)
+    guard = Guard(
+        rules=[
+            HeaderSubject(),
+            rules.MessageRate(
+                "3/minute", key=rules.by_user, match=rules.json_type("chat"), name="chat"
+            ),
+        ],
+        clock=clock,
+    )
+    app = WSGuardMiddleware(echo, guard=guard)
+    first, second, other = (
+        await opened_as(app, "alice"),
+        await opened_as(app, "alice"),
+        await opened_as(app, "bob"),
+    )
+    await echoed(first, chat(), typing(), chat())
+    await echoed(other, chat(), chat(), chat())  # bob's window is his own
+    await echoed(second, typing(), chat())  # alice's third chat, from her other connection
+    await second.send_text(chat())
+    await second.expect("websocket.close", code=1008, reason="rate_limited:chat; retry-after=60")
+    await second.finished()
+    await echoed(first, typing())  # another kind still passes on the first connection
+    for ws in (first, other):
+        await ws.disconnect()
+        await ws.finished()
+    assert guard.metrics.snapshot().closes_by_rule == {"chat": 1}
+
+
+async def opened_as(app: Any, name: str) -> ScriptedWebSocket:
+    ws = ScriptedWebSocket(app, client=("10.0.0.1", 40000), headers=user(name))
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    return ws
