@@ -293,3 +293,13 @@ def test_repr_shows_the_callable() -> None:
     assert repr(rate).startswith("MessageRate(<function ")
     assert "plan_rate" in repr(rate)
     assert rate.id == f"by_connection:tiers:{plan_rate.__qualname__}"
+
+
+async def test_a_failing_tier_is_http_500_in_http_denial_mode() -> None:
+    rate = rules.ConnectRate(lambda info: "often")
+    guard = Guard(rules=[rate], clock=Clock(0.0), reject="http")
+    ws = ScriptedWebSocket(WSGuardMiddleware(echo, guard=guard), client=("10.0.0.1", 40000))
+    await ws.connect()
+    await ws.expect("websocket.http.response.start", status=500)
+    await ws.expect("websocket.http.response.body", body=b"internal_error")
+    assert guard.metrics.snapshot().closes_by_rule == {"internal_error": 1}
