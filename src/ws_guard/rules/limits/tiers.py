@@ -18,6 +18,17 @@ in the application, not the client's fault: the handshake closes with 1011
 ``internal_error`` under the rule's label (as a raising ``Content`` check
 does), the traceback or the bad value is logged at ERROR once per rule, and
 nothing raises out of ws_guard.
+
+A rule takes a tier in four steps (``MessageRate`` is the model):
+
+1. at construction, ``Tiers(public_name, value, rate_tier)`` when
+   :func:`is_tiered` says *value* is a callable (``cap_tier`` for a count),
+   and a storage id from :func:`tier_name`;
+2. at ``bind``, :func:`require_claims` (no tiers with first-message tokens);
+3. at admission, ``tiers.limit_for(conn, rule)``: the parsed limit, or the
+   rule's 1011 close to return from ``admit``;
+4. counters per distinct limit, with the limit (``join_rates``) in each
+   storage key.
 """
 
 from __future__ import annotations
