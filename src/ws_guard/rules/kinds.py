@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ws_guard._json import read_json
 from ws_guard.errors import ConfigurationError
 from ws_guard.types import Message
+
+if TYPE_CHECKING:
+    from ws_guard._core.decisions import Close
+    from ws_guard.rules.context import Checker, RuleContext, Verdict
 
 #: A kind's name, as it appears in the close reason ``rate_limited:<name>``.
 _KIND_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -133,3 +137,55 @@ def json_type(value: str, *, field: str = "type") -> JsonField:
     or binary frame; ``ConfigurationError`` when *value* or *field* is not a string.
     """
     return JsonField(value, field)
+
+
+def kind_check(
+    conn: RuleContext, match: Match, count: Checker, failed: Callable[[], Close]
+) -> Checker:
+    """*count* for the messages *match* accepts; the others pass uncounted.
+
+    A predicate that raises is a bug in it, never "no match" (which would
+    switch the limit off): the check returns ``failed()``, called in the
+    ``except`` so it can log the traceback.
+    """
+    if isinstance(match, JsonField):
+        return _json_kind_check(conn, match, count)
+
+    def check(message: Message) -> Verdict:
+        try:
+            if not match(message):
+                return None
+        except Exception:  # noqa: BLE001 - the user's predicate is broken: failed() logs it
+            return failed()
+        return count(message)
+
+    return check
+
+
+def _json_kind_check(conn: RuleContext, kind: JsonField, count: Checker) -> Checker:
+    """*count* for the messages of JSON *kind*, with the parse the kinds of *conn* share.
+
+    A text that holds neither the value as written nor a backslash is
+    decided here, without a call (the common message of another kind).
+    ``kind.matches`` never raises. Checks are built in the order they run,
+    so the kind built last is the last to see a message: it lets the
+    shared parse go once it decided, so an idle connection keeps no payload.
+    """
+    parse = conn.extra.get(LastParse)
+    if parse is None:
+        parse = conn.extra[LastParse] = LastParse()
+    place = parse.join()
+    needle = kind.text_needle
+    matches = kind.matches
+
+    def check(message: Message) -> Verdict:
+        text = message.get("text")
+        if text is not None and needle not in text and "\\" not in text:
+            hit = False
+        else:
+            hit = matches(message, parse)
+        if place == parse.kinds and parse.payload is not None:
+            parse.payload = parse.value = None
+        return count(message) if hit else None
+
+    return check

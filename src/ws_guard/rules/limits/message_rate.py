@@ -30,10 +30,10 @@ from ws_guard.codes import (
     REASON_RATE_LIMITED_PREFIX,
 )
 from ws_guard.rules.auth.session import refresh_session
-from ws_guard.rules.context import Checker, Verdict
+from ws_guard.rules.context import Checker
 from ws_guard.rules.fast import SingleRate
 from ws_guard.rules.keys import KeyFunc, by_connection
-from ws_guard.rules.kinds import JsonField, LastParse, Match, check_kind_name, check_match
+from ws_guard.rules.kinds import Match, check_kind_name, check_match, kind_check
 from ws_guard.rules.limits.expiring import ExpiringStates
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
@@ -213,25 +213,8 @@ class MessageRate(LimitRule):
             rates = tier
         check = self._checker(conn, rates)
         if self.match is not None:
-            check = self._matching(conn, self.match, check)
+            check = kind_check(conn, self.match, check, self._match_failed)
         self._share(conn, check)
-        return check
-
-    def _matching(self, conn: RuleContext, match: Match, count: Checker) -> Checker:
-        """*count* for the messages *match* accepts; the others pass uncounted."""
-        if isinstance(match, JsonField):
-            return _json_kind_check(conn, match, count)
-        failed = self._match_failed
-        test = match
-
-        def check(message: Message) -> Close | None:
-            try:
-                if not test(message):
-                    return None
-            except Exception:  # noqa: BLE001 - the user's predicate is broken: logged, 1011
-                return failed()
-            return count(message)  # type: ignore[return-value]
-
         return check
 
     def _match_failed(self) -> Close:
@@ -368,35 +351,6 @@ class MessageRate(LimitRule):
             return report(t, worst)
 
         return check
-
-
-def _json_kind_check(conn: RuleContext, kind: JsonField, count: Checker) -> Checker:
-    """*count* for the messages of JSON *kind*, with the parse the kinds of *conn* share.
-
-    A text that holds neither the value as written nor a backslash is
-    decided here, without a call (the common message of another kind).
-    ``kind.matches`` never raises. Checks are built in the order they run,
-    so the kind built last is the last to see a message: it lets the
-    shared parse go once it decided, so an idle connection keeps no payload.
-    """
-    parse = conn.extra.get(LastParse)
-    if parse is None:
-        parse = conn.extra[LastParse] = LastParse()
-    place = parse.join()
-    needle = kind.text_needle
-    matches = kind.matches
-
-    def check(message: Message) -> Verdict:
-        text = message.get("text")
-        if text is not None and needle not in text and "\\" not in text:
-            hit = False
-        else:
-            hit = matches(message, parse)
-        if place == parse.kinds and parse.payload is not None:
-            parse.payload = parse.value = None
-        return count(message) if hit else None
-
-    return check
 
 
 class _Report:
