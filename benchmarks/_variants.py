@@ -76,6 +76,19 @@ def _build_rate() -> Guard:
     return Guard(rules=[*_message_rules(), rules.MessageRate(UNREACHED_RATE)])
 
 
+def _build_rate_kinds() -> Guard:
+    # The benchmark's messages are no JSON "typing" or "chat": the common
+    # case of per-kind rates, a message of another kind, which is not parsed.
+    return Guard(
+        rules=[
+            *_message_rules(),
+            rules.MessageRate(UNREACHED_RATE),
+            rules.MessageRate(UNREACHED_RATE, match=rules.json_type("typing"), name="typing"),
+            rules.MessageRate(UNREACHED_RATE, match=rules.json_type("chat"), name="chat"),
+        ]
+    )
+
+
 def _build_rate_ip() -> Guard:
     return Guard(rules=[*_message_rules(), rules.MessageRate(UNREACHED_RATE, key=rules.by_ip)])
 
@@ -128,6 +141,11 @@ VARIANTS: dict[str, Variant] = {
     "rate": Variant(
         f"rules + MessageRate({UNREACHED_RATE!r}): per connection",
         _build_rate,
+    ),
+    "rate_kinds": Variant(
+        f"rate + two per-kind MessageRate({UNREACHED_RATE!r}, match=json_type(...)) that "
+        "the benchmark's messages do not match",
+        _build_rate_kinds,
     ),
     "rate_ip": Variant(
         f"rules + MessageRate({UNREACHED_RATE!r}, key=by_ip) on memory storage "

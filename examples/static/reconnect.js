@@ -179,9 +179,13 @@ export class ReconnectPolicy {
   actionFor(code, slug) {
     code = rfcCode(code);
     const specific = `${code}:${slug}`;
+    // A slug of a family ("rate_limited:chat") falls back to the family's.
+    const family = `${code}:${slug.split(":")[0]}`;
     return (
       this.overrides[specific] ??
       DEFAULT_ACTIONS[specific] ??
+      this.overrides[family] ??
+      DEFAULT_ACTIONS[family] ??
       this.overrides[String(code)] ??
       DEFAULT_ACTIONS[String(code)] ??
       this.fallback

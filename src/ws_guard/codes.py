@@ -93,6 +93,8 @@ REASON_UNSUPPORTED_BACKEND = "unsupported_backend"
 REASON_IDLE_TIMEOUT = "idle_timeout"
 #: 1001 with a retry hint, ``rules.MaxLifetime``: the connection reached its lifetime.
 REASON_MAX_LIFETIME = "max_lifetime"
+#: 1008 with a retry hint, ``rules.MessageRate(match=...)``: ``rate_limited:<name>``.
+REASON_RATE_LIMITED_PREFIX = "rate_limited:"
 
 #: Counted as the code of an app's close *before* accept: no close frame goes
 #: out, the server refuses the handshake with HTTP 403 (ASGI spec; uvicorn and

@@ -15,7 +15,7 @@ import ast
 import re
 from pathlib import Path
 
-from tests.project.test_docs_reasons import SENT, sent_by_ws_guard
+from tests.project.test_docs_reasons import FAMILIES, SENT, sent_by_ws_guard
 from ws_guard import codes
 from ws_guard.client import close_from_http
 
@@ -40,7 +40,8 @@ def documented_slugs() -> dict[str, set[int]]:
     for row in re.finditer(r"^\| (\d{4}) \| ([^|]*)\|", table, re.M):
         for reason in re.findall(r"`([^`]+)`", row[2]):
             slug = reason.partition(";")[0].strip()
-            slug = "content:" if slug.startswith("content:") else slug
+            for family in FAMILIES:  # content:<name>, rate_limited:<name>
+                slug = family if slug.startswith(family) else slug
             found.setdefault(slug, set()).add(int(row[1]))
     return found
 
@@ -64,7 +65,8 @@ def test_the_scan_reads_the_source_not_a_cache() -> None:
     assert fresh.codes["overloaded"] == {codes.TRY_AGAIN_LATER}
     assert fresh.codes["going_away"] == {codes.GOING_AWAY}
     assert fresh.codes["content:"] == {codes.POLICY_VIOLATION}
-    assert len(fresh.codes) == 22
+    assert fresh.codes["rate_limited:"] == {codes.POLICY_VIOLATION}
+    assert len(fresh.codes) == 23
 
 
 def slug_literals(source: str) -> list[tuple[int, str]]:

@@ -36,7 +36,8 @@ from ws_guard.rules.messages import _RULE_NAME
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "ws_guard"
 PLACEHOLDER = "<seconds>"
-CONTENT_PLACEHOLDER = "content:<name>"
+#: Reason families: a fixed prefix and a rule's name (``content:no_links``).
+FAMILIES = ("content:", "rate_limited:")
 
 
 def hint_prefix() -> str:
@@ -249,7 +250,7 @@ def _other_sender(text: str, match: re.Match[str]) -> bool:
     """A code span of words (``1009 `frame exceeds limit…```) quotes a server, not ws_guard."""
     end = text.find(match["tick"], match.start("reason"))
     span = text[match.start("reason") : end if end >= 0 else None]
-    return " " in span.split(";", 1)[0] and not span.startswith("content:")
+    return " " in span.split(";", 1)[0] and not span.startswith(FAMILIES)
 
 
 def _trim(reason: str) -> str:
@@ -267,12 +268,12 @@ def check_reason(reason: str, code: int | None, examples: Sent) -> str | None:
     """Why *reason* (sent with *code*, if given) is not a wire form, or None."""
     slug, sep, _ = reason.partition(";")
     slug = slug.strip()
-    if slug.startswith("content:"):
-        name = slug.removeprefix("content:")
-        if reason not in (CONTENT_PLACEHOLDER,) and not _RULE_NAME.fullmatch(name):
-            return f"content reasons are spelled {CONTENT_PLACEHOLDER!r} or content:<rule name>"
-        codes = SENT.codes["content:"]
-        hinted = False
+    family = next((f for f in FAMILIES if slug.startswith(f)), None)
+    if family is not None:
+        name = slug.removeprefix(family)
+        if name != "<name>" and not _RULE_NAME.fullmatch(name):
+            return f"{family} reasons are spelled '{family}<name>' or {family}<rule name>"
+        codes, hinted = SENT.codes[family], family in SENT.hinted
     elif slug in SENT.codes:
         codes, hinted = SENT.codes[slug], slug in SENT.hinted
     elif slug in examples.codes:
@@ -352,6 +353,10 @@ def test_every_close_reason_mention_is_a_wire_form() -> None:
         ("message_too_big; retry-after=1", 1009, False),
         ("content:<rule name>", 1008, False),
         ("rate_limit", 1008, False),
+        ("rate_limited:chat; retry-after=1", 1008, True),
+        ("rate_limited:<name>; retry-after=<seconds>", 1008, True),
+        ("rate_limited:chat", 1008, False),  # on the wire it always carries the hint
+        ("rate_limited:has space; retry-after=1", 1008, False),
     ],
 )
 def test_check_reason(reason: str, code: int | None, ok: bool) -> None:

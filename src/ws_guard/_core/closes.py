@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ws_guard._core.decisions import Close, http_retry_after
 from ws_guard._core.request import loggable_path
 from ws_guard.codes import (
+    INTERNAL_ERROR,
     REASON_CONNECT_RATE_LIMITED,
     REASON_RATE_LIMITED,
     REASON_TOO_MANY_CONNECTIONS,
@@ -227,7 +228,8 @@ class CloseReporter:
 def http_denial(close: Close, rng: random.Random) -> tuple[int, list[tuple[bytes, bytes]]]:
     """Status and headers for the opt-in HTTP denial of a handshake.
 
-    503 for load and drain closes, 429 for rate and cap closes, else 403;
+    503 for load and drain closes, 429 for rate and cap closes, 500 for a
+    server fault (a rule's tier callable that failed), else 403;
     ``Retry-After`` in whole seconds (RFC 9110 section 10.2.3) when the close
     carries a hint.
     """
@@ -235,6 +237,8 @@ def http_denial(close: Close, rng: random.Random) -> tuple[int, list[tuple[bytes
         status = 503
     elif close.reason in _RATE_REASONS:
         status = 429
+    elif close.code == INTERNAL_ERROR:
+        status = 500  # the server's bug, not the client's: RFC 9110 section 15.6.1
     else:
         status = 403
     headers = [(b"content-type", b"text/plain; charset=utf-8")]

@@ -54,8 +54,10 @@ class ReconnectPolicy:
     ``overrides`` maps a close code, or ``(code, reason slug)``, to an action.
     The most specific key wins, a user's before the default at the same
     level: ``(1008, "token_expired")``, then ``1008``, then ``fallback`` for
-    codes nobody named. No delay exceeds ``cap`` unless the server's hint is
-    longer; hints above ``max_hint`` are cut to it.
+    codes nobody named. A reason of a family (``rate_limited:chat``) looks
+    up ``(1008, "rate_limited:chat")``, then ``(1008, "rate_limited")``.
+    No delay exceeds ``cap`` unless the server's hint is longer; hints
+    above ``max_hint`` are cut to it.
     """
 
     __slots__ = (
@@ -117,12 +119,17 @@ class ReconnectPolicy:
         A private-range twin is looked up as its RFC code (4009 as 1009):
         ws_guard sends twins on servers that refuse RFC codes (daphne; see
         docs/close-codes.md). Twinned are 1001-1003 and 1007-1014, as 4001-4003
-        and 4007-4014; other 4xxx codes are looked up as they are.
+        and 4007-4014; other 4xxx codes are looked up as they are. A slug of
+        a family, ``rate_limited:chat``, falls back to the family's
+        (``rate_limited``) before the code's.
         """
         code = rfc_code(code)
+        family = slug.partition(":")[0]
         for table, key in (
             (self._actions, (code, slug)),
             (DEFAULT_ACTIONS, (code, slug)),
+            (self._actions, (code, family)),
+            (DEFAULT_ACTIONS, (code, family)),
             (self._actions, code),
             (DEFAULT_ACTIONS, code),
         ):

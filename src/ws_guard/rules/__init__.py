@@ -21,6 +21,7 @@ from ws_guard.rules.auth.tokens import (
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.context import Checker, RuleContext
 from ws_guard.rules.keys import by_connection, by_ip, by_user
+from ws_guard.rules.kinds import json_type
 from ws_guard.rules.lifetime import IdleTimeout, MaxLifetime
 from ws_guard.rules.limits.connect_rate import ConnectRate
 from ws_guard.rules.limits.connection_cap import MaxConnectionsPerKey
@@ -67,6 +68,7 @@ __all__ = [
     "from_header",
     "from_query",
     "from_subprotocol",
+    "json_type",
 ]
 
 

@@ -34,6 +34,8 @@ class Stage(enum.IntEnum):
     ORIGIN = 5
     CONNECT_RATE = 10
     AUTH = 20
+    #: ``ConnectRate`` with a per-tier rate: its callable reads the verified claims.
+    TIERED_CONNECT_RATE = 25
     CONNECTION_CAP = 30
     CUSTOM = 40
 

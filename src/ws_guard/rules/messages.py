@@ -40,7 +40,7 @@ _RULE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def _check_content_name(name: object) -> str:
-    if not isinstance(name, str) or not _RULE_NAME.match(name):
+    if not isinstance(name, str) or not _RULE_NAME.fullmatch(name):
         raise ConfigurationError(
             f"content rule name must be 1-64 ASCII letters, digits, '_', '-' or '.', not {name!r}"
         )

@@ -155,6 +155,7 @@ async def test_shadow_rule_admits_and_counts() -> None:
         (Deny(1008, "too_many_connections"), 429, None, b"too_many_connections"),
         (Deny(1008, "token_invalid"), 403, None, b"token_invalid"),
         (Deny(1008, "token_missing"), 403, None, b"token_missing"),
+        (Deny(1011, "internal_error"), 500, None, b"internal_error"),
     ],
     ids=lambda v: str(v) if isinstance(v, int) else None,
 )

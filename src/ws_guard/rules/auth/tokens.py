@@ -117,7 +117,9 @@ class FromHeader(TokenSource):
         self.name = check_name("from_header", name).lower()
         self.redact = check_redact("from_header", redact)
         self._raw_name = self.name.encode("latin-1")
-        if scheme is not None and (not isinstance(scheme, str) or not _HTTP_TOKEN.match(scheme)):
+        if scheme is not None and (
+            not isinstance(scheme, str) or not _HTTP_TOKEN.fullmatch(scheme)
+        ):
             raise ConfigurationError(
                 f"from_header scheme must be a word like 'Bearer', not {scheme!r}"
             )
@@ -188,7 +190,7 @@ class FromSubprotocol(TokenSource):
     """
 
     def __init__(self, marker: str = "access_token", *, redact: bool = True) -> None:
-        if not isinstance(marker, str) or not _HTTP_TOKEN.match(marker):
+        if not isinstance(marker, str) or not _HTTP_TOKEN.fullmatch(marker):
             raise ConfigurationError(
                 f"from_subprotocol marker must be an HTTP token such as 'access_token', "
                 f"not {marker!r}"

@@ -10,6 +10,10 @@ attempt would be admitted.
 With Redis storage and ``on_storage_error="allow"``, a failed Redis call
 falls back to counting in this process (the same counters, in memory), so
 each process still enforces the limit on its own while Redis is away.
+
+A per-tier rate (a callable for ``rate``, :mod:`ws_guard.rules.limits.tiers`)
+is counted after authentication (:class:`TieredConnectRate`), so the callable
+sees the verified claims; each tier counts in counters of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ws_guard.rules.limits.attempts import ATTEMPT_SCRIPT, CounterStore
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.rules.limits.limit_rule import LimitRule
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
+from ws_guard.rules.limits.tiers import Tiers, is_tiered, rate_tier, require_claims, tier_name
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
@@ -36,11 +41,36 @@ if TYPE_CHECKING:
 DEFAULT_MAX_KEYS = 100_000
 
 
+class _Tier:
+    """One tier's counters: in memory (or the fallback), and its script arguments."""
+
+    __slots__ = ("args", "counters", "suffix")
+
+    def __init__(self, rates: tuple[Rate, ...], max_keys: int, suffix: tuple[str, ...]) -> None:
+        self.counters = CounterStore(rates, max_keys)
+        #: Limit and window in ms per rate, as ATTEMPT_SCRIPT reads them.
+        self.args = [value for r in rates for value in (r.limit, int(r.window * 1000))]
+        #: Appended to the Redis key: a tier's rates, so two tiers never share a hash.
+        self.suffix = suffix
+
+
 class ConnectRate(LimitRule):
-    """At most ``rate`` handshake attempts per key (default ``rules.by_ip``)."""
+    """At most ``rate`` handshake attempts per key (default ``rules.by_ip``).
+
+    ``rate`` may be a callable of the connection's
+    :class:`~ws_guard.ConnectionInfo` returning a rate string: the rule is
+    then a :class:`TieredConnectRate`, counted after authentication.
+    """
 
     stage = Stage.CONNECT_RATE
     public_name = "ConnectRate"
+
+    def __new__(cls, rate: object, *args: Any, **kwargs: Any) -> ConnectRate:
+        # A tier callable reads the claims, so the rule moves after auth: a
+        # stage is a class attribute, hence the subclass.
+        if cls is ConnectRate and is_tiered(rate):
+            cls = TieredConnectRate
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -52,62 +82,98 @@ class ConnectRate(LimitRule):
         name: str | None = None,
     ) -> None:
         super().__init__(enforce=enforce, name=name)
-        self.rates: tuple[Rate, ...] = parse_rates(rate)
-        #: Keys kept in process memory at most; the least recently used goes first.
+        #: The per-tier rate callable and its parsed tiers; ``None`` for a fixed rate.
+        self.tiers: Tiers[tuple[Rate, ...]] | None = None
+        if is_tiered(rate):
+            self.tiers = Tiers(self.public_name, rate, rate_tier)
+            self.rates: tuple[Rate, ...] = ()
+        else:
+            self.rates = parse_rates(rate)
+        #: Keys kept in process memory at most (per tier); the least recently used goes first.
         self.max_keys = check_count("ConnectRate max_keys", max_keys)
         self.key = self._check_key(key, per_connection=False)
-        if key is by_user:
+        if key is by_user and self.tiers is None:
             raise ConfigurationError(
                 "ConnectRate runs before authentication, so key=rules.by_user is not known "
                 "yet; use rules.by_ip or a callable of the request"
             )
-        self.id = self._storage_id(name, join_rates(self.rates))
-        self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
-        #: memory:// counters, or the per-process fallback while Redis is down.
+        limits = join_rates(self.rates) if self.tiers is None else tier_name(rate)
+        self.id = self._storage_id(name, limits)
+        #: memory:// counters, or the per-process fallback while Redis is down, per tier.
+        self._tiers: dict[tuple[Rate, ...], _Tier] = {}
+        #: A fixed rate's counters (its only tier) and script arguments.
         self._counters: CounterStore | None = None
+        self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
+        self._started = False
         self._script: Any = None
 
-    def _limit_arg(self) -> str:
-        return describe_rates(self.rates)
+    def _limit_arg(self) -> object:
+        return describe_rates(self.rates) if self.tiers is None else self.tiers.func
+
+    def bind(self, guard: Runtime) -> None:
+        super().bind(guard)
+        if self.tiers is not None:
+            require_claims(guard, self)
 
     @property
     def evicted(self) -> int:
         """Live keys this process dropped to stay within ``max_keys``."""
-        return 0 if self._counters is None else self._counters.evicted
+        return sum(tier.counters.evicted for tier in self._tiers.values())
 
     async def startup(self, guard: Runtime) -> None:
-        storage = guard.storage
-        counters = self._counters = CounterStore(self.rates, self.max_keys)
+        self._started = True
+        if self.tiers is None:
+            self._counters = self._tier(guard, self.rates).counters
+        if not guard.storage.is_memory:
+            self._script = guard.storage.script(ATTEMPT_SCRIPT)
+
+    def _tier(self, guard: Runtime, rates: tuple[Rate, ...]) -> _Tier:
+        """The counters of *rates*, made (with their sweep) on first use."""
+        tier = self._tiers.get(rates)
+        if tier is not None:
+            return tier
+        # A fixed rate keeps its Redis keys as they were; a tier adds its rates.
+        suffix = () if self.tiers is None else (join_rates(rates),)
+        tier = self._tiers[rates] = _Tier(rates, self.max_keys, suffix)
+        counters = tier.counters
 
         async def sweep() -> None:
             counters.sweep(guard.scheduler.clock())
 
         # Counters expire by the window after their last attempt; sweeping
         # every shortest window keeps expired keys for at most one more.
-        self._every(guard, min(r.window for r in self.rates), sweep)
-        if not storage.is_memory:
-            self._script = storage.script(ATTEMPT_SCRIPT)
+        self._every(guard, min(r.window for r in rates), sweep)
+        return tier
 
     async def shutdown(self, guard: Runtime) -> None:
         await super().shutdown(guard)
+        self._tiers = {}
         self._counters = None
+        self._started = False
         self._script = None
 
     async def admit(self, conn: RuleContext) -> Close | None:
+        if not self._started:
+            raise self._not_started()
+        guard = conn.guard
+        rates = self.rates
+        if self.tiers is not None:
+            resolved = self.tiers.limit_for(conn, self)
+            if isinstance(resolved, Close):
+                return resolved
+            rates = resolved
         key = self.key(conn)
         if key is None:
             return None
-        guard = conn.guard
-        counters = self._counters
-        if counters is None:
-            raise self._not_started()
+        tier = self._tier(guard, rates)
+        counters = tier.counters
         retry: float | None
         if self._script is None:
             retry = counters.hit(key, guard.scheduler.clock())
         else:
-            rkey = redis_key(guard.namespace, "connect", self.id, key)
+            rkey = redis_key(guard.namespace, "connect", self.id, key, *tier.suffix)
             try:
-                admitted, wait_ms = await self._script([rkey], self._args)
+                admitted, wait_ms = await self._script([rkey], tier.args)
             except guard.storage.errors as exc:
                 if not guard.report_storage_error(exc, "connect rate"):
                     return self._unavailable()
@@ -119,3 +185,16 @@ class ConnectRate(LimitRule):
 
     def _limited(self, retry: float | None = None) -> Close:
         return self.breach(POLICY_VIOLATION, REASON_CONNECT_RATE_LIMITED, retry)
+
+
+class TieredConnectRate(ConnectRate):
+    """A ``ConnectRate`` whose rate is a callable of the connection's info.
+
+    Counted after authentication, so the callable sees the verified claims
+    (``None`` without an auth rule) and ``key=rules.by_user`` works;
+    handshakes that authentication refuses are not counted here (pair it
+    with a plain ``ConnectRate`` by address for those). ``rules.ConnectRate``
+    returns one when given a callable.
+    """
+
+    stage = Stage.TIERED_CONNECT_RATE

@@ -15,10 +15,15 @@ Such slots are *pending*: not known to Redis. The next handshake for the
 key writes every slot this process holds for it before counting, in the
 same script, so connections admitted during the outage count against the
 cap as soon as Redis answers again (the heartbeat writes them too).
+
+A per-tier cap (a callable for ``limit``, :mod:`ws_guard.rules.limits.tiers`)
+picks the limit per connection at admission; a tier's slots are counted
+under ``<key>#<limit>``, so two tiers never share a count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
@@ -28,8 +33,10 @@ from ws_guard.rules.base import Stage
 from ws_guard.rules.keys import KeyFunc, by_ip
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.rules.limits.limit_rule import LimitRule
+from ws_guard.rules.limits.tiers import Tiers, cap_tier, is_tiered, require_claims, tier_name
 
 if TYPE_CHECKING:
+    from ws_guard._core.info import ConnectionInfo
     from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
@@ -57,14 +64,19 @@ _LATE_MAX = 10_000
 
 
 class MaxConnectionsPerKey(LimitRule):
-    """At most ``limit`` open connections per key (default ``rules.by_ip``)."""
+    """At most ``limit`` open connections per key (default ``rules.by_ip``).
+
+    ``limit`` may be a callable of the connection's
+    :class:`~ws_guard.ConnectionInfo` returning an ``int``, called once at
+    admission (after authentication, so it sees the verified claims).
+    """
 
     stage = Stage.CONNECTION_CAP
     public_name = "MaxConnectionsPerKey"
 
     def __init__(
         self,
-        limit: int,
+        limit: int | Callable[[ConnectionInfo], int],
         key: KeyFunc = by_ip,
         *,
         heartbeat: float = 10.0,
@@ -72,14 +84,21 @@ class MaxConnectionsPerKey(LimitRule):
         name: str | None = None,
     ) -> None:
         super().__init__(enforce=enforce, name=name)
-        self.limit = check_count("MaxConnectionsPerKey limit", limit)
+        #: The per-tier limit callable and its tiers; ``None`` for a fixed limit.
+        self.tiers: Tiers[int] | None = None
+        if is_tiered(limit):
+            self.tiers = Tiers(self.public_name, limit, cap_tier)
+            #: The fixed limit; 0 for a per-tier one.
+            self.limit = 0
+        else:
+            self.limit = check_count("MaxConnectionsPerKey limit", limit)
         # Slots of a dead process live 3 heartbeats: past minutes, its clients
         # would stay locked out long after it died.
         self.heartbeat = check_seconds("MaxConnectionsPerKey heartbeat", heartbeat, maximum=300.0)
         self.key = self._check_key(key, per_connection=False)
         #: A slot lives this long in Redis without a heartbeat.
         self.slot_ttl = 3 * self.heartbeat
-        self.id = self._storage_id(name, f"{limit}")
+        self.id = self._storage_id(name, f"{limit}" if self.tiers is None else tier_name(limit))
         self._counts: dict[str, int] = {}  # memory storage
         self._held: dict[str, set[str]] = {}  # Redis storage: key -> ids this process holds
         self._pending: dict[str, set[str]] = {}  # of those, taken while Redis was away
@@ -89,11 +108,18 @@ class MaxConnectionsPerKey(LimitRule):
         self._writes = 0  # calls in flight that write held slots back (heartbeat, reconcile)
         self._late: list[tuple[str, str]] = []
 
-    def _limit_arg(self) -> int:
-        return self.limit
+    def _limit_arg(self) -> object:
+        return self.limit if self.tiers is None else self.tiers.func
 
-    def count(self, key: str) -> int:
-        """Slots this process holds for *key*."""
+    def bind(self, guard: Runtime) -> None:
+        super().bind(guard)
+        if self.tiers is not None:
+            require_claims(guard, self)
+
+    def count(self, key: str, tier: int | None = None) -> int:
+        """Slots this process holds for *key* (in the tier whose limit is *tier*)."""
+        if tier is not None:
+            key = f"{key}#{tier}"
         if self._redis:
             return len(self._held.get(key, ()))
         return self._counts.get(key, 0)
@@ -120,27 +146,35 @@ class MaxConnectionsPerKey(LimitRule):
                 guard.report_storage_error(exc, "connection cap release")
 
     async def admit(self, conn: RuleContext) -> Close | None:
+        limit = self.limit
+        if self.tiers is not None:
+            resolved = self.tiers.limit_for(conn, self)
+            if isinstance(resolved, Close):
+                return resolved
+            limit = resolved
         key = self.key(conn)
         if key is None:
             return None
+        if self.tiers is not None:
+            key = f"{key}#{limit}"  # a tier counts on its own: its limit is in the key
         if not self._redis:
             count = self._counts.get(key, 0) + 1
-            if count > self.limit and self.enforce:
+            if count > limit and self.enforce:
                 return self._limited()
             self._counts[key] = count
         elif self._acquire is None:
             return None  # the guard shut down; nothing to count against
         else:
-            taken, count = await self._take(conn, key)
+            taken, count = await self._take(conn, key, limit)
             if taken is None:
                 return self._unavailable()
             if not taken:
                 return self._limited()
             self._held.setdefault(key, set()).add(conn.id)
         conn.extra[self] = key
-        return self._limited() if int(count) > self.limit else None  # over only in shadow mode
+        return self._limited() if int(count) > limit else None  # over only in shadow mode
 
-    async def _take(self, conn: RuleContext, key: str) -> tuple[bool | None, int]:
+    async def _take(self, conn: RuleContext, key: str, limit: int) -> tuple[bool | None, int]:
         """Take a slot in Redis, or per process if Redis fails and the policy allows.
 
         Returns (taken, count after); ``taken`` is None when storage failed
@@ -157,12 +191,12 @@ class MaxConnectionsPerKey(LimitRule):
         try:
             taken, count = await self._acquire(
                 [rkey],
-                [self.limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1, *back],
+                [limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1, *back],
             )
         except guard.storage.errors as exc:
             allow = guard.report_storage_error(exc, "connection cap")
             held = len(self._held.get(key, ()))
-            if not allow or (held >= self.limit and self.enforce):
+            if not allow or (held >= limit and self.enforce):
                 # A script that timed out may still run once Redis answers:
                 # take its slot out again at the next write.
                 if len(self._late) < _LATE_MAX:

@@ -11,6 +11,7 @@ real HTTP server on 127.0.0.1.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,17 @@ async def test_jwks_a_token_whose_header_cannot_be_read_is_invalid(
     finally:
         await guard.shutdown()
     assert guard.metrics.snapshot().closes_by_rule == {"token_invalid": 1}
+
+
+@pytest.mark.parametrize(
+    ("make", "bad"),
+    [
+        (lambda: rules.from_header(scheme="Bearer\n"), "'Bearer\\n'"),
+        (lambda: rules.from_subprotocol("access_token\n"), "'access_token\\n'"),
+    ],
+)
+def test_token_source_words_with_a_trailing_newline_are_refused(make: Any, bad: str) -> None:
+    """The same fault as a rule name: ``$`` matches before a final newline."""
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    assert bad in str(info.value)
