@@ -89,6 +89,8 @@ REASON_GOING_AWAY = "going_away"
 REASON_INTERNAL_ERROR = "internal_error"
 #: 1011, the guard: a Redis storage needs asyncio and the server runs trio.
 REASON_UNSUPPORTED_BACKEND = "unsupported_backend"
+#: 1008, ``SlowConsumer``: the app's send waited too long for a client that does not read.
+REASON_SLOW_CONSUMER = "slow_consumer"
 
 #: Counted as the code of an app's close *before* accept: no close frame goes
 #: out, the server refuses the handshake with HTTP 403 (ASGI spec; uvicorn and

@@ -13,14 +13,17 @@ a connection waits for), and here the state machine.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.holds import Holds
+from ws_guard._core.send_watch import SendWatch
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, GUARD_CLOSED, LIVE, OPEN
 from ws_guard._core.tasks import wait_done
 from ws_guard.types import Message
@@ -121,6 +124,48 @@ class Connection(Holds):
             return server_send(message)
         return self._send_slow(message)
 
+    def send_watched(self, message: Message) -> Awaitable[None]:
+        """:meth:`send` for a guard with a rule that watches sends (the plan's ``send_rules``)."""
+        if self.state == OPEN and message["type"] == "websocket.send":
+            return self._send_timed(message)
+        return self._send_slow(message)
+
+    async def _send_timed(self, message: Message) -> None:
+        # One clock read and a few attribute writes per send; the deadline
+        # that looks at them is armed only when none is (_core/send_watch.py).
+        watch = self._sends
+        if watch is None:
+            watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
+        since = self.guard.scheduler.clock()
+        watch.since = since
+        if watch.deadline is None:
+            watch.arm(since)
+        try:
+            if watch.on_asyncio:
+                watch.sender = asyncio.current_task()
+                await self._send(message)
+            else:
+                with anyio.CancelScope() as scope:
+                    watch.scope = scope
+                    await self._send(message)
+                if scope.cancelled_caught:
+                    watch.cut = False
+                    self.guard.metrics.dropped_sends += 1
+        except asyncio.CancelledError:
+            if not watch.cut:
+                raise
+            # ws_guard's own cancel ended the wait: the send was dropped, as
+            # every send after a guard close is. Another cancel goes on.
+            watch.cut = False
+            self.guard.metrics.dropped_sends += 1
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # 3.11+
+            if uncancel is not None and uncancel() > 0:
+                raise
+        finally:
+            watch.since = None
+            watch.sender = None
+            watch.scope = None
+
     async def _send_slow(self, message: Message) -> None:
         state = self.state
         if state == OPEN:
@@ -133,6 +178,11 @@ class Connection(Holds):
                 raise
             return
         if state == GUARD_CLOSED:
+            # Yield once: an app that only sends (a stream to a client that
+            # stopped reading) would otherwise spin without ever letting the
+            # loop run, and app_exit_timeout's deadline with it. Counted
+            # after, so a send cancelled here is not counted as returned.
+            await anyio.lowlevel.checkpoint()
             self.guard.metrics.dropped_sends += 1
             return
         gate = self._gate
@@ -186,6 +236,8 @@ class Connection(Holds):
             await self._finish()
 
     async def _finish(self) -> None:
+        if self._sends is not None:
+            self._sends.cancel()
         if self._deadlines is not None:
             for deadline in self._deadlines:
                 deadline.cancel()
