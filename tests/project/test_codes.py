@@ -64,7 +64,7 @@ def test_the_scan_reads_the_source_not_a_cache() -> None:
     assert fresh.codes["overloaded"] == {codes.TRY_AGAIN_LATER}
     assert fresh.codes["going_away"] == {codes.GOING_AWAY}
     assert fresh.codes["content:"] == {codes.POLICY_VIOLATION}
-    assert len(fresh.codes) == 20
+    assert len(fresh.codes) == 21
 
 
 def slug_literals(source: str) -> list[tuple[int, str]]:
