@@ -69,6 +69,7 @@ BOTH_BACKEND_FILES = frozenset(
         "unit/rules/test_keys.py",
         "unit/rules/test_message_rules.py",
         "unit/rules/test_origin.py",
+        "unit/rules/test_slow_consumer.py",
         "unit/test_coverage_testing.py",
         "unit/test_smoke.py",
     }
