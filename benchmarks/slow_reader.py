@@ -83,7 +83,12 @@ def make_app(cap: int, guard_seconds: float | None) -> Any:
             started = stats["pending_since"] = clock()
             await send({"type": "websocket.send", "bytes": payload})
             stats["pending_since"] = None
-            stats["longest_wait"] = max(stats["longest_wait"], clock() - started)
+            waited = clock() - started
+            stats["longest_wait"] = max(stats["longest_wait"], waited)
+            if guard_seconds is not None and waited > guard_seconds / 2:
+                # Held until the guard ended it: read the close, as an app's loop would.
+                stats["received"] = (await receive()).get("reason")
+                return
             stats["sent"] += CHUNK
         stats["send_returned"] = "cap"
 
@@ -166,6 +171,40 @@ def handshake_and_stop_reading(port: int) -> socket.socket:
     return sock
 
 
+def _exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def read_to_close(sock: socket.socket) -> str:
+    """Read the server's frames to the end: what the client finds (a close frame, or EOF)."""
+    sock.settimeout(10)
+    try:
+        while True:
+            header = _exactly(sock, 2)
+            if header is None:
+                return "EOF, no close frame (1006)"
+            opcode, length = header[0] & 0x0F, header[1] & 0x7F
+            if length >= 126:
+                extended = _exactly(sock, 2 if length == 126 else 8) or b""
+                length = int.from_bytes(extended, "big")
+            payload = _exactly(sock, length)
+            if payload is None:
+                return "EOF, no close frame (1006)"
+            if opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big")
+                return f"close {code} {payload[2:].decode()}"
+    except TimeoutError:
+        return "nothing more within 10 s (connection left open)"
+    except OSError as exc:
+        return f"{type(exc).__name__}"
+
+
 def measure(kind: str, seconds: float, cap: int, guard_seconds: float | None) -> dict[str, Any]:
     port = free_port()
     args = [sys.executable, str(HERE), "--serve", kind, "--port", str(port), "--cap", str(cap)]
@@ -193,6 +232,8 @@ def measure(kind: str, seconds: float, cap: int, guard_seconds: float | None) ->
                 if stats(port)["send_returned"] == "cap":
                     break
             last = stats(port)
+            # The client reads again, after the stall: what reaches it.
+            found = read_to_close(sock) if guard_seconds is not None else ""
         finally:
             sock.close()
     finally:
@@ -212,6 +253,7 @@ def measure(kind: str, seconds: float, cap: int, guard_seconds: float | None) ->
         "longest_wait_s": round(last["longest_wait"], 2),
         "closes": last["closes"],
         "dropped": last["dropped"],
+        "found": found,
     }
 
 
@@ -232,8 +274,11 @@ def main() -> None:
         print("| server | app's send() | bytes sent before it waits | waiting for | RSS growth |")
         print("| --- | --- | --- | --- | --- |")
     else:
-        print("| server | longest send | closes by rule | sends dropped | pending now |")
-        print("| --- | --- | --- | --- | --- |")
+        print(
+            "| server | longest send | closes by rule | sends dropped | pending at the end "
+            "| the client, reading after the stall, finds |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
     for kind in args.servers:
         row = measure(kind, args.seconds, args.cap * MIB, args.guard)
         if args.guard is None:
@@ -245,7 +290,7 @@ def main() -> None:
         else:
             print(
                 f"| {row['server']} | {row['longest_wait_s']} s | {row['closes']} "
-                f"| {row['dropped']} | {row['pending_for_s']} s |",
+                f"| {row['dropped']} | {row['pending_for_s']} s | {row['found']} |",
                 flush=True,
             )
 
