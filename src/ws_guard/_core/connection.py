@@ -131,40 +131,44 @@ class Connection(Holds):
         return self._send_slow(message)
 
     async def _send_timed(self, message: Message) -> None:
-        # One clock read and a few attribute writes per send; the deadline
-        # that looks at them is armed only when none is (_core/send_watch.py).
+        # One clock read and a dict entry per send; the deadline that looks
+        # at them is armed only when none is (_core/send_watch.py).
         watch = self._sends
         if watch is None:
             watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
         since = self.guard.scheduler.clock()
-        watch.since = since
         if watch.deadline is None:
             watch.arm(since)
-        try:
-            if watch.on_asyncio:
-                watch.sender = asyncio.current_task()
-                await self._send(message)
-            else:
-                with anyio.CancelScope() as scope:
-                    watch.scope = scope
+        pending = watch.pending
+        if not watch.on_asyncio:
+            with anyio.CancelScope() as scope:
+                pending[scope] = since
+                try:
                     await self._send(message)
-                if scope.cancelled_caught:
-                    watch.cut = False
-                    self.guard.metrics.dropped_sends += 1
+                finally:
+                    del pending[scope]
+            if scope.cancelled_caught:
+                self.guard.metrics.dropped_sends += 1
+            return
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to end it by, so not timed
+            await self._send(message)
+            return
+        pending[task] = since
+        try:
+            await self._send(message)
         except asyncio.CancelledError:
-            if not watch.cut:
+            if task not in watch.cut:
                 raise
             # ws_guard's own cancel ended the wait: the send was dropped, as
             # every send after a guard close is. Another cancel goes on.
-            watch.cut = False
+            watch.cut.discard(task)
             self.guard.metrics.dropped_sends += 1
-            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # 3.11+
+            uncancel = getattr(task, "uncancel", None)  # 3.11+
             if uncancel is not None and uncancel() > 0:
                 raise
         finally:
-            watch.since = None
-            watch.sender = None
-            watch.scope = None
+            del pending[task]
 
     async def _send_slow(self, message: Message) -> None:
         state = self.state

@@ -20,7 +20,7 @@ scope around that one await.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -34,38 +34,26 @@ if TYPE_CHECKING:
 
 
 class SendWatch:
-    """One connection's pending send: when it started and what can end it.
+    """One connection's pending sends: when each started and what can end it.
 
     *rules* are the plan's ``send_rules``: ``(limit seconds, rule)``,
-    shortest limit first.
+    shortest limit first. An app may send from several tasks at once, so
+    each pending send is kept by what ends it: the task that awaits it
+    (asyncio) or the cancel scope around its await (elsewhere).
     """
 
-    __slots__ = (
-        "_conn",
-        "_rules",
-        "cut",
-        "deadline",
-        "on_asyncio",
-        "reported",
-        "scope",
-        "sender",
-        "since",
-    )
+    __slots__ = ("_conn", "_rules", "cut", "deadline", "on_asyncio", "pending", "reported")
 
     def __init__(self, conn: RuleContext, rules: tuple[tuple[float, Rule], ...]) -> None:
         self._conn = conn
         self._rules = rules
-        #: Scheduler-clock seconds when the pending send started; None: none pending.
-        self.since: float | None = None
+        #: Pending sends: what ends each -> scheduler-clock seconds when it started.
+        self.pending: dict[asyncio.Task[Any] | anyio.CancelScope, float] = {}
         self.deadline: Deadline | None = None
         #: Which way a pending send is ended (see the module docstring).
         self.on_asyncio = on_asyncio()
-        #: The task that awaits the pending send (asyncio).
-        self.sender: asyncio.Task[object] | None = None
-        #: The cancel scope around the pending send's await (not asyncio).
-        self.scope: anyio.CancelScope | None = None
-        #: ws_guard ended the pending send: its await catches that cancel.
-        self.cut = False
+        #: Tasks whose send ws_guard ended: their await takes that cancel back.
+        self.cut: set[asyncio.Task[Any]] = set()
         #: Shadow rules that reported this connection already (each reports once).
         self.reported: set[Rule] | None = None
 
@@ -74,12 +62,13 @@ class SendWatch:
         self.deadline = self._conn.guard.scheduler.call_at(since + self._rules[0][0], self.fire)
 
     def fire(self) -> None:
-        """The deadline: ask the rules whose limit the pending send has passed."""
+        """The deadline: ask the rules whose limit the oldest pending send has passed."""
         self.deadline = None
-        since = self.since
+        pending = self.pending
         conn = self._conn
-        if since is None or conn.state != OPEN:
+        if not pending or conn.state != OPEN:
             return  # nothing waits; the next send arms again
+        since = min(pending.values())
         scheduler = conn.guard.scheduler
         waited = scheduler.now() - since
         reported = self.reported
@@ -98,15 +87,15 @@ class SendWatch:
                     reported = self.reported = set()
                 reported.add(rule)
                 continue
-            self._end_pending_send()
+            self._end_pending_sends()
             return
 
-    def _end_pending_send(self) -> None:
-        self.cut = True
-        if self.sender is not None:
-            self.sender.cancel()
-        elif self.scope is not None:
-            self.scope.cancel()
+    def _end_pending_sends(self) -> None:
+        """The connection is closed: every pending send returns (dropped)."""
+        for sender in list(self.pending):
+            if isinstance(sender, asyncio.Task):
+                self.cut.add(sender)
+            sender.cancel()
 
     def cancel(self) -> None:
         """The connection ended: drop its deadline."""

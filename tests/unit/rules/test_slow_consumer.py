@@ -336,3 +336,110 @@ def test_enforce_and_name_are_checked_like_every_rule() -> None:
         rules.SlowConsumer(1, name="")
     rule = rules.SlowConsumer(1.5, name="stream", enforce=False)
     assert repr(rule) == "SlowConsumer(1.5, name='stream', enforce=False)"
+
+
+async def test_sends_from_two_tasks_are_each_timed_and_both_end_at_the_close() -> None:
+    clock = ManualClock(100.0)
+    guard = Guard(rules=[rules.SlowConsumer(2.0)], clock=clock)
+    returned: list[str] = []
+    go = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+        async def pusher(text: str, start: anyio.Event) -> None:
+            await start.wait()
+            await send({"type": "websocket.send", "text": text})
+            returned.append(text)
+
+        later = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(pusher, "first", go)
+            group.start_soon(pusher, "second", later)
+            await go.wait()
+            await settle()
+            clock.now = 101.0
+            later.set()  # the second send starts a second after the first
+        returned.append(str(await receive()))
+
+    server = StallingServer(WSGuardMiddleware(app, guard=guard))
+    server.start()
+    await until(lambda: server.sent == [{"type": "websocket.accept"}], "accepted")
+    server.stall()
+    go.set()
+    await settle()
+    clock.now = 101.9
+    guard.scheduler.run_due()
+    await settle()
+    assert returned == []
+    clock.now = 102.0  # the first send's limit: both pending sends end
+    guard.scheduler.run_due()
+    await until(lambda: len(returned) == 3, "both sends and the read returned")
+    assert sorted(returned[:2]) == ["first", "second"]
+    assert returned[2] == str(SLOW_DISCONNECT)
+    server.drain()
+    await server.finished()
+    snap = guard.metrics.snapshot()
+    assert dict(snap.closes_by_rule) == {"slow_consumer": 1}
+    assert snap.dropped_sends == 2
+    assert server.sent == [{"type": "websocket.accept"}, SLOW_CLOSE]
+
+
+async def test_a_send_still_pending_after_another_returned_is_timed_from_its_own_start() -> None:
+    clock = ManualClock(100.0)
+    guard = Guard(rules=[rules.SlowConsumer(2.0)], clock=clock)
+    returned: list[str] = []
+    go = {"first": anyio.Event(), "second": anyio.Event()}
+    second_out = anyio.Event()
+
+    class HoldsSecond(StallingServer):
+        """Holds the frame "second" after the client reads again, until the test says."""
+
+        async def send(self, message: Message) -> None:
+            if message.get("text") == "second":
+                await second_out.wait()
+            await super().send(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+        async def pusher(text: str) -> None:
+            await go[text].wait()
+            await send({"type": "websocket.send", "text": text})
+            returned.append(text)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(pusher, "first")
+            group.start_soon(pusher, "second")
+        returned.append(str(await receive()))
+
+    server = HoldsSecond(WSGuardMiddleware(app, guard=guard))
+    server.start()
+    await until(lambda: server.sent == [{"type": "websocket.accept"}], "accepted")
+    server.stall()
+    go["first"].set()  # pending from 100.0
+    await settle()
+    clock.now = 101.0
+    go["second"].set()  # pending from 101.0, while the first still waits
+    await settle()
+    server.drain()  # the client reads: "first" goes out, "second" stays held
+    await until(lambda: returned == ["first"], "first returned")
+    clock.now = 102.5  # past the deadline the first send armed (102.0)
+    guard.scheduler.run_due()
+    await settle()
+    assert returned == ["first"]  # the second has waited 1.5 s of its 2
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {}
+    clock.now = 103.0  # the second's own start plus the limit
+    guard.scheduler.run_due()
+    await until(lambda: len(returned) == 3, "the second send and the read returned")
+    assert returned[1:] == ["second", str(SLOW_DISCONNECT)]
+    second_out.set()
+    await server.finished()
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {"slow_consumer": 1}
+    assert server.sent == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.send", "text": "first"},
+        SLOW_CLOSE,
+    ]
