@@ -443,3 +443,44 @@ async def test_a_send_still_pending_after_another_returned_is_timed_from_its_own
         {"type": "websocket.send", "text": "first"},
         SLOW_CLOSE,
     ]
+
+
+async def test_a_dropped_send_yields_so_a_send_only_app_cannot_starve_the_loop() -> None:
+    clock = ManualClock(100.0)
+    guard = Guard(rules=[rules.SlowConsumer(1.0)], clock=clock)
+    ticks = [0]
+    seen: list[int] = []
+    stop = anyio.Event()
+    go = anyio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+            await anyio.sleep(0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await go.wait()
+        await send({"type": "websocket.send", "text": "held"})  # ended by the guard
+        before = ticks[0]
+        for _ in range(50):  # dropped at once: a loop with no await of its own
+            await send({"type": "websocket.send", "text": "more"})
+        seen.append(ticks[0] - before)
+
+    server = StallingServer(WSGuardMiddleware(app, guard=guard))
+    server.start()
+    await until(lambda: server.sent == [{"type": "websocket.accept"}], "accepted")
+    server.stall()
+    go.set()
+    await settle()
+    ticking = spawn(ticker())
+    clock.now = 101.0
+    guard.scheduler.run_due()
+    await until(lambda: seen != [], "the app's loop ended")
+    stop.set()
+    await wait_done(ticking)
+    server.drain()
+    await server.finished()
+    assert seen[0] >= 49  # the other task ran between the dropped sends
+    assert guard.metrics.snapshot().dropped_sends == 51
