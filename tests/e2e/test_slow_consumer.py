@@ -9,12 +9,14 @@ Then the client reads everything and finds the close frame.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from typing import Any
 
 import pytest
 
+from tests.support.hypercorn import http, hypercorn_trio
 from tests.support.servers import UVICORN_WS, serve
 from tests.support.slow_reader import read_to_close, stalled_client
 from ws_guard import Guard, WSGuardMiddleware, rules
@@ -133,3 +135,29 @@ def test_shadow_mode_counts_the_slow_client_once_and_keeps_it(kind: str) -> None
         assert app.done.wait(5)
         assert app.after["type"] == "websocket.disconnect"
         assert guard.metrics.snapshot().dropped_sends == 0
+
+
+def test_on_hypercorn_trio_the_close_is_counted_but_the_shielded_send_waits() -> None:
+    # hypercorn -k trio writes inside a shielded cancel scope: nothing can end
+    # the pending send (docs/servers.md, "Backpressure and slow readers").
+    with hypercorn_trio("tests.support.slow_trio_app:app") as (base, _):
+        sock = stalled_client(int(base.rpartition(":")[2]))
+        try:
+            deadline = time.monotonic() + 10
+            while (stats := json.loads(http(base, "/stats")))["closes"] == {}:
+                assert time.monotonic() < deadline, "no close counted"
+                time.sleep(0.02)
+            assert stats["closes"] == {"slow_consumer": 1}
+            assert stats["held"] is None  # the send still waits
+            assert stats["pending_for"] >= LIMIT
+            frames, close = read_to_close(sock)  # the client reads: the send goes out
+        finally:
+            sock.close()
+        assert close == (1008, "slow_consumer")
+        assert frames > 0
+        deadline = time.monotonic() + 5
+        while (stats := json.loads(http(base, "/stats")))["after"] is None:
+            assert time.monotonic() < deadline, "the app never read the close"
+            time.sleep(0.02)
+        assert stats["after"] == "slow_consumer"
+        assert stats["held"] >= LIMIT
