@@ -109,7 +109,7 @@ class ConnectionBase:
         self._held: list[Rule] | None = None
         self._hold: Job[Close | None] | None = None
         self._asides: set[Job[Any]] | None = None
-        #: The app's pending send, with a rule that watches sends (_core/send_watch.py).
+        #: The app's pending sends, with a rule that watches sends (_core/send_watch.py).
         self._sends: SendWatch | None = None
         #: Set at admission when a first-message token must be verified before
         #: the app's sends may reach the client (see _core/auth_gate.py).

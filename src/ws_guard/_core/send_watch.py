@@ -70,7 +70,9 @@ class SendWatch:
             return  # nothing waits; the next send arms again
         since = min(pending.values())
         scheduler = conn.guard.scheduler
-        waited = scheduler.now() - since
+        # The clock the sends read (uvloop's loop time is cached to the
+        # millisecond and may lag it): a send at its limit is due, not early.
+        waited = scheduler.clock() - since
         reported = self.reported
         for limit, rule in self._rules:
             if reported is not None and rule in reported:
