@@ -1,17 +1,17 @@
-"""How long the app's pending send has waited for the client, and ending that wait.
+"""How long the app's pending sends have waited for the client, and ending that wait.
 
 Only for a guard with a rule that watches sends (``SlowConsumer``; the
 plan's ``send_rules``): the connection then hands the app a send that
-records when each send started (one clock read) and clears it when the
-send returns. One deadline per connection on the guard's shared heap looks
-at it: armed by a send when none is armed, at the start plus the shortest
-limit. When it fires it finds the pending send (if any), asks each rule
-whose limit that send has passed, and re-arms for the next limit or for a
-newer send, or not at all when nothing is pending. So a connection whose
-sends return at once costs one heap entry per limit of time, never a timer
-or a task per send.
+records when each send started (one clock read, one dict entry) and drops
+the entry when the send returns. One deadline per connection on the
+guard's shared heap looks at them: armed by a send when none is armed, at
+its start plus the shortest limit. When it fires it takes the oldest
+pending send (if any), asks each rule whose limit that send has passed,
+and re-arms for the next limit or for a newer send, or not at all when
+nothing is pending. So a connection whose sends return at once costs one
+heap entry per limit of time, never a timer or a task per send.
 
-Ending the wait cancels only the send's own await: on asyncio the task
+Ending the wait cancels only the sends' own awaits: on asyncio the task
 that sends (``Task.cancel``, taken back with ``uncancel`` where the send
 catches it, as ``asyncio.timeout`` does); elsewhere (trio) an anyio cancel
 scope around that one await.
