@@ -15,8 +15,10 @@ the server's resident memory (``/proc/<pid>/status``) for ``--seconds``:
     python benchmarks/slow_reader.py                 # every server
     python benchmarks/slow_reader.py --servers wsproto hypercorn-trio
 
-Run with this checkout's ``src`` on ``PYTHONPATH`` only when ``--guard`` is
-given (the guarded run adds ``rules.SlowConsumer``).
+With ``--guard SECONDS`` the app runs behind this checkout's ws_guard with
+``rules.SlowConsumer(SECONDS)``, stops after a send that was held, and the
+table says what the guard did and what the client finds when it reads again
+after the stall.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from typing import Any
 from _children import exit_on_sigterm, spawn
 
 HERE = Path(__file__).resolve()
+# Serve this checkout's ws_guard, not whatever copy is installed.
+SRC = str(HERE.parent.parent / "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
 SERVERS = ("websockets-sansio", "websockets", "wsproto", "hypercorn-asyncio", "hypercorn-trio")
 CHUNK = 16 * 1024
 MIB = 1024 * 1024
