@@ -23,7 +23,7 @@ import anyio.lowlevel
 
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.holds import Holds
-from ws_guard._core.send_watch import SendWatch
+from ws_guard._core.send_watch import SendWatch, current_task
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, GUARD_CLOSED, LIVE, OPEN
 from ws_guard._core.tasks import wait_done
 from ws_guard.types import Message
@@ -124,37 +124,29 @@ class Connection(Holds):
             return server_send(message)
         return self._send_slow(message)
 
-    def send_watched(self, message: Message) -> Awaitable[None]:
-        """:meth:`send` for a guard with a rule that watches sends (the plan's ``send_rules``)."""
-        if self.state == OPEN and message["type"] == "websocket.send":
-            return self._send_timed(message)
-        return self._send_slow(message)
+    async def send_watched(self, message: Message) -> None:
+        """:meth:`send` for a guard with a rule that watches sends (the plan's ``send_rules``).
 
-    async def _send_timed(self, message: Message) -> None:
-        # One clock read and a dict entry per send; the deadline that looks
-        # at them is armed only when none is (_core/send_watch.py).
+        A coroutine itself (one frame, not two, per send): an open
+        ``websocket.send`` is entered in the connection's
+        :class:`SendWatch` while it is pending; the rest goes to
+        :meth:`_send_slow`.
+        """
+        if self.state != OPEN or message["type"] != "websocket.send":
+            await self._send_slow(message)
+            return
         watch = self._sends
         if watch is None:
             watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
-        since = self.guard.scheduler.clock()
-        if watch.deadline is None:
-            watch.arm(since)
+        loop = watch.loop
+        if loop is None:
+            await self._send_scoped(watch, message)
+            return
+        task = current_task(loop)
         pending = watch.pending
-        if not watch.on_asyncio:
-            with anyio.CancelScope() as scope:
-                pending[scope] = since
-                try:
-                    await self._send(message)
-                finally:
-                    del pending[scope]
-            if scope.cancelled_caught:
-                self.guard.metrics.dropped_sends += 1
-            return
-        task = asyncio.current_task()
-        if task is None:  # not in a task: nothing to end it by, so not timed
-            await self._send(message)
-            return
-        pending[task] = since
+        pending[task] = None
+        if watch.deadline is None:
+            watch.arm(task)
         try:
             await self._send(message)
         except asyncio.CancelledError:
@@ -169,6 +161,20 @@ class Connection(Holds):
                 raise
         finally:
             del pending[task]
+
+    async def _send_scoped(self, watch: SendWatch, message: Message) -> None:
+        """:meth:`send_watched` off asyncio (trio): the send's await in a cancel scope."""
+        pending = watch.pending
+        with anyio.CancelScope() as scope:
+            pending[scope] = None
+            if watch.deadline is None:
+                watch.arm(scope)
+            try:
+                await self._send(message)
+            finally:
+                del pending[scope]
+        if scope.cancelled_caught:
+            self.guard.metrics.dropped_sends += 1
 
     async def _send_slow(self, message: Message) -> None:
         state = self.state

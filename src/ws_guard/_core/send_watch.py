@@ -2,14 +2,17 @@
 
 Only for a guard with a rule that watches sends (``SlowConsumer``; the
 plan's ``send_rules``): the connection then hands the app a send that
-records when each send started (one clock read, one dict entry) and drops
-the entry when the send returns. One deadline per connection on the
-guard's shared heap looks at them: armed by a send when none is armed, at
-its start plus the shortest limit. When it fires it takes the oldest
-pending send (if any), asks each rule whose limit that send has passed,
-and re-arms for the next limit or for a newer send, or not at all when
-nothing is pending. So a connection whose sends return at once costs one
-heap entry per limit of time, never a timer or a task per send.
+enters each send in a dict while it is pending, and reads no clock (a
+clock read costs as much as the rest of the send's bookkeeping; see
+docs/benchmarks.md). One deadline per connection on the guard's shared
+heap looks at the dict, every quarter of the shortest limit while sends
+are pending: it stamps a send it sees for the first time with the time it
+sees it, so a send is timed from at most a quarter limit after it started
+and is never closed early. The send that arms the deadline is stamped
+exactly (arming reads the clock anyway). When nothing is pending the
+deadline is not re-armed; the next send arms it. So a connection whose
+sends return at once costs one heap entry per quarter limit of sending,
+never a timer or a task per send.
 
 Ending the wait cancels only the sends' own awaits: on asyncio the task
 that sends (``Task.cancel``, taken back with ``uncancel`` where the send
@@ -20,9 +23,9 @@ scope around that one await.
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import anyio
 
 from ws_guard._core.states import OPEN
 from ws_guard._core.tasks import on_asyncio
@@ -33,52 +36,95 @@ if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
 
 
+def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    """The cheapest ``current_task(loop)`` this Python has.
+
+    From 3.12 ``asyncio.current_task`` is written in C. Before, it is a
+    Python function around the ``_current_tasks`` dict (about a microsecond
+    per send here); that dict's ``get`` gives the same answer.
+    """
+    if sys.version_info < (3, 12):
+        tasks = getattr(asyncio.tasks, "_current_tasks", None)
+        if isinstance(tasks, dict):
+            get: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = tasks.get
+            return get
+    return asyncio.current_task
+
+
+#: ``current_task(loop)``: the task running on *loop*.
+current_task = _task_lookup()
+
+
 class SendWatch:
-    """One connection's pending sends: when each started and what can end it.
+    """One connection's pending sends: what ends each, and when it was first seen.
 
     *rules* are the plan's ``send_rules``: ``(limit seconds, rule)``,
     shortest limit first. An app may send from several tasks at once, so
-    each pending send is kept by what ends it: the task that awaits it
-    (asyncio) or the cancel scope around its await (elsewhere).
+    each pending send is kept by what ends it. Its value is the
+    scheduler-clock time it was first seen pending, ``None`` until the
+    deadline sees it.
     """
 
-    __slots__ = ("_conn", "_rules", "cut", "deadline", "on_asyncio", "pending", "reported")
+    __slots__ = (
+        "_conn",
+        "_rules",
+        "_step",
+        "cut",
+        "deadline",
+        "loop",
+        "on_asyncio",
+        "pending",
+        "reported",
+    )
 
     def __init__(self, conn: RuleContext, rules: tuple[tuple[float, Rule], ...]) -> None:
         self._conn = conn
         self._rules = rules
-        #: Pending sends: what ends each -> scheduler-clock seconds when it started.
-        self.pending: dict[asyncio.Task[Any] | anyio.CancelScope, float] = {}
+        #: Seconds between two looks while sends are pending.
+        self._step = rules[0][0] / 4
+        self.pending: dict[Any, float | None] = {}
         self.deadline: Deadline | None = None
         #: Which way a pending send is ended (see the module docstring).
         self.on_asyncio = on_asyncio()
+        #: The asyncio loop (for :data:`current_task`); None elsewhere.
+        self.loop = asyncio.get_running_loop() if self.on_asyncio else None
         #: Tasks whose send ws_guard ended: their await takes that cancel back.
         self.cut: set[asyncio.Task[Any]] = set()
         #: Shadow rules that reported this connection already (each reports once).
         self.reported: set[Rule] | None = None
 
-    def arm(self, since: float) -> None:
-        """A send started at *since* and no deadline is armed: arm one."""
-        self.deadline = self._conn.guard.scheduler.call_at(since + self._rules[0][0], self.fire)
+    def arm(self, sender: Any) -> None:
+        """*sender*'s send starts and no deadline is armed: stamp it and arm one."""
+        if self.reported is not None and len(self.reported) == len(self._rules):
+            return  # every rule is a shadow one that has reported: nothing left to watch
+        scheduler = self._conn.guard.scheduler
+        now = scheduler.clock()
+        self.pending[sender] = now
+        self.deadline = scheduler.call_at(now + self._step, self.fire)
 
     def fire(self) -> None:
-        """The deadline: ask the rules whose limit the oldest pending send has passed."""
+        """The deadline: stamp new pending sends, ask the rules the oldest has passed."""
         self.deadline = None
         pending = self.pending
         conn = self._conn
         if not pending or conn.state != OPEN:
             return  # nothing waits; the next send arms again
-        since = min(pending.values())
         scheduler = conn.guard.scheduler
-        # The clock the sends read (uvloop's loop time is cached to the
-        # millisecond and may lag it): a send at its limit is due, not early.
-        waited = scheduler.clock() - since
+        now = scheduler.clock()
+        oldest = now
+        for sender, seen in pending.items():
+            if seen is None:
+                pending[sender] = now  # started since the last look: at the latest now
+            elif seen < oldest:
+                oldest = seen
+        waited = now - oldest
         reported = self.reported
         for limit, rule in self._rules:
             if reported is not None and rule in reported:
                 continue
             if waited < limit:
-                self.deadline = scheduler.call_at(since + limit, self.fire)
+                # Back when this send's limit is up, or sooner to stamp newer sends.
+                self.deadline = scheduler.call_at(min(oldest + limit, now + self._step), self.fire)
                 return
             close = rule.send_waited(conn, waited)
             if close is None:

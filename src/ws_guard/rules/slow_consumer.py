@@ -10,8 +10,9 @@ pending longer than ``seconds`` closes the connection with 1008
 a guard close is), so the app's loop moves on.
 
 The engine does the timing (``_core/send_watch.py``): one deadline per
-connection on the guard's shared heap, armed by the first send, and a
-clock read per send. The rule only decides.
+connection on the guard's shared heap that looks at the pending sends every
+quarter of the limit, and no clock read per send; so a send is closed after
+``seconds`` and at most a quarter of ``seconds`` later. The rule only decides.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class SlowConsumer(Rule):
     """Close with 1008 ``slow_consumer`` when an app send waits over ``seconds`` for the client.
 
     *seconds* (float, > 0, at most 600) is how long one ``send()`` may stay
-    pending because the client does not read. The pending send then returns
+    pending because the client does not read (closed within a quarter of
+    *seconds* after that, never before). The pending send then returns
     without sending, counted in ``metrics.dropped_sends``; so do later ones.
     With ``enforce=False`` the first such wait of a connection is counted and
     logged once, and the send keeps waiting.

@@ -108,6 +108,21 @@ async def until(condition: Any, what: str) -> None:
     assert condition(), what
 
 
+async def advance(guard: Guard, clock: ManualClock, to: float, step: float = 0.01) -> None:
+    """Move the clock to *to* in small steps, running what is due at each.
+
+    What the loop's timer does: a deadline runs (about) when it is due, not
+    at the end of a long jump.
+    """
+    while clock.now + step < to:
+        clock.now = round(clock.now + step, 6)
+        guard.scheduler.run_due()
+        await settle()
+    clock.now = to
+    guard.scheduler.run_due()
+    await settle()
+
+
 def start(guard: Guard) -> tuple[StallingServer, Streamer]:
     app = Streamer()
     server = StallingServer(WSGuardMiddleware(app, guard=guard))
@@ -119,18 +134,17 @@ async def test_a_send_waiting_past_the_limit_closes_1008_and_returns_dropped() -
     clock = ManualClock(100.0)
     guard = Guard(rules=[rules.SlowConsumer(2.0)], clock=clock)
     server, app = start(guard)
-    app.push("a")
+    app.push("a")  # returns at once; arms the deadline for a look at 100.5
     await until(lambda: app.returned == ["a"], "first send returned")
+    await advance(guard, clock, 100.5)  # the look finds nothing pending and stops
+    assert len(guard.scheduler) == 0
     server.stall()
-    app.push("b")
+    app.push("b")  # arms again, stamped exactly: 100.5
     await settle()
-    clock.now = 101.999
-    guard.scheduler.run_due()
-    await settle()
+    await advance(guard, clock, 102.49)
     assert app.returned == ["a"]  # still waiting, under the limit
     assert guard.metrics.snapshot().closes_by_rule == {}
-    clock.now = 102.0
-    assert guard.scheduler.run_due() == 1
+    await advance(guard, clock, 102.5)
     await until(lambda: app.returned == ["a", "b"], "the pending send returned")
     app.push("c", "read")  # a send after the close is dropped; the read sees the close
     await until(lambda: app.received != [], "the app's read returned")
@@ -149,6 +163,27 @@ async def test_a_send_waiting_past_the_limit_closes_1008_and_returns_dropped() -
     assert snap.dropped_sends == 2  # "b", ended by the guard, and "c"
     assert snap.active_connections == 0
     assert len(guard.scheduler) == 0
+
+
+async def test_a_send_seen_at_the_next_look_closes_at_most_a_quarter_limit_late() -> None:
+    clock = ManualClock(100.0)
+    guard = Guard(rules=[rules.SlowConsumer(2.0)], clock=clock)
+    server, app = start(guard)
+    app.push("a")  # arms the deadline: a look at 100.5
+    await until(lambda: app.returned == ["a"], "first send returned")
+    clock.now = 100.2
+    server.stall()
+    app.push("b")  # starts at 100.2 under the armed deadline: no clock read, not stamped
+    await settle()
+    await advance(guard, clock, 102.49)  # stamped at the 100.5 look: never closed early
+    assert guard.metrics.snapshot().closes_by_rule == {}
+    await advance(guard, clock, 102.5)  # 2.3 s after it started: within 2 + 2 / 4
+    await until(lambda: app.returned == ["a", "b"], "the pending send returned")
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {"slow_consumer": 1}
+    app.push("read")
+    server.drain()
+    await server.finished()
+    assert app.received == [SLOW_DISCONNECT]
 
 
 async def test_sends_that_each_wait_under_the_limit_never_close() -> None:
@@ -174,7 +209,7 @@ async def test_sends_that_each_wait_under_the_limit_never_close() -> None:
     assert app.received == [{"type": "websocket.disconnect", "code": 1000}]
 
 
-async def test_sends_that_return_at_once_arm_one_deadline_per_limit_of_time() -> None:
+async def test_sends_that_return_at_once_cost_one_look_per_quarter_limit() -> None:
     clock = ManualClock(100.0)
     guard = Guard(rules=[rules.SlowConsumer(1.0)], clock=clock)
     server, app = start(guard)
@@ -182,9 +217,10 @@ async def test_sends_that_return_at_once_arm_one_deadline_per_limit_of_time() ->
     for i in range(50):  # 0.1 s apart: 5 s of sending
         app.push(f"m{i}")
         await until(lambda i=i: len(app.returned) == i + 1, "send returned")
+        assert len(guard.scheduler) == 1  # one deadline for the connection, never one per send
         clock.now += 0.1
         fired += guard.scheduler.run_due()
-    assert fired in (4, 5)  # once a second, not once a send
+    assert 10 <= fired <= 20  # at most one look every 0.25 s, re-armed by the next send
     assert guard.metrics.snapshot().closes_by_rule == {}
     server.incoming.append({"type": "websocket.disconnect", "code": 1000})
     server.more.set()
@@ -386,7 +422,7 @@ async def test_sends_from_two_tasks_are_each_timed_and_both_end_at_the_close() -
     assert server.sent == [{"type": "websocket.accept"}, SLOW_CLOSE]
 
 
-async def test_a_send_still_pending_after_another_returned_is_timed_from_its_own_start() -> None:
+async def test_a_send_still_pending_after_another_returned_is_timed_on_its_own() -> None:
     clock = ManualClock(100.0)
     guard = Guard(rules=[rules.SlowConsumer(2.0)], clock=clock)
     returned: list[str] = []
@@ -424,15 +460,13 @@ async def test_a_send_still_pending_after_another_returned_is_timed_from_its_own
     clock.now = 101.0
     go["second"].set()  # pending from 101.0, while the first still waits
     await settle()
+    guard.scheduler.run_due()  # the look due at 100.5, late: "second" stamped 101.0
     server.drain()  # the client reads: "first" goes out, "second" stays held
     await until(lambda: returned == ["first"], "first returned")
-    clock.now = 102.5  # past the deadline the first send armed (102.0)
-    guard.scheduler.run_due()
-    await settle()
-    assert returned == ["first"]  # the second has waited 1.5 s of its 2
+    await advance(guard, clock, 102.99)  # past the first send's limit (102.0)
+    assert returned == ["first"]  # the second has waited under 2 s
     assert dict(guard.metrics.snapshot().closes_by_rule) == {}
-    clock.now = 103.0  # the second's own start plus the limit
-    guard.scheduler.run_due()
+    await advance(guard, clock, 103.0)  # the second's own stamp plus the limit
     await until(lambda: len(returned) == 3, "the second send and the read returned")
     assert returned[1:] == ["second", str(SLOW_DISCONNECT)]
     second_out.set()
