@@ -139,42 +139,54 @@ class Connection(Holds):
         if watch is None:
             watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
         loop = watch.loop
-        if loop is None:
-            await self._send_scoped(watch, message)
+        if loop is None or watch.task is not None:
+            await self._send_aside(watch, message)  # off asyncio, or a second sending task
             return
         task = current_task(loop)
-        pending = watch.pending
-        pending[task] = None
+        watch.task = task
         if watch.deadline is None:
-            watch.arm(task)
+            watch.seen = watch.arm()
         try:
             await self._send(message)
         except asyncio.CancelledError:
-            if task not in watch.cut:
+            if task not in watch.cut or self._send_ended(watch, task):
                 raise
-            # ws_guard's own cancel ended the wait: the send was dropped, as
-            # every send after a guard close is. Another cancel goes on.
-            watch.cut.discard(task)
-            self.guard.metrics.dropped_sends += 1
-            uncancel = getattr(task, "uncancel", None)  # 3.11+
-            if uncancel is not None and uncancel() > 0:
+        finally:
+            watch.task = watch.seen = None
+
+    async def _send_aside(self, watch: SendWatch, message: Message) -> None:
+        """:meth:`send_watched` for a send in ``watch.pending``: by a cancel scope, or a task."""
+        pending = watch.pending
+        if watch.loop is None:  # not asyncio (trio): the await in a cancel scope of its own
+            with anyio.CancelScope() as scope:
+                pending[scope] = watch.arm() if watch.deadline is None else None
+                try:
+                    await self._send(message)
+                finally:
+                    del pending[scope]
+            if scope.cancelled_caught:
+                self.guard.metrics.dropped_sends += 1
+            return
+        task = current_task(watch.loop)
+        pending[task] = watch.arm() if watch.deadline is None else None
+        try:
+            await self._send(message)
+        except asyncio.CancelledError:
+            if task not in watch.cut or self._send_ended(watch, task):
                 raise
         finally:
             del pending[task]
 
-    async def _send_scoped(self, watch: SendWatch, message: Message) -> None:
-        """:meth:`send_watched` off asyncio (trio): the send's await in a cancel scope."""
-        pending = watch.pending
-        with anyio.CancelScope() as scope:
-            pending[scope] = None
-            if watch.deadline is None:
-                watch.arm(scope)
-            try:
-                await self._send(message)
-            finally:
-                del pending[scope]
-        if scope.cancelled_caught:
-            self.guard.metrics.dropped_sends += 1
+    def _send_ended(self, watch: SendWatch, task: asyncio.Task[Any] | None) -> bool:
+        """ws_guard's own cancel ended *task*'s send: count a dropped send, take the cancel back.
+
+        True when the task was cancelled by someone else too: that cancel
+        goes on (the caller re-raises).
+        """
+        watch.cut.discard(task)
+        self.guard.metrics.dropped_sends += 1
+        uncancel = getattr(task, "uncancel", None)  # 3.11+
+        return uncancel is not None and uncancel() > 0
 
     async def _send_slow(self, message: Message) -> None:
         state = self.state

@@ -75,6 +75,8 @@ class SendWatch:
         "on_asyncio",
         "pending",
         "reported",
+        "seen",
+        "task",
     )
 
     def __init__(self, conn: RuleContext, rules: tuple[tuple[float, Rule], ...]) -> None:
@@ -82,6 +84,11 @@ class SendWatch:
         self._rules = rules
         #: Seconds between two looks while sends are pending.
         self._step = rules[0][0] / 4
+        #: The usual case, one task sending, in two slots (cheaper than the
+        #: dict per send): its task and when it was first seen pending.
+        self.task: asyncio.Task[Any] | None = None
+        self.seen: float | None = None
+        #: Every other pending send (a second task's, or a cancel scope off asyncio).
         self.pending: dict[Any, float | None] = {}
         self.deadline: Deadline | None = None
         #: Which way a pending send is ended (see the module docstring).
@@ -89,29 +96,38 @@ class SendWatch:
         #: The asyncio loop (for :data:`current_task`); None elsewhere.
         self.loop = asyncio.get_running_loop() if self.on_asyncio else None
         #: Tasks whose send ws_guard ended: their await takes that cancel back.
-        self.cut: set[asyncio.Task[Any]] = set()
+        self.cut: set[asyncio.Task[Any] | None] = set()
         #: Shadow rules that reported this connection already (each reports once).
         self.reported: set[Rule] | None = None
 
-    def arm(self, sender: Any) -> None:
-        """*sender*'s send starts and no deadline is armed: stamp it and arm one."""
+    def arm(self) -> float | None:
+        """A send starts and no deadline is armed: arm one; the send's stamp (now).
+
+        ``None`` when every rule is a shadow one that has reported: nothing
+        is left to watch.
+        """
         if self.reported is not None and len(self.reported) == len(self._rules):
-            return  # every rule is a shadow one that has reported: nothing left to watch
+            return None
         scheduler = self._conn.guard.scheduler
         now = scheduler.clock()
-        self.pending[sender] = now
         self.deadline = scheduler.call_at(now + self._step, self.fire)
+        return now
 
     def fire(self) -> None:
         """The deadline: stamp new pending sends, ask the rules the oldest has passed."""
         self.deadline = None
         pending = self.pending
         conn = self._conn
-        if not pending or conn.state != OPEN:
+        if (self.task is None and not pending) or conn.state != OPEN:
             return  # nothing waits; the next send arms again
         scheduler = conn.guard.scheduler
         now = scheduler.clock()
         oldest = now
+        if self.task is not None:
+            if self.seen is None:
+                self.seen = now  # started since the last look: at the latest now
+            else:
+                oldest = self.seen
         for sender, seen in pending.items():
             if seen is None:
                 pending[sender] = now  # started since the last look: at the latest now
@@ -140,7 +156,10 @@ class SendWatch:
 
     def _end_pending_sends(self) -> None:
         """The connection is closed: every pending send returns (dropped)."""
-        for sender in list(self.pending):
+        senders = list(self.pending)
+        if self.task is not None:
+            senders.append(self.task)
+        for sender in senders:
             if isinstance(sender, asyncio.Task):
                 self.cut.add(sender)
             sender.cancel()
