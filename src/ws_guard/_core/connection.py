@@ -149,7 +149,7 @@ class Connection(Holds):
         try:
             await self._send(message)
         except asyncio.CancelledError:
-            if task not in watch.cut or self._send_ended(watch, task):
+            if not watch.ended(task) or self._send_ended(task):
                 raise
         finally:
             watch.task = watch.seen = None
@@ -172,18 +172,17 @@ class Connection(Holds):
         try:
             await self._send(message)
         except asyncio.CancelledError:
-            if task not in watch.cut or self._send_ended(watch, task):
+            if not watch.ended(task) or self._send_ended(task):
                 raise
         finally:
             del pending[task]
 
-    def _send_ended(self, watch: SendWatch, task: asyncio.Task[Any] | None) -> bool:
+    def _send_ended(self, task: asyncio.Task[Any] | None) -> bool:
         """ws_guard's own cancel ended *task*'s send: count a dropped send, take the cancel back.
 
         True when the task was cancelled by someone else too: that cancel
         goes on (the caller re-raises).
         """
-        watch.cut.discard(task)
         self.guard.metrics.dropped_sends += 1
         uncancel = getattr(task, "uncancel", None)  # 3.11+
         return uncancel is not None and uncancel() > 0

@@ -96,7 +96,8 @@ class SendWatch:
         #: The asyncio loop (for :data:`current_task`); None elsewhere.
         self.loop = asyncio.get_running_loop() if self.on_asyncio else None
         #: Tasks whose send ws_guard ended: their await takes that cancel back.
-        self.cut: set[asyncio.Task[Any] | None] = set()
+        #: Made when it ends one: most connections never need it.
+        self.cut: set[asyncio.Task[Any] | None] | None = None
         #: Shadow rules that reported this connection already (each reports once).
         self.reported: set[Rule] | None = None
 
@@ -161,8 +162,18 @@ class SendWatch:
             senders.append(self.task)
         for sender in senders:
             if isinstance(sender, asyncio.Task):
+                if self.cut is None:
+                    self.cut = set()
                 self.cut.add(sender)
             sender.cancel()
+
+    def ended(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether ws_guard ended *task*'s send (then forget it: the cancel is taken back)."""
+        cut = self.cut
+        if cut is None or task not in cut:
+            return False
+        cut.discard(task)
+        return True
 
     def cancel(self) -> None:
         """The connection ended: drop its deadline."""
