@@ -2,11 +2,12 @@
 
 Only for a guard with a rule that watches sends (``SlowConsumer``; the
 plan's ``send_rules``): the connection then hands the app a send that
-enters each send in a dict while it is pending, and reads no clock (a
-clock read costs as much as the rest of the send's bookkeeping; see
-docs/benchmarks.md). One deadline per connection on the guard's shared
-heap looks at the dict, every quarter of the shortest limit while sends
-are pending: it stamps a send it sees for the first time with the time it
+notes each send while it is pending (the sending task in two slots; a
+second task's send, or a cancel scope off asyncio, in a dict) and reads no
+clock (a clock read costs as much as the rest of the send's bookkeeping;
+see docs/benchmarks.md). One deadline per connection on the guard's shared
+heap looks at them, every quarter of the shortest limit while sends are
+pending: it stamps a send it sees for the first time with the time it
 sees it, so a send is timed from at most a quarter limit after it started
 and is never closed early. The send that arms the deadline is stamped
 exactly (arming reads the clock anyway). When nothing is pending the
