@@ -125,6 +125,14 @@ def _build_lifetime() -> Guard:
     )
 
 
+#: Far above any echo round trip: the benchmark measures watching sends, not closing.
+UNREACHED_SEND_WAIT = 5.0
+
+
+def _build_slow() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.SlowConsumer(UNREACHED_SEND_WAIT)])
+
+
 def _build_all() -> Guard:
     return Guard(
         rules=[_jwt_auth(), *_message_rules(), rules.MessageRate(UNREACHED_RATE)],
@@ -163,6 +171,10 @@ VARIANTS: dict[str, Variant] = {
         "rules + JWTAuth(HS256, ?token=, refresh on): one token per connection",
         _build_jwt,
         client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "slow": Variant(
+        f"rules + SlowConsumer({UNREACHED_SEND_WAIT}): every app send timed",
+        _build_slow,
     ),
     "all": Variant(
         "jwt + MessageRate per connection + ConnectionCount(10 000) + EventLoopLag(0.25 s) "

@@ -95,6 +95,8 @@ REASON_IDLE_TIMEOUT = "idle_timeout"
 REASON_MAX_LIFETIME = "max_lifetime"
 #: 1008 with a retry hint, ``rules.MessageRate(match=...)``: ``rate_limited:<name>``.
 REASON_RATE_LIMITED_PREFIX = "rate_limited:"
+#: 1008, ``SlowConsumer``: the app's send waited too long for a client that does not read.
+REASON_SLOW_CONSUMER = "slow_consumer"
 
 #: Counted as the code of an app's close *before* accept: no close frame goes
 #: out, the server refuses the handshake with HTTP 403 (ASGI spec; uvicorn and

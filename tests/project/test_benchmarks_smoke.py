@@ -293,3 +293,18 @@ def test_run_stoppable_obeys_a_signal_that_lands_in_a_callback(
     assert "Fatal error" not in done.stderr
     assert "after the stop signal" not in done.stderr  # every task ended within STOP_GRACE
     assert time.monotonic() - started < STOP_EXIT
+
+
+@pytest.mark.e2e
+def test_slow_reader_tiny_run_finds_the_send_blocked_and_the_guard_closing() -> None:
+    done = run("slow_reader.py", "--servers", "websockets-sansio", "--seconds", "0.5")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| websockets")]
+    assert [row.split("|")[2].strip() for row in rows] == ["blocks"]
+    done = run("slow_reader.py", "--servers", "wsproto", "--seconds", "3", "--guard", "0.3")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| wsproto")]
+    assert len(rows) == 1
+    cells = [cell.strip() for cell in rows[0].split("|")[2:-1]]
+    assert cells[1:4] == ["{'slow_consumer': 1}", "1", "0.0 s"]
+    assert cells[4] == "EOF, no close frame (1006)"

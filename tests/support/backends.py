@@ -70,6 +70,7 @@ BOTH_BACKEND_FILES = frozenset(
         "unit/rules/test_lifetime.py",
         "unit/rules/test_message_rules.py",
         "unit/rules/test_origin.py",
+        "unit/rules/test_slow_consumer.py",
         "unit/test_coverage_testing.py",
         "unit/test_smoke.py",
     }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ws_guard._core.auth_gate import AuthGate
     from ws_guard._core.guard import Guard
     from ws_guard._core.scheduler import Deadline
+    from ws_guard._core.send_watch import SendWatch
     from ws_guard._core.tasks import Job
     from ws_guard.rules.base import Rule
     from ws_guard.rules.context import Checker, RuleContext
@@ -65,6 +66,7 @@ class ConnectionBase:
         "_query",
         "_receive",
         "_send",
+        "_sends",
         "_state_key",
         "_state_more",
         "_state_value",
@@ -115,6 +117,8 @@ class ConnectionBase:
         self._held: list[Rule] | None = None
         self._hold: Job[Close | None] | None = None
         self._asides: set[Job[Any]] | None = None
+        #: The app's pending sends, with a rule that watches sends (_core/send_watch.py).
+        self._sends: SendWatch | None = None
         #: Set at admission when a first-message token must be verified before
         #: the app's sends may reach the client (see _core/auth_gate.py).
         self._gate: AuthGate | None = None

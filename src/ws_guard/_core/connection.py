@@ -13,14 +13,17 @@ a connection waits for), and here the state machine.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.holds import Holds
+from ws_guard._core.send_watch import SendWatch, current_task
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, GUARD_CLOSED, LIVE, OPEN
 from ws_guard._core.tasks import wait_done
 from ws_guard.types import Message
@@ -121,6 +124,69 @@ class Connection(Holds):
             return server_send(message)
         return self._send_slow(message)
 
+    async def send_watched(self, message: Message) -> None:
+        """:meth:`send` for a guard with a rule that watches sends (the plan's ``send_rules``).
+
+        A coroutine itself (one frame, not two, per send): an open
+        ``websocket.send`` is entered in the connection's
+        :class:`SendWatch` while it is pending; the rest goes to
+        :meth:`_send_slow`.
+        """
+        if self.state != OPEN or message["type"] != "websocket.send":
+            await self._send_slow(message)
+            return
+        watch = self._sends
+        if watch is None:
+            watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
+        loop = watch.loop
+        if loop is None or watch.task is not None:
+            await self._send_aside(watch, message)  # off asyncio, or a second sending task
+            return
+        task = current_task(loop)
+        watch.task = task
+        if watch.deadline is None:
+            watch.seen = watch.arm()
+        try:
+            await self._send(message)
+        except asyncio.CancelledError:
+            if not watch.ended(task) or self._send_ended(task):
+                raise
+        finally:
+            watch.task = watch.seen = None
+
+    async def _send_aside(self, watch: SendWatch, message: Message) -> None:
+        """:meth:`send_watched` for a send in ``watch.pending``: by a cancel scope, or a task."""
+        pending = watch.pending
+        if watch.loop is None:  # not asyncio (trio): the await in a cancel scope of its own
+            with anyio.CancelScope() as scope:
+                pending[scope] = watch.arm() if watch.deadline is None else None
+                try:
+                    await self._send(message)
+                finally:
+                    del pending[scope]
+            if scope.cancelled_caught:
+                self.guard.metrics.dropped_sends += 1
+            return
+        task = current_task(watch.loop)
+        pending[task] = watch.arm() if watch.deadline is None else None
+        try:
+            await self._send(message)
+        except asyncio.CancelledError:
+            if not watch.ended(task) or self._send_ended(task):
+                raise
+        finally:
+            del pending[task]
+
+    def _send_ended(self, task: asyncio.Task[Any] | None) -> bool:
+        """ws_guard's own cancel ended *task*'s send: count a dropped send, take the cancel back.
+
+        True when the task was cancelled by someone else too: that cancel
+        goes on (the caller re-raises).
+        """
+        self.guard.metrics.dropped_sends += 1
+        uncancel = getattr(task, "uncancel", None)  # 3.11+
+        return uncancel is not None and uncancel() > 0
+
     async def _send_slow(self, message: Message) -> None:
         state = self.state
         if state == OPEN:
@@ -134,6 +200,11 @@ class Connection(Holds):
                 raise
             return
         if state == GUARD_CLOSED:
+            # Yield once: an app that only sends (a stream to a client that
+            # stopped reading) would otherwise spin without ever letting the
+            # loop run, and app_exit_timeout's deadline with it. Counted
+            # after, so a send cancelled here is not counted as returned.
+            await anyio.lowlevel.checkpoint()
             self.guard.metrics.dropped_sends += 1
             return
         gate = self._gate
@@ -187,6 +258,8 @@ class Connection(Holds):
             await self._finish()
 
     async def _finish(self) -> None:
+        if self._sends is not None:
+            self._sends.cancel()
         if self._deadlines is not None:
             for deadline in self._deadlines:
                 deadline.cancel()

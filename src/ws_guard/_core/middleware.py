@@ -61,12 +61,15 @@ class WSGuardMiddleware:
                 conn.task = asyncio.current_task() if app_scope is None else app_scope
                 guard.lifecycle.drain_admitted(conn)
                 result: Any = None  # stays None when the cancel scope stops the app
+                # Decided by the plan, once per guard: without a rule that
+                # watches sends, the app gets the plain send path.
+                app_send = conn.send_watched if guard.plan.send_rules else conn.send
                 try:
                     if app_scope is None:
-                        result = await app(scope, conn.receive, conn.send)
+                        result = await app(scope, conn.receive, app_send)
                     else:
                         with app_scope:
-                            result = await app(scope, conn.receive, conn.send)
+                            result = await app(scope, conn.receive, app_send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise

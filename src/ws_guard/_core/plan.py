@@ -92,6 +92,7 @@ class HookPlan:
         "connect_rules",
         "lead_run",
         "open_rules",
+        "send_rules",
     )
 
     def __init__(
@@ -111,3 +112,11 @@ class HookPlan:
         self.lead_run = first if isinstance(first, FusedRun) else None
         self.accept_rules = tuple(r for r in rules if overrides(r, "on_accept"))
         self.open_rules = tuple(r for r in rules if overrides(r, "on_open"))
+        #: ``(limit seconds, rule)`` for the rules that watch the app's sends,
+        #: shortest limit first; empty: the app gets the plain send path.
+        self.send_rules: tuple[tuple[float, Rule], ...] = tuple(
+            sorted(
+                ((r.send_wait_limit(), r) for r in rules if overrides(r, "send_waited")),
+                key=lambda pair: pair[0],
+            )
+        )

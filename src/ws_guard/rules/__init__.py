@@ -29,6 +29,7 @@ from ws_guard.rules.limits.message_rate import MessageRate
 from ws_guard.rules.messages import Content, Json, MaxMessageSize, MessageTypes, Pattern
 from ws_guard.rules.origin import AllowedOrigins
 from ws_guard.rules.runtime import Runtime
+from ws_guard.rules.slow_consumer import SlowConsumer
 
 if TYPE_CHECKING:
     from ws_guard.rules.auth.jwks import JWKS
@@ -58,6 +59,7 @@ __all__ = [
     "Rule",
     "RuleContext",
     "Runtime",
+    "SlowConsumer",
     "Stage",
     "TokenSource",
     "by_connection",

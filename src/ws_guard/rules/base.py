@@ -129,6 +129,23 @@ class Rule:
     async def release(self, conn: RuleContext) -> None:
         """Give back what :meth:`admit` took (connection slots)."""
 
+    def send_wait_limit(self) -> float:
+        """Seconds an app's ``send()`` may wait for the client before :meth:`send_waited`.
+
+        Read once, when the guard is built, and only from a rule that
+        overrides :meth:`send_waited`; a guard without one leaves the send
+        path as it is.
+        """
+        return float("inf")
+
+    def send_waited(self, conn: RuleContext, waited: float) -> Close | None:
+        """The app's pending send has waited *waited* seconds (>= the limit); the decision.
+
+        Sync and cheap, like a deadline callback. A close (not shadow) also
+        ends the pending send: it returns as a dropped send.
+        """
+        return None
+
     # -- helpers -----------------------------------------------------------
     def breach(self, code: int, reason: str, retry_after: float | None = None) -> Close:
         """A close decision labelled with this rule, shadow when not enforcing.
