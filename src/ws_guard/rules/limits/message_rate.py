@@ -26,6 +26,7 @@ from ws_guard.rules.limits.keying import redis_key
 from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
 from ws_guard.rules.limits.limit_rule import LimitRule
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
+from ws_guard.rules.limits.warning import Warner, check_warn_at, thresholds, warned_checker
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ class MessageRate(LimitRule):
     own, in the connection's check. Shared keys (``by_ip``, ``by_user``, a
     callable) count in process memory with ``memory://`` storage, and across
     processes with Redis, where quota is taken in leases of at most ``lease``
-    messages (default: a tenth of the limit).
+    messages (default: a tenth of the limit). ``warn_at`` (a fraction in
+    (0, 1)) sends one ``rate.warning`` per window
+    (:mod:`ws_guard.rules.limits.warning`).
     """
 
     public_name = "MessageRate"
@@ -54,6 +57,7 @@ class MessageRate(LimitRule):
         key: KeyFunc = by_connection,
         *,
         lease: int | None = None,
+        warn_at: float | None = None,
         enforce: bool = True,
         name: str | None = None,
     ) -> None:
@@ -61,6 +65,7 @@ class MessageRate(LimitRule):
         self.rates: tuple[Rate, ...] = parse_rates(rate)
         self.key = self._check_key(key)
         self.lease = None if lease is None else check_count("lease", lease)
+        self.warn_at = check_warn_at("MessageRate warn_at", warn_at)
         self.id = self._storage_id(name, join_rates(self.rates))
         self._maps: list[ExpiringStates[Any]] = []
         self._book: LeaseBook | None = None
@@ -135,12 +140,14 @@ class MessageRate(LimitRule):
 
     def fast_check(self) -> SingleRate | None:
         """One rate per connection is a window the fast path keeps; shared keys are not."""
-        if self.key is not by_connection or len(self.rates) != 1:
+        if self.key is not by_connection or len(self.rates) != 1 or self.warn_at is not None:
             return None
         return SingleRate(self.rates[0].limit, self.rates[0].window, self._deny, self._share)
 
     def _checker(self, conn: RuleContext) -> Checker:
         guard = self._runtime()
+        if self.warn_at is not None and self.enforce:
+            return self._warning_checker(conn, guard, self.warn_at)
         if self.key is by_connection:
             if len(self.rates) == 1:
                 return self._single_checker(guard)
@@ -151,6 +158,24 @@ class MessageRate(LimitRule):
         if len(self.rates) == 1:
             return self._single_shared_checker(conn, guard)
         return self._combine(guard, self._shared_windows(conn))
+
+    def _warning_checker(self, conn: RuleContext, guard: Runtime, warn_at: float) -> Checker:
+        """Any rates and key, with one ``rate.warning`` per window (shadow mode sends none)."""
+        windows_at: Callable[[float], Any]
+        if self.key is by_connection:
+            own = [CountedWindow(r.limit, r.window) for r in self.rates]
+
+            def own_windows(t: float) -> list[CountedWindow]:
+                return own
+
+            windows_at = own_windows
+        elif not self._maps:
+            raise self._not_started()
+        else:
+            windows_at = self._shared_windows(conn)
+        warner = Warner(conn, self.name or REASON_RATE_LIMITED, thresholds(self.rates, warn_at))
+        report = _Report(self._deny, self.enforce)
+        return warned_checker(guard.scheduler.clock, windows_at, report, warner)
 
     def _limited(self, retry: float | None = None) -> Close:
         return self.breach(POLICY_VIOLATION, REASON_RATE_LIMITED, retry)
