@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
+from tests.support.jwt_keys import SECRET, mint
 from tests.support.rate_helpers import Clock, HeaderSubject, user
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard.rules.limits.byte_windows import CostWindow, payload_bytes
@@ -336,3 +337,33 @@ async def test_message_rate_in_shadow_mode_sends_no_warning() -> None:
     await ws.disconnect()
     await ws.finished()
     assert guard.metrics.snapshot().shadow_breaches_by_rule == {"rate_limited": 1}
+
+
+# -- in-band token refreshes -----------------------------------------------------------------
+async def test_a_refresh_counts_its_bytes_before_its_signature_is_checked() -> None:
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_header())
+    decodes: list[str] = []
+    decode = auth.decode
+
+    def counted(token: str, key: Any) -> Any:
+        decodes.append(token)
+        return decode(token, key)
+
+    auth.decode = counted  # type: ignore[method-assign]
+    first, second = (refresh_message(mint(exp_in=600 + i)) for i in (100, 200))
+    limit = len(first.encode()) + len(second.encode()) - 1  # the second does not fit
+    clock = Clock(0.0)
+    app, guard = guarded(auth, rules.ByteRate(f"{limit}/minute"), clock=clock)
+    ws = ScriptedWebSocket(app, headers=[(b"authorization", f"Bearer {mint(exp_in=600)}".encode())])
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    await ws.send_text(first)  # consumed by JWTAuth, counted here
+    await ws.send_text(second)
+    await ws.expect("websocket.close", code=1008, reason="rate_limited; retry-after=60")
+    await ws.finished()
+    assert len(decodes) == 2  # the handshake's token and the first refresh: not the second
+    assert guard.metrics.snapshot().closes_by_rule == {"rate_limited": 1}
+
+
+def refresh_message(token: str) -> str:
+    return json.dumps({"type": "auth.refresh", "token": token})
