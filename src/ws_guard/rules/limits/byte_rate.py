@@ -37,7 +37,7 @@ from ws_guard.rules.limits.leases import STORAGE_DOWN, LeaseBook
 from ws_guard.rules.limits.limit_rule import LimitRule
 from ws_guard.rules.limits.message_rate import _Report, _sweeper
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
-from ws_guard.rules.limits.warning import Warner, check_warn_at, thresholds
+from ws_guard.rules.limits.warning import Warner, check_warn_at, thresholds, warning_text
 from ws_guard.rules.messages import MaxMessageSize
 from ws_guard.types import Message
 
@@ -157,8 +157,8 @@ class ByteRate(LimitRule):
     # -- the message check ------------------------------------------------------
     def checker(self, conn: RuleContext) -> Checker:
         guard = self._runtime()
-        if self.key is by_connection and len(self.rates) == 1 and not self._warns:
-            check = self._single_checker(guard)
+        if self.key is by_connection and len(self.rates) == 1:
+            check = self._single_checker(conn, guard)
         else:
             check = self._windows_checker(conn, guard)
         # An in-band token refresh is consumed by the auth rule before any
@@ -180,12 +180,19 @@ class ByteRate(LimitRule):
         """The close for a message *retry* seconds before its window frees, or in an outage."""
         return self._unavailable() if retry == STORAGE_DOWN else self._limited(retry)
 
-    def _single_checker(self, guard: Runtime) -> Checker:
-        """One rate per connection: the size, a clock read and two comparisons."""
+    def _single_checker(self, conn: RuleContext, guard: Runtime) -> Checker:
+        """One rate per connection: the size, a clock read and three comparisons."""
         now = guard.scheduler.clock
         limit, window = self.rates[0].limit, self.rates[0].window
         report = _Report(self._deny, self.enforce)
         too_big = self._too_big
+        # Without warnings the threshold is never reached: one comparison
+        # on the message path instead of a second closure to maintain.
+        warn_from: float = _INF
+        if self._warns:
+            warn_from = thresholds(self.rates, self.warn_at or 0.0)[0]
+        label = self.name or REASON_RATE_LIMITED
+        quiet_until = -_INF
         end = -_INF
         count = 0
 
@@ -204,15 +211,22 @@ class ByteRate(LimitRule):
             total = count + cost
             if total <= limit:
                 count = total
+                if total >= warn_from and t >= quiet_until:  # once per window
+                    warn(t)
                 return None
             if cost > limit:
                 return too_big
             return report(t, end - t, end)
 
+        def warn(t: float) -> None:
+            nonlocal quiet_until
+            quiet_until = end
+            conn.send_soon({"type": "websocket.send", "text": warning_text(label, end - t)})
+
         return check
 
     def _windows_checker(self, conn: RuleContext, guard: Runtime) -> Checker:
-        """Several rates, a shared key, or warnings: every window spends the message's size."""
+        """Several rates or a shared key: every window spends the message's size."""
         clock = guard.scheduler.clock
         windows_at = self._windows_at(conn)
         report = _Report(self._deny, self.enforce)
