@@ -102,6 +102,22 @@ def _build_rate_user() -> Guard:
     return Guard(rules=[auth, *_message_rules(), rate], storage=url)
 
 
+def _build_bytes() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.ByteRate(UNREACHED_RATE)])
+
+
+def _build_bytes_ip() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.ByteRate(UNREACHED_RATE, key=rules.by_ip)])
+
+
+def _build_bytes_warn() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.ByteRate(UNREACHED_RATE, warn_at=0.9)])
+
+
+def _build_rate_warn() -> Guard:
+    return Guard(rules=[*_message_rules(), rules.MessageRate(UNREACHED_RATE, warn_at=0.9)])
+
+
 def _jwt_auth() -> rules.JWTAuth:
     return rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token"))
 
@@ -186,6 +202,18 @@ VARIANTS: dict[str, Variant] = {
         f"rules + IdleTimeout({IDLE_SECONDS:g}) + MaxLifetime({LIFETIME_SECONDS:g}): "
         "a clock read and a store per message",
         _build_lifetime,
+    ),
+    "bytes": Variant(f"rules + ByteRate({UNREACHED_RATE!r}): bytes per connection", _build_bytes),
+    "bytes_ip": Variant(
+        f"rules + ByteRate({UNREACHED_RATE!r}, key=by_ip) on memory storage", _build_bytes_ip
+    ),
+    "bytes_warn": Variant(
+        f"rules + ByteRate({UNREACHED_RATE!r}, warn_at=0.9): per connection, never warns",
+        _build_bytes_warn,
+    ),
+    "rate_warn": Variant(
+        f"rules + MessageRate({UNREACHED_RATE!r}, warn_at=0.9): checked on its own",
+        _build_rate_warn,
     ),
     # Add variants here. Limits must be far above the benchmark's rate: the
     # benchmark measures the cost of checking, not of closing.

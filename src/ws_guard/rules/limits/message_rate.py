@@ -40,6 +40,7 @@ from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook,
 from ws_guard.rules.limits.limit_rule import LimitRule
 from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_rates
 from ws_guard.rules.limits.tiers import Tiers, is_tiered, rate_tier, require_claims, tier_name
+from ws_guard.rules.limits.warning import Warner, check_warn_at, thresholds, warned_checker
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class MessageRate(LimitRule):
     ``rate`` may be a callable of the connection's
     :class:`~ws_guard.ConnectionInfo` returning a rate string, called once
     at admission (see :mod:`ws_guard.rules.limits.tiers`).
+    ``warn_at`` (a fraction in (0, 1)) sends one ``rate.warning`` per window
+    (:mod:`ws_guard.rules.limits.warning`).
     """
 
     public_name = "MessageRate"
@@ -80,6 +83,7 @@ class MessageRate(LimitRule):
         *,
         match: Match | None = None,
         lease: int | None = None,
+        warn_at: float | None = None,
         enforce: bool = True,
         name: str | None = None,
     ) -> None:
@@ -100,6 +104,7 @@ class MessageRate(LimitRule):
             self.kind = check_kind_name(self.public_name, name)
         self.key = self._check_key(key)
         self.lease = None if lease is None else check_count("lease", lease)
+        self.warn_at = check_warn_at("MessageRate warn_at", warn_at)
         limits = join_rates(self.rates) if self.tiers is None else tier_name(rate)
         self.id = self._storage_id(name, limits)
         self._maps: list[ExpiringStates[Any]] = []
@@ -232,25 +237,62 @@ class MessageRate(LimitRule):
     def fast_check(self) -> SingleRate | None:
         """One rate per connection is a window the fast path keeps; shared keys are not.
 
-        Neither is a per-kind or per-tier rate: each is checked on its own.
+        Neither is a per-kind or per-tier rate, nor one with ``warn_at``: each
+        is checked on its own.
         """
-        if self.key is not by_connection or len(self.rates) != 1 or self.match is not None:
+        if (
+            self.key is not by_connection
+            or len(self.rates) != 1
+            or self.match is not None
+            or self.warn_at is not None
+        ):
             return None
         return SingleRate(self.rates[0].limit, self.rates[0].window, self._deny, self._share)
 
     def _checker(self, conn: RuleContext, rates: tuple[Rate, ...]) -> Checker:
         guard = self._runtime()
-        if self.key is by_connection:
+        maps: list[ExpiringStates[Any]] | None = None
+        if self.key is not by_connection:
+            maps = self._maps if self.tiers is None else self._tier_maps.get(rates)
+            if not maps:
+                raise self._not_started()
+        if self.warn_at is not None and self.enforce:
+            return self._warning_checker(conn, guard, self.warn_at, rates, maps)
+        if maps is None:
             if len(rates) == 1:
                 return self._single_checker(guard, rates[0])
             windows = [CountedWindow(r.limit, r.window) for r in rates]
             return self._combine(guard, lambda t: windows)
-        maps = self._maps if self.tiers is None else self._tier_maps.get(rates)
-        if not maps:
-            raise self._not_started()
         if len(rates) == 1:
             return self._single_shared_checker(conn, guard, maps[0])
         return self._combine(guard, self._shared_windows(conn, maps))
+
+    def _warning_checker(
+        self,
+        conn: RuleContext,
+        guard: Runtime,
+        warn_at: float,
+        rates: tuple[Rate, ...],
+        maps: list[ExpiringStates[Any]] | None,
+    ) -> Checker:
+        """Any rates and key, with one ``rate.warning`` per window (shadow mode sends none).
+
+        *rates* are the connection's (its tier's); *maps* the shared keys'
+        windows of those rates, ``None`` for ``by_connection``.
+        """
+        windows_at: Callable[[float], Any]
+        if maps is None:
+            own = [CountedWindow(r.limit, r.window) for r in rates]
+
+            def own_windows(t: float) -> list[CountedWindow]:
+                return own
+
+            windows_at = own_windows
+        else:
+            windows_at = self._shared_windows(conn, maps)
+        warner = Warner(conn, self.name or REASON_RATE_LIMITED, thresholds(rates, warn_at))
+        report = _Report(self._deny, self.enforce)
+        return warned_checker(guard.scheduler.clock, windows_at, report, warner)
 
     def _limited(self, retry: float | None = None) -> Close:
         if self.kind is not None:
