@@ -32,7 +32,15 @@ from tests.support.sites import closed_by_server
 pytestmark = [pytest.mark.e2e]
 
 #: Every server this module tests, by id (the README's server matrix reads it).
-SERVERS = ["uvicorn-websockets-sansio", "hypercorn-asyncio", "granian", "daphne"]
+SERVERS = [
+    "uvicorn-websockets-sansio",
+    "uvicorn-websockets",
+    "uvicorn-wsproto",
+    "hypercorn-asyncio",
+    "hypercorn-trio",
+    "granian",
+    "daphne",
+]
 
 APP = "tests.support.matrix_app:app"
 RESTARTING = re.compile(r"restarting; retry-after=(?:1(?:\.[1-9])?|2)")
@@ -204,7 +212,7 @@ async def test_client_close_is_counted(served: ServerProcess) -> None:
         await ws.send("hi")
         assert await ws.recv() == "hi"
     # hypercorn reports a client's 1000 as 1006 (docs/servers.md); the others as sent.
-    code = 1006 if served.server == "hypercorn-asyncio" else 1000
+    code = 1006 if served.server.startswith("hypercorn") else 1000
     before = stats_before.get(str(code), 0)
     assert await counted(served, "ws", code, before) == before + 1
 
@@ -216,7 +224,7 @@ async def test_client_close_is_counted(served: ServerProcess) -> None:
 #: worker process through an event, not a signal, so ws_guard's handler never
 #: runs and the clients get 1011 with no reason after hypercorn's 3 s graceful
 #: timeout. There ``guard.drain()`` comes first (docs/servers.md).
-DRAIN_BY_SIGNAL = ["uvicorn-websockets-sansio", "daphne"]
+DRAIN_BY_SIGNAL = ["uvicorn-websockets-sansio", "uvicorn-websockets", "uvicorn-wsproto", "daphne"]
 DRAIN_FIRST = [server for server in SERVERS if server not in DRAIN_BY_SIGNAL]
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 

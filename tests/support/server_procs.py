@@ -49,12 +49,12 @@ def _command(server: str, port: int, app: str) -> list[str]:
         ]
     if server == "daphne":
         return [*python, "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "1", app]
-    if server == "uvicorn-websockets-sansio":
+    if server.startswith("uvicorn-"):
         return [
             *python,
             "uvicorn",
             "--ws",
-            "websockets-sansio",
+            server.removeprefix("uvicorn-"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -65,8 +65,9 @@ def _command(server: str, port: int, app: str) -> list[str]:
             "warning",
             app,
         ]
-    if server == "hypercorn-asyncio":
-        return [*python, "hypercorn", "-k", "asyncio", "-b", f"127.0.0.1:{port}", app]
+    if server in ("hypercorn-asyncio", "hypercorn-trio"):
+        worker = server.removeprefix("hypercorn-")
+        return [*python, "hypercorn", "-k", worker, "-b", f"127.0.0.1:{port}", app]
     raise ValueError(f"unknown server {server!r}")
 
 
