@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
+from tests.support.backends import on_both_backends
+from tests.support.jwt_keys import SECRET, mint
 from tests.support.rate_helpers import Clock
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
 from ws_guard._core import asides
@@ -43,7 +45,10 @@ async def opened(rule: rules.Rule, clock: Clock) -> tuple[ScriptedWebSocket, Gua
     return ws, guard
 
 
-async def test_a_message_rate_burst_gets_its_warning_before_the_close() -> None:
+@on_both_backends
+async def test_a_message_rate_burst_gets_its_warning_before_the_close(
+    anyio_backend: str,
+) -> None:
     ws, guard = await opened(rules.MessageRate("4/10 seconds", warn_at=0.5), Clock(0.0))
     for i in range(1, 8):  # the whole burst is buffered before the app reads any of it
         await ws.send_text(f"m{i}")
@@ -62,7 +67,10 @@ async def test_a_message_rate_burst_gets_its_warning_before_the_close() -> None:
     assert snap.closes_by_rule == {"rate_limited": 1}
 
 
-async def test_a_byte_rate_burst_gets_its_warning_before_the_close() -> None:
+@on_both_backends
+async def test_a_byte_rate_burst_gets_its_warning_before_the_close(
+    anyio_backend: str,
+) -> None:
     rule = rules.ByteRate("10/10 seconds", warn_at=0.8, name="uploads")
     ws, guard = await opened(rule, Clock(0.0))
     for chunk in ("abcd", "efgh", "ij", "k", "lmn"):
@@ -95,7 +103,10 @@ async def open_conn() -> tuple[ScriptedWebSocket, Any]:
     return ws, ws.scope["ws_guard"]._conn
 
 
-async def test_a_close_from_a_deadline_sends_the_notices_queued_before_it_in_order() -> None:
+@on_both_backends
+async def test_a_close_from_a_deadline_sends_the_notices_queued_before_it_in_order(
+    anyio_backend: str,
+) -> None:
     ws, conn = await open_conn()
     # A deadline's callback: a notice, then a close, in one sync call, as
     # auth.expiring's notice and the expiry do when both fall due at once.
@@ -107,7 +118,10 @@ async def test_a_close_from_a_deadline_sends_the_notices_queued_before_it_in_ord
     assert ws.sent == [ACCEPT, text("first"), text("second"), close(1008, "token_expired")]
 
 
-async def test_a_drain_close_sends_a_queued_notice_first() -> None:
+@on_both_backends
+async def test_a_drain_close_sends_a_queued_notice_first(
+    anyio_backend: str,
+) -> None:
     ws, conn = await open_conn()
     guard = conn.guard
     assert conn.send_soon(text("notice")) is True
@@ -119,7 +133,10 @@ async def test_a_drain_close_sends_a_queued_notice_first() -> None:
     assert ws.sent[2]["reason"].startswith("restarting; retry-after=")
 
 
-async def test_a_notice_queued_before_the_apps_close_is_dropped_not_sent_after_it() -> None:
+@on_both_backends
+async def test_a_notice_queued_before_the_apps_close_is_dropped_not_sent_after_it(
+    anyio_backend: str,
+) -> None:
     async def notice_then_close(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
@@ -134,8 +151,9 @@ async def test_a_notice_queued_before_the_apps_close_is_dropped_not_sent_after_i
     assert ws.sent == [ACCEPT, close(4000, "bye")]
 
 
+@on_both_backends
 async def test_a_notice_the_client_never_takes_delays_the_close_by_the_grace_only(
-    monkeypatch: pytest.MonkeyPatch,
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(asides, "ASIDE_GRACE", 0.05)
     ws, conn = await open_conn()
@@ -157,3 +175,23 @@ async def test_a_notice_the_client_never_takes_delays_the_close_by_the_grace_onl
     assert ws.sent == [ACCEPT, close(1008, "rate_limited")]
     assert conn._asides.task is None
     assert conn._asides.pending == 0
+
+
+@on_both_backends
+async def test_an_expiring_notice_due_with_the_expiry_comes_before_its_close(
+    anyio_backend: str,
+) -> None:
+    clock = Clock(0.0)
+    rule = rules.JWTAuth(SECRET, algorithms=["HS256"], expiring_notice=10)
+    guard = Guard(rules=[rule], clock=clock, app_exit_timeout=None)
+    ws = ScriptedWebSocket(
+        WSGuardMiddleware(echo, guard=guard),
+        headers=[(b"authorization", f"Bearer {mint(exp_in=60)}".encode())],
+    )
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    clock.now = 3600.0  # a stalled loop: the notice and the expiry fall due in one tick
+    assert guard.scheduler.run_due() == 2
+    await until_closed(ws)
+    notice = text(json.dumps({"type": "auth.expiring", "in": 0}))
+    assert ws.sent == [ACCEPT, notice, close(1008, "token_expired")]
