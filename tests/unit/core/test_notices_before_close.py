@@ -195,3 +195,47 @@ async def test_an_expiring_notice_due_with_the_expiry_comes_before_its_close(
     await until_closed(ws)
     notice = text(json.dumps({"type": "auth.expiring", "in": 0}))
     assert ws.sent == [ACCEPT, notice, close(1008, "token_expired")]
+
+
+@on_both_backends
+async def test_an_app_that_gives_up_on_its_receive_cannot_stop_the_close_frame(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(asides, "ASIDE_GRACE", 0.2)
+    ended: list[Message] = []
+
+    async def impatient(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = None
+            with asides.anyio.move_on_after(0.05):  # an app's wait_for(receive(), t)
+                message = await receive()
+            if message is None:
+                continue
+            if message["type"] == "websocket.disconnect":
+                ended.append(message)
+                return
+            await send(text(message["text"]))
+
+    guard = Guard(rules=[rules.MessageRate("4/10 seconds", warn_at=0.5)], clock=Clock(0.0))
+    ws = ScriptedWebSocket(WSGuardMiddleware(impatient, guard=guard))
+    await ws.connect()
+    await ws.expect("websocket.accept")
+    conn = ws.scope["ws_guard"]._conn
+    server_send = conn._send
+
+    async def send(message: Message) -> None:
+        if "rate.warning" in message.get("text", ""):
+            await asides.anyio.sleep_forever()  # the client stopped reading at the warning
+        await server_send(message)
+
+    conn._send = send
+    for i in range(1, 6):
+        await ws.send_text(f"m{i}")
+    # The close waits for the stuck warning longer than the app waits for
+    # its receive: the app's give-up leaves the close frame to go out.
+    await ws.finished()
+    reason = "rate_limited; retry-after=10"
+    assert ws.sent == [ACCEPT, text("m1"), text("m2"), text("m3"), text("m4"), close(1008, reason)]
+    assert ended == [{"type": "websocket.disconnect", "code": 1008, "reason": reason}]
