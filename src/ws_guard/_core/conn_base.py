@@ -23,6 +23,7 @@ from ws_guard.rules.keys import resolve_client_ip
 from ws_guard.types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from ws_guard._core.asides import Asides
     from ws_guard._core.auth_gate import AuthGate
     from ws_guard._core.guard import Guard
     from ws_guard._core.scheduler import Deadline
@@ -116,7 +117,8 @@ class ConnectionBase:
         self._deadlines: list[Deadline] | None = None
         self._held: list[Rule] | None = None
         self._hold: Job[Close | None] | None = None
-        self._asides: set[Job[Any]] | None = None
+        #: ws_guard's own frames (notices) and their task (_core/asides.py).
+        self._asides: Asides | None = None
         #: The app's pending sends, with a rule that watches sends (_core/send_watch.py).
         self._sends: SendWatch | None = None
         #: Set at admission when a first-message token must be verified before

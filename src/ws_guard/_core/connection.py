@@ -276,6 +276,8 @@ class Connection(Holds):
                 await wait_done(close_task)
             if not close_task.done():
                 close_task.cancel()
+        if self._asides is not None:
+            self._asides.cancel()  # notices still queued after the app's close or the client's
         await self._release()
         if self.admitted:
             self.guard.connections.discard(self)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, cast
 
 from ws_guard._core.admission import Admission
+from ws_guard._core.asides import Asides
 from ws_guard._core.auth_gate import AuthGate
 from ws_guard._core.decisions import Close
 from ws_guard._core.states import AUTHENTICATING, GUARD_CLOSED, OPEN
@@ -118,19 +119,21 @@ class Holds(Admission):
     def send_soon(self, message: Message) -> bool:
         """Send a frame of ws_guard's own to the client (a notice), from sync code.
 
-        Only while the connection is open; returns False when it is not. The
-        state is checked again when the frame goes out, so a close in between
-        drops it rather than sending after a close frame.
+        Only while the connection is open; returns False when it is not.
+        Notices go out in the order given, from a task of their own
+        (:class:`Asides`). A guard close sends the notices queued before it
+        first, then its close frame (:meth:`Closing._close_frame_after_asides`);
+        after the app's close or the client's they are dropped: nothing goes
+        out after a close frame.
         """
         if self.state != OPEN:
             return False
-        task = spawn(self._send_if_open(message))
-        if self._asides is None:
-            self._asides = set()
-        self._asides.add(task)
-        task.add_done_callback(self._asides.discard)
+        asides = self._asides
+        if asides is None:
+            asides = self._asides = Asides(self._send_quietly, self._may_send_aside)
+        asides.add(message)
         return True
 
-    async def _send_if_open(self, message: Message) -> None:
-        if self.state == OPEN:
-            await self._send_quietly(message)
+    def _may_send_aside(self) -> bool:
+        """Open, or closed by ws_guard whose close frame waits for the notices (not sent yet)."""
+        return self.state == OPEN or self.state == GUARD_CLOSED

@@ -212,8 +212,8 @@ async def test_a_notice_goes_out_only_while_open_and_leaves_nothing_behind() -> 
     conn = ws.scope["ws_guard"]._conn
     assert conn.send_soon({"type": "websocket.send", "text": "notice"}) is True
     await ws.expect("websocket.send", text="notice")
-    await asyncio.sleep(0)  # the task's done callback runs
-    assert conn._asides == set()
+    assert conn._asides.task is None  # the queue's task ended with the queue
+    assert conn._asides.pending == 0
     await ws.disconnect()
     await ws.finished()
     assert conn.send_soon({"type": "websocket.send", "text": "late"}) is False
