@@ -11,9 +11,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.support.apps import echo
+from tests.support.jwt_keys import SECRET, mint
 from tests.support.rate_helpers import read_until_closed
 from tests.support.servers import UVICORN_WS, serve
-from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard import ConnectionInfo, Guard, WSGuardMiddleware, rules
 
 pytestmark = [
     pytest.mark.e2e,
@@ -79,3 +80,37 @@ async def test_the_warning_comes_once_before_the_close() -> None:
         assert received == ["fgh", "ij"]
         assert code == 1008
         assert re.fullmatch(r"rate_limited; retry-after=(59|60)", reason)
+
+
+def plan_bytes(info: ConnectionInfo) -> str:
+    return "20/minute" if (info.claims or {}).get("plan") == "pro" else "10/minute"
+
+
+async def test_two_tiers_from_jwt_claims_have_their_own_byte_limits() -> None:
+    guard = Guard(
+        rules=[
+            rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token")),
+            rules.ByteRate(plan_bytes, key=rules.by_user),
+        ]
+    )
+    with serve(WSGuardMiddleware(echo, guard=guard)) as server:
+        url = server.url + "/ws?token="
+        async with (
+            connect(url + mint("p", plan="pro")) as pro,
+            connect(url + mint("f", plan="free")) as free,
+        ):
+            sent = [*AT_THE_LIMIT, *AT_THE_LIMIT, "!"]  # 10 + 10 + 1 bytes
+            for text in sent:
+                await pro.send(text)
+                await free.send(text)
+            (
+                (pro_got, pro_code, pro_reason),
+                (free_got, free_code, free_reason),
+            ) = await asyncio.gather(read_until_closed(pro), read_until_closed(free))
+        assert pro_got == sent[:8]  # pro: all 20 bytes, then one too many
+        assert free_got == sent[:4]  # free: 10
+        assert (pro_code, free_code) == (1008, 1008)
+        assert re.fullmatch(r"rate_limited; retry-after=(59|60)", pro_reason)
+        assert re.fullmatch(r"rate_limited; retry-after=(59|60)", free_reason)
+        await settled(guard)
+    assert guard.metrics.snapshot().closes_by_rule == {"rate_limited": 2}

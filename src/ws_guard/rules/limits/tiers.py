@@ -1,6 +1,6 @@
 """Per-tier limits: a rate or a cap chosen per connection by a callable of its info.
 
-``MessageRate``, ``ConnectRate`` and ``MaxConnectionsPerKey`` take, in place
+``MessageRate``, ``ByteRate``, ``ConnectRate`` and ``MaxConnectionsPerKey`` take, in place
 of a fixed limit, a callable of :class:`~ws_guard.ConnectionInfo` (the
 verified claims included) that returns the limit for that connection: a rate
 string such as ``"100/second"`` for the rates, an ``int`` for the cap. It is
@@ -19,7 +19,8 @@ in the application, not the client's fault: the handshake closes with 1011
 does), the traceback or the bad value is logged at ERROR once per rule, and
 nothing raises out of ws_guard.
 
-A rule takes a tier in four steps (``MessageRate`` is the model):
+A rule takes a tier in four steps (``MessageRate`` and ``ByteRate`` inherit
+them from :class:`~ws_guard.rules.limits.rate_rule.RateRule`):
 
 1. at construction, ``Tiers(public_name, value, rate_tier)`` when
    :func:`is_tiered` says *value* is a callable (``cap_tier`` for a count),

@@ -111,3 +111,30 @@ async def test_connection_cap_tiers_hold_slots_under_their_own_keys(redis: Redis
         assert guard.metrics.snapshot().closes_by_rule == {"too_many_connections": 2}
     finally:
         await guard.shutdown()
+
+
+@pytest.mark.redis
+async def test_byte_rate_tiers_count_their_bytes_in_their_own_redis_windows(
+    redis: RedisServer,
+) -> None:
+    rate = rules.ByteRate(by_plan("40/minute", "10/minute"), key=rules.by_user, lease=5)
+    guard = Guard(rules=[PlanClaims(), rate], storage=redis.url)
+    app = WSGuardMiddleware(echo, guard=guard)
+    try:
+        free, pro = await opened(app, "u"), await opened(app, "u", "pro")
+        free_key = redis_key(guard.namespace, "bytes", rate.id, U, "10/60s", 0)
+        pro_key = redis_key(guard.namespace, "bytes", rate.id, U, "40/60s", 0)
+        for ws, n in ((free, 2), (pro, 8)):
+            for i in range(n):
+                await ws.send_text(f"bytes{i}"[:5])
+                await ws.expect("websocket.send", text=f"bytes{i}"[:5])
+                await eventually(lambda: settled(rate))  # decided on grants, not debt
+        await closed(free, 1008, "rate_limited; retry-after=60")
+        await closed(pro, 1008, "rate_limited; retry-after=60")
+        # Counted in bytes, each tier under its own key: free's 10 are not in
+        # pro's 40. A refused lease request stays counted (at most one lease of 5).
+        assert 10 <= integer(redis.command("GET", free_key).split(b"\r\n")[1]) <= 15
+        assert 40 <= integer(redis.command("GET", pro_key).split(b"\r\n")[1]) <= 45
+        assert guard.metrics.snapshot().closes_by_rule == {"rate_limited": 2}
+    finally:
+        await guard.shutdown()
