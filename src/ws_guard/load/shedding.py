@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ws_guard._core.states import LIVE
-from ws_guard._validate import check_positive, check_seconds
+from ws_guard._validate import check_positive, check_seconds, check_sync_callable
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class ShedOpen:
             raise ConfigurationError(f"ShedOpen fraction must be at most 1, not {fraction!r}")
         if self.priority is not None and not callable(self.priority):
             raise ConfigurationError(f"ShedOpen priority must be callable, not {self.priority!r}")
+        check_sync_callable("ShedOpen priority", self.priority)
 
 
 class SheddingGauge(Protocol):

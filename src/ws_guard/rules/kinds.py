@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ws_guard._json import read_json
+from ws_guard._validate import check_sync_callable
 from ws_guard.errors import ConfigurationError
 from ws_guard.types import Message
 
@@ -49,6 +50,7 @@ def check_match(rule: str, match: object) -> Match:
     """*match*, checked to be a callable of one message."""
     if not callable(match):
         raise ConfigurationError(f"{rule} match must be a callable of the message, not {match!r}")
+    check_sync_callable(f"{rule} match", match)
     return match
 
 

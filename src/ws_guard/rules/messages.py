@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._json import Unreadable, read_json
-from ws_guard._validate import check_count
+from ws_guard._validate import check_count, check_sync_callable
 from ws_guard.codes import (
     INTERNAL_ERROR,
     MESSAGE_TOO_BIG,
@@ -149,6 +149,7 @@ class Content(Rule):
     def __init__(self, check: Callable[[Any], bool], *, name: str, enforce: bool = True) -> None:
         if not callable(check):
             raise ConfigurationError(f"Content check must be callable, not {check!r}")
+        check_sync_callable("Content check", check)
         self.content_name = _check_content_name(name)
         super().__init__(enforce=enforce, name=f"{REASON_CONTENT_PREFIX}{name}")
         self.allowed = check
@@ -237,6 +238,7 @@ class Json(Content):
     ) -> None:
         if validator is not None and not callable(validator):
             raise ConfigurationError(f"Json validator must be callable, not {validator!r}")
+        check_sync_callable("Json validator", validator)
         self.validator = validator
         super().__init__(self._valid, name=name, enforce=enforce)
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ws_guard._core.decisions import Close
 from ws_guard._core.info import ConnectionInfo
-from ws_guard._validate import check_count
+from ws_guard._validate import check_count, check_sync_callable
 from ws_guard.codes import INTERNAL_ERROR, REASON_INTERNAL_ERROR
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.limits.rates import Rate, parse_rates
@@ -71,6 +71,7 @@ def check_tier_callable(rule: str, value: object) -> Callable[[ConnectionInfo], 
     """*value*, checked to be callable with one argument (``ConfigurationError`` if not)."""
     if not callable(value):
         raise ConfigurationError(f"{rule} tier must be callable, not {value!r}")
+    check_sync_callable(f"{rule} tier callable", value)
     try:
         inspect.signature(value).bind(None)
     except TypeError:
