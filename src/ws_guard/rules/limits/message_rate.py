@@ -192,9 +192,9 @@ class MessageRate(LimitRule):
         book = self._book
         if book is None:
             return None
-        key = self.key(conn)
-        if key is None:
-            return None
+        key = self._read_key(conn)
+        if key is None or isinstance(key, Close):
+            return key
         now = book.now()
         for states in self._maps_for(rates):
             if not await states.get(key, now).prime():
@@ -288,7 +288,7 @@ class MessageRate(LimitRule):
     ) -> Checker:
         """One rate on a shared key: a clock read, one comparison, the window's ``take``."""
         clock = guard.scheduler.clock
-        key_of = self.key
+        key_of = self._read_key
         report = _Report(self._deny, self.enforce)
         window: Window | None = None
         key: str | None = None
@@ -299,9 +299,10 @@ class MessageRate(LimitRule):
             held = window
             if held is None or t >= held.end:  # a dead window may have been swept: look it up
                 if key is None:
-                    key = key_of(conn)  # by_user may appear only after an in-band token
-                    if key is None:
-                        return None
+                    found = key_of(conn)  # by_user may appear only after an in-band token
+                    if found is None or isinstance(found, Close):
+                        return found
+                    key = found
                 held = window = states.get(key, t)
             retry = held.take(t)
             if retry is None:
@@ -312,17 +313,18 @@ class MessageRate(LimitRule):
 
     def _shared_windows(
         self, conn: RuleContext, maps: list[ExpiringStates[Any]]
-    ) -> Callable[[float], list[Window] | None]:
-        key_of = self.key
+    ) -> Callable[[float], list[Window] | Close | None]:
+        key_of = self._read_key
         held: list[Window] = []
         key: str | None = None
 
-        def windows_at(t: float) -> list[Window] | None:
+        def windows_at(t: float) -> list[Window] | Close | None:
             nonlocal key
             if key is None:
-                key = key_of(conn)  # by_user may appear only after an in-band token
-                if key is None:
-                    return None
+                found = key_of(conn)  # by_user may appear only after an in-band token
+                if found is None or isinstance(found, Close):
+                    return found
+                key = found
                 held.extend(states.get(key, t) for states in maps)
                 return held
             for i, window in enumerate(held):
@@ -339,8 +341,8 @@ class MessageRate(LimitRule):
         def check(message: Message) -> Close | None:
             t = now()
             windows = windows_at(t)
-            if windows is None:
-                return None
+            if windows is None or isinstance(windows, Close):
+                return windows
             worst: float | None = None
             for window in windows:
                 retry = window.take(t)
