@@ -90,11 +90,15 @@ class LastParse:
 class JsonField:
     """True for a message that is a JSON object whose *field* equals *value*.
 
-    Text and binary frames (as UTF-8) are both read, so a client cannot
-    dodge the limit by sending the same JSON in a binary frame. A payload
-    that holds neither the value spelled out (``"chat"``) nor a backslash
-    cannot decode to it and is not parsed. Unreadable JSON (see
-    ``ws_guard._json``) is no match; nothing here raises for any input.
+    Text and binary frames are both read, so a client cannot dodge the
+    limit by sending the same JSON in a binary frame. Binary frames are
+    read as ``json.loads(bytes)`` reads them (``json.detect_encoding``:
+    UTF-8, a UTF-8 byte order mark, UTF-16 or UTF-32), so an app that parses
+    them so cannot be sent a kind this test misses; the common UTF-8 frame
+    is told apart by its first four bytes. A payload that holds neither the
+    value spelled out (``"chat"``) nor a backslash cannot decode to it and
+    is not parsed. Unreadable JSON (see ``ws_guard._json``) is no match;
+    nothing here raises for any input.
     """
 
     __slots__ = ("_bytes_needle", "field", "text_needle", "value")
@@ -126,10 +130,24 @@ class JsonField:
             payload = message.get("bytes")
             if payload is None:
                 return False
+            if not payload[:1].isascii() or b"\x00" in payload[:4]:
+                # A byte order mark starts with a non-ASCII byte; UTF-16 and
+                # UTF-32 JSON without one has a NUL in its first four bytes.
+                return self._is_value(read_json(_as_json_loads_reads(payload)))
             if self._bytes_needle not in payload and b"\\" not in payload:
                 return False
-        value = parse(payload)
+        return self._is_value(parse(payload))
+
+    def _is_value(self, value: object) -> bool:
         return isinstance(value, dict) and value.get(self.field) == self.value
+
+
+def _as_json_loads_reads(payload: bytes) -> str | None:
+    """*payload* decoded as ``json.loads(bytes)`` decodes it; ``None`` when it cannot be."""
+    try:
+        return payload.decode(json.detect_encoding(payload), "surrogatepass")
+    except UnicodeDecodeError:
+        return None
 
 
 def json_type(value: str, *, field: str = "type") -> JsonField:
