@@ -100,6 +100,22 @@ def check_clear_below(clear_below: object, limit: float, *, default: float) -> f
     return clear
 
 
+#: Characters of a bad value's repr in a message about user code's result.
+MAX_SHOWN = 80
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to :data:`MAX_SHOWN` characters for a log line.
+
+    For values user code returns at run time (a tier callable's result): a
+    1 MB string would otherwise make a 1 MB log line.
+    """
+    text = repr(value)
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
+
+
 def is_async_callable(value: object) -> bool:
     """Whether calling *value* returns a coroutine: an ``async def`` function, a
     ``functools.partial`` of one, or an object whose ``__call__`` is one."""

@@ -81,7 +81,8 @@ class LimitRule(Rule):
             return key
         if isinstance(key, int) and not isinstance(key, bool):
             return str(key)
-        return self._key_failed(f"returned {key!r}, not a string", None)
+        # The type only: a key that returns the claims by mistake would log them.
+        return self._key_failed(f"returned a {type(key).__name__}, not a string", None)
 
     def _key_failed(self, what: str, exc: BaseException | None) -> Close:
         if not self._key_failure_logged:

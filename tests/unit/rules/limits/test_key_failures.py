@@ -28,10 +28,10 @@ def tenant(conn: Any) -> Any:
 
 BAD_KEYS: dict[str, tuple[Any, str]] = {
     "raises": (tenant, "key raised TypeError"),
-    "list": (lambda conn: ["a"], "key returned ['a'], not a string"),
-    "bytes": (lambda conn: b"a", "key returned b'a', not a string"),
-    "float": (lambda conn: 1.5, "key returned 1.5, not a string"),
-    "bool": (lambda conn: True, "key returned True, not a string"),
+    "list": (lambda conn: ["a"], "key returned a list, not a string"),
+    "bytes": (lambda conn: b"a", "key returned a bytes, not a string"),
+    "float": (lambda conn: 1.5, "key returned a float, not a string"),
+    "bool": (lambda conn: True, "key returned a bool, not a string"),
 }
 
 #: Rules that read the key at the handshake.
