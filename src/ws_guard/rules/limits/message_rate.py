@@ -107,6 +107,7 @@ class MessageRate(LimitRule):
         self._tier_maps: dict[tuple[Rate, ...], list[ExpiringStates[Any]]] = {}
         self._book: LeaseBook | None = None
         self._failed = self.breach(INTERNAL_ERROR, REASON_INTERNAL_ERROR)
+        self._match_logged = False
 
     def _limit_arg(self) -> object:
         return describe_rates(self.rates) if self.tiers is None else self.tiers.func
@@ -218,8 +219,14 @@ class MessageRate(LimitRule):
         return check
 
     def _match_failed(self) -> Close:
-        """The decision when ``match`` raised (called in its ``except``: logs the traceback)."""
-        logger.exception("ws_guard MessageRate %r match raised; closing 1011", self.name)
+        """The decision when ``match`` raised (called in its ``except``: logs the traceback).
+
+        Logged once per rule, as a failing ``Content`` check: in shadow mode
+        every message would log a traceback.
+        """
+        if not self._match_logged:
+            self._match_logged = True
+            logger.exception("ws_guard MessageRate %r match raised; closing 1011", self.name)
         return self._failed
 
     def _share(self, conn: RuleContext, check: Checker) -> None:
