@@ -177,7 +177,16 @@ export class ReconnectPolicy {
   }
 
   actionFor(code, slug) {
-    code = rfcCode(code);
+    const rfc = rfcCode(code);
+    if (rfc !== code) {
+      // An override naming the twin itself (4001: the app's own meaning) comes first.
+      const own =
+        this.overrides[`${code}:${slug}`] ??
+        this.overrides[`${code}:${slug.split(":")[0]}`] ??
+        this.overrides[String(code)];
+      if (own !== undefined) return own;
+      code = rfc;
+    }
     const specific = `${code}:${slug}`;
     // A slug of a family ("rate_limited:chat") falls back to the family's.
     const family = `${code}:${slug.split(":")[0]}`;

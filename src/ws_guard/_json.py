@@ -29,9 +29,13 @@ from typing import Any
 #: Protocol messages nest a few levels; 64 leaves room and stays far below
 #: the depth at which any CPython's scanner runs out of stack.
 MAX_DEPTH = 64
-#: A JSON string, escapes included: its brackets do not nest (linear: no
-#: alternative can match the same text two ways).
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+#: A JSON string, escapes included: its brackets do not nest. An unclosed
+#: string runs to the end of the text (a lone backslash last included), so
+#: every opening quote matches at its first try and each character is read
+#: once: a closing quote alone would make each escaped quote of a long
+#: unclosed string (``"\"\"\"...``) rescan the rest of the text, quadratic
+#: (64 KB took 20 s).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 

@@ -8,6 +8,7 @@ setting and the bad value; *what* carries the owner when it helps
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Callable
@@ -99,10 +100,50 @@ def check_clear_below(clear_below: object, limit: float, *, default: float) -> f
     return clear
 
 
+#: Characters of a bad value's repr in a message about user code's result.
+MAX_SHOWN = 80
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to :data:`MAX_SHOWN` characters for a log line.
+
+    For values user code returns at run time (a tier callable's result): a
+    1 MB string would otherwise make a 1 MB log line.
+    """
+    text = repr(value)
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
+
+
+def is_async_callable(value: object) -> bool:
+    """Whether calling *value* returns a coroutine: an ``async def`` function, a
+    ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+        getattr(value, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def check_sync_callable(what: str, value: object) -> None:
+    """Refuse an async *value* where ws_guard calls without ``await``.
+
+    Its coroutine would never run, and as a result it is a true value: an
+    async ``Content`` check would allow every message, an async ``match``
+    count every one, an async key give each connection a key of its own.
+    ``ConfigurationError`` names *what* and the value.
+    """
+    if is_async_callable(value):
+        raise ConfigurationError(
+            f"{what} must be a plain (not async) callable: ws_guard calls it without await, "
+            f"so the coroutine of {value!r} would never run"
+        )
+
+
 def check_clock(clock: object) -> Callable[[], float] | None:
     """An injected clock: ``None`` or a callable returning seconds (first called much later)."""
     if clock is not None and not callable(clock):
         raise ConfigurationError(f"clock must be a callable returning seconds, not {clock!r}")
+    check_sync_callable("clock", clock)
     return clock
 
 

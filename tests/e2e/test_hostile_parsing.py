@@ -29,6 +29,9 @@ DEPTH = 3000  # 6 KB of "[" and "]": past CPython's default recursion limit
 NESTED = "[" * DEPTH + "]" * DEPTH
 NESTED_OBJECTS = '{"a":' * 1400 + "1" + "}" * 1400  # 8.4 KB: within the refresh envelope
 BIG_INT = "1" * 5000  # past sys.get_int_max_str_digits()
+#: 64 KB: an unclosed string of escaped quotes behind enough brackets to be scanned
+#: for depth; the scan once took 20 s of the server's event loop for it.
+UNCLOSED = "[" * 65 + '"' + '\\"' * 32_000
 
 
 @pytest.fixture(scope="module", params=UVICORN_WS)
@@ -139,6 +142,7 @@ JSON_PAYLOADS = {
     "nan": '{"x": NaN}',
     "infinity": "[Infinity]",
     "not-utf8": b'{"x": "\xff"}',
+    "unclosed-escaped-quotes": UNCLOSED,
 }
 
 
@@ -164,3 +168,19 @@ async def test_a_raising_content_check_closes_1011(site: Site) -> None:
     ]
     snap = await site.wait_for(guard, lambda s: s.active_connections == 0)
     assert snap.closes_by_code == {1011: 1}
+
+
+async def test_a_json_kind_reads_a_hostile_string_without_stalling_the_server(site: Site) -> None:
+    app = Careless()
+    kind = rules.MessageRate("1/minute", match=rules.json_type("chat"), name="chat")
+    url, _ = site.mount(app, rules=[kind])
+    chat = json.dumps({"type": "chat"})
+    started = time.monotonic()
+    # Each frame waits at most 5 s for the next: the hostile one once held the loop 20 s.
+    assert await closes(url, UNCLOSED, chat, chat) == (1008, "rate_limited:chat; retry-after=60")
+    assert time.monotonic() - started < 5.0
+    seen = await app.finished()
+    assert seen[:2] == [
+        {"type": "websocket.receive", "text": UNCLOSED},  # no chat: it passes uncounted
+        {"type": "websocket.receive", "text": chat},
+    ]

@@ -26,7 +26,12 @@ from ws_guard._core.scheduler import Scheduler
 from ws_guard._core.signals import SignalDrain, parse_signals
 from ws_guard._core.storage import SharedStorage
 from ws_guard._core.tasks import preload_backends
-from ws_guard._validate import check_clock, check_random_source, check_seconds
+from ws_guard._validate import (
+    check_clock,
+    check_random_source,
+    check_seconds,
+    check_sync_callable,
+)
 from ws_guard.codes import SERVICE_RESTART
 from ws_guard.errors import ConfigurationError
 from ws_guard.load.base import LoadGauge
@@ -98,6 +103,7 @@ class Guard:
         self.on_storage_error = on_storage_error
         if on_close is not None and not callable(on_close):
             raise ConfigurationError(f"on_close must be callable, not {on_close!r}")
+        check_sync_callable("on_close", on_close)
         self.random = check_random_source(random_source) or random.Random()
         self.scheduler = Scheduler(check_clock(clock))
         self.metrics = Metrics()

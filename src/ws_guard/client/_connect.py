@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ws_guard._validate import check_sync_callable
 from ws_guard.codes import ABNORMAL_CLOSURE, NO_STATUS, NORMAL
 from ws_guard.errors import ConfigurationError, WSGuardError
 
@@ -121,6 +122,7 @@ class Reconnecting:
             raise ConfigurationError(f"policy must be a ReconnectPolicy, not {policy!r}")
         if on_decision is not None and not callable(on_decision):
             raise ConfigurationError(f"on_decision must be callable, not {on_decision!r}")
+        check_sync_callable("on_decision", on_decision)
         for taken in ("uri", "process_exception"):
             if taken in connect_kwargs:
                 raise ConfigurationError(f"connect() does not take {taken!r}")

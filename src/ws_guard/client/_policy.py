@@ -119,12 +119,20 @@ class ReconnectPolicy:
         A private-range twin is looked up as its RFC code (4009 as 1009):
         ws_guard sends twins on servers that refuse RFC codes (daphne; see
         docs/close-codes.md). Twinned are 1001-1003 and 1007-1014, as 4001-4003
-        and 4007-4014; other 4xxx codes are looked up as they are. A slug of
-        a family, ``rate_limited:chat``, falls back to the family's
-        (``rate_limited``) before the code's.
+        and 4007-4014; other 4xxx codes are looked up as they are. A user's
+        override that names the twin itself (``4001: NoRetry(...)``, an app's
+        own meaning of 4001) comes first. A slug of a family,
+        ``rate_limited:chat``, falls back to the family's (``rate_limited``)
+        before the code's.
         """
-        code = rfc_code(code)
         family = slug.partition(":")[0]
+        rfc = rfc_code(code)
+        if rfc != code:
+            for own in ((code, slug), (code, family), code):
+                action = self._actions.get(own)
+                if action is not None:
+                    return action
+            code = rfc
         for table, key in (
             (self._actions, (code, slug)),
             (DEFAULT_ACTIONS, (code, slug)),

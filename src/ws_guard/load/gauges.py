@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ws_guard._core.tasks import Job, spawn, stop
-from ws_guard._validate import check_count, check_positive, check_seconds, is_number
+from ws_guard._validate import (
+    check_count,
+    check_positive,
+    check_seconds,
+    is_async_callable,
+    is_number,
+)
 from ws_guard.errors import ConfigurationError
 from ws_guard.load.base import LoadGauge
 from ws_guard.load.hysteresis import Hysteresis, check_band
@@ -92,9 +98,7 @@ class Gauge(LoadGauge):
         super().__init__(limit, name=name, **options)
         self.read = read
         self.clear_below = clear
-        self.is_async = inspect.iscoroutinefunction(read) or inspect.iscoroutinefunction(
-            getattr(read, "__call__", None)  # noqa: B004 - async callable objects
-        )
+        self.is_async = is_async_callable(read)
         #: Reads that raised, returned a non-number or timed out.
         self.read_errors = 0
         self._state = Hysteresis(limit, clear, self.hold)

@@ -14,10 +14,10 @@ import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ws_guard._core.states import LIVE
-from ws_guard._validate import check_positive, check_seconds
+from ws_guard._validate import check_positive, check_seconds, check_sync_callable
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -44,7 +44,9 @@ class ShedOpen:
     Every ``interval`` seconds while it stays tripped, at most ``fraction``
     of the open connections (at least one) are closed with 1013
     ``overloaded; retry-after=<seconds>``. ``priority(conn)`` orders them, lowest
-    first; the default sheds the newest first.
+    first; the default sheds the newest first. A connection the priority
+    raises for is shed first, and values that do not compare fall back to
+    newest first (logged once): a broken priority never stops shedding.
     """
 
     after: float = 10.0
@@ -60,6 +62,7 @@ class ShedOpen:
             raise ConfigurationError(f"ShedOpen fraction must be at most 1, not {fraction!r}")
         if self.priority is not None and not callable(self.priority):
             raise ConfigurationError(f"ShedOpen priority must be callable, not {self.priority!r}")
+        check_sync_callable("ShedOpen priority", self.priority)
 
 
 class SheddingGauge(Protocol):
@@ -84,13 +87,14 @@ class SheddingGauge(Protocol):
 class ShedTimer:
     """The periodic check of one gauge, chained on the guard's scheduler."""
 
-    __slots__ = ("_deadline", "config", "gauge", "guard")
+    __slots__ = ("_deadline", "_priority_logged", "config", "gauge", "guard")
 
     def __init__(self, gauge: SheddingGauge, guard: Runtime, config: ShedOpen) -> None:
         self.gauge = gauge
         self.guard = guard
         self.config = config
         self._deadline: Deadline | None = None
+        self._priority_logged = False
 
     def start(self) -> None:
         self._deadline = self.guard.scheduler.call_later(self.config.interval, self._tick)
@@ -120,7 +124,7 @@ class ShedTimer:
         if not candidates:
             return 0
         count = min(len(candidates), max(1, int(self.config.fraction * len(candidates))))
-        victims = heapq.nsmallest(count, candidates, key=self.config.priority or newest_first)
+        victims = self._victims(candidates, count)
         for conn in victims:
             if gauge.enforce:
                 gauge.open_sheds += 1
@@ -128,3 +132,52 @@ class ShedTimer:
                 gauge.shadow_sheds += 1
             conn.close_soon(gauge.overload_close(now))
         return count
+
+    def _victims(self, candidates: list[RuleContext], count: int) -> list[RuleContext]:
+        """The *count* connections to shed, lowest priority first.
+
+        The user's priority is user code that sees each connection: one that
+        raises for some (``conn.claims["plan"]`` on an anonymous connection)
+        or returns values that do not compare (``None`` beside numbers) once
+        made the whole tick fail, so nothing was shed while the overload
+        lasted. A connection it raises for goes first (it could not be
+        ranked above anyone); values that do not compare fall back to
+        newest first.
+        """
+        priority = self.config.priority
+        if priority is None:
+            return heapq.nsmallest(count, candidates, key=newest_first)
+        unranked: list[RuleContext] = []
+        ranked: list[tuple[Any, RuleContext]] = []
+        for conn in candidates:
+            try:
+                ranked.append((priority(conn), conn))
+            except Exception as exc:  # noqa: BLE001 - the user's priority: logged, shed first
+                self._priority_failed(f"raised {exc!r}", exc)
+                unranked.append(conn)
+        left = count - len(unranked)
+        if left <= 0:
+            return unranked[:count]
+        try:
+            chosen = [conn for _, conn in heapq.nsmallest(left, ranked, key=_rank)]
+        except Exception as exc:  # noqa: BLE001 - its values do not compare: logged
+            self._priority_failed("returned values that do not compare", exc)
+            rest = [conn for _, conn in ranked]
+            chosen = heapq.nsmallest(left, rest, key=newest_first)
+        return unranked + chosen
+
+    def _priority_failed(self, what: str, exc: BaseException) -> None:
+        # Once per timer: a broken priority fails on every tick of an overload.
+        if not self._priority_logged:
+            self._priority_logged = True
+            logger.error(
+                "ws_guard ShedOpen priority of %s %s; shedding those connections first "
+                "or newest first",
+                self.gauge.name,
+                what,
+                exc_info=exc,
+            )
+
+
+def _rank(entry: tuple[Any, RuleContext]) -> Any:
+    return entry[0]

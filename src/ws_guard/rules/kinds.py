@@ -15,7 +15,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ws_guard._json import read_json
+from ws_guard._json import Unreadable, read_json
+from ws_guard._validate import check_sync_callable
 from ws_guard.errors import ConfigurationError
 from ws_guard.types import Message
 
@@ -49,6 +50,7 @@ def check_match(rule: str, match: object) -> Match:
     """*match*, checked to be a callable of one message."""
     if not callable(match):
         raise ConfigurationError(f"{rule} match must be a callable of the message, not {match!r}")
+    check_sync_callable(f"{rule} match", match)
     return match
 
 
@@ -88,11 +90,23 @@ class LastParse:
 class JsonField:
     """True for a message that is a JSON object whose *field* equals *value*.
 
-    Text and binary frames (as UTF-8) are both read, so a client cannot
-    dodge the limit by sending the same JSON in a binary frame. A payload
-    that holds neither the value spelled out (``"chat"``) nor a backslash
-    cannot decode to it and is not parsed. Unreadable JSON (see
-    ``ws_guard._json``) is no match; nothing here raises for any input.
+    A limit must count every message the app would read as the kind, so
+    the test reads a message as ``json.loads`` (what a Python app most
+    likely parses it with) would, never more strictly:
+
+    - text and binary frames alike, so a client cannot dodge the limit by
+      sending the same JSON in a binary frame; binary frames as
+      ``json.loads(bytes)`` decodes them (``json.detect_encoding``: UTF-8,
+      a UTF-8 byte order mark, UTF-16 or UTF-32), the common UTF-8 frame
+      told apart by its first four bytes;
+    - JSON that ws_guard's own reading refuses (``ws_guard._json``: nested
+      deeper than 64 levels, ``NaN``/``Infinity``) is read again by
+      ``json.loads`` itself, on the same Python as the app, which takes
+      both: ``{"type": "chat", "x": NaN}`` is a chat.
+
+    A payload that holds neither the value spelled out (``"chat"``) nor a
+    backslash cannot decode to it and is not parsed. What ``json.loads``
+    cannot read either is no match; nothing here raises for any input.
     """
 
     __slots__ = ("_bytes_needle", "field", "text_needle", "value")
@@ -124,10 +138,32 @@ class JsonField:
             payload = message.get("bytes")
             if payload is None:
                 return False
+            if not payload[:1].isascii() or b"\x00" in payload[:4]:
+                # A byte order mark starts with a non-ASCII byte; UTF-16 and
+                # UTF-32 JSON without one has a NUL in its first four bytes.
+                return self._is_value(_as_json_loads_reads(payload))
             if self._bytes_needle not in payload and b"\\" not in payload:
                 return False
         value = parse(payload)
+        if value is Unreadable.REFUSED:  # too deep or NaN for ws_guard, maybe not for the app
+            value = _as_json_loads_reads(payload)
+        return self._is_value(value)
+
+    def _is_value(self, value: object) -> bool:
         return isinstance(value, dict) and value.get(self.field) == self.value
+
+
+def _as_json_loads_reads(payload: str | bytes) -> Any:
+    """*payload* as ``json.loads`` reads it; ``None`` when it cannot.
+
+    Only for a kind's match: refusing is ``ws_guard._json``'s job. Nesting
+    deep enough to exhaust the stack is a ``RecursionError`` here as in the
+    app; an over-long integer a ``ValueError``, as it is there.
+    """
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
 
 
 def json_type(value: str, *, field: str = "type") -> JsonField:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.decisions import Close
 from ws_guard._json import Unreadable, read_json
-from ws_guard._validate import check_count
+from ws_guard._validate import check_count, check_sync_callable
 from ws_guard.codes import (
     INTERNAL_ERROR,
     MESSAGE_TOO_BIG,
@@ -142,18 +142,20 @@ class Content(Rule):
     It runs on every message, so keep it cheap. An exception in it is a bug
     in the check, not the client's fault, and never taken as "allowed": the
     connection closes 1011 ``internal_error`` (counted under this rule's
-    label), the traceback is logged once at ERROR, and the exception does not
-    reach the app.
+    label), the traceback is logged at ERROR once per rule (in shadow mode
+    every message would log one), and the exception does not reach the app.
     """
 
     def __init__(self, check: Callable[[Any], bool], *, name: str, enforce: bool = True) -> None:
         if not callable(check):
             raise ConfigurationError(f"Content check must be callable, not {check!r}")
+        check_sync_callable("Content check", check)
         self.content_name = _check_content_name(name)
         super().__init__(enforce=enforce, name=f"{REASON_CONTENT_PREFIX}{name}")
         self.allowed = check
         self._breach = self.breach(POLICY_VIOLATION, f"{REASON_CONTENT_PREFIX}{name}")
         self._failed = self.breach(INTERNAL_ERROR, REASON_INTERNAL_ERROR)
+        self._failure_logged = False
         self.check: Checker = _content_check(check, self._breach, self.failed)
 
     def checker(self, conn: RuleContext) -> Checker:
@@ -163,8 +165,15 @@ class Content(Rule):
         return ContentTest(self.allowed, self._breach, self.failed)
 
     def failed(self) -> Close:
-        """The decision when ``check`` raised (called in its ``except``: logs the traceback)."""
-        logger.exception("ws_guard content rule %r raised; closing 1011", self.content_name)
+        """The decision when ``check`` raised (called in its ``except``: logs the traceback).
+
+        Logged once per rule: a client triggers it with every message that
+        breaks the check, and in shadow mode the connection lives on to
+        send the next. Each failure is still counted under the rule.
+        """
+        if not self._failure_logged:
+            self._failure_logged = True
+            logger.exception("ws_guard content rule %r raised; closing 1011", self.content_name)
         return self._failed
 
 
@@ -237,6 +246,7 @@ class Json(Content):
     ) -> None:
         if validator is not None and not callable(validator):
             raise ConfigurationError(f"Json validator must be callable, not {validator!r}")
+        check_sync_callable("Json validator", validator)
         self.validator = validator
         super().__init__(self._valid, name=name, enforce=enforce)
 

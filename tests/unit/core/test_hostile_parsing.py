@@ -10,6 +10,7 @@ that a handler which swallows exceptions never reads past it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -188,6 +189,46 @@ def test_json_nesting_limit_is_exact_and_the_same_on_every_python(kind: str) -> 
     quoted = json.dumps("[" * 200 + '\\"' + "{" * 200)
     assert read_json(f"[{quoted}]") == [json.loads(quoted)]
     assert nesting_depth(f'[{quoted}, [{{"a": [1]}}]]') == 4
+
+
+#: 64 KB of unclosed strings that spell escaped quotes, behind enough brackets
+#: to be scanned for depth: each escaped quote once opened a string that
+#: rescanned the rest of the text (quadratic, 20 s per message).
+UNCLOSED_STRINGS = {
+    "escaped-quotes": "[" * 65 + '"' + '\\"' * 32_000,
+    "escaped-quotes-lone-backslash": "[" * 65 + '"' + '\\"' * 32_000 + "\\",
+    "quote-backslash": "[" * 65 + '"\\' * 32_000,
+    "after-the-brackets": '"' + '\\"' * 32_000 + "[" * 65,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNCLOSED_STRINGS))
+def test_json_depth_scan_is_linear_in_hostile_strings(name: str) -> None:
+    text = UNCLOSED_STRINGS[name]
+    for payload in (text, text.encode("utf-8")):
+        started = time.perf_counter()
+        result = read_json(payload)
+        elapsed = time.perf_counter() - started
+        assert isinstance(result, Unreadable), name
+        # Linear: about 10 ms here; quadratic took 20 s. The bound leaves room for load.
+        assert elapsed < 1.0, (name, elapsed)
+
+
+def test_an_unclosed_string_runs_to_the_end_of_the_text() -> None:
+    # Brackets after an unclosed quote are inside it: the text is no JSON either way.
+    assert nesting_depth('[["a' + "[" * 100) == 2
+    assert nesting_depth('[["a\\') == 2  # a lone backslash last
+    assert nesting_depth('[["a\\"[[') == 2  # an escaped quote does not close it
+    assert read_json('[["a' + "[" * 100) is Unreadable.NOT_JSON
+
+
+def test_a_json_kind_reads_a_hostile_string_in_linear_time() -> None:
+    kind = rules.json_type("chat")
+    text = UNCLOSED_STRINGS["escaped-quotes"]
+    started = time.perf_counter()
+    assert not kind({"type": "websocket.receive", "text": text})
+    assert not kind({"type": "websocket.receive", "bytes": text.encode()})
+    assert time.perf_counter() - started < 2.0
 
 
 async def _never() -> Message:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import re
@@ -119,6 +120,65 @@ async def test_sustained_overload_sheds_newest_first_a_bounded_fraction() -> Non
             await ws.disconnect()
         await ws.finished()
     await guard.shutdown()
+
+
+async def _shed_once(priority: Any, caplog: pytest.LogCaptureFixture) -> list[bool]:
+    """Four clients, half shed in one tick under *priority*; which of them were closed."""
+    clock = Clock(0.0)
+    depth = [0.0]
+    gauge = load.Gauge(
+        lambda: depth[0],
+        10,
+        name="queue",
+        shed_open=load.ShedOpen(after=0.0, fraction=0.5, interval=1.0, priority=priority),
+    )
+    guard = Guard(load=[gauge], clock=clock)
+    await guard.startup()
+    clients = await open_clients(guard, 4)
+    conns = sorted(guard.connections, key=lambda conn: conn.opened_at)
+    for rank, conn in enumerate(conns):
+        conn.scope["rank"] = rank  # the priority's input: 0 the oldest, 3 the newest
+    depth[0] = 100.0
+    clock.now = 1.0
+    with caplog.at_level(logging.ERROR, logger="ws_guard"):
+        guard.scheduler.run_due()
+        clock.now = 2.0
+        depth[0] = 0.0  # clears on the next reading: one tick of shedding only
+        await settle(clients)
+    shed = [conn.guard_close is not None for conn in conns]
+    for ws in clients:
+        if closed_with(ws) is None:
+            await ws.disconnect()
+        await ws.finished()
+    await guard.shutdown()
+    return shed
+
+
+async def test_a_priority_that_raises_for_some_connections_sheds_them_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def priority(conn: Any) -> float:
+        rank = conn.scope["rank"]
+        if rank == 3:
+            raise KeyError("plan")  # a claim this connection lacks
+        return float(rank)
+
+    assert await _shed_once(priority, caplog) == [True, False, False, True]
+    errors = [r.getMessage() for r in caplog.records if "ShedOpen priority" in r.getMessage()]
+    assert len(errors) == 1
+    assert "raised KeyError('plan')" in errors[0]
+
+
+async def test_a_priority_whose_values_do_not_compare_sheds_newest_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def priority(conn: Any) -> float | None:
+        return None if conn.scope["rank"] % 2 else float(conn.scope["rank"])
+
+    assert await _shed_once(priority, caplog) == [False, False, True, True]
+    errors = [r.getMessage() for r in caplog.records if "ShedOpen priority" in r.getMessage()]
+    assert len(errors) == 1
+    assert "do not compare" in errors[0]
 
 
 async def test_shedding_by_user_priority_and_in_shadow_mode() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ws_guard._json import Unreadable, read_json
+from ws_guard._validate import check_sync_callable
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.fast import refresh_needle
 from ws_guard.types import Message
@@ -25,6 +26,7 @@ def refresh_matcher(
 ) -> RefreshMatcher | None:
     """The function that finds the token in a refresh message, or ``None`` in any other."""
     if refresh is None or callable(refresh):
+        check_sync_callable("JWTAuth refresh", refresh)
         return refresh
     if not isinstance(refresh, str) or not refresh:
         raise ConfigurationError(

@@ -209,8 +209,8 @@ class ByteRate(RateRule):
                 return too_big  # never fits a window: counts in none
             t = clock()
             windows = windows_at(t)
-            if windows is None:
-                return None
+            if windows is None or isinstance(windows, Close):
+                return windows
             worst: float | None = None
             for window in windows:
                 retry = window.take(t, cost)
@@ -226,10 +226,13 @@ class ByteRate(RateRule):
 
     def _windows_at(
         self, conn: RuleContext, rates: Rates
-    ) -> Callable[[float], list[Window] | None]:
-        """The connection's windows at a time: its own, or its key's (looked up again when dead)."""
+    ) -> Callable[[float], list[Window] | Close | None]:
+        """The connection's windows at a time: its own, or its key's (looked up again when dead).
+
+        ``None`` while the key is unknown; the rule's close when its key function failed.
+        """
         maps = self._shared_maps(rates)
         if maps is None:
             own: list[Window] = [CostWindow(r.limit, r.window) for r in rates]
             return lambda t: own
-        return shared_windows(conn, self.key, maps)
+        return shared_windows(conn, self._read_key, maps)

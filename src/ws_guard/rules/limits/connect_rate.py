@@ -162,9 +162,9 @@ class ConnectRate(LimitRule):
             if isinstance(resolved, Close):
                 return resolved
             rates = resolved
-        key = self.key(conn)
-        if key is None:
-            return None
+        key = self._read_key(conn)
+        if key is None or isinstance(key, Close):
+            return key
         tier = self._tier(guard, rates)
         counters = tier.counters
         retry: float | None

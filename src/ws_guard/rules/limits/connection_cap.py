@@ -152,9 +152,9 @@ class MaxConnectionsPerKey(LimitRule):
             if isinstance(resolved, Close):
                 return resolved
             limit = resolved
-        key = self.key(conn)
-        if key is None:
-            return None
+        key = self._read_key(conn)
+        if key is None or isinstance(key, Close):
+            return key
         if self.tiers is not None:
             key = f"{key}#{limit}"  # a tier counts on its own: its limit is in the key
         if not self._redis:

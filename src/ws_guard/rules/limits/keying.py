@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, cast
 
+from ws_guard._validate import check_sync_callable
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.keys import KeyFunc, by_connection, by_ip, by_user
 
@@ -29,6 +30,7 @@ def check_key(key: object, rule: str, *, per_connection: bool = True) -> KeyFunc
             f"{rule} key must be rules.by_connection, rules.by_ip, rules.by_user or a "
             f"callable of the connection, not {key!r}"
         )
+    check_sync_callable(f"{rule} key", key)
     try:
         inspect.signature(key).bind(None)
     except TypeError:

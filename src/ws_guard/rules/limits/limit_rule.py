@@ -11,18 +11,27 @@ Each rule keeps its own 1008 close, spelled out in its module.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ws_guard._core.decisions import Close
-from ws_guard.codes import REASON_STORAGE_UNAVAILABLE, TRY_AGAIN_LATER
+from ws_guard.codes import (
+    INTERNAL_ERROR,
+    REASON_INTERNAL_ERROR,
+    REASON_STORAGE_UNAVAILABLE,
+    TRY_AGAIN_LATER,
+)
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.base import Rule
 from ws_guard.rules.keys import KeyFunc
 from ws_guard.rules.limits.keying import bind_once, check_key, key_label, require_subject
 
 if TYPE_CHECKING:
+    from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
+
+logger = logging.getLogger("ws_guard")
 
 
 class LimitRule(Rule):
@@ -46,11 +55,43 @@ class LimitRule(Rule):
         super().__init__(enforce=enforce, name=name)
         self._guard: Runtime | None = None
         self._jobs: list[object] = []
+        self._key_failure_logged = False
 
     # -- construction ------------------------------------------------------
     def _check_key(self, key: object, *, per_connection: bool = True) -> KeyFunc:
         """*key*, checked (``ConfigurationError`` naming the rule and the bad value)."""
         return check_key(key, self.public_name, per_connection=per_connection)
+
+    # -- reading a connection's key ----------------------------------------
+    def _read_key(self, conn: RuleContext) -> str | Close | None:
+        """*conn*'s key: a ``str``, an ``int`` as its decimal string, or ``None`` (not counted).
+
+        A key callable that raises (a claim the token lacks) or returns
+        anything else (a list, bytes, a float) is a bug in it, not the
+        client's fault and never "no key" (which would switch the limit
+        off): the rule's 1011 ``internal_error`` close, logged at ERROR once
+        per rule, as a raising tier callable or ``Content`` check. Nothing
+        raises out of ws_guard.
+        """
+        try:
+            key: object = self.key(conn)  # typed str | None; user code may return anything
+        except Exception as exc:  # noqa: BLE001 - the user's key is broken: logged, then 1011
+            return self._key_failed(f"raised {exc!r}", exc)
+        if key is None or isinstance(key, str):
+            return key
+        if isinstance(key, int) and not isinstance(key, bool):
+            return str(key)
+        # The type only: a key that returns the claims by mistake would log them.
+        return self._key_failed(f"returned a {type(key).__name__}, not a string", None)
+
+    def _key_failed(self, what: str, exc: BaseException | None) -> Close:
+        if not self._key_failure_logged:
+            # Once per rule: a broken key fails every connection it sees.
+            self._key_failure_logged = True
+            logger.error(
+                "ws_guard %r key %s; closing 1011 internal_error", self, what, exc_info=exc
+            )
+        return self.breach(INTERNAL_ERROR, REASON_INTERNAL_ERROR)
 
     def _storage_id(self, name: str | None, limits: str) -> str:
         """``name``, else ``<key label>:<limits>``: stable across processes and restarts."""

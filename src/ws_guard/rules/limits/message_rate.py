@@ -102,6 +102,7 @@ class MessageRate(RateRule):
         self.warn_at = check_warn_at("MessageRate warn_at", warn_at)
         self.id = self._storage_id(name, limits)
         self._failed = self.breach(INTERNAL_ERROR, REASON_INTERNAL_ERROR)
+        self._match_logged = False
 
     # -- the message check ------------------------------------------------------
     def checker(self, conn: RuleContext) -> Checker | None:
@@ -115,8 +116,14 @@ class MessageRate(RateRule):
         return check
 
     def _match_failed(self) -> Close:
-        """The decision when ``match`` raised (called in its ``except``: logs the traceback)."""
-        logger.exception("ws_guard MessageRate %r match raised; closing 1011", self.name)
+        """The decision when ``match`` raised (called in its ``except``: logs the traceback).
+
+        Logged once per rule, as a failing ``Content`` check: in shadow mode
+        every message would log a traceback.
+        """
+        if not self._match_logged:
+            self._match_logged = True
+            logger.exception("ws_guard MessageRate %r match raised; closing 1011", self.name)
         return self._failed
 
     def _share(self, conn: RuleContext, check: Checker) -> None:
@@ -153,15 +160,15 @@ class MessageRate(RateRule):
                 return single_checker(clock, rates[0], report)
             return combined_checker(clock, self._windows_at(conn, rates, maps), report)
         if len(rates) == 1:
-            return single_shared_checker(conn, clock, self.key, maps[0], report)
-        return combined_checker(clock, shared_windows(conn, self.key, maps), report)
+            return single_shared_checker(conn, clock, self._read_key, maps[0], report)
+        return combined_checker(clock, shared_windows(conn, self._read_key, maps), report)
 
     def _windows_at(
         self, conn: RuleContext, rates: tuple[Rate, ...], maps: list[ExpiringStates[Any]] | None
     ) -> Callable[[float], Any]:
         """The connection's windows at a time: its own (*maps* ``None``), or its key's."""
         if maps is not None:
-            return shared_windows(conn, self.key, maps)
+            return shared_windows(conn, self._read_key, maps)
         own = [CountedWindow(r.limit, r.window) for r in rates]
         return lambda t: own
 

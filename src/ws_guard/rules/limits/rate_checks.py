@@ -20,11 +20,14 @@ from ws_guard.types import Message
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import Checker, RuleContext
-    from ws_guard.rules.keys import KeyFunc
     from ws_guard.rules.limits.expiring import ExpiringStates
     from ws_guard.rules.runtime import Runtime
 
 _INF = float("inf")
+
+#: A rule's key read for one connection (``LimitRule._read_key``): the key,
+#: ``None`` (not counted), or the rule's close when its key function failed.
+ReadKey = Callable[["RuleContext"], "str | Close | None"]
 
 
 class Report:
@@ -56,23 +59,24 @@ class Report:
 
 
 def shared_windows(
-    conn: RuleContext, key_of: KeyFunc, maps: Sequence[ExpiringStates[Any]]
-) -> Callable[[float], list[Any] | None]:
+    conn: RuleContext, key_of: ReadKey, maps: Sequence[ExpiringStates[Any]]
+) -> Callable[[float], list[Any] | Close | None]:
     """The connection's windows of a shared key at a time, one per rate of *maps*.
 
     ``None`` while the connection has no key (``by_user`` before an in-band
-    token); a window that has ended is looked up again, since the sweeper
-    may have dropped it.
+    token), the rule's close when its key function failed; a window that has
+    ended is looked up again, since the sweeper may have dropped it.
     """
     held: list[Any] = []
     key: str | None = None
 
-    def windows_at(t: float) -> list[Any] | None:
+    def windows_at(t: float) -> list[Any] | Close | None:
         nonlocal key
         if key is None:
-            key = key_of(conn)  # by_user may appear only after an in-band token
-            if key is None:
-                return None
+            found = key_of(conn)  # by_user may appear only after an in-band token
+            if found is None or isinstance(found, Close):
+                return found
+            key = found
             held.extend(states.get(key, t) for states in maps)
             return held
         for i, window in enumerate(held):
@@ -117,7 +121,7 @@ def single_checker(clock: Callable[[], float], rate: Rate, report: Report) -> Ch
 def single_shared_checker(
     conn: RuleContext,
     clock: Callable[[], float],
-    key_of: KeyFunc,
+    key_of: ReadKey,
     states: ExpiringStates[Any],
     report: Report,
 ) -> Checker:
@@ -131,9 +135,10 @@ def single_shared_checker(
         held = window
         if held is None or t >= held.end:  # a dead window may have been swept: look it up
             if key is None:
-                key = key_of(conn)  # by_user may appear only after an in-band token
-                if key is None:
-                    return None
+                found = key_of(conn)  # by_user may appear only after an in-band token
+                if found is None or isinstance(found, Close):
+                    return found
+                key = found
             held = window = states.get(key, t)
         retry = held.take(t)
         if retry is None:
@@ -151,8 +156,8 @@ def combined_checker(
     def check(message: Message) -> Close | None:
         t = clock()
         windows = windows_at(t)
-        if windows is None:
-            return None
+        if windows is None or isinstance(windows, Close):
+            return windows
         worst: float | None = None
         for window in windows:
             retry = window.take(t)

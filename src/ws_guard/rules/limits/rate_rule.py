@@ -162,9 +162,9 @@ class RateRule(LimitRule):
         book = self._book
         if book is None:
             return None
-        key = self.key(conn)
-        if key is None:
-            return None
+        key = self._read_key(conn)
+        if key is None or isinstance(key, Close):
+            return key
         now = book.now()
         for states in self._maps_for(rates):
             if not await states.get(key, now).prime():

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ws_guard._core.decisions import Close
 from ws_guard._core.info import ConnectionInfo
-from ws_guard._validate import check_count
+from ws_guard._validate import MAX_SHOWN, check_count, check_sync_callable, shown
 from ws_guard.codes import INTERNAL_ERROR, REASON_INTERNAL_ERROR
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.limits.rates import Rate, parse_rates
@@ -72,6 +72,7 @@ def check_tier_callable(rule: str, value: object) -> Callable[[ConnectionInfo], 
     """*value*, checked to be callable with one argument (``ConfigurationError`` if not)."""
     if not callable(value):
         raise ConfigurationError(f"{rule} tier must be callable, not {value!r}")
+    check_sync_callable(f"{rule} tier callable", value)
     try:
         inspect.signature(value).bind(None)
     except TypeError:
@@ -114,16 +115,18 @@ class Tiers(Generic[L]):
         except KeyError:
             pass
         except TypeError:  # unhashable: no limit either
-            self._log(f"{self.rule} tier callable returned {value!r}, not a limit", None)
-            raise BadTier(f"{self.rule} tier callable returned {value!r}") from None
+            self._log(f"{self.rule} tier callable returned {shown(value)}, not a limit", None)
+            raise BadTier(f"{self.rule} tier callable returned {shown(value)}") from None
         if len(self._cache) >= MAX_TIERS:
             self._log(f"{self.rule} tier callable returned more than {MAX_TIERS} values", None)
             raise BadTier(f"{self.rule} tier callable returned more than {MAX_TIERS} values")
         try:
             limit = self._parse(value)
         except ConfigurationError as exc:
-            self._log(f"{self.rule} tier callable returned {value!r}, not a limit: {exc}", None)
-            raise BadTier(str(exc)) from None
+            # The parser's message repeats the value, which may be huge: cut it.
+            why = f"{self.rule} tier callable returned {shown(value)}, not a limit"
+            self._log(f"{why}: {str(exc)[: MAX_SHOWN * 2]}", None)
+            raise BadTier(why) from None
         self._cache[cached] = limit
         return limit
 

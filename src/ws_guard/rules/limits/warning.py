@@ -108,7 +108,7 @@ class Warner:
 
 def warned_checker(
     clock: Callable[[], float],
-    windows_at: Callable[[float], Sequence[Any] | None],
+    windows_at: Callable[[float], Sequence[Any] | Close | None],
     report: Callable[[float, float], Close | None],
     warner: Warner,
 ) -> Checker:
@@ -121,8 +121,8 @@ def warned_checker(
     def check(message: Message) -> Close | None:
         t = clock()
         windows = windows_at(t)
-        if windows is None:
-            return None
+        if windows is None or isinstance(windows, Close):
+            return windows
         worst: float | None = None
         for window in windows:
             retry = window.take(t)

@@ -120,6 +120,104 @@ async def test_binary_json_and_escaped_values_count_too() -> None:
     await ws.finished()
 
 
+#: Every encoding ``json.loads(bytes)`` reads (json.detect_encoding): an app that
+#: parses binary frames with it sees a kind in each.
+JSON_LOADS_ENCODINGS = [
+    "utf-8",
+    "utf-8-sig",
+    "utf-16",
+    "utf-16-le",
+    "utf-16-be",
+    "utf-32",
+    "utf-32-le",
+    "utf-32-be",
+]
+
+
+@pytest.mark.parametrize("encoding", JSON_LOADS_ENCODINGS)
+def test_json_type_reads_binary_frames_as_json_loads_does(encoding: str) -> None:
+    kind = rules.json_type("chat")
+    for text, expected in [
+        ('{"type": "chat"}', True),
+        ('{"type": "\\u0063hat", "n": "\u00e9"}', True),  # escaped, and not ASCII
+        (' {"type": "chat"}', True),  # leading white space
+        ('{"type": "typing"}', False),
+        ('["chat"]', False),
+    ]:
+        payload = text.encode(encoding)
+        assert json.loads(payload) is not None  # what the app would read
+        assert kind({"type": "websocket.receive", "bytes": payload}) is expected, (text, payload)
+
+
+async def test_a_kind_in_utf_16_counts_against_the_same_window() -> None:
+    """A client cannot dodge a kind by sending its JSON in another encoding json.loads reads."""
+    guard = Guard(
+        rules=[rules.MessageRate("2/second", match=rules.json_type("chat"), name="chat")],
+        clock=Clock(0.0),
+    )
+    ws = await opened(WSGuardMiddleware(echo, guard=guard))
+    for encoding in ("utf-16", "utf-8-sig"):
+        payload = '{"type": "chat"}'.encode(encoding)
+        await ws.send_bytes(payload)
+        await ws.expect("websocket.send", bytes=payload)
+    await ws.send_bytes('{"type": "chat"}'.encode("utf-32-be"))
+    await ws.expect("websocket.close", code=1008, reason="rate_limited:chat; retry-after=1")
+    await ws.finished()
+
+
+#: JSON that ws_guard's own reading refuses but json.loads, what the app parses
+#: with, reads: each is a chat to the app, so each counts.
+READ_BY_JSON_LOADS = {
+    "nan": '{"type": "chat", "x": NaN}',
+    "infinity": '{"type": "chat", "x": [Infinity, -Infinity]}',
+    "65-levels": '{"type": "chat", "x": ' + "[" * 65 + "]" * 65 + "}",
+    "500-levels": '{"type": "chat", "x": ' + "[" * 500 + "]" * 500 + "}",
+    "escaped-and-nan": '{"type": "\\u0063hat", "x": NaN}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(READ_BY_JSON_LOADS))
+def test_json_type_counts_what_json_loads_reads_as_the_kind(name: str) -> None:
+    text = READ_BY_JSON_LOADS[name]
+    assert json.loads(text)["type"] == "chat"  # what the app sees
+    kind = rules.json_type("chat")
+    assert kind({"type": "websocket.receive", "text": text}) is True
+    assert kind({"type": "websocket.receive", "bytes": text.encode()}) is True
+    assert kind({"type": "websocket.receive", "bytes": text.encode("utf-16")}) is True
+    assert rules.json_type("typing")({"type": "websocket.receive", "text": text}) is False
+
+
+def test_json_type_does_not_count_what_json_loads_cannot_read_either() -> None:
+    kind = rules.json_type("chat")
+    for text in [
+        '{"type": "chat", "x": ' + "1" * 5000 + "}",  # past the int digit limit
+        '{"type": "chat", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",  # out of stack
+        '{"type": "chat", "x": ' + "[" * 100 + "}",  # unbalanced
+    ]:
+        with pytest.raises((ValueError, RecursionError)):
+            json.loads(text)
+        assert kind({"type": "websocket.receive", "text": text}) is False
+
+
+async def test_a_chat_with_nan_counts_against_the_chat_window() -> None:
+    guard = Guard(
+        rules=[rules.MessageRate("2/second", match=rules.json_type("chat"), name="chat")],
+        clock=Clock(0.0),
+    )
+    ws = await opened(WSGuardMiddleware(echo, guard=guard))
+    nan_chat = '{"type": "chat", "x": NaN}'
+    await echoed(ws, nan_chat, nan_chat)
+    await ws.send_text(nan_chat)
+    await ws.expect("websocket.close", code=1008, reason="rate_limited:chat; retry-after=1")
+    await ws.finished()
+
+
+def test_json_type_never_raises_on_bytes_that_look_like_another_encoding() -> None:
+    kind = rules.json_type("chat")
+    for payload in [b"\xff\xfe\x00", b"\x00\x00", b"\xef\xbb\xbf\xff", b"\xe9", b"\x00" * 9, b""]:
+        assert kind({"type": "websocket.receive", "bytes": payload}) is False, payload
+
+
 async def test_json_type_never_raises_and_matches_only_objects_with_the_value() -> None:
     kind = rules.json_type("chat")
     assert kind({"type": "websocket.receive", "text": '{"type": "chat"}'}) is True

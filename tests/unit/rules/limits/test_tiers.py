@@ -303,3 +303,20 @@ async def test_a_failing_tier_is_http_500_in_http_denial_mode() -> None:
     await ws.expect("websocket.http.response.start", status=500)
     await ws.expect("websocket.http.response.body", body=b"internal_error")
     assert guard.metrics.snapshot().closes_by_rule == {"internal_error": 1}
+
+
+async def test_a_huge_value_from_a_tier_callable_is_cut_in_the_log_and_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 1 MB string made a 2 MB log line (the value, and the parser's message repeating it)."""
+    huge = "9" * 1_000_000
+    tiers = Tiers("MessageRate", lambda info: huge, rate_tier)
+    with (
+        caplog.at_level(logging.ERROR, logger="ws_guard"),
+        pytest.raises(Exception, match=r"\(1000002 characters\), not a limit$") as info,
+    ):
+        tiers.resolve(None)  # type: ignore[arg-type]
+    assert len(str(info.value)) < 200
+    (record,) = caplog.records
+    assert len(record.getMessage()) < 400
+    assert "(1000002 characters)" in record.getMessage()
