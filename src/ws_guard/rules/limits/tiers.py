@@ -123,9 +123,12 @@ class Tiers(Generic[L]):
         try:
             limit = self._parse(value)
         except ConfigurationError as exc:
-            # The parser's message repeats the value, which may be huge: cut it.
             why = f"{self.rule} tier callable returned {shown(value)}, not a limit"
-            self._log(f"{why}: {str(exc)[: MAX_SHOWN * 2]}", None)
+            detail = str(exc)
+            if len(repr(value)) > MAX_SHOWN:
+                # The parser's message repeats the value, which may be huge: cut it.
+                detail = detail[: MAX_SHOWN * 2]
+            self._log(f"{why}: {detail}", None)
             raise BadTier(why) from None
         self._cache[cached] = limit
         return limit
