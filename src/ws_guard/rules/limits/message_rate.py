@@ -45,7 +45,7 @@ from ws_guard.rules.limits.rate_checks import (
 )
 from ws_guard.rules.limits.rate_rule import RateRule
 from ws_guard.rules.limits.rates import Rate
-from ws_guard.rules.limits.warning import Warner, check_warn_at, thresholds, warned_checker
+from ws_guard.rules.limits.warning import Warner, check_warn_at, thresholds
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
@@ -154,7 +154,7 @@ class MessageRate(RateRule):
         report = Report(self._deny, self.enforce)
         if self.warn_at is not None and self.enforce:
             warner = Warner(conn, self.name or REASON_RATE_LIMITED, thresholds(rates, self.warn_at))
-            return warned_checker(clock, self._windows_at(conn, rates, maps), report, warner)
+            return combined_checker(clock, self._windows_at(conn, rates, maps), report, warner)
         if maps is None:
             if len(rates) == 1:
                 return single_checker(clock, rates[0], report)

@@ -21,6 +21,7 @@ from ws_guard.types import Message
 if TYPE_CHECKING:
     from ws_guard.rules.context import Checker, RuleContext
     from ws_guard.rules.limits.expiring import ExpiringStates
+    from ws_guard.rules.limits.warning import Warner
     from ws_guard.rules.runtime import Runtime
 
 _INF = float("inf")
@@ -149,9 +150,15 @@ def single_shared_checker(
 
 
 def combined_checker(
-    clock: Callable[[], float], windows_at: Callable[[float], Any], report: Report
+    clock: Callable[[], float],
+    windows_at: Callable[[float], Any],
+    report: Report,
+    warner: Warner | None = None,
 ) -> Checker:
-    """Several rates: every window takes the message; the longest wait (or an outage) refuses."""
+    """Several rates: every window takes the message; the longest wait (or an outage) refuses.
+
+    With a *warner* (``warn_at``), an admitted message may warn the client.
+    """
 
     def check(message: Message) -> Close | None:
         t = clock()
@@ -164,6 +171,8 @@ def combined_checker(
             if retry is not None and worst != STORAGE_DOWN:
                 worst = retry if worst is None or retry == STORAGE_DOWN else max(worst, retry)
         if worst is None:
+            if warner is not None:
+                warner.after(t, windows)
             return None
         return report(t, worst)
 

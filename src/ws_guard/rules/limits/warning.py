@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ws_guard._core.decisions import Close
 from ws_guard._validate import is_number
 from ws_guard.errors import ConfigurationError
-from ws_guard.rules.limits.leases import STORAGE_DOWN, LeasedWindow
+from ws_guard.rules.limits.leases import LeasedWindow
 from ws_guard.rules.limits.rates import Rate
-from ws_guard.types import Message
 
 if TYPE_CHECKING:
-    from ws_guard.rules.context import Checker, RuleContext
+    from ws_guard.rules.context import RuleContext
 
 #: The ``type`` of the warning message.
 WARNING_TYPE = "rate.warning"
@@ -104,33 +102,3 @@ class Warner:
                 wait = end - t
         if wait is not None:
             self.conn.send_soon({"type": "websocket.send", "text": warning_text(self.rule, wait)})
-
-
-def warned_checker(
-    clock: Callable[[], float],
-    windows_at: Callable[[float], Sequence[Any] | Close | None],
-    report: Callable[[float, float], Close | None],
-    warner: Warner,
-) -> Checker:
-    """``MessageRate``'s check with a warning: each message takes one from every window.
-
-    A refusal (the longest wait, or ``STORAGE_DOWN``) goes to *report*, an
-    admission to *warner*; the decisions are those of the rule's own checks.
-    """
-
-    def check(message: Message) -> Close | None:
-        t = clock()
-        windows = windows_at(t)
-        if windows is None or isinstance(windows, Close):
-            return windows
-        worst: float | None = None
-        for window in windows:
-            retry = window.take(t)
-            if retry is not None and worst != STORAGE_DOWN:
-                worst = retry if worst is None or retry == STORAGE_DOWN else max(worst, retry)
-        if worst is None:
-            warner.after(t, windows)
-            return None
-        return report(t, worst)
-
-    return check
