@@ -149,7 +149,7 @@ def test_every_code_reference_on_the_page_resolves() -> None:
     [
         ("_core.admission:Admission.handshake", None),
         ("ws_guard._core.connection:Connection.receive", None),
-        ("_core.connection:CLOSE_FRAME_GRACE", None),
+        ("_core.closing:CLOSE_FRAME_GRACE", None),
         ("_json:read_json", None),
         ("Connection.receive", None),
         ("Closing._close_open", None),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import anyio
+
 from ws_guard._core.conn_base import ConnectionBase, close_frame
 from ws_guard._core.decisions import Close
 from ws_guard._core.request import loggable_path
@@ -23,6 +25,11 @@ from ws_guard.codes import (
 from ws_guard.types import Message
 
 logger = logging.getLogger("ws_guard")
+
+#: Seconds ws_guard waits for a close frame of its own to be handed to the
+#: server (in ``Connection.finish`` and after an app crash) before it gives
+#: up on a client that stopped reading.
+CLOSE_FRAME_GRACE = 1.0
 
 
 def server_refused_send(exc: BaseException) -> bool:
@@ -222,9 +229,17 @@ class Closing(ConnectionBase):
             if server_refused_send(exc):
                 # A send the app made on the fast path (not seen by ws_guard) hit a gone client.
                 self.guard.reporter.record_close(self.full, None, ABNORMAL_CLOSURE, "client")
-            elif await self._send_quietly(frame):
-                self.guard.reporter.record_close(self.full, close, initiator="app")
-            else:  # the server refused the close: the client is gone
+            else:
+                sent = False
+                # Bounded: the middleware shields this call (so the app's
+                # exception survives a cancel), and a client that stopped
+                # reading never takes the frame.
+                with anyio.move_on_after(CLOSE_FRAME_GRACE):
+                    sent = await self._send_quietly(frame)
+                if sent:
+                    self.guard.reporter.record_close(self.full, close, initiator="app")
+                    return
+                # The server refused the close, or nobody took it: the client is gone.
                 self.guard.reporter.record_close(self.full, None, ABNORMAL_CLOSURE, "client")
 
     async def app_returned(self) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.lowlevel
 
+from ws_guard._core.closing import CLOSE_FRAME_GRACE
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.holds import Holds
 from ws_guard._core.send_watch import SendWatch, current_task
@@ -30,10 +31,6 @@ from ws_guard.types import Message
 
 #: What _receive_slow is given for a message no check has seen yet.
 _UNCHECKED: Any = object()
-
-#: Seconds :meth:`Connection.finish` waits for ws_guard's close frame to be
-#: handed to the server before it gives up on the client and releases.
-CLOSE_FRAME_GRACE = 1.0
 
 
 class Connection(Holds):

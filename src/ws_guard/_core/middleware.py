@@ -76,7 +76,12 @@ class WSGuardMiddleware:
                     _uncancel()  # ws_guard's own cancel ends here, as an ordinary return
                     return None
                 except Exception as exc:
-                    await conn.app_crashed(exc)
+                    # Shielded: a server (or test client) that cancels the
+                    # handler while the 1011 goes out would replace the app's
+                    # exception with its CancelledError, and the server would
+                    # never see or log the app's error. Bounded in app_crashed.
+                    with anyio.CancelScope(shield=True):
+                        await conn.app_crashed(exc)
                     raise
                 await conn.app_returned()
                 return result

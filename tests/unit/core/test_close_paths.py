@@ -582,3 +582,52 @@ async def test_an_app_that_returns_within_the_timeout_is_not_cancelled() -> None
     await ws.finished()
     assert app.returned
     assert len(guard.scheduler) == 0  # the exit deadline went with the connection
+
+
+async def test_a_cancel_while_the_1011_goes_out_keeps_the_apps_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server (Starlette's TestClient does) may cancel the handler while
+    # ws_guard sends the 1011 of an app crash. The cancel used to replace the
+    # app's exception, so the server never saw or logged it; FastAPI's own
+    # test of a broken dependency lost its ValueError about one run in three.
+    from ws_guard._core import closing
+
+    monkeypatch.setattr(closing, "CLOSE_FRAME_GRACE", 0.05)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        raise ValueError("the app's own bug")
+
+    guard = Guard()
+    guarded = WSGuardMiddleware(app, guard=guard)
+    to_app, inbox = anyio.create_memory_object_stream[Message](1)
+    await to_app.send({"type": "websocket.connect"})
+    close_pending = anyio.Event()
+    caught: list[BaseException] = []
+
+    async def server_send(message: Message) -> None:
+        if message["type"] == "websocket.close":
+            close_pending.set()
+            await anyio.sleep_forever()  # a client that never takes the frame
+
+    async def handler(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            try:
+                await guarded(websocket_scope(), inbox.receive, server_send)
+            except ValueError as exc:
+                caught.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            cancel_scope = await group.start(handler)
+            await close_pending.wait()
+            cancel_scope.cancel()
+    to_app.close()
+    inbox.close()
+    assert [str(exc) for exc in caught] == ["the app's own bug"]
+    snap = guard.metrics.snapshot()
+    assert snap.closes_by_code == {1006: 1}  # nobody took the 1011: the client is gone
+    assert snap.closes_by_initiator == {"client": 1}
