@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 
-from tests.support.slow_reader import _exactly
+from tests.support.slow_reader import frames_until_close
 
-#: A text frame's opcode, and a close frame's.
-TEXT, CLOSE = 0x1, 0x8
+#: A text frame's opcode.
+TEXT = 0x1
 
 
 def masked_text(text: str) -> bytes:
@@ -29,20 +28,5 @@ def masked_text(text: str) -> bytes:
 
 def frames_to_close(sock: socket.socket) -> tuple[list[str], tuple[int, str] | None]:
     """The text of every data frame until the server's close: (texts, (code, reason) or None)."""
-    texts: list[str] = []
-    while True:
-        header = _exactly(sock, 2)
-        if header is None:
-            return texts, None
-        opcode, length = header[0] & 0x0F, header[1] & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", _exactly(sock, 2) or b"\0\0")[0]
-        elif length == 127:
-            length = struct.unpack("!Q", _exactly(sock, 8) or bytes(8))[0]
-        payload = _exactly(sock, length)
-        if payload is None:
-            return texts, None
-        if opcode == CLOSE:
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            return texts, (code, payload[2:].decode())
-        texts.append(payload.decode())
+    payloads, close = frames_until_close(sock)
+    return [payload.decode() for payload in payloads], close

@@ -52,13 +52,13 @@ def _exactly(sock: socket.socket, size: int) -> bytes | None:
     return bytes(data)
 
 
-def read_to_close(sock: socket.socket) -> tuple[int, tuple[int, str] | None]:
-    """Read server frames until a close frame or EOF: (data frames read, (code, reason) or None)."""
-    frames = 0
+def frames_until_close(sock: socket.socket) -> tuple[list[bytes], tuple[int, str] | None]:
+    """Every data frame's payload until the server's close: (payloads, (code, reason) or None)."""
+    payloads: list[bytes] = []
     while True:
         header = _exactly(sock, 2)
         if header is None:
-            return frames, None
+            return payloads, None
         opcode, length = header[0] & 0x0F, header[1] & 0x7F
         if length == 126:
             length = struct.unpack("!H", _exactly(sock, 2) or b"\0\0")[0]
@@ -66,8 +66,14 @@ def read_to_close(sock: socket.socket) -> tuple[int, tuple[int, str] | None]:
             length = struct.unpack("!Q", _exactly(sock, 8) or bytes(8))[0]
         payload = _exactly(sock, length)
         if payload is None:
-            return frames, None
+            return payloads, None
         if opcode == 0x8:
             code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            return frames, (code, payload[2:].decode())
-        frames += 1
+            return payloads, (code, payload[2:].decode())
+        payloads.append(payload)
+
+
+def read_to_close(sock: socket.socket) -> tuple[int, tuple[int, str] | None]:
+    """Read server frames until a close frame or EOF: (data frames read, (code, reason) or None)."""
+    payloads, close = frames_until_close(sock)
+    return len(payloads), close
