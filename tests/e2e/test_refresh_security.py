@@ -88,10 +88,17 @@ async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int,
 
 
 async def send_all(ws: ClientConnection, frames: list[str]) -> None:
-    """Send every frame without waiting for replies; stop once the server has closed."""
+    """Send every frame without waiting for replies; stop once the server has closed.
+
+    Yields to the loop after each frame: the client's ``send`` only suspends
+    when its buffer is full, so without it one flooding client holds this
+    process's loop and a bystander's timing would measure the client, not the
+    server.
+    """
     try:
         for frame in frames:
             await ws.send(frame)
+            await asyncio.sleep(0)
     except ConnectionClosed:
         pass
 
@@ -217,7 +224,7 @@ async def test_a_bystanders_echo_stays_fast_during_a_refresh_flood() -> None:
     print(
         f"bystander echo during the flood: median {median * 1e3:.1f} ms, max {worst * 1e3:.1f} ms"
     )
-    assert worst < 1.0, f"a bystander's echo took {worst * 1e3:.0f} ms"
+    assert worst < 0.5, f"a bystander's echo took {worst * 1e3:.0f} ms"
 
 
 # -- a refresh must move the deadline forward ------------------------------------------
