@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -121,35 +121,58 @@ class Connection(Holds):
             return server_send(message)
         return self._send_slow(message)
 
-    async def send_watched(self, message: Message) -> None:
-        """:meth:`send` for a guard with a rule that watches sends (the plan's ``send_rules``).
+    def watched_send(self) -> Callable[[Message], Awaitable[None]]:
+        """The app's send for a guard with a rule that watches sends (the plan's ``send_rules``).
 
-        A coroutine itself (one frame, not two, per send): an open
-        ``websocket.send`` is entered in the connection's
-        :class:`SendWatch` while it is pending; the rest goes to
-        :meth:`_send_slow`.
+        Called once, when the middleware calls the app: the connection's
+        :class:`SendWatch` is made here, so the send itself tests nothing
+        but the state, and the backend is chosen here, not per send.
         """
-        if self.state != OPEN or message["type"] != "websocket.send":
-            await self._send_slow(message)
-            return
+        watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
+        return self.send_watched if watch.loop is not None else self.send_watched_aside
+
+    async def send_watched(self, message: Message) -> None:
+        """:meth:`send` with the pending send entered in the connection's :class:`SendWatch`.
+
+        On asyncio. A coroutine itself (one frame, not two, per send), so
+        that a send ws_guard ends returns to the app. The one sending task
+        goes in the watch's two slots; anything else (not open, not a data
+        message, a second task's send) to :meth:`send_watched_aside`. The
+        shape (locals, early returns) is chosen for the interpreter: see
+        docs/benchmarks.md, "SlowConsumer on the send path".
+        """
         watch = self._sends
-        if watch is None:
-            watch = self._sends = SendWatch(self.full, self.guard.plan.send_rules)
-        loop = watch.loop
-        if loop is None or watch.task is not None:
-            await self._send_aside(watch, message)  # off asyncio, or a second sending task
+        if (
+            watch is None
+            or self.state != OPEN
+            or message["type"] != "websocket.send"
+            or watch.task is not None
+        ):
+            await self.send_watched_aside(message)
             return
-        task = current_task(loop)
-        watch.task = task
+        task = watch.task = current_task(watch.loop)
         if watch.deadline is None:
             watch.seen = watch.arm()
+        server_send = self._send  # a local, as in receive()
         try:
-            await self._send(message)
+            await server_send(message)
         except asyncio.CancelledError:
             if not watch.ended(task) or self._send_ended(task):
                 raise
         finally:
             watch.task = watch.seen = None
+
+    async def send_watched_aside(self, message: Message) -> None:
+        """Every watched send but asyncio's one sending task's open data message.
+
+        The app's send off asyncio (trio), where each open send waits in a
+        cancel scope of its own; on asyncio, a second task's send.
+        """
+        watch = self._sends
+        if watch is None or self.state != OPEN or message["type"] != "websocket.send":
+            await self._send_slow(message)
+            return
+        await self._send_aside(watch, message)
 
     async def _send_aside(self, watch: SendWatch, message: Message) -> None:
         """:meth:`send_watched` for a send in ``watch.pending``: by a cancel scope, or a task."""

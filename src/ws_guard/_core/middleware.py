@@ -63,7 +63,7 @@ class WSGuardMiddleware:
                 result: Any = None  # stays None when the cancel scope stops the app
                 # Decided by the plan, once per guard: without a rule that
                 # watches sends, the app gets the plain send path.
-                app_send = conn.send_watched if guard.plan.send_rules else conn.send
+                app_send = conn.watched_send() if guard.plan.send_rules else conn.send
                 try:
                     if app_scope is None:
                         result = await app(scope, conn.receive, app_send)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
 
 
-def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+def _task_lookup() -> Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]:
     """The cheapest ``current_task(loop)`` this Python has.
 
     From 3.12 ``asyncio.current_task`` is written in C. Before, it is a
@@ -47,12 +47,13 @@ def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | 
     if sys.version_info < (3, 12):
         tasks = getattr(asyncio.tasks, "_current_tasks", None)
         if isinstance(tasks, dict):
-            get: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = tasks.get
+            get: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]
+            get = tasks.get
             return get
     return asyncio.current_task
 
 
-#: ``current_task(loop)``: the task running on *loop*.
+#: ``current_task(loop)``: the task running on *loop* (only ever called with a loop).
 current_task = _task_lookup()
 
 
