@@ -26,6 +26,7 @@ if SRC not in sys.path:
 
 from ws_guard import Guard, rules  # noqa: E402
 from ws_guard._core.connection import Connection  # noqa: E402
+from ws_guard.testing import ManualClock  # noqa: E402
 from ws_guard.types import Message  # noqa: E402
 
 DEFAULT_RATES = ("10/minute", "10000/day")
@@ -52,9 +53,9 @@ def _address(i: int) -> str:
 
 async def bytes_per_key(rate: str, keys: int) -> tuple[float, int]:
     """(bytes per key, keys the rule tracks) after *keys* addresses attempted once."""
-    now = [CLOCK_START]
+    now = ManualClock(CLOCK_START)
     rule = rules.ConnectRate(rate, max_keys=keys)
-    guard = Guard(rules=[rule], clock=lambda: now[0])
+    guard = Guard(rules=[rule], clock=now)
     await guard.startup()
     try:
         assert await rule.admit(_connection(guard, "192.0.2.1")) is None  # warm the code paths
@@ -63,7 +64,7 @@ async def bytes_per_key(rate: str, keys: int) -> tuple[float, int]:
         try:
             start = tracemalloc.get_traced_memory()[0]
             for i in range(keys):
-                now[0] = CLOCK_START + i * 1e-6
+                now.now = CLOCK_START + i * 1e-6
                 # A new connection per attempt, dropped after it: what stays is the rule's.
                 assert await rule.admit(_connection(guard, _address(i))) is None
             gc.collect()

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from typing import TypeGuard
 
+from ws_guard._clocks import ManualClock
 from ws_guard.errors import ConfigurationError
 
 
@@ -145,6 +146,23 @@ def check_clock(clock: object) -> Callable[[], float] | None:
         raise ConfigurationError(f"clock must be a callable returning seconds, not {clock!r}")
     check_sync_callable("clock", clock)
     return clock
+
+
+def check_guard_clock(clock: object) -> ManualClock | None:
+    """A guard's injected clock: ``None`` or a :class:`ManualClock`.
+
+    A guard with an injected clock arms no timer (tests call ``run_due``),
+    so a plain callable, say ``time.monotonic`` passed in production, would
+    turn off every deadline without a word: refused.
+    """
+    if clock is None or isinstance(clock, ManualClock):
+        return clock
+    check_clock(clock)  # a non-callable gets the plain message
+    raise ConfigurationError(
+        "Guard(clock=...) arms no timer (deadlines run only when a test calls "
+        "guard.scheduler.run_due()), so it takes a ws_guard.testing.ManualClock, "
+        f"not {clock!r}; leave it out to run on the event loop's clock"
+    )
 
 
 def check_random_source(source: object) -> random.Random | None:

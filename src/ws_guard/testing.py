@@ -5,6 +5,10 @@ messages and read exactly what the app and the guard sent back, with no
 network and no sleeps, so close codes and message sequences can be asserted
 to the byte. It runs on asyncio and on trio (anyio events; the app
 runs as a detached task, see ``ws_guard._core.tasks``).
+
+:class:`ManualClock` is the clock such tests give the guard
+(``Guard(clock=ManualClock())``): no timer runs, the test moves the clock
+and calls ``guard.scheduler.run_due()``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from typing import Any
 
 import anyio
 
+from ws_guard._clocks import ManualClock
 from ws_guard._core.tasks import Job, spawn, wait_done
 from ws_guard.types import ASGIApp, Message, Scope
+
+__all__ = ["ManualClock", "ScriptedWebSocket"]
 
 
 class _Queue:

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.apps import echo
 from tests.support.children import running
-from tests.support.helpers import ManualClock, eventually
+from tests.support.helpers import eventually
 from tests.support.paths import ROOT, SERVER_PATH
 from tests.support.rate_helpers import HeaderSubject, read_until_closed
 from tests.support.redis_server import RedisServer
@@ -31,6 +31,7 @@ from tests.support.servers import free_port, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
+from ws_guard.testing import ManualClock
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 

@@ -20,9 +20,10 @@ from fastapi import FastAPI, WebSocket, WebSocketException, status
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.helpers import ManualClock, eventually
+from tests.support.helpers import eventually
 from tests.support.servers import UVICORN_WS, serve
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard.testing import ManualClock
 from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e

@@ -26,16 +26,6 @@ class FixedRandom(random.Random):
         return self.value
 
 
-class ManualClock:
-    """An injected clock: tests move time, nothing sleeps."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Lifecycle(rules.Rule):
     """Counts startup/shutdown/admit/release so tests can see when hooks ran."""
 

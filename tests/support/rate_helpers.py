@@ -7,11 +7,10 @@ from typing import Any
 
 import websockets
 
-from tests.support.helpers import ManualClock
 from ws_guard import rules
 from ws_guard._core.connection import Connection
 from ws_guard._core.decisions import Close
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 
 
 class HeaderSubject(rules.Rule):

@@ -27,7 +27,7 @@ from ws_guard._core.signals import SignalDrain, parse_signals
 from ws_guard._core.storage import SharedStorage
 from ws_guard._core.tasks import preload_backends
 from ws_guard._validate import (
-    check_clock,
+    check_guard_clock,
     check_random_source,
     check_seconds,
     check_sync_callable,
@@ -105,7 +105,7 @@ class Guard:
             raise ConfigurationError(f"on_close must be callable, not {on_close!r}")
         check_sync_callable("on_close", on_close)
         self.random = check_random_source(random_source) or random.Random()
-        self.scheduler = Scheduler(check_clock(clock))
+        self.scheduler = Scheduler(check_guard_clock(clock))
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Admitted connections that have not finished.

@@ -57,8 +57,9 @@ class Deadline:
 class Scheduler:
     """A min-heap of deadlines driven by a single event-loop timer.
 
-    With an injected *clock*, no loop timer is armed: tests advance time and
-    call :meth:`run_due` themselves, so deadlines are exact without sleeping.
+    With an injected *clock* (a :class:`ManualClock`), no loop timer is
+    armed: tests advance time and call :meth:`run_due` themselves, so
+    deadlines are exact without sleeping.
     """
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:

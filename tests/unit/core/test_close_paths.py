@@ -17,10 +17,10 @@ from tests.support.apps import (
     echo,
     return_after_first_message,
 )
-from tests.support.helpers import Checks, ManualClock, RawServer, SessionLimit, websocket_scope
+from tests.support.helpers import Checks, RawServer, SessionLimit, websocket_scope
 from ws_guard import Close, Guard, WSGuardMiddleware, rules
 from ws_guard._core.tasks import wait_done
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 from ws_guard.types import Message
 
 DISCONNECT_1009 = {"type": "websocket.disconnect", "code": 1009, "reason": "message_too_big"}

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from tests.support.apps import echo
 from tests.support.backends import BACKENDS
-from tests.support.helpers import ManualClock
 from ws_guard import CONSUME, Close, Guard, WSGuardMiddleware, rules
 from ws_guard._core.fast_path import (
     FusedRun,
@@ -25,7 +24,7 @@ from ws_guard._core.fast_path import (
 )
 from ws_guard._core.plan import plan_checks
 from ws_guard.rules.base import Checker, Rule
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 
 
 def checks_of(items: Any, conn: Any) -> list[Checker]:

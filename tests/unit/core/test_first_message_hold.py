@@ -16,12 +16,11 @@ import anyio
 import pytest
 
 from tests.support.backends import joined
-from tests.support.helpers import ManualClock
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load, rules
 from ws_guard._core.connection import Connection
 from ws_guard._core.tasks import Job, spawn
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 from ws_guard.types import ASGIApp, Message, Receive, Scope, Send
 
 HISTORY: Message = {"type": "websocket.send", "text": "history"}

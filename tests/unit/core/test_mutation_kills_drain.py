@@ -20,7 +20,6 @@ import pytest
 from tests.support import helpers
 from tests.support.apps import echo
 from tests.support.backends import joined
-from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import sent_close as closed_with
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware
 from ws_guard._core.connection import Connection
@@ -28,6 +27,7 @@ from ws_guard._core.decisions import Close
 from ws_guard._core.drain import Drain
 from ws_guard._core.tasks import spawn, wait_done
 from ws_guard.rules.base import Rule
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 
 

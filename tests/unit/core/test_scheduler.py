@@ -7,9 +7,9 @@ import asyncio
 import anyio
 import pytest
 
-from tests.support.helpers import ManualClock
 from ws_guard._core.scheduler import Scheduler
 from ws_guard._core.tasks import wait_done
+from ws_guard.testing import ManualClock
 
 
 def test_fires_in_deadline_order_and_fifo_on_ties() -> None:

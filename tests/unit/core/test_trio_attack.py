@@ -26,7 +26,7 @@ from tests.support.jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard._core.tasks import JobCancelledError, spawn, wait_done
 from ws_guard.errors import UnsupportedBackendError
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 from ws_guard.types import Message, Receive, Scope, Send
 
 KEY = "s" * 32
@@ -104,13 +104,13 @@ async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_every
     """The server cancels the handler (shutdown, a dropped TCP) while ws_guard's
     close frame waits on a client that stopped reading: the per-IP slot, the
     open-connection count and the connection set are still released."""
-    now = [1000.0]
+    now = ManualClock(1000.0)
     guard = Guard(
         rules=[
             rules.JWTAuth(KEY, algorithms=["HS256"], token=rules.from_query("t")),
             rules.MaxConnectionsPerKey(1, key=rules.by_ip),
         ],
-        clock=lambda: now[0],
+        clock=now,
         drain_window=0.0,
     )
     query = b"t=" + mint("al", key=KEY, exp_in=30).encode()
@@ -121,7 +121,7 @@ async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_every
             while not guard.connections:
                 await anyio.sleep(0.005)
         if trigger == "token_expired":
-            now[0] += 3600.0  # past the token's exp
+            now.advance(3600.0)  # past the token's exp
             guard.scheduler.run_due()
         else:
             tg.start_soon(guard.drain)

@@ -21,7 +21,7 @@ from tests.support.backends import on_both_backends
 from tests.support.jwt_keys import mint
 from ws_guard import Guard, WSGuardMiddleware, load, rules
 from ws_guard.errors import UnsupportedBackendError
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 from ws_guard.types import Receive, Scope, Send
 
 
@@ -67,10 +67,10 @@ async def test_message_rules_and_rate(anyio_backend: str) -> None:
 
 @on_both_backends
 async def test_jwt_handshake_and_expiry_while_open(anyio_backend: str) -> None:
-    now = [1000.0]
+    now = ManualClock(1000.0)
     guard = Guard(
         rules=[rules.JWTAuth("s" * 32, algorithms=["HS256"], token=rules.from_query("t"))],
-        clock=lambda: now[0],
+        clock=now,
     )
     expired = scripted(guard, query=b"t=" + mint("al", key="s" * 32, exp_in=-60).encode())
     await expired.connect()
@@ -83,7 +83,7 @@ async def test_jwt_handshake_and_expiry_while_open(anyio_backend: str) -> None:
     await ws.send_text("hi")
     await ws.expect("websocket.send", text="al:hi")
     assert len(guard.scheduler) == 1  # the expiry deadline
-    now[0] += 31.0
+    now.advance(31.0)
     guard.scheduler.run_due()
     await ws.expect("websocket.close", code=1008, reason="token_expired")
     await ws.disconnect(1008)  # the server reports the end of the close handshake

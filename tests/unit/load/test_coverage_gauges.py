@@ -16,9 +16,9 @@ import anyio
 
 from tests.support.apps import echo
 from tests.support.backends import asyncio_only
-from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import handshake_outcome
 from ws_guard import Guard, WSGuardMiddleware, load
+from ws_guard.testing import ManualClock as Clock
 
 OVERLOADED = re.compile(r"overloaded; retry-after=\d+(?:\.\d)?")
 

@@ -19,11 +19,11 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.backends import asyncio_only
-from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import eventually
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard.load.hysteresis import Hysteresis
 from ws_guard.load.lag import LagWindow
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 
 OVERLOADED = re.compile(r"overloaded; retry-after=(\d+(?:\.\d)?)")

@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock as Clock
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 
 

@@ -18,12 +18,12 @@ import pytest
 
 from tests.support.apps import echo
 from tests.support.backends import joined
-from tests.support.helpers import ManualClock as Clock
 from tests.support.helpers import eventually
 from tests.support.helpers import sent_close as closed_with
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
 from ws_guard._core.signals import SignalDrain, parse_signals
 from ws_guard._core.tasks import spawn
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket, _Queue
 
 RESTARTING = re.compile(r"restarting; retry-after=(\d+(?:\.\d)?)")

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import FixedRandom, ManualClock, sent_close
+from tests.support.helpers import FixedRandom, sent_close
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 from ws_guard.types import Message, Receive, Scope, Send
 
 IDLE = {"type": "websocket.close", "code": 1001, "reason": "idle_timeout"}

@@ -14,10 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.support.helpers import ManualClock, websocket_scope
+from tests.support.helpers import websocket_scope
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.tasks import Job, on_asyncio, spawn, wait_done
 from ws_guard.errors import ConfigurationError
+from ws_guard.testing import ManualClock
 from ws_guard.types import ASGIApp, Message
 
 SLOW_CLOSE = {"type": "websocket.close", "code": 1008, "reason": "slow_consumer"}

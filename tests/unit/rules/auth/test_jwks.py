@@ -12,11 +12,11 @@ import pytest
 import sniffio
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock as Clock
 from tests.support.jwks_server import JWKSServer, new_rsa_key
 from tests.support.jwt_keys import hs256_with_public_key, mint
 from tests.support.servers import free_port
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import Message, Receive, Scope, Send
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock as Clock
 from tests.support.jwt_apps import whoami
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import ASGIApp
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock as Clock
 from tests.support.jwks_server import JWKSServer, new_rsa_key
 from tests.support.jwt_apps import whoami
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard.rules.auth.refresh_matcher import ENVELOPE_BYTES, refresh_matcher
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import ASGIApp, Message
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock as Clock
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.fast_path import FusedRun
 from ws_guard.rules.base import Rule, Stage
 from ws_guard.rules.keys import MAX_USER_KEY, user_key
+from ws_guard.testing import ManualClock as Clock
 from ws_guard.testing import ScriptedWebSocket
 
 

@@ -14,10 +14,10 @@ import logging
 
 import pytest
 
-from tests.support.helpers import ManualClock
 from tests.support.redis_server import RedisServer
 from ws_guard import Guard
 from ws_guard.rules.limits.leases import STORAGE_DOWN, CountedWindow, LeaseBook, LeasedWindow
+from ws_guard.testing import ManualClock
 
 KEY = "ws_guard:test:msg:{rule|alice}:0"
 
