@@ -308,3 +308,59 @@ def test_slow_reader_tiny_run_finds_the_send_blocked_and_the_guard_closing() -> 
     cells = [cell.strip() for cell in rows[0].split("|")[2:-1]]
     assert cells[1:4] == ["{'slow_consumer': 1}", "1", "0.0 s"]
     assert cells[4] == "EOF, no close frame (1006)"
+
+
+@pytest.mark.e2e
+def test_scale_tiny_run_counts_deadlines_and_drains_every_connection(tmp_path: Path) -> None:
+    paths = {name: tmp_path / name for name in ("scale.json", "scale.png")}
+    done = run(
+        "scale.py",
+        *("--levels", "20,50", "--idle", "0.2", "--window", "0.5"),
+        *("--json", str(paths["scale.json"]), "--plot", str(paths["scale.png"])),
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    # header, then one row per level: connections and the guard's deadlines (two each)
+    assert [[cell.strip() for cell in row.split("|")[1:6:4]] for row in rows[1:]] == [
+        ["20", "40"],
+        ["50", "100"],
+    ]
+    data = json.loads(paths["scale.json"].read_text())
+    assert [row["connections"] for row in data["bare"]["rows"]] == [0, 20, 50]
+    drain = data["guarded"]["drain"]
+    assert drain["closes"] == {"1012": 50}
+    assert (drain["after"]["active"], drain["after"]["deadlines"]) == (0, 0)
+    assert drain["after"]["timer_armed"] is False
+    assert paths["scale.png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_scale_refuses_levels_past_the_open_file_limit() -> None:
+    done = run("scale.py", "--levels", "10,5")
+    assert done.returncode == 2
+    assert "--levels must be positive and increasing, not '10,5'" in done.stderr
+    done = run("scale.py", "--levels", "100000000")
+    assert done.returncode == 2
+    assert "--levels up to 100000000 needs 100000200 open files in the server" in done.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+def test_scale_cluster_tiny_run_holds_the_cap_across_two_workers(tmp_path: Path) -> None:
+    from tests.support.services import require_binary
+
+    require_binary("redis-server")
+    path = tmp_path / "cluster.json"
+    done = run(
+        "scale_cluster.py",
+        *("--users", "4", "--per-user", "3", "--cap", "2", "--settle", "1"),
+        *("--json", str(path)),
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(path.read_text())
+    assert (data["attempts"], data["held"], data["users_holding"]) == (12, 8, 4)
+    assert (data["held_per_user_min"], data["held_per_user_max"]) == (2, 2)
+    assert data["closes"] == {"1008": 4}
+    assert len(data["workers_rss_after"]) == 2
+    assert data["redis_commands_per_handshake"] > 0
