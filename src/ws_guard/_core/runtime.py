@@ -130,12 +130,21 @@ class Lifecycle:
             )
 
     async def shutdown(self) -> None:
-        """Drain, stop background work, release storage; the guard may start again."""
+        """Drain, stop background work, release storage; the guard may start again.
+
+        Cancelled during the drain (a server that gives its lifespan shutdown
+        a deadline, a second Ctrl-C), the drain ends there but the rest still
+        runs, shielded: otherwise the samplers and storage tasks would run on
+        and the guard would stay started.
+        """
         if not self._started:
             return
-        if self.connections or self._drain is not None:
-            await self.drain()
-        await self._stop()
+        try:
+            if self.connections or self._drain is not None:
+                await self.drain()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop()
 
     async def _leave_run(self) -> None:
         """Stop what startup began in an event loop that ended without :meth:`shutdown`.

@@ -393,3 +393,23 @@ async def test_signal_hook_drains_then_calls_the_replaced_handler() -> None:
         assert forwarded == [signal.SIGUSR1] * 3
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+async def test_a_shutdown_cancelled_during_its_drain_still_stops_the_guard() -> None:
+    lag = load.EventLoopLag(limit=0.25, interval=0.01, window=0.1)
+    guard = Guard(load=[lag], drain_window=30.0)  # a drain far longer than the test
+    await guard.startup()
+    clients = await open_clients(guard, 2)
+    assert lag.running
+    async with answering(clients):
+        with anyio.move_on_after(0.2) as scope:  # the server's own deadline on shutdown
+            await guard.shutdown()
+    assert scope.cancelled_caught
+    assert not guard.started
+    assert not guard.draining
+    assert not lag.running
+    assert not guard.scheduler.timer_armed
+    await guard.startup()  # and it may start again
+    assert lag.running
+    assert not guard.draining
+    await guard.shutdown()
