@@ -7,6 +7,7 @@ them back for a rule's repr and for its storage key names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,6 +16,16 @@ from ws_guard.errors import ConfigurationError
 #: ``limits`` granularities from the longest, in seconds; a window is written
 #: in the longest one that divides it, so ``str(rate)`` parses back to it.
 _UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+#: The longest window taken, in seconds: ten of ``limits``' 360-day years.
+#: Longer is a typo, and at absurd lengths a Redis expiry overflows: each of
+#: the rule's Redis calls fails ("value is not an integer or out of range")
+#: and its checks fall to ``on_storage_error``.
+MAX_WINDOW = 10 * 31_104_000
+#: The largest limit taken: counts stay exact integers in a Lua script (doubles).
+MAX_LIMIT = 2**53
+#: ``1/0 seconds``: ``limits`` reads a zero multiple as one, which would make
+#: the window longer or shorter than written without a word.
+_ZERO_MULTIPLE = re.compile(r"(?:/|\bper\b)\s*0+\s*[a-z]", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,8 @@ def parse_rates(value: object) -> tuple[Rate, ...]:
                     f"rate {item!r} is not in limits syntax such as '20/second' or "
                     "'10/second; 100/minute'"
                 ) from exc
+            if _ZERO_MULTIPLE.search(item):
+                raise ConfigurationError(f"rate {item!r} has a window of zero length")
         elif isinstance(item, RateLimitItem):
             parsed = [item]
         else:
@@ -62,7 +75,14 @@ def parse_rates(value: object) -> tuple[Rate, ...]:
         for limit_item in parsed:
             if limit_item.amount < 1:
                 raise ConfigurationError(f"rate {item!r} must allow at least one event")
-            rates.append(Rate(int(limit_item.amount), float(limit_item.get_expiry())))
+            if limit_item.amount > MAX_LIMIT:
+                raise ConfigurationError(f"rate {item!r} allows more than 2**53 events")
+            window = float(limit_item.get_expiry())
+            if window > MAX_WINDOW:
+                raise ConfigurationError(
+                    f"rate {item!r} has a window of {window:g} s, longer than ten years"
+                )
+            rates.append(Rate(int(limit_item.amount), window))
     if not rates:
         raise ConfigurationError(f"rate {value!r} names no limit")
     return tuple(rates)

@@ -314,6 +314,47 @@ def test_misconfiguration_raises_with_the_value(build: Any, message: str) -> Non
 
 
 @pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        # limits reads a zero multiple as one: the window would be silently 1 s or 1 minute
+        ("1/0 seconds", "rate '1/0 seconds' has a window of zero length"),
+        ("5 per 00 minute", "rate '5 per 00 minute' has a window of zero length"),
+        ("10/second; 100/0 minutes", "rate '10/second; 100/0 minutes' has a window of zero"),
+        # a Redis expiry this far out fails every call: on_storage_error="allow" lets all in
+        ("1/99999999999999999999 years", "has a window of 3.1104e+27 s, longer than ten years"),
+        ("5/11 years", "rate '5/11 years' has a window of 3.42144e+08 s, longer than ten years"),
+        ("99999999999999999999/second", "'99999999999999999999/second' allows more than 2**53"),
+    ],
+)
+@pytest.mark.parametrize(
+    "make", [rules.MessageRate, rules.ConnectRate, rules.ByteRate], ids=lambda m: m.__name__
+)
+def test_a_rate_whose_window_or_limit_would_not_hold_is_refused(
+    make: Any, rate: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        make(rate)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rate", "limit", "window"),
+    [
+        ("5/10 years", 5, 311_040_000.0),  # limits' year is 360 days; ten is the longest taken
+        ("1/10 seconds", 1, 10.0),
+        ("100/01 minute", 100, 60.0),
+        ("3/2 days", 3, 172_800.0),
+        ("9007199254740992/second", 2**53, 1.0),
+    ],
+)
+def test_windows_and_limits_within_the_bounds_are_taken(
+    rate: str, limit: int, window: float
+) -> None:
+    (parsed,) = rules.MessageRate(rate).rates
+    assert (parsed.limit, parsed.window) == (limit, window)
+
+
+@pytest.mark.parametrize(
     ("heartbeat", "message"),
     [
         (10_000, "10000 looks like milliseconds"),

@@ -204,6 +204,8 @@ async def test_two_tiers_of_connection_caps() -> None:
         (lambda: rules.MessageRate(lambda info: 5), "returned 5"),
         (lambda: rules.MessageRate(lambda info: "often"), "returned 'often'"),
         (lambda: rules.MessageRate(lambda info: ["5/second"]), "returned ['5/second']"),
+        (lambda: rules.MessageRate(lambda info: "1/0 seconds"), "window of zero length"),
+        (lambda: rules.ByteRate(lambda info: "1/11 years"), "longer than ten years"),
         (lambda: rules.ConnectRate(lambda info: None), "returned None"),
         (lambda: rules.MaxConnectionsPerKey(lambda info: "3"), "returned '3'"),
         (lambda: rules.MaxConnectionsPerKey(lambda info: True), "returned True"),
