@@ -64,6 +64,16 @@ def raise_fd_limit() -> int:
 # ---------------------------------------------------------------------------
 # Server (subprocess)
 # ---------------------------------------------------------------------------
+async def idle(websocket: Any) -> None:
+    """The endpoint: accept, then echo whatever comes (nothing does, in these runs)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    await websocket.accept()
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+
+
 def build_app(name: str) -> tuple[Any, Any]:
     import psutil
     from starlette.applications import Starlette
@@ -71,18 +81,11 @@ def build_app(name: str) -> tuple[Any, Any]:
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route, WebSocketRoute
-    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     from ws_guard import WSGuardMiddleware
 
     guard = None if name == BARE else variant(name).build()
     me = psutil.Process()
-
-    async def idle(websocket: WebSocket) -> None:
-        await websocket.accept()
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                await websocket.send_text(await websocket.receive_text())
 
     async def cpu(request: Request) -> JSONResponse:
         times = me.cpu_times()
@@ -234,22 +237,28 @@ def env() -> dict[str, str]:
     )
 
 
-def start_server(name: str) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
-    cmd = [sys.executable, str(HERE), "--serve", name, "--port", str(port)]
-    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+def listening(proc: subprocess.Popen[str], port: int) -> None:
+    """Return once *proc* listens on *port*; exit with its stderr if it dies first."""
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"server exited early:\n{proc.stderr.read()}")  # type: ignore[union-attr]
         try:
             with socket.create_connection(("127.0.0.1", port), 0.5):
-                return proc, port
+                return
         except OSError:
             if time.monotonic() > deadline:
                 proc.kill()
                 raise SystemExit("server did not listen") from None
             time.sleep(0.05)
+
+
+def start_server(name: str) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    cmd = [sys.executable, str(HERE), "--serve", name, "--port", str(port)]
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    listening(proc, port)
+    return proc, port
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 
 from _children import exit_on_sigterm, spawn
 from _variants import SRC
-from scale import PER_CLIENT, raise_fd_limit, stop
+from scale import PER_CLIENT, free_port, idle, listening, raise_fd_limit, stop
 from soak import start_redis
 
 HERE = Path(__file__).resolve()
@@ -48,7 +47,6 @@ def app() -> Any:
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.routing import WebSocketRoute
-    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     from ws_guard import Guard, WSGuardMiddleware, rules
 
@@ -59,14 +57,6 @@ def app() -> Any:
         ],
         storage=os.environ[ENV_REDIS],
     )
-
-    async def idle(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            while True:
-                await websocket.send_text(await websocket.receive_text())
-        except WebSocketDisconnect:
-            pass
 
     return Starlette(
         routes=[WebSocketRoute("/ws", idle)],
@@ -86,12 +76,6 @@ def redis_calls(url: str) -> int:
     return sum(int(entry["calls"]) for entry in stats.values())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_workers(args: argparse.Namespace, redis_url: str) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     cmd = [
@@ -104,19 +88,9 @@ def start_workers(args: argparse.Namespace, redis_url: str) -> tuple[subprocess.
     path = os.pathsep.join(filter(None, [SRC, str(HERE.parent), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, **{ENV_REDIS: redis_url, ENV_CAP: str(args.cap)})
     proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"uvicorn exited early:\n{proc.stderr.read()}")  # type: ignore[union-attr]
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                time.sleep(1.0)  # every worker has started, not only the first
-                return proc, port
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("uvicorn did not listen") from None
-            time.sleep(0.05)
+    listening(proc, port)
+    time.sleep(1.0)  # every worker has started, not only the first
+    return proc, port
 
 
 def workers_rss(proc: subprocess.Popen[str]) -> list[int]:
