@@ -11,6 +11,7 @@ from ws_guard._core.closes import CloseEvent
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.guard import Guard
 from ws_guard._core.info import ConnectionInfo, connection_info
+from ws_guard._core.listing import ConnectionSnapshot
 from ws_guard._core.middleware import WSGuardMiddleware
 from ws_guard._version import __version__
 from ws_guard.codes import MAX_REASON_BYTES, truncate_reason
@@ -31,6 +32,7 @@ __all__ = [
     "CloseKey",
     "ConfigurationError",
     "ConnectionInfo",
+    "ConnectionSnapshot",
     "DurationHistogram",
     "GaugeReading",
     "Guard",

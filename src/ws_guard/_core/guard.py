@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from ws_guard._core.closes import CloseReporter, OnClose
+from ws_guard._core.control import ControlPlane
 from ws_guard._core.namespace import guard_namespace
 from ws_guard._core.paths import PathMatcher
 from ws_guard._core.plan import HookPlan
@@ -59,7 +60,7 @@ _MAX_DRAIN_WINDOW = 3600.0
 _MAX_APP_EXIT = 600.0
 
 
-class Guard:
+class Guard(ControlPlane):
     """Rules, gauges and shared runtime for one or more guarded apps."""
 
     def __init__(
@@ -109,7 +110,7 @@ class Guard:
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Admitted connections that have not finished.
-        self.connections: set[RuleContext] = set()
+        self.live_connections: set[RuleContext] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.
         self.drain_window = check_seconds(
             "drain_window", drain_window, maximum=_MAX_DRAIN_WINDOW, positive=False
@@ -137,7 +138,7 @@ class Guard:
             self.gauges,
             self.storage,
             self.scheduler,
-            self.connections,
+            self.live_connections,
             SignalDrain(self, parse_signals(drain_signals)),
             self.drain_window,
         )

@@ -78,6 +78,12 @@ def instrument(guard: Guard, meter_provider: MeterProvider | None = None) -> Gua
             "Failed storage or key-server calls.",
             lambda s: [Observation(s.storage_errors)],
         ),
+        (
+            "ws_guard.disconnects",
+            "{connection}",
+            "Connections closed on guard.disconnect() or guard.revoke().",
+            lambda s: [Observation(s.disconnects)],
+        ),
         ("ws_guard.load.sheds", "{handshake}", "Handshakes refused by load gauges.", _sheds),
         (
             "ws_guard.load.open_sheds",

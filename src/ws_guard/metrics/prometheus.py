@@ -125,6 +125,11 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         "Failed calls to the rate-limit storage or key server.",
         snap.storage_errors,
     )
+    yield _counter(
+        "ws_guard_disconnects",
+        "Connections closed on guard.disconnect() or guard.revoke() in this process.",
+        snap.disconnects,
+    )
 
     value = GaugeMetricFamily(
         "ws_guard_load_value", "Current reading of each load gauge.", labels=("gauge",)

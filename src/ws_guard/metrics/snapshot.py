@@ -87,6 +87,8 @@ class MetricsSnapshot:
     closes: Mapping[CloseKey, int] = field(default_factory=lambda: MappingProxyType({}))
     #: Wall-clock time (``time.time()``) the snapshot was taken.
     taken_at: float = 0.0
+    #: Connections this process closed on ``guard.disconnect()`` or ``guard.revoke()``.
+    disconnects: int = 0
 
     def gauge(self, name: str) -> GaugeReading | None:
         """The reading of the load gauge called *name*, if the guard has one."""
@@ -115,6 +117,7 @@ class MetricsSnapshot:
             "peak_connections": self.peak_connections,
             "dropped_sends": self.dropped_sends,
             "storage_errors": self.storage_errors,
+            "disconnects": self.disconnects,
             "closes": [
                 {"code": k.code, "rule": k.rule, "initiator": k.initiator, "count": v}
                 for k, v in sorted(self.closes.items(), key=_close_sort_key)
@@ -154,6 +157,7 @@ class Metrics:
         "closes_by_code",
         "closes_by_initiator",
         "closes_by_rule",
+        "disconnects",
         "dropped_sends",
         "handshakes_admitted",
         "handshakes_rejected",
@@ -176,6 +180,7 @@ class Metrics:
         self.pending_auth = 0
         self.dropped_sends = 0
         self.storage_errors = 0
+        self.disconnects = 0
         self._duration_counts = [0] * len(DURATION_BUCKETS)
         self._duration_sum = 0.0
         self._gauge_reader: Callable[[], tuple[GaugeReading, ...]] = tuple
@@ -228,4 +233,5 @@ class Metrics:
             durations=DurationHistogram(DURATION_BUCKETS, counts, sum(counts), self._duration_sum),
             closes=MappingProxyType(dict(self.closes)),
             taken_at=time.time(),
+            disconnects=self.disconnects,
         )

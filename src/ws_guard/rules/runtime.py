@@ -65,7 +65,7 @@ class Runtime(Protocol):
       client by;
     - ``on_storage_error``: ``"allow"`` (fail open) or ``"deny"``;
     - ``metrics``: the guard's counters;
-    - ``connections``: the admitted connections that have not finished;
+    - ``live_connections``: the admitted connections that have not finished;
     - ``started``: whether ``startup`` ran in the running event loop.
     """
 
@@ -94,7 +94,7 @@ class Runtime(Protocol):
     def metrics(self) -> Metrics: ...
 
     @property
-    def connections(self) -> Collection[Any]: ...
+    def live_connections(self) -> Collection[Any]: ...
 
     @property
     def started(self) -> bool: ...

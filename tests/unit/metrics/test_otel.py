@@ -51,6 +51,7 @@ def expected_points(snap: MetricsSnapshot) -> Points:
     put("ws_guard.connections.pending_auth", snap.pending_auth)
     put("ws_guard.dropped_sends", snap.dropped_sends)
     put("ws_guard.storage_errors", snap.storage_errors)
+    put("ws_guard.disconnects", snap.disconnects)
     for g in snap.gauges:
         put("ws_guard.load.value", g.value, gauge=g.name)
         put("ws_guard.load.limit", g.limit, gauge=g.name)
