@@ -11,11 +11,13 @@ Nothing here runs per message.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import TYPE_CHECKING
 
 from ws_guard._core.decisions import Close
 from ws_guard._core.listing import ConnectionSnapshot, Selector, snapshots
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, OPEN
+from ws_guard._validate import is_number
 from ws_guard.codes import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -23,12 +25,15 @@ from ws_guard.codes import (
     NORMAL,
     POLICY_VIOLATION,
     REASON_DISCONNECTED,
+    REASON_TOKEN_REVOKED,
     SERVICE_RESTART,
     TRY_AGAIN_LATER,
 )
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ws_guard._core.revocations import Revocations
+    from ws_guard._core.scheduler import Scheduler
     from ws_guard.metrics.snapshot import Metrics
     from ws_guard.rules.context import RuleContext
 
@@ -37,6 +42,11 @@ RULE_DISCONNECT = "disconnect"
 #: A disconnect's decision with the default code and reason; each call
 #: replaces the code and reason it was given.
 DISCONNECTED = Close(POLICY_VIOLATION, REASON_DISCONNECTED, RULE_DISCONNECT, initiator="server")
+#: What ``guard.revoke()`` closes the matching open connections with.
+REVOKED = Close(POLICY_VIOLATION, REASON_TOKEN_REVOKED, REASON_TOKEN_REVOKED, initiator="server")
+#: Seconds ahead a revocation may last: a year. Past it ``until`` is a unit
+#: mistake (milliseconds since the epoch), not a plan.
+MAX_REVOCATION = 366 * 86400.0
 #: RFC 6455 section 7.4.1 codes a server may close with on its own decision:
 #: a normal end, going away, policy, an internal error, restart, try later.
 #: 1002/1003/1007/1009/1010 describe a frame the client sent, 1014 a gateway.
@@ -81,6 +91,23 @@ def check_close_reason(reason: object) -> str:
     return reason
 
 
+def check_until(until: object, now: float) -> float:
+    """Seconds from *now* to *until* (both wall-clock); ConfigurationError when unusable."""
+    if not is_number(until):
+        raise ConfigurationError(
+            f"until must be a time in seconds since the epoch (time.time()), not {until!r}"
+        )
+    ahead = float(until) - now
+    if ahead <= 0:
+        raise ConfigurationError(f"until must be later than now ({now:.0f}), not {until!r}")
+    if ahead > MAX_REVOCATION:
+        raise ConfigurationError(
+            f"until must be at most a year ahead (seconds since the epoch), not {until!r}: "
+            "milliseconds?"
+        )
+    return ahead
+
+
 class ControlPlane:
     """``guard.connections()`` and ``guard.disconnect()``; a base of :class:`ws_guard.Guard`."""
 
@@ -88,6 +115,8 @@ class ControlPlane:
     live_connections: set[RuleContext]
     ipv6_prefix: int
     metrics: Metrics
+    scheduler: Scheduler
+    revocations: Revocations
 
     def connections(self) -> list[ConnectionSnapshot]:
         """This process's open connections, oldest first, as frozen copies.
@@ -127,10 +156,49 @@ class ControlPlane:
         and 3000-4999, or a *reason* over 123 bytes of UTF-8.
         """
         selector = Selector(subject=subject, key=key, connection_id=connection_id)
+        if selector.empty:
+            # No selector would match every connection: too easy to do by mistake.
+            raise ConfigurationError(
+                "disconnect needs at least one of subject=, key= or connection_id=; "
+                "to close every connection use guard.drain()"
+            )
         close = dataclasses.replace(
             DISCONNECTED, code=check_close_code(code), reason=check_close_reason(reason)
         )
         return self.close_matching(selector, close)
+
+    async def revoke(
+        self, *, jti: str | None = None, subject: str | None = None, until: float
+    ) -> int:
+        """Refuse a token id (``jti``) or a subject (``sub``) until *until*; close its connections.
+
+        *until* is wall-clock seconds since the epoch (a token's ``exp`` fits),
+        later than now and at most a year ahead. Until then the auth rule
+        refuses, with 1008 ``token_revoked``, a handshake or first-message
+        token, and an in-band refresh, whose claims carry the revoked ``jti``
+        or ``sub``: one lookup per handshake or refresh, none per message.
+        Open connections that match (their current token's ``jti``, or their
+        subject) are closed now with 1008 ``token_revoked``, counted with
+        initiator ``"server"``; returns how many. Revocations live in this
+        process's memory and are dropped once expired.
+
+        Raises :class:`ConfigurationError` without *jti* or *subject*, for an
+        empty or non-string one, or for *until* in the past or too far ahead.
+        """
+        selector = Selector(subject=subject, jti=jti)
+        if jti is None and subject is None:
+            raise ConfigurationError("revoke needs jti= or subject= (or both)")
+        expires = self.scheduler.clock() + check_until(until, time.time())
+        self.revocations.add(jti=jti, subject=subject, expires=expires)
+        self.metrics.revocations += 1
+        closed = 0
+        # Either match is enough: a connection is closed once (close_matching
+        # skips one already closed).
+        if jti is not None:
+            closed += self.close_matching(Selector(jti=selector.jti), REVOKED)
+        if subject is not None:
+            closed += self.close_matching(Selector(subject=selector.subject), REVOKED)
+        return closed
 
     def close_matching(self, selector: Selector, close: Close) -> int:
         """Close every closable connection *selector* picks with *close*; how many (engine use)."""

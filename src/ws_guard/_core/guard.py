@@ -22,6 +22,7 @@ from ws_guard._core.control import ControlPlane
 from ws_guard._core.namespace import guard_namespace
 from ws_guard._core.paths import PathMatcher
 from ws_guard._core.plan import HookPlan
+from ws_guard._core.revocations import Revocations
 from ws_guard._core.runtime import Lifecycle
 from ws_guard._core.scheduler import Scheduler
 from ws_guard._core.signals import SignalDrain, parse_signals
@@ -109,6 +110,9 @@ class Guard(ControlPlane):
         self.scheduler = Scheduler(check_clock(clock))
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
+        #: Revoked token ids and subjects (``revoke()``; see _core/revocations.py).
+        self.revocations = Revocations(self.scheduler.clock)
+        self.metrics.set_control_reader(self.revocations.count)
         #: Admitted connections that have not finished.
         self.live_connections: set[RuleContext] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.

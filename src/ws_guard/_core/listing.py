@@ -88,32 +88,32 @@ class Selector:
     """Which connections a disconnect picks: every given field must match (AND).
 
     ``key`` matches the connection's address key (``rules.by_ip``) or its
-    exact address; ``subject`` the verified JWT ``sub``; ``connection_id`` the id.
+    exact address; ``subject`` the verified JWT ``sub``; ``connection_id`` the
+    id; ``jti`` the verified token's ``jti`` claim. No field given matches
+    every connection: callers require one.
     """
 
     subject: str | None = None
     key: str | None = None
     connection_id: str | None = None
+    jti: str | None = None
 
     def __post_init__(self) -> None:
-        given = {
-            "subject": self.subject,
-            "key": self.key,
-            "connection_id": self.connection_id,
-        }
-        for name, value in given.items():
+        for name in ("subject", "key", "connection_id", "jti"):
+            value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
-        if all(value is None for value in given.values()):
-            # No selector would match every connection: too easy to do by mistake.
-            raise ConfigurationError(
-                "disconnect needs at least one of subject=, key= or connection_id=; "
-                "to close every connection use guard.drain()"
-            )
+
+    @property
+    def empty(self) -> bool:
+        fields = (self.subject, self.key, self.connection_id, self.jti)
+        return all(value is None for value in fields)
 
     def matches(self, conn: RuleContext, ipv6_prefix: int) -> bool:
         if self.connection_id is not None and conn.id != self.connection_id:
             return False
         if self.subject is not None and conn.subject != self.subject:
+            return False
+        if self.jti is not None and (conn.claims is None or conn.claims.get("jti") != self.jti):
             return False
         return self.key is None or self.key in (conn.client_ip, address_key(conn, ipv6_prefix))

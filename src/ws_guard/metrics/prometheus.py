@@ -130,6 +130,16 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         "Connections closed on guard.disconnect() or guard.revoke() in this process.",
         snap.disconnects,
     )
+    yield _counter(
+        "ws_guard_revocations",
+        "guard.revoke() calls in this process.",
+        snap.revocations,
+    )
+    yield _gauge(
+        "ws_guard_revocations_in_force",
+        "Revoked token ids and subjects whose revocation has not expired.",
+        snap.revocations_in_force,
+    )
 
     value = GaugeMetricFamily(
         "ws_guard_load_value", "Current reading of each load gauge.", labels=("gauge",)

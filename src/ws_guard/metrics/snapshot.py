@@ -89,6 +89,9 @@ class MetricsSnapshot:
     taken_at: float = 0.0
     #: Connections this process closed on ``guard.disconnect()`` or ``guard.revoke()``.
     disconnects: int = 0
+    #: ``guard.revoke()`` calls in this process, and the revocations in force now.
+    revocations: int = 0
+    revocations_in_force: int = 0
 
     def gauge(self, name: str) -> GaugeReading | None:
         """The reading of the load gauge called *name*, if the guard has one."""
@@ -118,6 +121,8 @@ class MetricsSnapshot:
             "dropped_sends": self.dropped_sends,
             "storage_errors": self.storage_errors,
             "disconnects": self.disconnects,
+            "revocations": self.revocations,
+            "revocations_in_force": self.revocations_in_force,
             "closes": [
                 {"code": k.code, "rule": k.rule, "initiator": k.initiator, "count": v}
                 for k, v in sorted(self.closes.items(), key=_close_sort_key)
@@ -149,6 +154,7 @@ class Metrics:
     """Mutable counters; only the guard's own code writes them."""
 
     __slots__ = (
+        "_control_reader",
         "_duration_counts",
         "_duration_sum",
         "_gauge_reader",
@@ -163,6 +169,7 @@ class Metrics:
         "handshakes_rejected",
         "peak_connections",
         "pending_auth",
+        "revocations",
         "shadow_breaches_by_rule",
         "storage_errors",
     )
@@ -181,12 +188,18 @@ class Metrics:
         self.dropped_sends = 0
         self.storage_errors = 0
         self.disconnects = 0
+        self.revocations = 0
+        self._control_reader: Callable[[], int] = int
         self._duration_counts = [0] * len(DURATION_BUCKETS)
         self._duration_sum = 0.0
         self._gauge_reader: Callable[[], tuple[GaugeReading, ...]] = tuple
 
     def set_gauge_reader(self, reader: Callable[[], tuple[GaugeReading, ...]]) -> None:
         self._gauge_reader = reader
+
+    def set_control_reader(self, reader: Callable[[], int]) -> None:
+        """How many revocations are in force (read at snapshot time)."""
+        self._control_reader = reader
 
     def connection_opened(self) -> None:
         self.handshakes_admitted += 1
@@ -234,4 +247,6 @@ class Metrics:
             closes=MappingProxyType(dict(self.closes)),
             taken_at=time.time(),
             disconnects=self.disconnects,
+            revocations=self.revocations,
+            revocations_in_force=self._control_reader(),
         )

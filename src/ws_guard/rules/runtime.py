@@ -14,6 +14,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ws_guard._core.revocations import Revocations
     from ws_guard._core.scheduler import Scheduler
     from ws_guard._core.storage import SharedStorage
     from ws_guard.metrics.snapshot import Metrics
@@ -66,6 +67,8 @@ class Runtime(Protocol):
     - ``on_storage_error``: ``"allow"`` (fail open) or ``"deny"``;
     - ``metrics``: the guard's counters;
     - ``live_connections``: the admitted connections that have not finished;
+    - ``revocations``: revoked token ids and subjects (``revoked(jti, sub)``,
+      a dict lookup; the auth rule asks at the handshake and on refresh);
     - ``started``: whether ``startup`` ran in the running event loop.
     """
 
@@ -95,6 +98,9 @@ class Runtime(Protocol):
 
     @property
     def live_connections(self) -> Collection[Any]: ...
+
+    @property
+    def revocations(self) -> Revocations: ...
 
     @property
     def started(self) -> bool: ...

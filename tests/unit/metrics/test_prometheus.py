@@ -62,6 +62,8 @@ def expected_samples(snap: MetricsSnapshot) -> Samples:
     put("ws_guard_dropped_sends_total", snap.dropped_sends)
     put("ws_guard_storage_errors_total", snap.storage_errors)
     put("ws_guard_disconnects_total", snap.disconnects)
+    put("ws_guard_revocations_total", snap.revocations)
+    put("ws_guard_revocations_in_force", snap.revocations_in_force)
     for g in snap.gauges:
         put("ws_guard_load_value", g.value, gauge=g.name)
         put("ws_guard_load_limit", g.limit, gauge=g.name)
