@@ -7,6 +7,7 @@ in code, or serve it with :func:`metrics_app` (Prometheus) and
 """
 
 from ws_guard import load, rules
+from ws_guard._core.bans import BanInfo
 from ws_guard._core.closes import CloseEvent
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.guard import Guard
@@ -27,6 +28,7 @@ from ws_guard.metrics.snapshot import CloseKey, DurationHistogram, GaugeReading,
 __all__ = [
     "CONSUME",
     "MAX_REASON_BYTES",
+    "BanInfo",
     "Close",
     "CloseEvent",
     "CloseKey",

@@ -14,6 +14,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
+from ws_guard._core.bans import BanInfo
 from ws_guard._core.decisions import Close
 from ws_guard._core.listing import ConnectionSnapshot, Selector, snapshots
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, OPEN
@@ -32,6 +33,7 @@ from ws_guard.codes import (
 from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ws_guard._core.bans import Bans
     from ws_guard._core.revocations import Revocations
     from ws_guard._core.scheduler import Scheduler
     from ws_guard.metrics.snapshot import Metrics
@@ -117,6 +119,7 @@ class ControlPlane:
     metrics: Metrics
     scheduler: Scheduler
     revocations: Revocations
+    ban_store: Bans
 
     def connections(self) -> list[ConnectionSnapshot]:
         """This process's open connections, oldest first, as frozen copies.
@@ -199,6 +202,25 @@ class ControlPlane:
         if subject is not None:
             closed += self.close_matching(Selector(subject=selector.subject), REVOKED)
         return closed
+
+    async def bans(self) -> list[BanInfo]:
+        """The bans ``rules.AutoBan`` holds in force now, soonest end first.
+
+        Each a frozen :class:`BanInfo`: ``key``, ``rule`` (the rule's id),
+        ``until`` (wall-clock seconds) and ``shadow`` (a rule in shadow mode:
+        listed, not refused).
+        """
+        return self.ban_store.listing()
+
+    async def unban(self, key: str) -> int:
+        """Lift every ``AutoBan`` ban of *key* now; how many were in force.
+
+        The key's strikes start again from zero. Raises
+        :class:`ConfigurationError` for an empty or non-string *key*.
+        """
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"unban key must be a non-empty string, not {key!r}")
+        return self.ban_store.lift(key)
 
     def close_matching(self, selector: Selector, close: Close) -> int:
         """Close every closable connection *selector* picks with *close*; how many (engine use)."""

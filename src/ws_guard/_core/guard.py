@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from ws_guard._core.bans import Bans
 from ws_guard._core.closes import CloseReporter, OnClose
 from ws_guard._core.control import ControlPlane
 from ws_guard._core.namespace import guard_namespace
@@ -112,7 +113,9 @@ class Guard(ControlPlane):
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
         #: Revoked token ids and subjects (``revoke()``; see _core/revocations.py).
         self.revocations = Revocations(self.scheduler.clock)
-        self.metrics.set_control_reader(self.revocations.count)
+        #: Keys banned by ``rules.AutoBan`` (``bans()``, ``unban()``; see _core/bans.py).
+        self.ban_store = Bans(self.scheduler.clock)
+        self.metrics.set_control_readers(self.revocations.count, self.ban_store.count)
         #: Admitted connections that have not finished.
         self.live_connections: set[RuleContext] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.
@@ -149,6 +152,7 @@ class Guard(ControlPlane):
 
         #: Engine use: which rules each connection hook calls (see _core/plan.py).
         self.plan = HookPlan(self.rules, peer_checks(self.rules), self.scheduler.clock)
+        self.reporter.close_rules = self.plan.close_rules
         for rule in self.rules:
             rule.bind(self)
         for gauge in self.gauges:

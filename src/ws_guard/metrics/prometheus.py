@@ -140,6 +140,12 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         "Revoked token ids and subjects whose revocation has not expired.",
         snap.revocations_in_force,
     )
+    yield _counter("ws_guard_bans", "Bans rules.AutoBan imposed in this process.", snap.bans)
+    yield _gauge(
+        "ws_guard_bans_in_force",
+        "Keys banned by rules.AutoBan now (shadow bans included).",
+        snap.bans_in_force,
+    )
 
     value = GaugeMetricFamily(
         "ws_guard_load_value", "Current reading of each load gauge.", labels=("gauge",)

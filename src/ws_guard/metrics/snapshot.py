@@ -92,6 +92,10 @@ class MetricsSnapshot:
     #: ``guard.revoke()`` calls in this process, and the revocations in force now.
     revocations: int = 0
     revocations_in_force: int = 0
+    #: Bans ``rules.AutoBan`` imposed in this process, and the bans in force now
+    #: (shadow ones included).
+    bans: int = 0
+    bans_in_force: int = 0
 
     def gauge(self, name: str) -> GaugeReading | None:
         """The reading of the load gauge called *name*, if the guard has one."""
@@ -123,6 +127,8 @@ class MetricsSnapshot:
             "disconnects": self.disconnects,
             "revocations": self.revocations,
             "revocations_in_force": self.revocations_in_force,
+            "bans": self.bans,
+            "bans_in_force": self.bans_in_force,
             "closes": [
                 {"code": k.code, "rule": k.rule, "initiator": k.initiator, "count": v}
                 for k, v in sorted(self.closes.items(), key=_close_sort_key)
@@ -154,11 +160,13 @@ class Metrics:
     """Mutable counters; only the guard's own code writes them."""
 
     __slots__ = (
-        "_control_reader",
+        "_bans_reader",
         "_duration_counts",
         "_duration_sum",
         "_gauge_reader",
+        "_revocations_reader",
         "active_connections",
+        "bans",
         "closes",
         "closes_by_code",
         "closes_by_initiator",
@@ -189,7 +197,9 @@ class Metrics:
         self.storage_errors = 0
         self.disconnects = 0
         self.revocations = 0
-        self._control_reader: Callable[[], int] = int
+        self.bans = 0
+        self._revocations_reader: Callable[[], int] = int
+        self._bans_reader: Callable[[], int] = int
         self._duration_counts = [0] * len(DURATION_BUCKETS)
         self._duration_sum = 0.0
         self._gauge_reader: Callable[[], tuple[GaugeReading, ...]] = tuple
@@ -197,9 +207,10 @@ class Metrics:
     def set_gauge_reader(self, reader: Callable[[], tuple[GaugeReading, ...]]) -> None:
         self._gauge_reader = reader
 
-    def set_control_reader(self, reader: Callable[[], int]) -> None:
-        """How many revocations are in force (read at snapshot time)."""
-        self._control_reader = reader
+    def set_control_readers(self, revocations: Callable[[], int], bans: Callable[[], int]) -> None:
+        """How many revocations and bans are in force (read at snapshot time)."""
+        self._revocations_reader = revocations
+        self._bans_reader = bans
 
     def connection_opened(self) -> None:
         self.handshakes_admitted += 1
@@ -248,5 +259,7 @@ class Metrics:
             taken_at=time.time(),
             disconnects=self.disconnects,
             revocations=self.revocations,
-            revocations_in_force=self._control_reader(),
+            revocations_in_force=self._revocations_reader(),
+            bans=self.bans,
+            bans_in_force=self._bans_reader(),
         )

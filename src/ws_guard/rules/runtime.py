@@ -14,6 +14,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ws_guard._core.bans import Bans
     from ws_guard._core.revocations import Revocations
     from ws_guard._core.scheduler import Scheduler
     from ws_guard._core.storage import SharedStorage
@@ -69,6 +70,8 @@ class Runtime(Protocol):
     - ``live_connections``: the admitted connections that have not finished;
     - ``revocations``: revoked token ids and subjects (``revoked(jti, sub)``,
       a dict lookup; the auth rule asks at the handshake and on refresh);
+    - ``ban_store``: keys banned by ``AutoBan`` (``remaining(rule, key)``,
+      ``ban(rule, key, ends, shadow=...)``);
     - ``started``: whether ``startup`` ran in the running event loop.
     """
 
@@ -101,6 +104,9 @@ class Runtime(Protocol):
 
     @property
     def revocations(self) -> Revocations: ...
+
+    @property
+    def ban_store(self) -> Bans: ...
 
     @property
     def started(self) -> bool: ...

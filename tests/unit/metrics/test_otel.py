@@ -54,6 +54,8 @@ def expected_points(snap: MetricsSnapshot) -> Points:
     put("ws_guard.disconnects", snap.disconnects)
     put("ws_guard.revocations", snap.revocations)
     put("ws_guard.revocations.in_force", snap.revocations_in_force)
+    put("ws_guard.bans", snap.bans)
+    put("ws_guard.bans.in_force", snap.bans_in_force)
     for g in snap.gauges:
         put("ws_guard.load.value", g.value, gauge=g.name)
         put("ws_guard.load.limit", g.limit, gauge=g.name)

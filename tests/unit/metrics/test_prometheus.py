@@ -64,6 +64,8 @@ def expected_samples(snap: MetricsSnapshot) -> Samples:
     put("ws_guard_disconnects_total", snap.disconnects)
     put("ws_guard_revocations_total", snap.revocations)
     put("ws_guard_revocations_in_force", snap.revocations_in_force)
+    put("ws_guard_bans_total", snap.bans)
+    put("ws_guard_bans_in_force", snap.bans_in_force)
     for g in snap.gauges:
         put("ws_guard_load_value", g.value, gauge=g.name)
         put("ws_guard_load_limit", g.limit, gauge=g.name)
