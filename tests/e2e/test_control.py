@@ -109,3 +109,39 @@ async def test_revoke_closes_the_open_socket_and_refuses_the_token_and_its_refre
         (1008, "token_revoked", "guard"): 2,
     }
     assert (snap.revocations, snap.revocations_in_force, snap.disconnects) == (2, 2, 1)
+
+
+async def test_autoban_bans_after_n_policy_closes_and_lets_the_key_back_after_the_ban() -> None:
+    guard = Guard(
+        rules=[
+            rules.AutoBan(after=2, within=60, ban=1),
+            rules.Content(lambda m: "bad" not in m, name="no_bad"),
+        ]
+    )
+    with serve(WSGuardMiddleware(echo, guard=guard)) as server:
+        url = server.url + "/ws"
+        for _ in range(2):
+            async with connect(url) as ws:
+                await ws.send("bad")
+                assert await closed_with(ws) == (1008, "content:no_bad")
+        async with connect(url) as ws:
+            assert await closed_with(ws) == (1008, "banned; retry-after=1")
+        bans = await on_server(server, lambda: guard.ban_store.listing())
+        assert [(b.key, b.shadow) for b in bans] == [("127.0.0.1", False)]
+
+        async def admitted() -> bool:
+            async with connect(url) as ws:
+                try:
+                    await ws.send("ping")
+                    return await asyncio.wait_for(ws.recv(), 5) == "ping"
+                except ConnectionClosed:  # still banned: the accept-then-close
+                    return False
+
+        # The ban ends about 1 s after it began: poll on the real condition, bounded.
+        waited = await until(admitted, timeout=3.0, what="admitted after the ban")
+        assert waited < 2.0
+        await no_connections(server, guard)
+    snap = guard.metrics.snapshot()
+    assert snap.closes_by_rule["content:no_bad"] == 2
+    assert snap.closes_by_rule["banned"] >= 1
+    assert snap.bans == 1
