@@ -15,6 +15,7 @@ from ws_guard._core.info import ConnectionInfo, connection_info
 from ws_guard._core.listing import ConnectionSnapshot
 from ws_guard._core.middleware import WSGuardMiddleware
 from ws_guard._version import __version__
+from ws_guard.admin import admin_app
 from ws_guard.codes import MAX_REASON_BYTES, truncate_reason
 from ws_guard.errors import (
     ConfigurationError,
@@ -44,6 +45,7 @@ __all__ = [
     "WSGuardError",
     "WSGuardMiddleware",
     "__version__",
+    "admin_app",
     "connection_info",
     "load",
     "metrics_app",
