@@ -37,20 +37,29 @@ class BanInfo:
 class Bans:
     """``(rule label, key) -> (ends at on the guard clock, shadow)``."""
 
-    __slots__ = ("_bans", "_clock", "_next_sweep", "_swept_size")
+    __slots__ = ("_bans", "_clock", "_next_sweep", "_swept_size", "announce")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
+        #: Called with ``(rule, key, seconds, shadow)`` for each new ban made
+        #: here (not one heard from another process): the guard fans it out.
+        self.announce: Callable[[str, str, float, bool], None] | None = None
         self._bans: dict[tuple[str, str], tuple[float, bool]] = {}
         self._next_sweep = float("-inf")
         self._swept_size = 0
 
-    def ban(self, rule: str, key: str, ends: float, *, shadow: bool) -> None:
-        """Ban *key* for *rule* until *ends* (guard clock); a later end wins."""
+    def ban(self, rule: str, key: str, ends: float, *, shadow: bool, local: bool = True) -> None:
+        """Ban *key* for *rule* until *ends* (guard clock); a later end wins.
+
+        *local*: decided in this process, so announced to the others.
+        """
+        now = self._clock()
         current = self._bans.get((rule, key))
         if current is None or current[0] < ends:
             self._bans[(rule, key)] = (ends, shadow)
-        self._maybe_sweep(self._clock())
+        self._maybe_sweep(now)
+        if local and self.announce is not None:
+            self.announce(rule, key, ends - now, shadow)
 
     def remaining(self, rule: str, key: str) -> float | None:
         """Seconds left on *rule*'s ban of *key*, ``None`` when it is not banned."""

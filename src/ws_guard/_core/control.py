@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.bans import BanInfo
 from ws_guard._core.decisions import Close
@@ -34,6 +34,7 @@ from ws_guard.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ws_guard._core.bans import Bans
+    from ws_guard._core.fanout import ControlChannel
     from ws_guard._core.revocations import Revocations
     from ws_guard._core.scheduler import Scheduler
     from ws_guard.metrics.snapshot import Metrics
@@ -93,6 +94,13 @@ def check_close_reason(reason: object) -> str:
     return reason
 
 
+def _check_ttl(ttl: object) -> float:
+    """A published TTL: a positive number of seconds, at most :data:`MAX_REVOCATION`."""
+    if not is_number(ttl) or not 0 < ttl <= MAX_REVOCATION:
+        raise ConfigurationError(f"a control message's ttl must be positive seconds, not {ttl!r}")
+    return float(ttl)
+
+
 def check_until(until: object, now: float) -> float:
     """Seconds from *now* to *until* (both wall-clock); ConfigurationError when unusable."""
     if not is_number(until):
@@ -120,6 +128,7 @@ class ControlPlane:
     scheduler: Scheduler
     revocations: Revocations
     ban_store: Bans
+    channel: ControlChannel
 
     def connections(self) -> list[ConnectionSnapshot]:
         """This process's open connections, oldest first, as frozen copies.
@@ -168,7 +177,19 @@ class ControlPlane:
         close = dataclasses.replace(
             DISCONNECTED, code=check_close_code(code), reason=check_close_reason(reason)
         )
-        return self.close_matching(selector, close)
+        closed = self.close_matching(selector, close)
+        if self.channel.active:
+            await self.channel.publish(
+                {
+                    "op": "disconnect",
+                    "subject": subject,
+                    "key": key,
+                    "connection_id": connection_id,
+                    "code": close.code,
+                    "reason": close.reason,
+                }
+            )
+        return closed
 
     async def revoke(
         self, *, jti: str | None = None, subject: str | None = None, until: float
@@ -191,16 +212,24 @@ class ControlPlane:
         selector = Selector(subject=subject, jti=jti)
         if jti is None and subject is None:
             raise ConfigurationError("revoke needs jti= or subject= (or both)")
-        expires = self.scheduler.clock() + check_until(until, time.time())
-        self.revocations.add(jti=jti, subject=subject, expires=expires)
+        ttl = check_until(until, time.time())
         self.metrics.revocations += 1
+        closed = self._revoke_here(selector.jti, selector.subject, ttl)
+        if self.channel.active:
+            await self.channel.store_revocation(jti, subject, ttl)
+            await self.channel.publish({"op": "revoke", "jti": jti, "subject": subject, "ttl": ttl})
+        return closed
+
+    def _revoke_here(self, jti: str | None, subject: str | None, ttl: float) -> int:
+        """Revoke in this process for *ttl* seconds and close the matching connections."""
+        self.revocations.add(jti=jti, subject=subject, expires=self.scheduler.clock() + ttl)
         closed = 0
         # Either match is enough: a connection is closed once (close_matching
         # skips one already closed).
         if jti is not None:
-            closed += self.close_matching(Selector(jti=selector.jti), REVOKED)
+            closed += self.close_matching(Selector(jti=jti), REVOKED)
         if subject is not None:
-            closed += self.close_matching(Selector(subject=selector.subject), REVOKED)
+            closed += self.close_matching(Selector(subject=subject), REVOKED)
         return closed
 
     async def bans(self) -> list[BanInfo]:
@@ -220,7 +249,54 @@ class ControlPlane:
         """
         if not isinstance(key, str) or not key:
             raise ConfigurationError(f"unban key must be a non-empty string, not {key!r}")
-        return self.ban_store.lift(key)
+        lifted = self.ban_store.lift(key)
+        if self.channel.active:
+            await self.channel.publish({"op": "unban", "key": key})
+        return lifted
+
+    # -- other processes (Redis storage; see _core/fanout.py) --------------------
+    def announce_ban(self, rule: str, key: str, seconds: float, shadow: bool) -> None:
+        """Tell the other processes of a ban made here (from a sync close hook)."""
+        message = {"op": "ban", "rule": rule, "key": key, "ttl": seconds, "shadow": shadow}
+        self.channel.publish_soon(message)
+
+    def apply_remote(self, op: dict[str, Any]) -> None:
+        """Apply an operation another process published; ValueError when malformed."""
+        kind = op.get("op")
+        if kind == "disconnect":
+            selector = Selector(
+                subject=op.get("subject"), key=op.get("key"), connection_id=op.get("connection_id")
+            )
+            if selector.empty:
+                raise ConfigurationError("a disconnect message without a selector")
+            close = dataclasses.replace(
+                DISCONNECTED,
+                code=check_close_code(op.get("code")),
+                reason=check_close_reason(op.get("reason")),
+            )
+            self.close_matching(selector, close)
+        elif kind == "revoke":
+            selector = Selector(jti=op.get("jti"), subject=op.get("subject"))
+            ttl = _check_ttl(op.get("ttl"))
+            if op.get("load"):  # already in Redis at startup: no connection of ours yet
+                self.revocations.add(
+                    jti=selector.jti, subject=selector.subject, expires=self.scheduler.clock() + ttl
+                )
+            else:
+                self._revoke_here(selector.jti, selector.subject, ttl)
+        elif kind == "ban":
+            rule, key = op.get("rule"), op.get("key")
+            if not isinstance(rule, str) or not isinstance(key, str):
+                raise ConfigurationError(f"a ban message without rule and key: {op!r}")
+            ends = self.scheduler.clock() + _check_ttl(op.get("ttl"))
+            self.ban_store.ban(rule, key, ends, shadow=op.get("shadow") is True, local=False)
+        elif kind == "unban":
+            key = op.get("key")
+            if not isinstance(key, str):
+                raise ConfigurationError(f"an unban message without a key: {op!r}")
+            self.ban_store.lift(key)
+        else:
+            raise ConfigurationError(f"unknown control operation {kind!r}")
 
     def close_matching(self, selector: Selector, close: Close) -> int:
         """Close every closable connection *selector* picks with *close*; how many (engine use)."""

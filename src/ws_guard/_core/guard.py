@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from ws_guard._core.bans import Bans
 from ws_guard._core.closes import CloseReporter, OnClose
 from ws_guard._core.control import ControlPlane
+from ws_guard._core.fanout import ControlChannel
 from ws_guard._core.namespace import guard_namespace
 from ws_guard._core.paths import PathMatcher
 from ws_guard._core.plan import HookPlan
@@ -138,6 +139,12 @@ class Guard(ControlPlane):
         self.reporter = CloseReporter(
             self.metrics, self.scheduler.clock, on_close, on_storage_error, self.random
         )
+        #: With Redis storage, the control plane's keys and pub/sub (_core/fanout.py).
+        self.channel = ControlChannel(
+            self.storage, self.namespace, self.report_storage_error, self.apply_remote
+        )
+        self.revocations.remote = self.channel.revoked if self.channel.active else None
+        self.ban_store.announce = self.announce_ban if self.channel.active else None
         #: Engine use: startup, shutdown and drain.
         self.lifecycle = Lifecycle(
             self,
@@ -148,6 +155,7 @@ class Guard(ControlPlane):
             self.live_connections,
             SignalDrain(self, parse_signals(drain_signals)),
             self.drain_window,
+            self.channel,
         )
 
         #: Engine use: which rules each connection hook calls (see _core/plan.py).

@@ -13,7 +13,7 @@ last sweep, so the maps hold at most about twice the revocations in force.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 #: Seconds (guard clock) between two sweeps of expired revocations.
 SWEEP_INTERVAL = 30.0
@@ -22,10 +22,13 @@ SWEEP_INTERVAL = 30.0
 class Revocations:
     """Revoked ``jti`` values and subjects (``sub``), each with its expiry (guard clock)."""
 
-    __slots__ = ("_clock", "_jtis", "_next_sweep", "_subjects", "_swept_size")
+    __slots__ = ("_clock", "_jtis", "_next_sweep", "_subjects", "_swept_size", "remote")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
+        #: With a Redis storage, the shared check a handshake makes after this
+        #: process's own: True/False, or ``None`` when Redis failed.
+        self.remote: Callable[[object, object], Awaitable[bool | None]] | None = None
         self._jtis: dict[str, float] = {}
         self._subjects: dict[str, float] = {}
         self._next_sweep = float("-inf")

@@ -269,7 +269,7 @@ class JWTAuth(Rule):
             return self.handshake_close(outcome, conn.guard)
         if isinstance(outcome, Close):
             return outcome
-        refusal = session.revocation(outcome)
+        refusal = await session.handshake_revocation(outcome)
         if refusal is not None:
             return refusal
         session.apply(outcome)

@@ -96,16 +96,38 @@ class Session:
     def revocation(self, claims: dict[str, Any]) -> Close | None:
         """1008 ``token_revoked`` when verified *claims* carry a revoked ``jti`` or ``sub``.
 
-        One lookup in the guard's revocations (``guard.revoke()``). In shadow
-        mode the breach is counted and logged here and ``None`` returned: the
-        token is used as if it were not revoked.
+        One lookup in this process's revocations (``guard.revoke()``, and
+        with Redis those heard from other processes). In shadow mode the
+        breach is counted and logged here and ``None`` returned: the token
+        is used as if it were not revoked.
         """
-        conn = self.conn
-        if not conn.guard.revocations.revoked(claims.get("jti"), claims.get("sub")):
+        revoked = self.conn.guard.revocations.revoked(claims.get("jti"), claims.get("sub"))
+        return self._revoked(revoked)
+
+    async def handshake_revocation(self, claims: dict[str, Any]) -> Close | None:
+        """:meth:`revocation`, then with Redis one shared lookup (``EXISTS``).
+
+        A failed Redis call follows ``on_storage_error``: ``"allow"`` keeps
+        this process's answer, ``"deny"`` refuses with 1013
+        ``storage_unavailable``.
+        """
+        guard = self.conn.guard
+        jti, subject = claims.get("jti"), claims.get("sub")
+        store = guard.revocations
+        revoked = store.revoked(jti, subject)
+        if not revoked and store.remote is not None:
+            shared = await store.remote(jti, subject)
+            if shared is None and guard.on_storage_error != "allow":
+                return self.rule.unavailable
+            revoked = bool(shared)
+        return self._revoked(revoked)
+
+    def _revoked(self, revoked: bool) -> Close | None:
+        if not revoked:
             return None
         close = self.rule.revoked
         if close.shadow:
-            conn.close_soon(close)  # counts and logs the breach, closes nothing
+            self.conn.close_soon(close)  # counts and logs the breach, closes nothing
             return None
         return close
 
