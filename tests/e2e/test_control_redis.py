@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -40,10 +41,10 @@ def subscribers(redis: RedisServer) -> int:
 
 
 @contextlib.contextmanager
-def two_workers(redis: RedisServer) -> Iterator[list[str]]:
-    """Two uvicorn processes of tests/support/control_app.py; their WebSocket URLs."""
+def two_workers(redis: RedisServer, count: int = 2) -> Iterator[list[str]]:
+    """*count* uvicorn processes of tests/support/control_app.py; their WebSocket URLs."""
     env = dict(os.environ, PYTHONPATH=SERVER_PATH, WS_GUARD_TEST_REDIS=redis.url)
-    ports = [free_port(), free_port()]
+    ports = [free_port() for _ in range(count)]
     with contextlib.ExitStack() as stack:
         for port in ports:
             command = [sys.executable, "-m", "uvicorn", "tests.support.control_app:make_app"]
@@ -150,3 +151,49 @@ async def test_redis_down_nothing_hangs_and_allow_keeps_admitting(own_redis: Red
         assert time.monotonic() - started < 5.0
         for open_ws in (ws, fresh):
             await open_ws.close()
+
+
+async def handshake(url: str) -> tuple[int | None, str | None] | None:
+    """The close a handshake gets (accept-then-close), or None when it echoes."""
+    async with connect(url) as ws:
+        try:
+            await ws.send("ping")
+            await asyncio.wait_for(ws.recv(), 5)
+        except ConnectionClosed:
+            return ws.close_code, ws.close_reason
+    return None
+
+
+async def test_a_ban_reaches_the_other_process_lives_in_redis_and_unban_lifts_it(
+    redis: RedisServer,
+) -> None:
+    banned = (1008, "banned; retry-after=30")
+    with two_workers(redis) as urls:
+        await open_socket(urls[0] + mint("warm-up"))  # both listen before the count starts
+        await open_socket(urls[1] + mint("warm-up"))
+        await eventually(lambda: subscribers(redis) == 2, timeout=10)
+        for _ in range(3):  # three policy closes in process A
+            assert await handshake(urls[0] + "not-a-jwt") == (1008, "token_invalid")
+        assert await handshake(urls[0] + mint("alice")) == banned
+        # Process B hears of it over pub/sub (bounded poll on the real condition).
+        await eventually(lambda: _banned_in(urls[1] + mint("alice")), timeout=5)
+        key = f"{NAMESPACE}:ban:{quote('by_ip:3/60s', safe='')}:127.0.0.1"
+        ttl = int(redis.command("PTTL", key).split(b":")[1])
+        assert 25_000 < ttl <= 30_000
+        # A process started during the ban loads it from Redis.
+        with two_workers(redis, count=1) as (late,):
+            await eventually(lambda: subscribers(redis) == 3, timeout=15)
+            assert await handshake(late + mint("alice")) == banned
+            async with admin(redis) as guard:
+                assert await guard.unban("127.0.0.1") == 0  # none held in this process
+            assert redis.command("EXISTS", key).strip() == b":0"
+            for url in (*urls, late):
+                await eventually(lambda url=url: _admitted(url + mint("alice")), timeout=5)
+
+
+async def _banned_in(url: str) -> bool:
+    return await handshake(url) == (1008, "banned; retry-after=30")
+
+
+async def _admitted(url: str) -> bool:
+    return await handshake(url) is None

@@ -19,7 +19,10 @@ NAMESPACE = "control-test"
 
 def make_app() -> ASGIApp:
     guard = Guard(
-        rules=[rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token"))],
+        rules=[
+            rules.AutoBan(after=3, within=60, ban=30),
+            rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token")),
+        ],
         storage=os.environ["WS_GUARD_TEST_REDIS"],
         namespace=NAMESPACE,
     )

@@ -251,14 +251,14 @@ class ControlPlane:
             raise ConfigurationError(f"unban key must be a non-empty string, not {key!r}")
         lifted = self.ban_store.lift(key)
         if self.channel.active:
+            await self.channel.delete_bans(key)
             await self.channel.publish({"op": "unban", "key": key})
         return lifted
 
     # -- other processes (Redis storage; see _core/fanout.py) --------------------
     def announce_ban(self, rule: str, key: str, seconds: float, shadow: bool) -> None:
         """Tell the other processes of a ban made here (from a sync close hook)."""
-        message = {"op": "ban", "rule": rule, "key": key, "ttl": seconds, "shadow": shadow}
-        self.channel.publish_soon(message)
+        self.channel.ban_soon(rule, key, seconds, shadow)
 
     def apply_remote(self, op: dict[str, Any]) -> None:
         """Apply an operation another process published; ValueError when malformed."""
