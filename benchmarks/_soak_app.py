@@ -159,7 +159,7 @@ def internals(guard: Guard, tracker: Tracker, full: bool) -> dict[str, Any]:
     """Sizes of everything that could grow with the number of connections served."""
     scheduler = guard.scheduler
     data: dict[str, Any] = {
-        "guard_connections": len(guard.connections),
+        "guard_connections": len(guard.live_connections),
         "deadlines": len(scheduler),
         "deadline_heap": len(getattr(scheduler, "_heap", ())),
         "asyncio_tasks": len(asyncio.all_tasks()),

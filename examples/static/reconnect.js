@@ -11,6 +11,7 @@
 //   1001 "idle_timeout": stop; reconnect when the app has something to send;
 //   1008 "token_expired": get a fresh token, reconnect at once (back off on
 //        repeats, stop after 3 refreshes in a row);
+//   1008 "banned": the hint (when the ban ends) plus up to 1 s;
 //   1008 other reasons, 1000, 1002, 1003, 1005, 1007, 1009, 1010, 1015: stop.
 // A private-range twin (code + 3000: 4001-4003, 4007-4014), which ws_guard sends
 // on servers that refuse RFC codes (daphne), is treated as its RFC code.
@@ -94,6 +95,7 @@ export const DEFAULT_ACTIONS = Object.freeze({
   1007: noRetry("invalid message data: fix the client"),
   1008: noRetry("policy violation: the server would refuse a retry again"),
   "1008:token_expired": refreshToken(),
+  "1008:banned": randomDelay(0, 1),
   1009: noRetry("message too big: fix the client"),
   1010: noRetry("the server lacks an extension the client requires"),
   1011: backoff(),

@@ -7,12 +7,15 @@ in code, or serve it with :func:`metrics_app` (Prometheus) and
 """
 
 from ws_guard import load, rules
+from ws_guard._core.bans import BanInfo
 from ws_guard._core.closes import CloseEvent
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.guard import Guard
 from ws_guard._core.info import ConnectionInfo, connection_info
+from ws_guard._core.listing import ConnectionSnapshot
 from ws_guard._core.middleware import WSGuardMiddleware
 from ws_guard._version import __version__
+from ws_guard.admin import admin_app
 from ws_guard.codes import MAX_REASON_BYTES, truncate_reason
 from ws_guard.errors import (
     ConfigurationError,
@@ -26,11 +29,13 @@ from ws_guard.metrics.snapshot import CloseKey, DurationHistogram, GaugeReading,
 __all__ = [
     "CONSUME",
     "MAX_REASON_BYTES",
+    "BanInfo",
     "Close",
     "CloseEvent",
     "CloseKey",
     "ConfigurationError",
     "ConnectionInfo",
+    "ConnectionSnapshot",
     "DurationHistogram",
     "GaugeReading",
     "Guard",
@@ -40,6 +45,7 @@ __all__ = [
     "WSGuardError",
     "WSGuardMiddleware",
     "__version__",
+    "admin_app",
     "connection_info",
     "load",
     "metrics_app",

@@ -97,6 +97,12 @@ REASON_MAX_LIFETIME = "max_lifetime"
 REASON_RATE_LIMITED_PREFIX = "rate_limited:"
 #: 1008, ``SlowConsumer``: the app's send waited too long for a client that does not read.
 REASON_SLOW_CONSUMER = "slow_consumer"
+#: 1008 with a retry hint, ``rules.AutoBan``: the key is banned after repeated policy closes.
+REASON_BANNED = "banned"
+#: 1008, ``rules.JWTAuth`` and ``guard.revoke()``: the token's ``jti`` or ``sub`` is revoked.
+REASON_TOKEN_REVOKED = "token_revoked"
+#: 1008 by default, ``guard.disconnect()``: the server's code closed the connection.
+REASON_DISCONNECTED = "disconnected"
 
 #: Counted as the code of an app's close *before* accept: no close frame goes
 #: out, the server refuses the handshake with HTTP 403 (ASGI spec; uvicorn and

@@ -64,7 +64,11 @@ async def no_leaks(server: ServerThread, guard: Guard) -> None:
 
     def clean() -> bool:
         snap = guard.metrics.snapshot()
-        return snap.active_connections == 0 and not guard.connections and len(guard.scheduler) == 0
+        return (
+            snap.active_connections == 0
+            and not guard.live_connections
+            and len(guard.scheduler) == 0
+        )
 
     await until(lambda: on_server(server, clean), what="no open connection, no deadline")
 
@@ -719,7 +723,7 @@ async def open_after_drain(app: Streamer, **guard_options: Any) -> tuple[Guard, 
             assert RESTARTING.fullmatch(ws.close_reason or "")
         await asyncio.wrap_future(drain)  # returns after the grace at the latest
         deadline = time.monotonic() + 5
-        while (left := await on_server(server, lambda: len(guard.connections))) and (
+        while (left := await on_server(server, lambda: len(guard.live_connections))) and (
             time.monotonic() < deadline
         ):
             await asyncio.sleep(0.02)

@@ -57,7 +57,7 @@ async def refused(url: str, user: str | None = None) -> tuple[int, str]:
 
 async def finished(server: ServerThread, guard: Guard) -> None:
     def clean() -> bool:
-        return guard.metrics.snapshot().active_connections == 0 and not guard.connections
+        return guard.metrics.snapshot().active_connections == 0 and not guard.live_connections
 
     await until(lambda: on_server(server, clean), what="every connection finished")
 

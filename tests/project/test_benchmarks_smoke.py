@@ -47,6 +47,14 @@ def test_per_message_tiny_run_prints_a_table() -> None:
     assert [row.split("|")[1].strip() for row in rows] == ["app", "bare", "rules"]
 
 
+def test_control_tiny_run_prints_the_memory_checks() -> None:
+    done = run("control.py", "--calls", "20", "--repeats", "1")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines()[2:]]
+    assert rows == ["revocation lookup (memory)", "AutoBan.admit (memory)"]
+    assert run("control.py", "--calls", "0").returncode == 2
+
+
 def test_per_message_rejects_bad_arguments() -> None:
     done = run("per_message.py", "--messages", "0")
     assert done.returncode == 2

@@ -66,7 +66,7 @@ def test_the_scan_reads_the_source_not_a_cache() -> None:
     assert fresh.codes["going_away"] == {codes.GOING_AWAY}
     assert fresh.codes["content:"] == {codes.POLICY_VIOLATION}
     assert fresh.codes["rate_limited:"] == {codes.POLICY_VIOLATION}
-    assert len(fresh.codes) == 24
+    assert len(fresh.codes) == 27
 
 
 def slug_literals(source: str) -> list[tuple[int, str]]:

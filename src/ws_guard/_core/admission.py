@@ -67,7 +67,7 @@ class Admission(Closing):
         self.admitted = True
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
-        guard.connections.add(self.full)
+        guard.live_connections.add(self.full)
         plan = guard.plan.checks
         # A leading fused run calls the rest of the plan itself: one call per
         # message. Its state is made first: checks are set up in plan order.

@@ -29,6 +29,7 @@ from ws_guard.codes import (
 
 if TYPE_CHECKING:
     from ws_guard.metrics.snapshot import Metrics
+    from ws_guard.rules.base import Rule
     from ws_guard.rules.context import RuleContext
 
 logger = logging.getLogger("ws_guard")
@@ -93,6 +94,8 @@ class CloseReporter:
         #: App close codes already warned about (see warn_unsendable_code).
         self._unsendable_warned: set[int] = set()
         self._last_storage_log = float("-inf")
+        #: Rules whose ``on_close`` hears of each guard close (set from the hook plan).
+        self.close_rules: tuple[Rule, ...] = ()
 
     def record_close(
         self,
@@ -118,6 +121,9 @@ class CloseReporter:
         elif code is None:
             raise TypeError("record_close needs a close decision or a code")
         self.metrics.record_close(code, initiator, rule)
+        if close is not None and initiator == "guard":
+            for watcher in self.close_rules:
+                watcher.on_close(conn, close)
         if close is not None:
             logger.info(
                 "ws_guard closed connection code=%d rule=%s client=%s path=%s",

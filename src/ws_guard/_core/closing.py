@@ -128,7 +128,7 @@ class Closing(ConnectionBase):
     def _mark_guard_closed(self, close: Close) -> None:
         self._guard_close = close
         self._set_closed(GUARD_CLOSED)
-        self.guard.reporter.record_close(self.full, close)
+        self.guard.reporter.record_close(self.full, close, initiator=close.initiator)
         timeout = self.guard.app_exit_timeout
         if timeout is not None and self.task is not None:
             self.call_at(self.guard.scheduler.now() + timeout, self._cancel_app)

@@ -300,7 +300,7 @@ class Connection(Holds):
             self._asides.cancel()  # notices still queued after the app's close or the client's
         await self._release()
         if self.admitted:
-            self.guard.connections.discard(self)
+            self.guard.live_connections.discard(self)
             self.guard.metrics.connection_finished(time.monotonic() - self.opened_at)
         if close_task is not None and close_task.done() and not close_task.cancelled():
             close_task.result()  # a bug in sending it is raised, after the releases

@@ -62,12 +62,20 @@ class Close:
     #: ``retry_after`` is a jittered draw (load shedding, drain): sent to a
     #: tenth of a second, and randomly rounded in an HTTP ``Retry-After``.
     jittered: bool = False
+    #: Who the close is counted for (``closes_by_initiator``): ``"guard"`` for a
+    #: rule's or gauge's decision, ``"server"`` for one the server's own code
+    #: asked for (``guard.disconnect()``, ``guard.revoke()``).
+    initiator: str = "guard"
 
     def __post_init__(self) -> None:
         if not is_sendable_code(self.code):
             raise ConfigurationError(f"close code {self.code!r} cannot be sent in a close frame")
         if not isinstance(self.reason, str):
             raise ConfigurationError(f"close reason must be a string, not {self.reason!r}")
+        if self.initiator not in ("guard", "server"):
+            raise ConfigurationError(
+                f"close initiator must be 'guard' or 'server', not {self.initiator!r}"
+            )
 
     @property
     def wire_reason(self) -> str:

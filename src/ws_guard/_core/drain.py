@@ -65,7 +65,7 @@ class Drain:
         """Plan the waves: connection *i* of *n* closes at ``window * i / n``."""
         scheduler = self.guard.scheduler
         self.started_at = now = scheduler.now()
-        connections = [conn for conn in self.guard.connections if conn.state in _CLOSABLE]
+        connections = [conn for conn in self.guard.live_connections if conn.state in _CLOSABLE]
         self.guard.random.shuffle(connections)  # no order leaks (age, address) into waves
         count = len(connections)
         self._planned = set(connections)
@@ -86,7 +86,7 @@ class Drain:
             return
         # Handshakes that were past the drain check when it began may have
         # been admitted since: close them too, then the plan is complete.
-        for conn in list(self.guard.connections):
+        for conn in list(self.guard.live_connections):
             if conn.state in _CLOSABLE and conn not in self._planned:
                 self._planned.add(conn)
                 self._close(conn)
@@ -130,7 +130,7 @@ class Drain:
         if waves.cancelled_caught:
             self.flush()
         give_up = anyio.current_time() + self.grace
-        while any(conn in self.guard.connections for conn in self._planned):
+        while any(conn in self.guard.live_connections for conn in self._planned):
             if anyio.current_time() >= give_up:
                 return
             await anyio.sleep(0.02)

@@ -17,10 +17,14 @@ import signal
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from ws_guard._core.bans import Bans
 from ws_guard._core.closes import CloseReporter, OnClose
+from ws_guard._core.control import ControlPlane
+from ws_guard._core.fanout import ControlChannel
 from ws_guard._core.namespace import guard_namespace
 from ws_guard._core.paths import PathMatcher
 from ws_guard._core.plan import HookPlan
+from ws_guard._core.revocations import Revocations
 from ws_guard._core.runtime import Lifecycle
 from ws_guard._core.scheduler import Scheduler
 from ws_guard._core.signals import SignalDrain, parse_signals
@@ -59,7 +63,7 @@ _MAX_DRAIN_WINDOW = 3600.0
 _MAX_APP_EXIT = 600.0
 
 
-class Guard:
+class Guard(ControlPlane):
     """Rules, gauges and shared runtime for one or more guarded apps."""
 
     def __init__(
@@ -108,8 +112,13 @@ class Guard:
         self.scheduler = Scheduler(check_guard_clock(clock))
         self.metrics = Metrics()
         self.metrics.set_gauge_reader(lambda: tuple(g.reading() for g in self.gauges))
+        #: Revoked token ids and subjects (``revoke()``; see _core/revocations.py).
+        self.revocations = Revocations(self.scheduler.clock)
+        #: Keys banned by ``rules.AutoBan`` (``bans()``, ``unban()``; see _core/bans.py).
+        self.ban_store = Bans(self.scheduler.clock)
+        self.metrics.set_control_readers(self.revocations.count, self.ban_store.count)
         #: Admitted connections that have not finished.
-        self.connections: set[RuleContext] = set()
+        self.live_connections: set[RuleContext] = set()
         #: Seconds a shutdown drain spreads its 1012 closes over.
         self.drain_window = check_seconds(
             "drain_window", drain_window, maximum=_MAX_DRAIN_WINDOW, positive=False
@@ -130,6 +139,12 @@ class Guard:
         self.reporter = CloseReporter(
             self.metrics, self.scheduler.clock, on_close, on_storage_error, self.random
         )
+        #: With Redis storage, the control plane's keys and pub/sub (_core/fanout.py).
+        self.channel = ControlChannel(
+            self.storage, self.namespace, self.report_storage_error, self.apply_remote
+        )
+        self.revocations.remote = self.channel.revoked if self.channel.active else None
+        self.ban_store.announce = self.announce_ban if self.channel.active else None
         #: Engine use: startup, shutdown and drain.
         self.lifecycle = Lifecycle(
             self,
@@ -137,13 +152,15 @@ class Guard:
             self.gauges,
             self.storage,
             self.scheduler,
-            self.connections,
+            self.live_connections,
             SignalDrain(self, parse_signals(drain_signals)),
             self.drain_window,
+            self.channel,
         )
 
         #: Engine use: which rules each connection hook calls (see _core/plan.py).
         self.plan = HookPlan(self.rules, peer_checks(self.rules), self.scheduler.clock)
+        self.reporter.close_rules = self.plan.close_rules
         for rule in self.rules:
             rule.bind(self)
         for gauge in self.gauges:

@@ -19,6 +19,11 @@ _STATE_NAMES = {
 }
 
 
+def state_name(state: int) -> str:
+    """A connection state's name: ``connecting``, ``open``, ``authenticating`` or ``closed``."""
+    return _STATE_NAMES[state]
+
+
 class ConnectionInfo:
     """What the app may read about its connection, at ``scope["ws_guard"]``."""
 
@@ -47,7 +52,7 @@ class ConnectionInfo:
 
     @property
     def state(self) -> str:
-        return _STATE_NAMES[self._conn.state]
+        return state_name(self._conn.state)
 
     def __repr__(self) -> str:
         return (

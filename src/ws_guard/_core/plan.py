@@ -89,6 +89,7 @@ class HookPlan:
         "admission_rules",
         "checker_rules",
         "checks",
+        "close_rules",
         "connect_rules",
         "lead_run",
         "open_rules",
@@ -112,6 +113,8 @@ class HookPlan:
         self.lead_run = first if isinstance(first, FusedRun) else None
         self.accept_rules = tuple(r for r in rules if overrides(r, "on_accept"))
         self.open_rules = tuple(r for r in rules if overrides(r, "on_open"))
+        #: Rules told of each guard close (``on_close``); usually none.
+        self.close_rules = tuple(r for r in rules if overrides(r, "on_close"))
         #: ``(limit seconds, rule)`` for the rules that watch the app's sends,
         #: shortest limit first; empty: the app gets the plain send path.
         self.send_rules: tuple[tuple[float, Rule], ...] = tuple(

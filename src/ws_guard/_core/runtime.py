@@ -22,6 +22,7 @@ from ws_guard.codes import SERVICE_RESTART
 from ws_guard.errors import UnsupportedBackendError
 
 if TYPE_CHECKING:
+    from ws_guard._core.fanout import ControlChannel
     from ws_guard._core.scheduler import Scheduler
     from ws_guard._core.storage import SharedStorage
     from ws_guard.load.base import LoadGauge
@@ -49,6 +50,7 @@ class Lifecycle:
         connections: Collection[RuleContext],
         signal_drain: SignalDrain,
         drain_window: float,
+        channel: ControlChannel | None = None,
     ) -> None:
         self.runtime = runtime
         self.rules = rules
@@ -58,6 +60,8 @@ class Lifecycle:
         self.connections = connections
         self.signal_drain = signal_drain
         self.drain_window = drain_window
+        #: The control plane's Redis subscriber (_core/fanout.py); started last.
+        self.channel = channel
         self._drain: Drain | None = None
         self._started = False
         #: The event loop (or trio run) startup ran in; see tasks.current_run.
@@ -105,6 +109,8 @@ class Lifecycle:
                 for gauge in self.gauges:
                     await gauge.startup(self.runtime)
                 self.signal_drain.install()
+                if self.channel is not None:
+                    await self.channel.start()
                 self._started = True
 
     def asyncio_only(self) -> list[str]:
@@ -175,6 +181,8 @@ class Lifecycle:
 
     async def _stop(self) -> None:
         self._started = False
+        if self.channel is not None:
+            await self.channel.stop()
         self.signal_drain.uninstall()
         for gauge in self.gauges:
             await gauge.shutdown(self.runtime)

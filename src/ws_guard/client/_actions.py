@@ -23,6 +23,7 @@ from ws_guard.codes import (
     NORMAL,
     POLICY_VIOLATION,
     PROTOCOL_ERROR,
+    REASON_BANNED,
     REASON_IDLE_TIMEOUT,
     REASON_MAX_LIFETIME,
     REASON_TOKEN_EXPIRED,
@@ -173,6 +174,9 @@ DEFAULT_ACTIONS: Mapping[ActionKey, Action] = {
     INVALID_PAYLOAD: NoRetry("invalid message data: fix the client"),
     POLICY_VIOLATION: NoRetry("policy violation: the server would refuse a retry again"),
     (POLICY_VIOLATION, REASON_TOKEN_EXPIRED): RefreshToken(),
+    # Banned for a while (rules.AutoBan): come back once the ban ends, the
+    # hint, plus up to a second so banned clients do not return together.
+    (POLICY_VIOLATION, REASON_BANNED): RandomDelay(0.0, 1.0),
     MESSAGE_TOO_BIG: NoRetry("message too big: fix the client"),
     MANDATORY_EXTENSION: NoRetry("the server lacks an extension the client requires"),
     INTERNAL_ERROR: Backoff(),

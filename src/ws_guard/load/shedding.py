@@ -120,7 +120,7 @@ class ShedTimer:
         since = gauge.tripped_since
         if since is None or now - since < self.config.after:
             return 0
-        candidates = [conn for conn in self.guard.connections if conn.state in LIVE]
+        candidates = [conn for conn in self.guard.live_connections if conn.state in LIVE]
         if not candidates:
             return 0
         count = min(len(candidates), max(1, int(self.config.fraction * len(candidates))))

@@ -78,6 +78,24 @@ def instrument(guard: Guard, meter_provider: MeterProvider | None = None) -> Gua
             "Failed storage or key-server calls.",
             lambda s: [Observation(s.storage_errors)],
         ),
+        (
+            "ws_guard.disconnects",
+            "{connection}",
+            "Connections closed on guard.disconnect() or guard.revoke().",
+            lambda s: [Observation(s.disconnects)],
+        ),
+        (
+            "ws_guard.revocations",
+            "{revocation}",
+            "guard.revoke() calls.",
+            lambda s: [Observation(s.revocations)],
+        ),
+        (
+            "ws_guard.bans",
+            "{ban}",
+            "Bans rules.AutoBan imposed.",
+            lambda s: [Observation(s.bans)],
+        ),
         ("ws_guard.load.sheds", "{handshake}", "Handshakes refused by load gauges.", _sheds),
         (
             "ws_guard.load.open_sheds",
@@ -110,6 +128,18 @@ def instrument(guard: Guard, meter_provider: MeterProvider | None = None) -> Gua
             "{connection}",
             "Connections admitted without a token, waiting for their first message.",
             lambda s: [Observation(s.pending_auth)],
+        ),
+        (
+            "ws_guard.revocations.in_force",
+            "{revocation}",
+            "Revoked token ids and subjects whose revocation has not expired.",
+            lambda s: [Observation(s.revocations_in_force)],
+        ),
+        (
+            "ws_guard.bans.in_force",
+            "{ban}",
+            "Keys banned by rules.AutoBan now (shadow bans included).",
+            lambda s: [Observation(s.bans_in_force)],
         ),
         ("ws_guard.load.value", "1", "Current reading of each load gauge.", _gauge_field("value")),
         ("ws_guard.load.limit", "1", "Configured limit of each load gauge.", _gauge_field("limit")),

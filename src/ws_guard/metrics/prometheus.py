@@ -125,6 +125,27 @@ def _families(snap: MetricsSnapshot, describe: bool) -> Iterator[Metric]:
         "Failed calls to the rate-limit storage or key server.",
         snap.storage_errors,
     )
+    yield _counter(
+        "ws_guard_disconnects",
+        "Connections closed on guard.disconnect() or guard.revoke() in this process.",
+        snap.disconnects,
+    )
+    yield _counter(
+        "ws_guard_revocations",
+        "guard.revoke() calls in this process.",
+        snap.revocations,
+    )
+    yield _gauge(
+        "ws_guard_revocations_in_force",
+        "Revoked token ids and subjects whose revocation has not expired.",
+        snap.revocations_in_force,
+    )
+    yield _counter("ws_guard_bans", "Bans rules.AutoBan imposed in this process.", snap.bans)
+    yield _gauge(
+        "ws_guard_bans_in_force",
+        "Keys banned by rules.AutoBan now (shadow bans included).",
+        snap.bans_in_force,
+    )
 
     value = GaugeMetricFamily(
         "ws_guard_load_value", "Current reading of each load gauge.", labels=("gauge",)

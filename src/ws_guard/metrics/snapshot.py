@@ -87,6 +87,15 @@ class MetricsSnapshot:
     closes: Mapping[CloseKey, int] = field(default_factory=lambda: MappingProxyType({}))
     #: Wall-clock time (``time.time()``) the snapshot was taken.
     taken_at: float = 0.0
+    #: Connections this process closed on ``guard.disconnect()`` or ``guard.revoke()``.
+    disconnects: int = 0
+    #: ``guard.revoke()`` calls in this process, and the revocations in force now.
+    revocations: int = 0
+    revocations_in_force: int = 0
+    #: Bans ``rules.AutoBan`` imposed in this process, and the bans in force now
+    #: (shadow ones included).
+    bans: int = 0
+    bans_in_force: int = 0
 
     def gauge(self, name: str) -> GaugeReading | None:
         """The reading of the load gauge called *name*, if the guard has one."""
@@ -115,6 +124,11 @@ class MetricsSnapshot:
             "peak_connections": self.peak_connections,
             "dropped_sends": self.dropped_sends,
             "storage_errors": self.storage_errors,
+            "disconnects": self.disconnects,
+            "revocations": self.revocations,
+            "revocations_in_force": self.revocations_in_force,
+            "bans": self.bans,
+            "bans_in_force": self.bans_in_force,
             "closes": [
                 {"code": k.code, "rule": k.rule, "initiator": k.initiator, "count": v}
                 for k, v in sorted(self.closes.items(), key=_close_sort_key)
@@ -146,19 +160,24 @@ class Metrics:
     """Mutable counters; only the guard's own code writes them."""
 
     __slots__ = (
+        "_bans_reader",
         "_duration_counts",
         "_duration_sum",
         "_gauge_reader",
+        "_revocations_reader",
         "active_connections",
+        "bans",
         "closes",
         "closes_by_code",
         "closes_by_initiator",
         "closes_by_rule",
+        "disconnects",
         "dropped_sends",
         "handshakes_admitted",
         "handshakes_rejected",
         "peak_connections",
         "pending_auth",
+        "revocations",
         "shadow_breaches_by_rule",
         "storage_errors",
     )
@@ -176,12 +195,22 @@ class Metrics:
         self.pending_auth = 0
         self.dropped_sends = 0
         self.storage_errors = 0
+        self.disconnects = 0
+        self.revocations = 0
+        self.bans = 0
+        self._revocations_reader: Callable[[], int] = int
+        self._bans_reader: Callable[[], int] = int
         self._duration_counts = [0] * len(DURATION_BUCKETS)
         self._duration_sum = 0.0
         self._gauge_reader: Callable[[], tuple[GaugeReading, ...]] = tuple
 
     def set_gauge_reader(self, reader: Callable[[], tuple[GaugeReading, ...]]) -> None:
         self._gauge_reader = reader
+
+    def set_control_readers(self, revocations: Callable[[], int], bans: Callable[[], int]) -> None:
+        """How many revocations and bans are in force (read at snapshot time)."""
+        self._revocations_reader = revocations
+        self._bans_reader = bans
 
     def connection_opened(self) -> None:
         self.handshakes_admitted += 1
@@ -228,4 +257,9 @@ class Metrics:
             durations=DurationHistogram(DURATION_BUCKETS, counts, sum(counts), self._duration_sum),
             closes=MappingProxyType(dict(self.closes)),
             taken_at=time.time(),
+            disconnects=self.disconnects,
+            revocations=self.revocations,
+            revocations_in_force=self._revocations_reader(),
+            bans=self.bans,
+            bans_in_force=self._bans_reader(),
         )

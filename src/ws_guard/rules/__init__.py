@@ -23,6 +23,7 @@ from ws_guard.rules.context import Checker, RuleContext
 from ws_guard.rules.keys import by_connection, by_ip, by_user
 from ws_guard.rules.kinds import json_type
 from ws_guard.rules.lifetime import IdleTimeout, MaxLifetime
+from ws_guard.rules.limits.auto_ban import AutoBan
 from ws_guard.rules.limits.byte_rate import ByteRate
 from ws_guard.rules.limits.connect_rate import ConnectRate
 from ws_guard.rules.limits.connection_cap import MaxConnectionsPerKey
@@ -45,6 +46,7 @@ _LAZY = {
 __all__ = [
     "JWKS",
     "AllowedOrigins",
+    "AutoBan",
     "ByteRate",
     "Checker",
     "ConnectRate",

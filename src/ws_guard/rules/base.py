@@ -29,6 +29,8 @@ class Stage(enum.IntEnum):
     in-band token before size, type or content rules see it.
     """
 
+    #: ``AutoBan``: one lookup, and a banned key must cost nothing more.
+    BAN = 1
     #: ``AllowedOrigins``: pure and cheapest, and a hostile page's attempts
     #: must not spend its victim's connect-rate budget.
     ORIGIN = 5
@@ -128,6 +130,14 @@ class Rule:
 
     async def release(self, conn: RuleContext) -> None:
         """Give back what :meth:`admit` took (connection slots)."""
+
+    def on_close(self, conn: RuleContext, close: Close) -> None:
+        """A guard decision (a rule's or gauge's, not shadow) closed or refused *conn*.
+
+        Sync and cheap: it runs inside the close's bookkeeping, once per
+        counted close, also for a refusal at the handshake. ``AutoBan``
+        counts policy closes here.
+        """
 
     def send_wait_limit(self) -> float:
         """Seconds an app's ``send()`` may wait for the client before :meth:`send_waited`.

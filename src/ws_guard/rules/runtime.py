@@ -14,6 +14,8 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ws_guard._core.bans import Bans
+    from ws_guard._core.revocations import Revocations
     from ws_guard._core.scheduler import Scheduler
     from ws_guard._core.storage import SharedStorage
     from ws_guard.metrics.snapshot import Metrics
@@ -65,7 +67,11 @@ class Runtime(Protocol):
       client by;
     - ``on_storage_error``: ``"allow"`` (fail open) or ``"deny"``;
     - ``metrics``: the guard's counters;
-    - ``connections``: the admitted connections that have not finished;
+    - ``live_connections``: the admitted connections that have not finished;
+    - ``revocations``: revoked token ids and subjects (``revoked(jti, sub)``,
+      a dict lookup; the auth rule asks at the handshake and on refresh);
+    - ``ban_store``: keys banned by ``AutoBan`` (``remaining(rule, key)``,
+      ``ban(rule, key, ends, shadow=...)``);
     - ``started``: whether ``startup`` ran in the running event loop.
     """
 
@@ -94,7 +100,13 @@ class Runtime(Protocol):
     def metrics(self) -> Metrics: ...
 
     @property
-    def connections(self) -> Collection[Any]: ...
+    def live_connections(self) -> Collection[Any]: ...
+
+    @property
+    def revocations(self) -> Revocations: ...
+
+    @property
+    def ban_store(self) -> Bans: ...
 
     @property
     def started(self) -> bool: ...

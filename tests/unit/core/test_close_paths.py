@@ -380,9 +380,9 @@ async def test_close_soon_before_accept_accepts_then_closes() -> None:
     guard = Guard()
     ws = guarded(slow_accept, guard)
     await ws.connect()
-    while not guard.connections:
+    while not guard.live_connections:
         await anyio.sleep(0)
-    (conn,) = guard.connections
+    (conn,) = guard.live_connections
     await conn.close(Close(1012, "restarting", "drain"))
     assert ws.sent == [
         {"type": "websocket.accept"},
@@ -400,7 +400,7 @@ async def test_close_soon_in_shadow_mode_only_counts() -> None:
     ws = guarded(echo, guard)
     await ws.connect()
     await ws.expect("websocket.accept")
-    (conn,) = guard.connections
+    (conn,) = guard.live_connections
     conn.close_soon(Close(1013, "overloaded", "shed", shadow=True))
     await ws.send_text("still here")
     await ws.expect("websocket.send", text="still here")

@@ -407,7 +407,7 @@ async def test_the_session_check_consumes_without_raising() -> None:
     """The session's check itself, called directly with each hostile first message."""
     guard = first_message_guard(fused=True)
     ws = await exchange(guard)
-    conn = next(iter(guard.connections))
+    conn = next(iter(guard.live_connections))
     (session,) = conn.extra.values()
     for value in HOSTILE_VALUES.values():
         session.pending = True

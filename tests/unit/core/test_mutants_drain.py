@@ -105,7 +105,7 @@ async def test_a_handshake_admitted_after_the_plan_is_closed_with_the_last_wave(
     close = await late.expect("websocket.close", code=1012)
     assert RESTARTING.fullmatch(close["reason"])
     await joined(drain, timeout=2)
-    assert not guard.connections  # drain() returns once every closed connection finished
+    assert not guard.live_connections  # drain() returns once every closed connection finished
     for ws in (*planned, late):
         await ws.finished()
     snap = guard.metrics.snapshot()
@@ -157,7 +157,7 @@ async def test_drain_gives_up_after_its_grace_and_app_exit_timeout_ends_the_hand
         ("websocket.disconnect", 1012),
         ("websocket.disconnect", 1012),
     ]
-    assert len(guard.connections) == 2  # the handlers run on; the guard does not hide them
+    assert len(guard.live_connections) == 2  # the handlers run on; the guard does not hide them
     assert [close_of(ws)["code"] for ws in clients] == [1012, 1012]  # type: ignore[index]
     # Nothing the handlers sent after the close reached the clients.
     assert [[m["type"] for m in ws.sent] for ws in clients] == [
@@ -174,7 +174,7 @@ async def test_drain_gives_up_after_its_grace_and_app_exit_timeout_ends_the_hand
     for ws in clients:
         await ws.finished()  # the cancel is absorbed: the server sees a plain return
     assert stubborn.cancelled == 2
-    assert not guard.connections
+    assert not guard.live_connections
     snap = guard.metrics.snapshot()
     assert snap.closes_by_code == {1012: 2}  # a cancelled handler is no crash: no 1011
     assert snap.active_connections == 0
@@ -233,7 +233,7 @@ async def test_a_cancelled_drain_call_leaves_the_drain_running_and_joinable() ->
     snap = guard.metrics.snapshot()
     assert snap.closes_by_code == {1012: 5}  # four drained, one refused handshake
     assert snap.active_connections == 0
-    assert not guard.connections
+    assert not guard.live_connections
     await guard.shutdown()
     assert not guard.draining
     assert len(guard.scheduler) == 0
@@ -266,7 +266,7 @@ async def test_a_handshake_admitted_after_the_last_wave_is_closed_at_once(
     await late.disconnect(1012)
     await late.finished()
     assert [m["type"] for m in late.sent] == ["websocket.accept", "websocket.close"]
-    assert not guard.connections
+    assert not guard.live_connections
     assert guard.metrics.snapshot().closes_by_code == {1012: connections + 1}
     await guard.shutdown()
     assert len(guard.scheduler) == 0

@@ -192,10 +192,10 @@ async def test_a_handshake_admitted_during_the_drain_is_closed_by_the_last_wave(
             "reason": "restarting; retry-after=1",
         }
         for _ in range(200):  # the early clients answer within a few ms
-            if len(guard.connections) == 1:
+            if len(guard.live_connections) == 1:
                 break
             await anyio.sleep(0.005)
-        assert len(guard.connections) == 1
+        assert len(guard.live_connections) == 1
     # The late client has not answered yet: the drain waits for it too (up
     # to its 1 s grace), well past one 20 ms turn of its polling.
     with anyio.move_on_after(0.2):
@@ -215,7 +215,7 @@ async def test_a_drain_returns_once_the_closed_connections_have_finished() -> No
             await guard.drain(window=0.0, grace=2.0)
         # No await between the drain's return and this read.
         assert guard.metrics.snapshot().active_connections == 0
-    assert guard.connections == set()
+    assert guard.live_connections == set()
 
 
 async def test_a_flush_cancels_the_next_wave() -> None:

@@ -159,7 +159,7 @@ async def run_script(
     task = spawn(middleware(scope, receive, send))
     for _ in range(3):
         await anyio.sleep(0)
-    conns.extend(guard.connections)
+    conns.extend(guard.live_connections)
     disconnected = False
     for kind, value in script:
         if kind == "client" and not disconnected:
@@ -169,7 +169,7 @@ async def run_script(
             disconnected = True
             await incoming.put({"type": "websocket.disconnect", "code": value})
         elif kind == "guard_close":
-            for conn in list(guard.connections):
+            for conn in list(guard.live_connections):
                 conn.close_soon(Close(value, "external", "external"))
         for _ in range(value if kind == "yield" else 2):
             await anyio.sleep(0)
@@ -211,7 +211,7 @@ def test_state_machine_invariants(
     snap = guard.metrics.snapshot()
     assert snap.active_connections == 0
     assert len(guard.scheduler) == 0
-    assert not guard.connections
+    assert not guard.live_connections
 
     # The app's view: connect first; nothing after a disconnect.
     assert run.app_received[0]["type"] == "websocket.connect"

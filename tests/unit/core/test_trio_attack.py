@@ -118,7 +118,7 @@ async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_every
     async with anyio.create_task_group() as tg:
         tg.start_soon(client.run)
         with anyio.fail_after(2):
-            while not guard.connections:
+            while not guard.live_connections:
                 await anyio.sleep(0.005)
         if trigger == "token_expired":
             now.advance(3600.0)  # past the token's exp
@@ -132,7 +132,7 @@ async def test_a_handler_cancelled_while_the_close_frame_is_stuck_releases_every
     assert client.sent[0] == {"type": "websocket.accept"}
     assert client.sent[1]["code"] == (1008 if trigger == "token_expired" else 1012)
     assert client.sent[1]["reason"].startswith(reason.split(";")[0])
-    assert guard.connections == set()
+    assert guard.live_connections == set()
     snap = guard.metrics.snapshot()
     assert snap.active_connections == 0
     if trigger == "token_expired":
@@ -522,7 +522,7 @@ async def test_a_client_that_leaves_while_its_first_message_key_is_fetched(
                 {"type": "websocket.disconnect", "code": 1001, "reason": ""}
             ]
         assert snap.active_connections == 0
-        assert guard.connections == set()
+        assert guard.live_connections == set()
         await guard.shutdown()
 
 

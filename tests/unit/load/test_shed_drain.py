@@ -135,7 +135,7 @@ async def _shed_once(priority: Any, caplog: pytest.LogCaptureFixture) -> list[bo
     guard = Guard(load=[gauge], clock=clock)
     await guard.startup()
     clients = await open_clients(guard, 4)
-    conns = sorted(guard.connections, key=lambda conn: conn.opened_at)
+    conns = sorted(guard.live_connections, key=lambda conn: conn.opened_at)
     for rank, conn in enumerate(conns):
         conn.scope["rank"] = rank  # the priority's input: 0 the oldest, 3 the newest
     depth[0] = 100.0
@@ -199,9 +199,9 @@ async def test_shedding_by_user_priority_and_in_shadow_mode() -> None:
     await guard.startup()
     depth[0] = 0.0
     clients = await open_clients(guard, 4)
-    for rank, conn in zip((3, 0, 2, 1), guard.connections, strict=False):
+    for rank, conn in zip((3, 0, 2, 1), guard.live_connections, strict=False):
         order[conn.id] = rank
-    lowest = sorted(guard.connections, key=lambda c: order[c.id])[:2]
+    lowest = sorted(guard.live_connections, key=lambda c: order[c.id])[:2]
     depth[0] = 100.0
     clock.now = 1.0
     guard.scheduler.run_due()

@@ -51,6 +51,11 @@ def expected_points(snap: MetricsSnapshot) -> Points:
     put("ws_guard.connections.pending_auth", snap.pending_auth)
     put("ws_guard.dropped_sends", snap.dropped_sends)
     put("ws_guard.storage_errors", snap.storage_errors)
+    put("ws_guard.disconnects", snap.disconnects)
+    put("ws_guard.revocations", snap.revocations)
+    put("ws_guard.revocations.in_force", snap.revocations_in_force)
+    put("ws_guard.bans", snap.bans)
+    put("ws_guard.bans.in_force", snap.bans_in_force)
     for g in snap.gauges:
         put("ws_guard.load.value", g.value, gauge=g.name)
         put("ws_guard.load.limit", g.limit, gauge=g.name)

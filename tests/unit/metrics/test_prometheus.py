@@ -61,6 +61,11 @@ def expected_samples(snap: MetricsSnapshot) -> Samples:
     put("ws_guard_pending_auth", snap.pending_auth)
     put("ws_guard_dropped_sends_total", snap.dropped_sends)
     put("ws_guard_storage_errors_total", snap.storage_errors)
+    put("ws_guard_disconnects_total", snap.disconnects)
+    put("ws_guard_revocations_total", snap.revocations)
+    put("ws_guard_revocations_in_force", snap.revocations_in_force)
+    put("ws_guard_bans_total", snap.bans)
+    put("ws_guard_bans_in_force", snap.bans_in_force)
     for g in snap.gauges:
         put("ws_guard_load_value", g.value, gauge=g.name)
         put("ws_guard_load_limit", g.limit, gauge=g.name)
@@ -255,7 +260,7 @@ async def test_scrape_with_ten_thousand_open_connections_is_cheap() -> None:
         await ws.expect("websocket.accept")
     registry = make_registry(guard)
     try:
-        assert len(guard.connections) == 10_000
+        assert len(guard.live_connections) == 10_000
         samples = parse(generate_latest(registry).decode())
         assert samples[("ws_guard_connections", frozenset())] == 10_000
         timings = []

@@ -177,7 +177,7 @@ async def test_re_arming_keeps_the_connections_deadline_list_short() -> None:
     clock = ManualClock(100.0)
     guard = Guard(rules=[rules.IdleTimeout(5)], clock=clock)
     ws = await opened(guard)
-    (conn,) = guard.connections
+    (conn,) = guard.live_connections
     for period in range(1, 50):  # a message every period: one re-arm each
         clock.now = 100.0 + 5 * period - 1
         await echo_round(ws, "x")

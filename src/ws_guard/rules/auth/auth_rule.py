@@ -38,6 +38,7 @@ class AuthRule(Protocol):
     missing: Close
     invalid: Close
     expired: Close
+    revoked: Close
     stale: Close
     unavailable: Close
     failed: Close

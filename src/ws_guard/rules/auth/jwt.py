@@ -24,6 +24,7 @@ from ws_guard.codes import (
     REASON_TOKEN_EXPIRED,
     REASON_TOKEN_INVALID,
     REASON_TOKEN_MISSING,
+    REASON_TOKEN_REVOKED,
     REASON_TOKEN_STALE,
     REASON_TOO_MANY_UNAUTHENTICATED,
     TRY_AGAIN_LATER,
@@ -82,7 +83,9 @@ class JWTAuth(Rule):
     count as messages in every ``MessageRate``. A verified refresh for
     another ``(iss, sub)``, or on a connection whose token had no ``sub``,
     closes 1008 ``token_invalid``; one whose ``exp`` is not later than the
-    current token's closes 1008 ``token_stale``.
+    current token's closes 1008 ``token_stale``. A token whose ``jti`` or
+    ``sub`` was revoked (``guard.revoke()``) is refused at the handshake and
+    on refresh with 1008 ``token_revoked``.
     """
 
     stage = Stage.AUTH
@@ -160,6 +163,8 @@ class JWTAuth(Rule):
         self.missing = self.breach(POLICY_VIOLATION, REASON_TOKEN_MISSING)
         self.invalid = self.breach(POLICY_VIOLATION, REASON_TOKEN_INVALID)
         self.expired = self.breach(POLICY_VIOLATION, REASON_TOKEN_EXPIRED)
+        #: A verified token whose jti or sub was revoked (``guard.revoke()``).
+        self.revoked = self.breach(POLICY_VIOLATION, REASON_TOKEN_REVOKED)
         self.unavailable = self.breach(TRY_AGAIN_LATER, REASON_STORAGE_UNAVAILABLE)
         #: A verified refresh whose exp does not move the deadline forward.
         self.stale = self.breach(POLICY_VIOLATION, REASON_TOKEN_STALE)
@@ -264,6 +269,9 @@ class JWTAuth(Rule):
             return self.handshake_close(outcome, conn.guard)
         if isinstance(outcome, Close):
             return outcome
+        refusal = await session.handshake_revocation(outcome)
+        if refusal is not None:
+            return refusal
         session.apply(outcome)
         return None
 

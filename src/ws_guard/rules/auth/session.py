@@ -93,6 +93,44 @@ class Session:
         # Interned names: 10 000 connections share one "sub", one "exp", ...
         conn.claims = MappingProxyType({sys.intern(k): v for k, v in claims.items()})
 
+    def revocation(self, claims: dict[str, Any]) -> Close | None:
+        """1008 ``token_revoked`` when verified *claims* carry a revoked ``jti`` or ``sub``.
+
+        One lookup in this process's revocations (``guard.revoke()``, and
+        with Redis those heard from other processes). In shadow mode the
+        breach is counted and logged here and ``None`` returned: the token
+        is used as if it were not revoked.
+        """
+        revoked = self.conn.guard.revocations.revoked(claims.get("jti"), claims.get("sub"))
+        return self._revoked(revoked)
+
+    async def handshake_revocation(self, claims: dict[str, Any]) -> Close | None:
+        """:meth:`revocation`, then with Redis one shared lookup (``EXISTS``).
+
+        A failed Redis call follows ``on_storage_error``: ``"allow"`` keeps
+        this process's answer, ``"deny"`` refuses with 1013
+        ``storage_unavailable``.
+        """
+        guard = self.conn.guard
+        jti, subject = claims.get("jti"), claims.get("sub")
+        store = guard.revocations
+        revoked = store.revoked(jti, subject)
+        if not revoked and store.remote is not None:
+            shared = await store.remote(jti, subject)
+            if shared is None and guard.on_storage_error != "allow":
+                return self.rule.unavailable
+            revoked = bool(shared)
+        return self._revoked(revoked)
+
+    def _revoked(self, revoked: bool) -> Close | None:
+        if not revoked:
+            return None
+        close = self.rule.revoked
+        if close.shadow:
+            self.conn.close_soon(close)  # counts and logs the breach, closes nothing
+            return None
+        return close
+
     @property
     def expires(self) -> float | None:
         """Wall-clock time (epoch seconds) at which the token stops being valid."""
@@ -271,6 +309,9 @@ class Session:
             return self.rule.handshake_close(outcome, self.conn.guard)
         if isinstance(outcome, Close):
             return outcome
+        refusal = self.revocation(outcome)
+        if refusal is not None:
+            return refusal
         self.apply(outcome)
         self.arm()
         self.conn.verified()  # held app sends go out now, in order
@@ -293,6 +334,9 @@ class Session:
             return rule.invalid
         if user_key(outcome.get("iss"), subject) != by_user(conn):
             return rule.invalid
+        refusal = self.revocation(outcome)
+        if refusal is not None:
+            return refusal
         if not self._extends(outcome):
             return rule.stale  # a replayed or older token buys nothing
         self.apply(outcome)
