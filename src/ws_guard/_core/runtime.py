@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ws_guard")
 
+#: Seconds shutdown waits for rules, gauges and storage to stop (shielded).
+STOP_GRACE = 5.0
+
 
 class Lifecycle:
     """Startup, shutdown and drain of one guard (``guard.lifecycle``; engine use).
@@ -141,7 +144,9 @@ class Lifecycle:
         Cancelled during the drain (a server that gives its lifespan shutdown
         a deadline, a second Ctrl-C), the drain ends there but the rest still
         runs, shielded: otherwise the samplers and storage tasks would run on
-        and the guard would stay started.
+        and the guard would stay started. That rest gets :data:`STOP_GRACE`
+        seconds (logged when it runs out), so a release that waits on a dead
+        Redis cannot hold shutdown for ever.
         """
         if not self._started:
             return
@@ -149,8 +154,15 @@ class Lifecycle:
             if self.connections or self._drain is not None:
                 await self.drain()
         finally:
-            with anyio.CancelScope(shield=True):
+            # Bounded: a rule or storage whose release waits on a dead Redis
+            # must not turn a cancelled shutdown into one that never returns.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE) as bound:
                 await self._stop()
+            if bound.cancelled_caught:
+                logger.warning(
+                    "ws_guard's shutdown stopped waiting for its rules and storage after %g s",
+                    STOP_GRACE,
+                )
 
     async def _leave_run(self) -> None:
         """Stop what startup began in an event loop that ended without :meth:`shutdown`.

@@ -13,10 +13,9 @@ import logging
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock
 from ws_guard import Guard, WSGuardMiddleware
 from ws_guard._core.fanout import ControlChannel
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 
 IP = "203.0.113.5"
 

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock
 from tests.support.jwt_keys import SECRET, mint
 from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, rules
 from ws_guard._core.revocations import SWEEP_INTERVAL, Revocations
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 
 
 def build(*, enforce: bool = True, first_message: bool = False) -> tuple[Guard, ManualClock]:

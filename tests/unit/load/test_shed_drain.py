@@ -20,7 +20,8 @@ from tests.support.apps import echo
 from tests.support.backends import joined
 from tests.support.helpers import eventually
 from tests.support.helpers import sent_close as closed_with
-from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load
+from ws_guard import ConfigurationError, Guard, WSGuardMiddleware, load, rules
+from ws_guard._core import runtime
 from ws_guard._core.signals import SignalDrain, parse_signals
 from ws_guard._core.tasks import spawn
 from ws_guard.testing import ManualClock as Clock
@@ -413,3 +414,20 @@ async def test_a_shutdown_cancelled_during_its_drain_still_stops_the_guard() -> 
     assert lag.running
     assert not guard.draining
     await guard.shutdown()
+
+
+async def test_a_rule_whose_shutdown_hangs_cannot_hold_a_cancelled_shutdown_for_ever(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Stuck(rules.Rule):
+        async def shutdown(self, guard: Any) -> None:
+            await anyio.sleep_forever()  # say, a release waiting on a dead Redis
+
+    monkeypatch.setattr(runtime, "STOP_GRACE", 0.2)
+    guard = Guard(rules=[Stuck()])
+    await guard.startup()
+    with caplog.at_level(logging.WARNING, logger="ws_guard"), anyio.fail_after(3):
+        with anyio.move_on_after(0.05):  # the server's deadline, long before the stop ends
+            await guard.shutdown()
+    assert not guard.started
+    assert "stopped waiting for its rules and storage after 0.2 s" in caplog.text

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 
 from tests.support.apps import echo
-from tests.support.helpers import ManualClock
 from ws_guard import BanInfo, ConfigurationError, Guard, WSGuardMiddleware, rules
-from ws_guard.testing import ScriptedWebSocket
+from ws_guard.testing import ManualClock, ScriptedWebSocket
 
 IP = "203.0.113.5"
 
