@@ -156,6 +156,27 @@ def _build_all() -> Guard:
     )
 
 
+#: Far above the handshake benchmark's loops per user: the cap is checked, never reached.
+UNREACHED_CAP = 1000
+
+
+def _build_full_redis() -> Guard:
+    url = os.environ.get("WS_GUARD_BENCH_REDIS")
+    if not url:
+        raise SystemExit("the full_redis variant needs WS_GUARD_BENCH_REDIS=redis://host:port/db")
+    return Guard(
+        rules=[
+            _jwt_auth(),
+            *_message_rules(),
+            rules.MessageRate(UNREACHED_RATE),
+            rules.MaxConnectionsPerKey(UNREACHED_CAP, key=rules.by_user),
+            rules.ConnectRate(UNREACHED_RATE, key=rules.by_ip),
+        ],
+        load=[load.ConnectionCount(limit=10_000), load.EventLoopLag(limit=0.25)],
+        storage=url,
+    )
+
+
 VARIANTS: dict[str, Variant] = {
     "none": Variant("Guard() with no rules: the middleware's own fixed cost", Guard),
     "rules": Variant(
@@ -196,6 +217,18 @@ VARIANTS: dict[str, Variant] = {
         "jwt + MessageRate per connection + ConnectionCount(10 000) + EventLoopLag(0.25 s) "
         "sampling every 50 ms",
         _build_all,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "full": Variant(
+        "the handshake benchmark's full policy on memory storage: rules + MessageRate per "
+        "connection + JWTAuth(HS256, ?token=) + ConnectionCount(10 000) + EventLoopLag(0.25 s)",
+        _build_all,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "full_redis": Variant(
+        f"full + MaxConnectionsPerKey({UNREACHED_CAP}, key=by_user) + "
+        f"ConnectRate({UNREACHED_RATE!r}, key=by_ip) on Redis (WS_GUARD_BENCH_REDIS)",
+        _build_full_redis,
         client_query=lambda i: f"token={token_for(f'user{i}')}",
     ),
     "lifetime": Variant(
