@@ -156,6 +156,17 @@ def _build_all() -> Guard:
     )
 
 
+def _build_rate_jwt() -> Guard:
+    return Guard(rules=[_jwt_auth(), *_message_rules(), rules.MessageRate(UNREACHED_RATE)])
+
+
+def _build_conn_count() -> Guard:
+    return Guard(
+        rules=[_jwt_auth(), *_message_rules(), rules.MessageRate(UNREACHED_RATE)],
+        load=[load.ConnectionCount(limit=10_000)],
+    )
+
+
 #: Far above the handshake benchmark's loops per user: the cap is checked, never reached.
 UNREACHED_CAP = 1000
 
@@ -217,6 +228,16 @@ VARIANTS: dict[str, Variant] = {
         "jwt + MessageRate per connection + ConnectionCount(10 000) + EventLoopLag(0.25 s) "
         "sampling every 50 ms",
         _build_all,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "rate_jwt": Variant(
+        "rules + MessageRate per connection + JWTAuth(HS256, ?token=): full without gauges",
+        _build_rate_jwt,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "conn_count": Variant(
+        "jwt + MessageRate per connection + ConnectionCount(10 000): full without the lag gauge",
+        _build_conn_count,
         client_query=lambda i: f"token={token_for(f'user{i}')}",
     ),
     "full": Variant(
