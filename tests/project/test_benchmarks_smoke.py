@@ -93,6 +93,21 @@ def test_echo_paired_tiny_run_reports_a_ratio() -> None:
     assert "WARNING" not in done.stdout
 
 
+@pytest.mark.e2e
+def test_echo_paired_runs_the_fastapi_limiter_peer() -> None:
+    pytest.importorskip("fastapi_limiter")  # the bench extra's; not in every environment
+    done = run(
+        "echo.py",
+        *("--paired", "--no-pin", "--rounds", "1", "--duration", "0.3", "--warmup", "0"),
+        *("--connections", "4", "--guard", "peer_fastapi_limiter"),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["guard", "peer_fastapi_limiter"]
+    assert float(rows[1].split("|")[2].strip(" *")) > 0
+    assert "WARNING" not in done.stdout
+
+
 def test_handshake_rejects_bad_arguments() -> None:
     done = run("handshake.py", "--short", "5", "--long", "5")
     assert done.returncode == 2
