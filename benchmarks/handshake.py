@@ -13,6 +13,7 @@ ratio of their handshake rates within a round is the ratio of their costs.
     python benchmarks/handshake.py --guard full --rounds 3 --duration 3
     python benchmarks/handshake.py --instructions --guard full     # callgrind, per handshake
     python benchmarks/handshake.py --json out.json --plot docs/img/handshake.png
+    python benchmarks/handshake.py --from-json out.json --plot docs/img/handshake.png  # re-plot
 
 Per side it reports handshakes/s, p50/p99 handshake latency (TCP connect to
 the 101 response, at the client) and the server's CPU µs per handshake
@@ -371,7 +372,15 @@ def summarise(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[
     return table
 
 
-def report(args: argparse.Namespace, table: dict[str, dict[str, Any]]) -> str:
+#: The options a report states, saved with --json so that --from-json states them too.
+SETTINGS = ("rounds", "duration", "warmup", "loops", "server_cpu", "client_cpu")
+
+
+def command_line() -> str:
+    return shlex.join(["python", "benchmarks/handshake.py", *sys.argv[1:]])
+
+
+def report(args: argparse.Namespace, table: dict[str, dict[str, Any]], command: str) -> str:
     import starlette
     import uvicorn
 
@@ -381,7 +390,7 @@ def report(args: argparse.Namespace, table: dict[str, dict[str, Any]]) -> str:
         else f"both servers on CPU {args.server_cpu}, both clients on CPU {args.client_cpu}"
     )
     out = [
-        f"Command: `{shlex.join(['python', 'benchmarks/handshake.py', *sys.argv[1:]])}`",
+        f"Command: `{command}`",
         "",
         f"Machine: {os.cpu_count()} CPUs, {cpu_model()}; uvicorn {uvicorn.__version__} "
         f"(uvloop, httptools), starlette {starlette.__version__}; {pinning}. "
@@ -525,7 +534,7 @@ def instructions(args: argparse.Namespace) -> dict[str, float]:
 
 def report_instructions(args: argparse.Namespace, per: dict[str, float]) -> str:
     out = [
-        f"Command: `{shlex.join(['python', 'benchmarks/handshake.py', *sys.argv[1:]])}`",
+        f"Command: `{command_line()}`",
         "",
         f"{args.loops} client loops, {args.short} then {args.long} cycles each of connect → "
         "one 64 B echo → close; server instructions per cycle from the difference "
@@ -560,6 +569,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPU cores")
     parser.add_argument("--json", help="write the per-round results and summary here")
     parser.add_argument("--plot", help="write a bar chart (PNG) of handshakes/s here")
+    parser.add_argument(
+        "--from-json", help="no run: report (and --plot) the summary a --json run wrote"
+    )
     parser.add_argument(
         "--instructions", action="store_true", help="count callgrind instructions per handshake"
     )
@@ -601,6 +613,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.client is not None:
         run_client(args)
         return
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        table = saved["summary"]
+        vars(args).update(saved["settings"])
+        print(report(args, table, saved["command"]))
+        if args.plot:
+            plot(args.plot, table)
+        return
     exit_on_sigterm()  # so that the servers and redis-server are stopped
     if args.instructions:
         per = instructions(args)
@@ -610,9 +630,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     data = orchestrate(args)
     table = summarise(args, data)
-    print(report(args, table))
+    print(report(args, table, command_line()))
     if args.json:
-        Path(args.json).write_text(json.dumps({**data, "summary": table}, indent=1) + "\n")
+        settings = {name: getattr(args, name) for name in SETTINGS}
+        saved = {"command": command_line(), "settings": settings, **data, "summary": table}
+        Path(args.json).write_text(json.dumps(saved, indent=1) + "\n")
     if args.plot:
         plot(args.plot, table)
 

@@ -135,6 +135,11 @@ def test_handshake_paired_tiny_run_reports_a_ratio_and_writes_json(tmp_path: Pat
     assert summary["rate"] > 0
     assert summary["bare_rate"] > 0
     assert summary["redis_trips_per_handshake"] == {}
+    png = tmp_path / "handshake.png"
+    again = run("handshake.py", "--from-json", str(out), "--plot", str(png))
+    assert again.returncode == 0, again.stderr
+    assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == rows
+    assert png.read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.e2e
