@@ -71,6 +71,8 @@ REDIS_VARIANTS = frozenset({"full_redis", "rate_user"})
 PAYLOAD = b"x" * 64
 #: Seconds one connect → echo → close may take before the client gives up.
 CYCLE_TIMEOUT = 10.0
+#: EventLoopLag's limit under valgrind (see _variants.lag_limit).
+VALGRIND_LAG_LIMIT = "30"
 
 
 # ---------------------------------------------------------------------------
@@ -481,6 +483,7 @@ def count_instructions(name: str, loops: int, each: int) -> tuple[int, int]:
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+            WS_GUARD_BENCH_LAG_LIMIT=VALGRIND_LAG_LIMIT,
         )
         proc = spawn(
             [
