@@ -72,7 +72,7 @@ PAYLOAD = b"x" * 64
 #: Seconds one connect → echo → close may take before the client gives up.
 CYCLE_TIMEOUT = 10.0
 #: EventLoopLag's limit under valgrind (see _variants.lag_limit).
-VALGRIND_LAG_LIMIT = "30"
+VALGRIND_LAG_LIMIT = "10"  # the most EventLoopLag takes
 
 
 # ---------------------------------------------------------------------------
