@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from _children import exit_on_sigterm, spawn
+from _peers import PEERS
 from _variants import SRC, VARIANTS, variant
 
 HERE = Path(__file__).resolve()
@@ -93,6 +94,21 @@ def build_app(name: str) -> tuple[Any, Any]:
                 await websocket.send_text(await websocket.receive_text())
         except WebSocketDisconnect:
             pass
+
+    if name in PEERS:  # another library's limiter, called before each echo
+        limit = PEERS[name].build()
+
+        async def limited_echo(websocket: WebSocket) -> None:
+            await websocket.accept()
+            try:
+                while True:
+                    text = await websocket.receive_text()
+                    await limit(websocket)
+                    await websocket.send_text(text)
+            except WebSocketDisconnect:
+                pass
+
+        return Starlette(routes=[WebSocketRoute("/ws", limited_echo)]), None
 
     guard = None if name == BARE else variant(name).build()
     middleware = [] if guard is None else [Middleware(WSGuardMiddleware, guard=guard)]
@@ -171,7 +187,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
                     state["closes"] += 1  # the server closed on us mid-run
                 transport.disconnect()
 
-    query = variant(args.app).client_query if args.app != BARE else None
+    query = variant(args.app).client_query if args.app not in (BARE, *PEERS) else None
     urls = [args.url + (f"?{query(i)}" if query else "") for i in range(args.connections)]
     pairs = await asyncio.gather(*(ws_connect(Echo, url) for url in urls))
     for _, listener in pairs:
@@ -479,7 +495,7 @@ def report(
         "disturbs less than wall-clock throughput.",
     ]
     for name in args.guard:
-        description = VARIANTS[name].description
+        description = PEERS[name].description if name in PEERS else VARIANTS[name].description
         guard = summaries.get(name, {}).get("guard")
         if guard is not None:
             closes = {k: v for k, v in guard["closes_by_initiator"].items() if k != "client"}
@@ -513,7 +529,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--guard",
         action="append",
-        choices=sorted(VARIANTS),
+        choices=sorted(VARIANTS) + sorted(PEERS),
         help="guard variant to compare with the bare app; repeat for several (default: rules)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="bare/guarded rounds")

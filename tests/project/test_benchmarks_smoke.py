@@ -102,6 +102,55 @@ def test_echo_paired_tiny_run_reports_a_ratio() -> None:
 
 
 @pytest.mark.e2e
+def test_echo_paired_runs_the_fastapi_limiter_peer() -> None:
+    pytest.importorskip("fastapi_limiter")  # the bench extra's; not in every environment
+    done = run(
+        "echo.py",
+        *("--paired", "--no-pin", "--rounds", "1", "--duration", "0.3", "--warmup", "0"),
+        *("--connections", "4", "--guard", "peer_fastapi_limiter"),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["guard", "peer_fastapi_limiter"]
+    assert float(rows[1].split("|")[2].strip(" *")) > 0
+    assert "WARNING" not in done.stdout
+
+
+def test_handshake_rejects_bad_arguments() -> None:
+    done = run("handshake.py", "--short", "5", "--long", "5")
+    assert done.returncode == 2
+    assert "need --short < --long" in done.stderr
+    done = run("handshake.py", "--loops", "0", "--no-pin")
+    assert done.returncode == 2
+    assert "--loops must be at least 1" in done.stderr
+
+
+@pytest.mark.e2e
+def test_handshake_paired_tiny_run_reports_a_ratio_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "handshake.json"
+    done = run(
+        "handshake.py",
+        *("--no-pin", "--guard", "rules", "--rounds", "1", "--duration", "0.5"),
+        *("--warmup", "0.2", "--loops", "2", "--json", str(out)),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["guard", "rules"]
+    assert float(rows[1].split("|")[2].strip(" *")) > 0
+    assert "WARNING" not in done.stdout
+    summary = json.loads(out.read_text())["summary"]["rules"]
+    assert summary["errors"] == 0
+    assert summary["rate"] > 0
+    assert summary["bare_rate"] > 0
+    assert summary["redis_trips_per_handshake"] == {}
+    png = tmp_path / "handshake.png"
+    again = run("handshake.py", "--from-json", str(out), "--plot", str(png))
+    assert again.returncode == 0, again.stderr
+    assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == rows
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.e2e
 @pytest.mark.redis
 def test_soak_tiny_run_writes_report_plot_and_json(tmp_path: Path) -> None:
     from tests.support.services import require_binary

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import anyio
 import pytest
 
 from tests.support.apps import Recorder
@@ -268,3 +271,89 @@ async def test_accept_hooks_edit_accept_message() -> None:
     await ws.expect("websocket.accept", subprotocol="chat.v1")
     await ws.disconnect()
     await ws.finished()
+
+
+class SlowRelease(Holds):
+    """A slot rule whose release suspends, as a Redis ``ZREM`` does."""
+
+    async def release(self, conn: object) -> None:
+        await anyio.sleep(0)
+        self.released += 1
+
+
+async def finish_cancelled(guard: Guard, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    """Admit one connection, open it, then finish it inside a scope already cancelled.
+
+    What a server that cancels the handler at the client's disconnect does.
+    Returns the deadlines the guard's scheduler held before the finish.
+    """
+    from ws_guard._core.connection import Connection
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: object) -> None:
+        return None
+
+    scope = {"type": "websocket", "path": "/ws", "headers": headers or []}
+    conn = Connection(guard, scope, receive, send)
+    assert await conn.handshake()
+    await conn.send({"type": "websocket.accept"})
+    assert guard.metrics.snapshot().active_connections == 1
+    armed = len(guard.scheduler)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await conn.finish()
+    return armed
+
+
+async def test_finish_in_a_cancelled_scope_with_nothing_held_still_counts_the_end() -> None:
+    guard = Guard(rules=[rules.MaxMessageSize(10)])
+    await finish_cancelled(guard)
+    snap = guard.metrics.snapshot()
+    assert (snap.active_connections, snap.durations.total) == (0, 1)
+    assert len(guard.connections) == 0
+
+
+async def test_finish_in_a_cancelled_scope_still_releases_a_slot_that_suspends() -> None:
+    slow = SlowRelease()
+    guard = Guard(rules=[slow])
+    await finish_cancelled(guard)
+    assert (slow.admitted, slow.released) == (1, 1)
+    snap = guard.metrics.snapshot()
+    assert (snap.active_connections, snap.durations.total) == (0, 1)
+
+
+class QuickRelease(Holds):
+    """A slot rule whose release never suspends, and says so."""
+
+    release_suspends = False
+
+
+async def test_finish_in_a_cancelled_scope_releases_a_slot_that_never_suspends() -> None:
+    quick = QuickRelease()
+    guard = Guard(rules=[quick])
+    await finish_cancelled(guard)
+    assert (quick.admitted, quick.released) == (1, 1)
+    assert guard.metrics.snapshot().active_connections == 0
+
+
+async def test_finish_in_a_cancelled_scope_disarms_a_jwt_session() -> None:
+    from tests.support.jwt_keys import SECRET, mint
+
+    guard = Guard(rules=[rules.JWTAuth(SECRET, algorithms=["HS256"])])
+    token = mint()
+    armed = await finish_cancelled(guard, [(b"authorization", f"Bearer {token}".encode())])
+    assert (armed, len(guard.scheduler)) == (1, 0)  # the token's expiry deadline is gone
+    assert guard.metrics.snapshot().active_connections == 0
+
+
+def test_jwt_release_never_suspends_as_it_declares() -> None:
+    """JWTAuth.release_suspends is False: its release must run to the end in one step."""
+    rule = rules.JWTAuth("s" * 32, algorithms=["HS256"])
+    assert rules.JWTAuth.release_suspends is False
+    assert rules.Rule.release_suspends is True
+    conn = SimpleNamespace(extra={})  # release reads only conn.extra
+    step = rule.release(conn)  # type: ignore[arg-type]
+    with pytest.raises(StopIteration):
+        step.send(None)

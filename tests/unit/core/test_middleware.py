@@ -72,6 +72,26 @@ def test_trailing_slash_prefix_and_default_guard_everything() -> None:
     assert Guard().guards_path("/anything")
 
 
+async def test_client_ip_is_the_handshake_peer_even_read_after_the_app_rewrote_the_scope() -> None:
+    """The address is parsed on first read, but from the peer the handshake had."""
+    seen: list[str] = []
+
+    async def rewriting(scope: dict, receive: object, send: object) -> None:
+        await receive()  # type: ignore[operator]
+        await send({"type": "websocket.accept"})  # type: ignore[operator]
+        scope["client"] = ("203.0.113.9", 2)
+        seen.append(connection_info(scope).client_ip)  # type: ignore[union-attr]
+        await receive()  # type: ignore[operator]
+
+    for peer, expected in ((("::ffff:198.51.100.7", 1), "198.51.100.7"), (None, "unknown")):
+        ws = ScriptedWebSocket(WSGuardMiddleware(rewriting, guard=Guard()), client=peer)
+        await ws.connect()
+        await ws.expect("websocket.accept")
+        await ws.disconnect()
+        await ws.finished()
+        assert seen.pop() == expected
+
+
 async def test_connection_info_in_scope() -> None:
     app = Recorder()
     guard = Guard()

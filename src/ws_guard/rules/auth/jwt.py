@@ -332,6 +332,9 @@ class JWTAuth(Rule):
         if session is not None:
             session.start()
 
+    #: release() only disarms the session's timers and leaves the waiting room.
+    release_suspends = False
+
     async def release(self, conn: RuleContext) -> None:
         session: Session | None = conn.extra.pop(self, None)
         if session is not None:

@@ -262,3 +262,42 @@ async def handshake_in(guard: Guard, token: str) -> dict:
         reply = accept
     await ws.finished()
     return reply
+
+
+async def test_the_hmac_key_is_prepared_once_not_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyJWT re-prepares (PEM/SSH/DER probes) every key it is given; the rule's own is
+    prepared at construction and then taken as it is, handshake after handshake."""
+    from jwt.algorithms import HMACAlgorithm
+
+    prepared: list[object] = []
+    real = HMACAlgorithm.prepare_key
+
+    def counting(self: HMACAlgorithm, key: str | bytes) -> bytes:
+        prepared.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counting)
+    secret = "k" * 64  # long enough for HS512
+    tokens = [mint(key=secret, alg=alg) for alg in ("HS256", "HS512", "HS256")]  # encode prepares
+    prepared.clear()
+    rule = rules.JWTAuth(secret, algorithms=["HS256", "HS512"])
+    at_construction = len(prepared)
+    assert at_construction >= 1
+    for token in tokens:
+        assert (await handshake(rule, token))["type"] == "websocket.accept"
+    assert len(prepared) == at_construction
+    # The checks still hold: a token signed with another secret, or one whose
+    # header names an algorithm the rule does not take, is refused.
+    assert (await handshake(rule, mint(key=OTHER_SECRET)))["reason"] == "token_invalid"
+    assert (await handshake(rule, mint(key=secret, alg="HS384")))["reason"] == "token_invalid"
+
+
+def test_any_other_key_object_is_still_prepared_and_checked() -> None:
+    """Only the rule's own key passes unprepared: a PEM public key given as an
+    HMAC secret is still refused by PyJWT's probe (algorithm confusion)."""
+    rule = rules.JWTAuth(SECRET, algorithms=["HS256"])
+    token = hs256_with_public_key()
+    assert rule.verifier.decode(token, RSA_PUBLIC_PEM) is rule.verifier.invalid
+    claims = rule.verifier.decode(mint(), SECRET.encode())  # an equal key, another object
+    assert isinstance(claims, dict)
+    assert claims["sub"] == "alice"
