@@ -145,6 +145,10 @@ def _build_lifetime() -> Guard:
 UNREACHED_SEND_WAIT = 5.0
 
 
+def _build_counted() -> Guard:
+    return Guard(rules=_message_rules(), count_messages=True)
+
+
 def _build_slow() -> Guard:
     return Guard(rules=[*_message_rules(), rules.SlowConsumer(UNREACHED_SEND_WAIT)])
 
@@ -229,6 +233,10 @@ VARIANTS: dict[str, Variant] = {
         "rules + JWTAuth(HS256, ?token=, refresh on): one token per connection",
         _build_jwt,
         client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "counted": Variant(
+        "rules + Guard(count_messages=True): messages in and out counted per connection",
+        _build_counted,
     ),
     "slow": Variant(
         f"rules + SlowConsumer({UNREACHED_SEND_WAIT}): every app send timed",

@@ -89,7 +89,11 @@ async def test_list_disconnect_and_unban_over_http(guard: Guard, http: httpx.Asy
         ("203.0.113.5", "/ws", "open"),
         ("198.51.100.1", "/ws", "open"),
     ]
-    assert set(listed[0]) == {"id", "client_ip", "key", "subject", "path", "opened_at", "state"}
+    assert set(listed[0]) == {
+        *("id", "client_ip", "key", "subject", "path", "opened_at", "state"),
+        *("messages_in", "messages_out"),
+    }
+    assert (listed[0]["messages_in"], listed[0]["messages_out"]) == (None, None)  # not counted
     response = await http.post(
         "/disconnect", headers=AUTH, json={"key": "203.0.113.5", "code": 4000, "reason": "bye"}
     )

@@ -48,6 +48,16 @@ def close_frame(code: int, reason: str) -> Message:
     return {"type": "websocket.close", "code": code, "reason": reason}
 
 
+class MessageCounts:
+    """One connection's data messages, in and out (``Guard(count_messages=True)``)."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+
+
 class ConnectionBase:
     """One guarded WebSocket's state; the layers above add what it does."""
 
@@ -57,6 +67,7 @@ class ConnectionBase:
         "_client_ip",
         "_close_task",
         "_connect_message",
+        "_counts",
         "_deadlines",
         "_finished",
         "_gate",
@@ -113,6 +124,9 @@ class ConnectionBase:
         self._state_more: dict[Any, Any] | None = None
         self.admitted = False
         self.opened_at = 0.0
+        #: Data messages the app received and sent, when the guard counts
+        #: them (``Guard(count_messages=True)``; see Connection.counted).
+        self._counts: MessageCounts | None = None
         #: The message checks: one rule's (or fused run's) checker, or a chain.
         self._check: Checker | None = None
         self._connect_message: Message | None = None
@@ -139,6 +153,16 @@ class ConnectionBase:
         #: because it ran on after a guard close.
         self.task: asyncio.Task[Any] | anyio.CancelScope | None = None
         self.cancelled_by_guard = False
+
+    @property
+    def messages_in(self) -> int | None:
+        """Data messages the app received; ``None`` unless the guard counts them."""
+        return None if self._counts is None else self._counts.received
+
+    @property
+    def messages_out(self) -> int | None:
+        """Data messages the app sent; ``None`` unless the guard counts them."""
+        return None if self._counts is None else self._counts.sent
 
     @property
     def full(self) -> RuleContext:

@@ -22,6 +22,7 @@ import anyio
 import anyio.lowlevel
 
 from ws_guard._core.closing import CLOSE_FRAME_GRACE
+from ws_guard._core.conn_base import MessageCounts
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.holds import Holds
 from ws_guard._core.send_watch import SendWatch, current_task
@@ -120,6 +121,34 @@ class Connection(Holds):
             server_send = self._send  # a local, as in receive()
             return server_send(message)
         return self._send_slow(message)
+
+    def counted(
+        self, send: Callable[[Message], Awaitable[None]]
+    ) -> tuple[Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]]:
+        """The app's receive and *send*, counting data messages (``Guard(count_messages=True)``).
+
+        Opt-in: each adds a coroutine frame per message, so a guard that
+        does not count hands the app ``receive`` and *send* as they are. A
+        message counts in when the app receives it (after the checks), out
+        when its send returned on an open connection (a send ws_guard drops
+        after a close does not count).
+        """
+        counts = self._counts = MessageCounts()
+        receive = self.receive
+
+        async def receive_counted() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                counts.received += 1
+            return message
+
+        async def send_counted(message: Message) -> None:
+            data = self.state == OPEN and message["type"] == "websocket.send"
+            await send(message)
+            if data:
+                counts.sent += 1
+
+        return receive_counted, send_counted
 
     def watched_send(self) -> Callable[[Message], Awaitable[None]]:
         """The app's send for a guard with a rule that watches sends (the plan's ``send_rules``).

@@ -84,8 +84,16 @@ class Guard(ControlPlane):
         app_exit_timeout: float | None = 5.0,
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
         namespace: str | None = None,
+        count_messages: bool = False,
     ) -> None:
         self.rules: tuple[Rule, ...] = _check_items("rules", rules, Rule)
+        if not isinstance(count_messages, bool):
+            raise ConfigurationError(
+                f"count_messages must be True or False, not {count_messages!r}"
+            )
+        #: Count each connection's data messages for ``connections()`` (a
+        #: coroutine frame per message each way, so off by default).
+        self.count_messages = count_messages
         self.gauges: tuple[LoadGauge, ...] = _check_items("load", load, LoadGauge)
         #: The shared ``limits`` storage; opened in :meth:`startup`, closed in :meth:`shutdown`.
         self.storage = SharedStorage(storage)

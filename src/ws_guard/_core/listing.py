@@ -33,10 +33,11 @@ class ConnectionSnapshot:
     - ``path``: the request path (never the query string, where a token may be);
     - ``opened_at``: wall-clock seconds (``time.time()`` base) when admission passed;
     - ``state``: ``"connecting"`` (admitted, not yet accepted), ``"open"`` or
-      ``"authenticating"`` (waiting for a first-message token).
-
-    Messages in and out are not counted per connection: counting them would
-    add work to every message (see docs/control.md).
+      ``"authenticating"`` (waiting for a first-message token);
+    - ``messages_in``, ``messages_out``: data messages the app received and
+      sent, or ``None``: they are counted only with
+      ``Guard(count_messages=True)``, which adds a coroutine frame per
+      message each way (see docs/control.md).
     """
 
     id: str
@@ -46,6 +47,8 @@ class ConnectionSnapshot:
     path: str
     opened_at: float
     state: str
+    messages_in: int | None = None
+    messages_out: int | None = None
 
 
 def snapshot_of(conn: RuleContext, ipv6_prefix: int, wall_offset: float) -> ConnectionSnapshot:
@@ -62,6 +65,8 @@ def snapshot_of(conn: RuleContext, ipv6_prefix: int, wall_offset: float) -> Conn
         path=conn.path,
         opened_at=conn.opened_at + wall_offset,
         state=state_name(conn.state),
+        messages_in=conn.messages_in,
+        messages_out=conn.messages_out,
     )
 
 

@@ -64,12 +64,15 @@ class WSGuardMiddleware:
                 # Decided by the plan, once per guard: without a rule that
                 # watches sends, the app gets the plain send path.
                 app_send = conn.watched_send() if guard.plan.send_rules else conn.send
+                app_receive: Receive = conn.receive
+                if guard.count_messages:  # opt-in: a frame more per message each way
+                    app_receive, app_send = conn.counted(app_send)
                 try:
                     if app_scope is None:
-                        result = await app(scope, conn.receive, app_send)
+                        result = await app(scope, app_receive, app_send)
                     else:
                         with app_scope:
-                            result = await app(scope, conn.receive, app_send)
+                            result = await app(scope, app_receive, app_send)
                 except asyncio.CancelledError:
                     if not conn.cancelled_by_guard:
                         raise

@@ -66,6 +66,14 @@ class RuleContext(Protocol):
         """When admission passed, ``time.monotonic()`` seconds; 0.0 before."""
 
     @property
+    def messages_in(self) -> int | None:
+        """Data messages the app has received; ``None`` unless ``Guard(count_messages=True)``."""
+
+    @property
+    def messages_out(self) -> int | None:
+        """Data messages the app has sent; ``None`` unless ``Guard(count_messages=True)``."""
+
+    @property
     def path(self) -> str:
         """The request path (the scope's ``path``)."""
 
