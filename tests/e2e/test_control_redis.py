@@ -197,3 +197,17 @@ async def _banned_in(url: str) -> bool:
 
 async def _admitted(url: str) -> bool:
     return await handshake(url) is None
+
+
+async def test_policy_closes_spread_over_two_processes_add_up_to_a_ban(
+    redis: RedisServer,
+) -> None:
+    # AutoBan(after=3): two closes in process A and one in B, none banned alone.
+    with two_workers(redis) as urls:
+        await open_socket(urls[0] + mint("warm-up"))
+        await open_socket(urls[1] + mint("warm-up"))
+        await eventually(lambda: subscribers(redis) == 2, timeout=10)
+        for url in (urls[0], urls[1], urls[0]):
+            assert await handshake(url + "not-a-jwt") == (1008, "token_invalid")
+        for url in urls:
+            await eventually(lambda url=url: _banned_in(url + mint("alice")), timeout=5)

@@ -37,13 +37,27 @@ class BanInfo:
 class Bans:
     """``(rule label, key) -> (ends at on the guard clock, shadow)``."""
 
-    __slots__ = ("_bans", "_clock", "_next_sweep", "_swept_size", "announce")
+    __slots__ = (
+        "_bans",
+        "_clock",
+        "_next_sweep",
+        "_swept_size",
+        "announce",
+        "announce_strike",
+        "strikers",
+    )
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         #: Called with ``(rule, key, seconds, shadow)`` for each new ban made
         #: here (not one heard from another process): the guard fans it out.
         self.announce: Callable[[str, str, float, bool], None] | None = None
+        #: Called with ``(rule, key)`` for each policy close counted here, so
+        #: every process counts the strikes of all (``None`` in one process).
+        self.announce_strike: Callable[[str, str], None] | None = None
+        #: rule label -> what counts a strike heard from another process
+        #: (each ``AutoBan`` adds itself at startup).
+        self.strikers: dict[str, Callable[[str], None]] = {}
         self._bans: dict[tuple[str, str], tuple[float, bool]] = {}
         self._next_sweep = float("-inf")
         self._swept_size = 0

@@ -260,6 +260,10 @@ class ControlPlane:
         """Tell the other processes of a ban made here (from a sync close hook)."""
         self.channel.ban_soon(rule, key, seconds, shadow)
 
+    def announce_strike(self, rule: str, key: str) -> None:
+        """Tell the other processes of a policy close ``AutoBan`` counted here (sync)."""
+        self.channel.strike_soon(rule, key)
+
     def apply_remote(self, op: dict[str, Any]) -> None:
         """Apply an operation another process published; ValueError when malformed."""
         kind = op.get("op")
@@ -290,6 +294,13 @@ class ControlPlane:
                 raise ConfigurationError(f"a ban message without rule and key: {op!r}")
             ends = self.scheduler.clock() + _check_ttl(op.get("ttl"))
             self.ban_store.ban(rule, key, ends, shadow=op.get("shadow") is True, local=False)
+        elif kind == "strike":
+            rule, key = op.get("rule"), op.get("key")
+            if not isinstance(rule, str) or not isinstance(key, str):
+                raise ConfigurationError(f"a strike message without rule and key: {op!r}")
+            count = self.ban_store.strikers.get(rule)
+            if count is not None:  # else no AutoBan by that label here: nothing to count
+                count(key)
         elif kind == "unban":
             key = op.get("key")
             if not isinstance(key, str):

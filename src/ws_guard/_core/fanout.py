@@ -143,6 +143,17 @@ class ControlChannel:
         self._pending.add(job)
         job.add_done_callback(self._pending.discard)
 
+    def strike_soon(self, rule: str, key: str) -> None:
+        """Publish a strike counted here, from sync code: on a task of its own."""
+        if not self.subscribed:
+            return
+        job = _tasks.spawn(self._strike(rule, key))
+        self._pending.add(job)
+        job.add_done_callback(self._pending.discard)
+
+    async def _strike(self, rule: str, key: str) -> None:
+        await self.publish({"op": "strike", "rule": rule, "key": key})
+
     async def _ban(self, rule: str, key: str, ttl: float, shadow: bool) -> None:
         await self.store_ban(rule, key, ttl, shadow)
         await self.publish({"op": "ban", "rule": rule, "key": key, "ttl": ttl, "shadow": shadow})

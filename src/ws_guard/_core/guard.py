@@ -153,6 +153,7 @@ class Guard(ControlPlane):
         )
         self.revocations.remote = self.channel.revoked if self.channel.active else None
         self.ban_store.announce = self.announce_ban if self.channel.active else None
+        self.ban_store.announce_strike = self.announce_strike if self.channel.active else None
         #: Engine use: startup, shutdown and drain.
         self.lifecycle = Lifecycle(
             self,

@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from tests.support.apps import echo
-from ws_guard import Guard, WSGuardMiddleware
+from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.fanout import ControlChannel
 from ws_guard.testing import ManualClock, ScriptedWebSocket
 
@@ -81,6 +81,8 @@ async def test_published_revoke_ban_and_unban_reach_the_stores() -> None:
         json.dumps({"op": "revoke", "jti": 5, "ttl": 5, "origin": "x"}),
         json.dumps({"op": "ban", "key": IP, "ttl": 5, "origin": "x"}),
         json.dumps({"op": "unban", "origin": "x"}),
+        json.dumps({"op": "strike", "key": IP, "origin": "x"}),
+        json.dumps({"op": "strike", "rule": "r", "key": ["a"], "origin": "x"}),
         json.dumps({"op": "drop_tables", "origin": "x"}),
         None,
     ],
@@ -103,3 +105,34 @@ def test_memory_storage_has_no_channel_work() -> None:
     assert not guard.channel.active
     assert guard.revocations.remote is None
     assert guard.ban_store.announce is None
+
+
+async def test_strikes_heard_from_other_processes_count_toward_a_ban_here() -> None:
+    """AutoBan counts the policy closes of every process: 2 elsewhere + 1 here ban."""
+    ban = rules.AutoBan(after=3, within=60, ban=30)
+    guard = Guard(
+        rules=[ban, rules.Content(lambda text: "x" not in text, name="no_x")],
+        clock=ManualClock(),
+    )
+    await guard.startup()
+    published: list[tuple[str, str]] = []
+    guard.ban_store.announce_strike = lambda rule, key: published.append((rule, key))
+    receive = channel(guard)._receive
+    strike = {"op": "strike", "rule": ban.id, "key": IP, "origin": "x"}
+    receive(json.dumps(strike))  # 1, elsewhere
+    receive(json.dumps({**strike, "rule": "not ours"}))  # no AutoBan by that label here
+    receive(json.dumps({**strike, "key": "198.51.100.1"}))  # another address
+    ws = await opened(guard)
+    await ws.send_text("x")  # 2: a policy close here, told to the others
+    await ws.expect("websocket.close", code=1008)
+    await ws.disconnect(1008)
+    await ws.finished()
+    assert published == [(ban.id, IP)]
+    assert await guard.bans() == []
+    receive(json.dumps(strike))  # 3, elsewhere: banned here too
+    assert [(b.key, b.rule) for b in await guard.bans()] == [(IP, ban.id)]
+    # The process whose own close was the third strike announces and counts the ban.
+    assert published == [(ban.id, IP)]
+    assert guard.metrics.snapshot().bans == 0
+    await guard.shutdown()
+    assert ban.id not in guard.ban_store.strikers

@@ -16,6 +16,7 @@ of keys with no strike in the window; bans live in the guard's ban store
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from ws_guard.rules.limits.limit_rule import LimitRule
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
+    from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
@@ -100,14 +102,34 @@ class AutoBan(LimitRule):
         left = conn.guard.ban_store.remaining(self.id, key)
         return None if left is None else self._limited(left)
 
+    async def startup(self, guard: Runtime) -> None:
+        await super().startup(guard)
+        # Strikes other processes count reach this rule by its label (Redis storage).
+        guard.ban_store.strikers[self.id] = functools.partial(self._strike, guard, local=False)
+
+    async def shutdown(self, guard: Runtime) -> None:
+        guard.ban_store.strikers.pop(self.id, None)
+        await super().shutdown(guard)
+
     def on_close(self, conn: RuleContext, close: Close) -> None:
         if close.code not in self.codes or close.rule == self.label:
             return
         key = self._read_key(conn)
         if not isinstance(key, str) or key.startswith(f"{UNKNOWN}:"):
             return  # no key, a broken key callable, or no address: nothing to ban
-        guard = conn.guard
+        self._strike(conn.guard, key, local=True)
+
+    def _strike(self, guard: Runtime, key: str, *, local: bool) -> None:
+        """Count a strike against *key*: one of this process's closes (*local*) or another's.
+
+        With Redis storage each process publishes its strikes and counts all
+        of them, so ``after`` closes spread over several workers ban too. A
+        ban that a strike heard from elsewhere completes is not announced:
+        the process whose own close was that strike bans and announces it.
+        """
         now = guard.scheduler.clock()
+        if local and guard.ban_store.announce_strike is not None:
+            guard.ban_store.announce_strike(self.id, key)
         self._maybe_sweep(now)
         strikes = self._strikes.pop(key, None)  # re-inserted last: the map is LRU-ordered
         if strikes is None:
@@ -119,8 +141,11 @@ class AutoBan(LimitRule):
             self._strikes[key] = strikes
             return
         # Struck out: banned from now; the count starts again after the ban.
-        guard.ban_store.ban(self.id, key, now + self.ban_seconds, shadow=not self.enforce)
-        guard.metrics.bans += 1
+        guard.ban_store.ban(
+            self.id, key, now + self.ban_seconds, shadow=not self.enforce, local=local
+        )
+        if local:  # counted once in the cluster, by the process that announces it
+            guard.metrics.bans += 1
         logger.warning(
             "ws_guard AutoBan %s key=%s for %g s after %d closes with codes %s within %g s",
             "bans" if self.enforce else "would ban (shadow mode)",
