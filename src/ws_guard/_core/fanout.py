@@ -247,23 +247,35 @@ class ControlChannel:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _load(self) -> None:
-        """Apply the revocations and bans already in Redis (made before this process subscribed)."""
+        """Apply the revocations and bans already in Redis (made before this process subscribed).
+
+        Keys are not only ws_guard's writing (an operator's ``SET``, another
+        tool in the key space): one this process cannot apply (a name that is
+        not UTF-8, a TTL past what a revocation may last) is skipped with a
+        warning, as a malformed published message is; it never stops the listener.
+        """
         client = self.storage.redis()
         prefix = f"{self.namespace}:revoked:"
         async for raw in client.scan_iter(match=f"{_glob_escape(prefix)}*", count=SCAN_COUNT):
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            key = _key_name(raw)
+            if key is None:
+                continue
             kind, _, value = key[len(prefix) :].partition(":")
             ttl = await client.pttl(key)
             if kind in ("jti", "sub") and value and ttl > 0:
                 field = "jti" if kind == "jti" else "subject"
-                self._apply({"op": "revoke", field: value, "ttl": ttl / 1000.0, "load": True})
+                self._apply_safely(
+                    {"op": "revoke", field: value, "ttl": ttl / 1000.0, "load": True}
+                )
         prefix = f"{self.namespace}:ban:"
         async for raw in client.scan_iter(match=f"{_glob_escape(prefix)}*", count=SCAN_COUNT):
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            name = _key_name(raw)
+            if name is None:
+                continue
             rule, _, key = name[len(prefix) :].partition(":")
             ttl, value = await client.pttl(name), await client.get(name)
             if rule and key and ttl > 0:
-                self._apply(
+                self._apply_safely(
                     {
                         "op": "ban",
                         "rule": unquote(rule),
@@ -281,10 +293,25 @@ class ControlChannel:
             if not isinstance(op, dict):
                 logger.warning("ws_guard ignored a control message that is not a JSON object")
             return
+        self._apply_safely(op)
+
+    def _apply_safely(self, op: dict[str, Any]) -> None:
+        """Apply *op*; one this process cannot apply is logged and dropped, never raised."""
         try:
             self._apply(op)
         except (ValueError, TypeError, KeyError) as exc:  # ConfigurationError is a ValueError
             logger.warning("ws_guard ignored a control message it cannot apply: %s", exc)
+
+
+def _key_name(raw: object) -> str | None:
+    """A key name SCAN returned, as text; ``None`` (logged) for one that is not UTF-8."""
+    if not isinstance(raw, bytes):
+        return str(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.warning("ws_guard ignored a control key that is not UTF-8: %r", raw[:80])
+        return None
 
 
 def _glob_escape(text: str) -> str:

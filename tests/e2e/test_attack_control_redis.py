@@ -1,0 +1,67 @@
+"""Hostile state on the shared Redis must not stop a guard's control listener.
+
+A process loads the revocations and bans already in Redis when it
+subscribes (``_core/fanout.py``). A key it cannot apply (written by hand, by
+another tool in the same key space, with a TTL past the year a revocation
+may last, or a name that is not UTF-8) is skipped with a warning: the
+listener goes on, loads the keys it can apply and hears published
+operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from tests.support.helpers import eventually
+from tests.support.redis_server import RedisServer
+from ws_guard import Guard
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
+
+NS = "attack"
+TWO_YEARS_MS = str(2 * 366 * 86400 * 1000)
+
+
+def set_raw(redis: RedisServer, key: bytes, value: bytes, px: str) -> None:
+    """SET key value PX ms, with a key name that may be any bytes."""
+    parts = [b"SET", key, value, b"PX", px.encode()]
+    payload = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", redis.port), 2) as sock:
+        sock.sendall(payload)
+        assert sock.recv(100) == b"+OK\r\n"
+
+
+@pytest.mark.parametrize(
+    "bad_key",
+    [
+        f"{NS}:revoked:jti:forever".encode(),  # a TTL past a year
+        f"{NS}:ban:r:203.0.113.9".encode(),  # a ban for longer than a year
+        f"{NS}:revoked:sub:".encode() + b"\xff\xfe",  # a name that is not UTF-8
+        f"{NS}:ban:".encode() + b"\xff:\xfe",
+    ],
+)
+async def test_an_unusable_key_in_redis_does_not_stop_the_listener(
+    redis: RedisServer, bad_key: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    long = TWO_YEARS_MS if b"\xff" not in bad_key else "60000"
+    set_raw(redis, bad_key, b"1", long)
+    set_raw(redis, f"{NS}:revoked:jti:good".encode(), b"1", "60000")
+    guard = Guard(storage=redis.url, namespace=NS)
+    other = Guard(storage=redis.url, namespace=NS)
+    await guard.startup()
+    await other.startup()
+    try:
+        await eventually(lambda: guard.channel.subscribed, what="guard subscribed")
+        await eventually(lambda: other.channel.subscribed, what="other subscribed")
+        assert guard.revocations.revoked("good", None)
+        # The listener still hears published operations after the bad key.
+        await other.revoke(subject="mallory", until=time.time() + 60)
+        await eventually(lambda: guard.revocations.revoked(None, "mallory"), what="heard")
+    finally:
+        await other.shutdown()
+        await guard.shutdown()
+    assert any("control" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
