@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from typing import Any
 
 import pytest
 
 from tests.support.helpers import eventually
 from tests.support.redis_server import RedisServer
 from ws_guard import Guard
+from ws_guard.errors import ConfigurationError
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
@@ -65,3 +67,30 @@ async def test_an_unusable_key_in_redis_does_not_stop_the_listener(
         await other.shutdown()
         await guard.shutdown()
     assert any("control" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+LONE = "\ud800"  # what a JSON body's "\ud800" decodes to: no UTF-8 form
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda g: g.revoke(jti=LONE, until=time.time() + 60), "jti"),
+        (lambda g: g.revoke(jti="ok", subject="a" + LONE, until=time.time() + 60), "subject"),
+        (lambda g: g.disconnect(key=LONE), "key"),
+        (lambda g: g.disconnect(connection_id=LONE), "connection_id"),
+        (lambda g: g.unban(LONE), "unban key"),
+    ],
+)
+async def test_a_selector_without_utf8_form_is_refused_before_anything_applies(
+    redis: RedisServer, call: Any, named: str
+) -> None:
+    guard = Guard(storage=redis.url, namespace=NS)
+    await guard.startup()
+    try:
+        with pytest.raises(ConfigurationError, match=f"^{named} is not valid UTF-8 text: "):
+            await call(guard)
+        assert guard.metrics.snapshot().revocations == 0
+        assert guard.revocations.in_force() == {"jti": {}, "subject": {}}
+    finally:
+        await guard.shutdown()
