@@ -75,7 +75,7 @@ class AdminApp:
                 "admin_app token must be printable ASCII: it travels in an HTTP header"
             )
         self.guard = guard
-        self._expected = f"Bearer {token}".encode("ascii")
+        self._secret = token.encode("ascii")
         self._token = token
 
     def __repr__(self) -> str:
@@ -101,9 +101,7 @@ class AdminApp:
         if self._token_in_query(scope.get("query_string", b"")):
             return 400, {"error": "credentials are not accepted in the query string"}
         headers = joined_headers(scope.get("headers", ()))
-        given = headers.get("authorization", "").encode("latin-1")
-        # Constant time over the whole header: no early exit on the first wrong byte.
-        if not hmac.compare_digest(given, self._expected):
+        if not self._authorized(headers.get("authorization", "")):
             return 401, {"error": "a valid Authorization: Bearer token is required"}
         if not self.guard.started:
             # Closing a connection schedules work on the guard's own loop: from
@@ -133,6 +131,20 @@ class AdminApp:
             return 200, await self._post(path, args)
         except ConfigurationError as exc:
             return 400, {"error": str(exc)}
+
+    def _authorized(self, header: str) -> bool:
+        """Whether *header* (the joined Authorization value) is ``Bearer <token>``.
+
+        The scheme is case-insensitive (RFC 9110 section 11.1: ``bearer`` is
+        ``Bearer``); one or more spaces separate it from the token (RFC 9110
+        section 11.4). Both parts are compared in constant time and combined
+        without an early exit, so the answer's timing says nothing of which
+        part or byte was wrong. Two Authorization lines join with ", " and match no token.
+        """
+        scheme, _, credential = header.partition(" ")
+        scheme_ok = hmac.compare_digest(scheme.lower().encode("latin-1"), b"bearer")
+        token_ok = hmac.compare_digest(credential.lstrip(" ").encode("latin-1"), self._secret)
+        return scheme_ok & token_ok
 
     def _token_in_query(self, query: bytes) -> bool:
         """A credential in the query string: a conventional name, or the token itself."""

@@ -1,0 +1,57 @@
+"""``admin_app`` against hostile and unusual HTTP, on real uvicorn with a real HTTP client.
+
+The Authorization scheme is case-insensitive (RFC 9110 section 11.1), so a
+client that writes ``bearer`` is let in with the right token, and nothing
+else is: another scheme, the token alone, in a cookie, or in two
+Authorization lines.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+
+from tests.support.servers import serve
+from ws_guard import Guard, WSGuardMiddleware, admin_app
+
+pytestmark = [pytest.mark.e2e]
+
+TOKEN = "0123456789abcdefghijklmnopqrstuvwxyz-_"
+
+
+def mounted(guard: Guard) -> Starlette:
+    return Starlette(
+        routes=[Mount("/admin", admin_app(guard, token=TOKEN))],
+        middleware=[Middleware(WSGuardMiddleware, guard=guard)],
+    )
+
+
+async def test_the_scheme_is_case_insensitive_and_nothing_else_gets_in() -> None:
+    guard = Guard(paths=["/ws"])
+    with serve(mounted(guard)) as server:
+        url = server.http_url + "/admin/bans"
+        async with httpx.AsyncClient(timeout=5) as http:
+
+            async def status(headers: list[tuple[str, str]]) -> int:
+                return (await http.get(url, headers=headers)).status_code
+
+            accepted = [
+                await status([("Authorization", f"{scheme} {TOKEN}")])
+                for scheme in ("Bearer", "bearer", "BEARER", "bEaReR")
+            ]
+            assert accepted == [200, 200, 200, 200]
+            assert await status([("Authorization", f"Bearer   {TOKEN}")]) == 200
+            refused = [
+                await status([("Authorization", TOKEN)]),
+                await status([("Authorization", f"Basic {TOKEN}")]),
+                await status([("Authorization", f"Bearer{TOKEN}")]),
+                await status([("Authorization", f"Bearer {TOKEN[:-1]}")]),
+                await status([("Authorization", f"Bearer {TOKEN}x")]),
+                await status([("Authorization", "bearer"), ("Authorization", TOKEN)]),
+                await status([("Authorization", f"Bearer {TOKEN}")] * 2),
+                await status([("Cookie", f"token={TOKEN}")]),
+            ]
+            assert refused == [401] * 8
