@@ -312,7 +312,7 @@ async def test_finish_in_a_cancelled_scope_with_nothing_held_still_counts_the_en
     await finish_cancelled(guard)
     snap = guard.metrics.snapshot()
     assert (snap.active_connections, snap.durations.total) == (0, 1)
-    assert len(guard.connections) == 0
+    assert len(guard.live_connections) == 0
 
 
 async def test_finish_in_a_cancelled_scope_still_releases_a_slot_that_suspends() -> None:
