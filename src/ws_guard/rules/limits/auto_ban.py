@@ -31,6 +31,7 @@ from ws_guard.rules.limits.limit_rule import LimitRule
 
 if TYPE_CHECKING:
     from ws_guard.rules.context import RuleContext
+    from ws_guard.rules.runtime import Runtime
 
 logger = logging.getLogger("ws_guard")
 
@@ -92,6 +93,11 @@ class AutoBan(LimitRule):
             f"AutoBan({self._limit_arg()}, codes={sorted(self.codes)!r}, "
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
+
+    def bind(self, guard: Runtime) -> None:
+        super().bind(guard)
+        # The bans this rule makes are bounded as its strikes are.
+        guard.ban_store.reserve(self.max_keys)
 
     async def admit(self, conn: RuleContext) -> Close | None:
         key = self._read_key(conn)
