@@ -23,7 +23,7 @@ Answers: 200 with JSON; 400 for a body or argument ws_guard refuses (the
 401 without a valid token, 404, 405, 413 for a body over :data:`MAX_BODY`
 bytes, 415 for a body that is not a JSON object, 503 when the guard is not
 started in the event loop serving the request (the app must share the
-guarded app's process and loop).
+guarded app's process and loop). A WebSocket upgrade is refused with 403.
 """
 
 from __future__ import annotations
@@ -86,8 +86,11 @@ class AdminApp:
         if kind == "lifespan":
             await _lifespan(receive, send)
             return
+        if kind == "websocket":
+            await _refuse_websocket(receive, send)
+            return
         if kind != "http":
-            return  # a websocket here is not ours; the server refuses it (403)
+            return
         status, body = await self._handle(scope, receive)
         await _respond(
             send,
@@ -213,6 +216,17 @@ async def _read_body(receive: Receive) -> dict[str, Any] | tuple[int, dict[str, 
 def _allow(scope: Scope) -> bytes:
     path = route_path(scope.get("path", ""), scope.get("root_path", "")) or "/"
     return b"GET, HEAD" if path in _GETS else b"POST"
+
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket upgrade with HTTP 403: a close before accept (ASGI spec).
+
+    An app that returns without answering the handshake is a server error:
+    uvicorn answers 500 and logs it at ERROR, once per request anyone can send.
+    """
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -3,7 +3,7 @@
 The Authorization scheme is case-insensitive (RFC 9110 section 11.1), so a
 client that writes ``bearer`` is let in with the right token, and nothing
 else is: another scheme, the token alone, in a cookie, or in two
-Authorization lines.
+Authorization lines. A WebSocket upgrade gets 403, not uvicorn's 500.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.support.servers import serve
 from ws_guard import Guard, WSGuardMiddleware, admin_app
@@ -55,3 +57,18 @@ async def test_the_scheme_is_case_insensitive_and_nothing_else_gets_in() -> None
                 await status([("Cookie", f"token={TOKEN}")]),
             ]
             assert refused == [401] * 8
+
+
+async def test_a_websocket_upgrade_is_refused_with_403_not_a_server_error() -> None:
+    """uvicorn answers 500 (and logs at ERROR) for an app that ignores a handshake."""
+    guard = Guard()
+    await guard.startup()
+    try:
+        with serve(admin_app(guard, token=TOKEN)) as server:
+            for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(f"{server.url}/connections", additional_headers=headers):
+                        pass
+                assert refused.value.response.status_code == 403
+    finally:
+        await guard.shutdown()
