@@ -155,8 +155,10 @@ class AdminApp:
         if self._token in text:
             return True
         pairs = parse_qsl(text, keep_blank_values=True)
+        # Names too: a percent-encoded token as a name is still the token in the logs.
         return any(
-            name.lower() in _CREDENTIAL_PARAMS or self._token in value for name, value in pairs
+            name.lower() in _CREDENTIAL_PARAMS or self._token in name or self._token in value
+            for name, value in pairs
         )
 
     async def _get(self, path: str) -> dict[str, Any]:

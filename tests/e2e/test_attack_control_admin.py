@@ -72,3 +72,29 @@ async def test_a_websocket_upgrade_is_refused_with_403_not_a_server_error() -> N
                 assert refused.value.response.status_code == 403
     finally:
         await guard.shutdown()
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"x={percent_encoded(TOKEN)}",
+        f"{percent_encoded(TOKEN)}=1",
+        f"a=1&{percent_encoded(TOKEN)}",
+        f"Access_Token=x&b={TOKEN}",
+    ],
+    ids=["encoded value", "encoded name", "encoded bare name", "mixed case name"],
+)
+async def test_the_token_anywhere_in_the_query_is_refused(query: str) -> None:
+    guard = Guard(paths=["/ws"])
+    with serve(mounted(guard)) as server:
+        async with httpx.AsyncClient(timeout=5) as http:
+            response = await http.get(
+                f"{server.http_url}/admin/bans?{query}",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+    assert response.status_code == 400
+    assert response.json() == {"error": "credentials are not accepted in the query string"}
