@@ -10,12 +10,14 @@ operations.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 from typing import Any
 
 import pytest
+import redis as redis_py
 
 from tests.support.helpers import eventually
 from tests.support.redis_server import RedisServer
@@ -94,3 +96,33 @@ async def test_a_selector_without_utf8_form_is_refused_before_anything_applies(
         assert guard.revocations.in_force() == {"jti": {}, "subject": {}}
     finally:
         await guard.shutdown()
+
+
+def command_calls(client: redis_py.Redis, command: str) -> int:
+    """How many times the server ran *command* since CONFIG RESETSTAT (INFO commandstats)."""
+    stats = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_an_operation_published_while_the_keys_load_is_applied(redis: RedisServer) -> None:
+    """The listener subscribes before it loads: nothing published meanwhile is lost."""
+    client = redis_py.Redis(port=redis.port)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(5000):
+                pipe.set(f"{NS}:ban:r:10.0.{i >> 8}.{i & 255}", "ban", px=600_000)
+            pipe.execute()
+        client.config_resetstat()
+        guard = Guard(storage=redis.url, namespace=NS)
+        await guard.startup()
+        try:
+            await eventually(lambda: command_calls(client, "scan") > 0, what="the load started")
+            message = {"op": "revoke", "subject": "mallory", "ttl": 60, "origin": "elsewhere"}
+            client.publish(f"{NS}:control", json.dumps(message))
+            await eventually(lambda: guard.channel.subscribed, what="subscribed", timeout=20)
+            await eventually(lambda: guard.revocations.revoked(None, "mallory"), what="applied")
+            assert len(await guard.bans()) == 5000
+        finally:
+            await guard.shutdown()
+    finally:
+        client.close()
