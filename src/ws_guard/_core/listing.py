@@ -116,7 +116,12 @@ class Selector:
             return False
         if self.jti is not None and (conn.claims is None or conn.claims.get("jti") != self.jti):
             return False
-        return self.key is None or self.key in (conn.client_ip, address_key(conn, ipv6_prefix))
+        if self.key is None:
+            return True
+        ip = conn.client_ip
+        # "unknown" is no address: as a key it would pick every connection
+        # without one (a Unix socket's), not the one a listing showed it on.
+        return (self.key == ip and ip != UNKNOWN) or self.key == address_key(conn, ipv6_prefix)
 
 
 def check_selector_value(name: str, value: object) -> str:
