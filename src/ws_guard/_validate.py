@@ -11,19 +11,32 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import sys
 from collections.abc import Callable
 from typing import TypeGuard
 
 from ws_guard._clocks import ManualClock
 from ws_guard.errors import ConfigurationError
 
+#: The largest count (``integer=True``): every int up to it is exactly a
+#: float, and a deque or a Redis counter takes it. No count is larger.
+MAX_COUNT = 2**53
+#: The largest int a number may be: ``float()`` of a larger one raises
+#: ``OverflowError`` where a ``ConfigurationError`` is due.
+_MAX_FLOAT_INT = int(sys.float_info.max)
+
 
 def is_number(value: object, *, integer: bool = False) -> TypeGuard[float]:
-    """A finite int or float (only an int when *integer*), never a bool."""
+    """A finite int or float (only an int when *integer*), never a bool.
+
+    An int counts only when ``float(value)`` is finite (at most
+    :data:`MAX_COUNT` in size when *integer*), so every check after this one
+    may compute with ``float(value)``.
+    """
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return True
+        return abs(value) <= (MAX_COUNT if integer else _MAX_FLOAT_INT)
     return not integer and isinstance(value, float) and math.isfinite(value)
 
 

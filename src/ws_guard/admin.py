@@ -23,7 +23,7 @@ Answers: 200 with JSON; 400 for a body or argument ws_guard refuses (the
 401 without a valid token, 404, 405, 413 for a body over :data:`MAX_BODY`
 bytes, 415 for a body that is not a JSON object, 503 when the guard is not
 started in the event loop serving the request (the app must share the
-guarded app's process and loop).
+guarded app's process and loop). A WebSocket upgrade is refused with 403.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class AdminApp:
                 "admin_app token must be printable ASCII: it travels in an HTTP header"
             )
         self.guard = guard
-        self._expected = f"Bearer {token}".encode("ascii")
+        self._secret = token.encode("ascii")
         self._token = token
 
     def __repr__(self) -> str:
@@ -86,8 +86,11 @@ class AdminApp:
         if kind == "lifespan":
             await _lifespan(receive, send)
             return
+        if kind == "websocket":
+            await _refuse_websocket(receive, send)
+            return
         if kind != "http":
-            return  # a websocket here is not ours; the server refuses it (403)
+            return
         status, body = await self._handle(scope, receive)
         await _respond(
             send,
@@ -101,9 +104,7 @@ class AdminApp:
         if self._token_in_query(scope.get("query_string", b"")):
             return 400, {"error": "credentials are not accepted in the query string"}
         headers = joined_headers(scope.get("headers", ()))
-        given = headers.get("authorization", "").encode("latin-1")
-        # Constant time over the whole header: no early exit on the first wrong byte.
-        if not hmac.compare_digest(given, self._expected):
+        if not self._authorized(headers.get("authorization", "")):
             return 401, {"error": "a valid Authorization: Bearer token is required"}
         if not self.guard.started:
             # Closing a connection schedules work on the guard's own loop: from
@@ -134,14 +135,30 @@ class AdminApp:
         except ConfigurationError as exc:
             return 400, {"error": str(exc)}
 
+    def _authorized(self, header: str) -> bool:
+        """Whether *header* (the joined Authorization value) is ``Bearer <token>``.
+
+        The scheme is case-insensitive (RFC 9110 section 11.1: ``bearer`` is
+        ``Bearer``); one or more spaces separate it from the token (RFC 9110
+        section 11.4). Both parts are compared in constant time and combined
+        without an early exit, so the answer's timing says nothing of which
+        part or byte was wrong. Two Authorization lines join with ", " and match no token.
+        """
+        scheme, _, credential = header.partition(" ")
+        scheme_ok = hmac.compare_digest(scheme.lower().encode("latin-1"), b"bearer")
+        token_ok = hmac.compare_digest(credential.lstrip(" ").encode("latin-1"), self._secret)
+        return scheme_ok & token_ok
+
     def _token_in_query(self, query: bytes) -> bool:
         """A credential in the query string: a conventional name, or the token itself."""
         text = query.decode("latin-1")
         if self._token in text:
             return True
         pairs = parse_qsl(text, keep_blank_values=True)
+        # Names too: a percent-encoded token as a name is still the token in the logs.
         return any(
-            name.lower() in _CREDENTIAL_PARAMS or self._token in value for name, value in pairs
+            name.lower() in _CREDENTIAL_PARAMS or self._token in name or self._token in value
+            for name, value in pairs
         )
 
     async def _get(self, path: str) -> dict[str, Any]:
@@ -201,6 +218,17 @@ async def _read_body(receive: Receive) -> dict[str, Any] | tuple[int, dict[str, 
 def _allow(scope: Scope) -> bytes:
     path = route_path(scope.get("path", ""), scope.get("root_path", "")) or "/"
     return b"GET, HEAD" if path in _GETS else b"POST"
+
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket upgrade with HTTP 403: a close before accept (ASGI spec).
+
+    An app that returns without answering the handshake is a server error:
+    uvicorn answers 500 and logs it at ERROR, once per request anyone can send.
+    """
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -50,11 +50,11 @@ async def opened(guard: Guard, ip: str) -> ScriptedWebSocket:
         {},
         {"Authorization": "Bearer wrong"},
         {"Authorization": f"Bearer {TOKEN}x"},
-        {"Authorization": f"bearer {TOKEN}"},
+        {"Authorization": f"Basic {TOKEN}"},
         {"Authorization": TOKEN},
         {"X-Token": TOKEN},
     ],
-    ids=["none", "wrong", "longer", "lower-case scheme", "no scheme", "other header"],
+    ids=["none", "wrong", "longer", "other scheme", "no scheme", "other header"],
 )
 async def test_every_route_refuses_without_the_token(
     http: httpx.AsyncClient, headers: dict[str, str]

@@ -6,16 +6,31 @@ and reads here once per handshake; ``guard.bans()`` lists and
 (``scheduler.clock``), so tests move them without sleeping. Memory, one
 process; expired bans are swept at most every :data:`SWEEP_INTERVAL`
 seconds, or when the map doubled since the last sweep.
+
+The map is bounded, like the strikes that lead to it: at most
+:attr:`Bans.max_bans` bans (the sum of the ``AutoBan`` rules' ``max_keys``;
+:data:`DEFAULT_MAX_BANS` for a guard without one, which holds only bans heard
+from other processes). A ban over the bound drops the oldest
+(the first to end, since a rule's bans all last as long), logged once: a
+client with many addresses (an IPv6 network holds 2**16 /64s per /48)
+would otherwise grow the map by one entry per address struck out, for as
+long as a ban lasts (up to a week).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+logger = logging.getLogger("ws_guard")
+
 #: Seconds (guard clock) between two sweeps of expired bans.
 SWEEP_INTERVAL = 30.0
+#: Bans a guard without an ``AutoBan`` holds at most (heard from other
+#: processes): ``AutoBan``'s own default ``max_keys``.
+DEFAULT_MAX_BANS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +55,13 @@ class Bans:
     __slots__ = (
         "_bans",
         "_clock",
+        "_full_logged",
         "_next_sweep",
+        "_reserved",
         "_swept_size",
         "announce",
         "announce_strike",
+        "max_bans",
         "strikers",
     )
 
@@ -61,6 +79,15 @@ class Bans:
         self._bans: dict[tuple[str, str], tuple[float, bool]] = {}
         self._next_sweep = float("-inf")
         self._swept_size = 0
+        #: Bans held at most; the oldest goes first past it (see :meth:`reserve`).
+        self.max_bans = DEFAULT_MAX_BANS
+        self._reserved = 0
+        self._full_logged = False
+
+    def reserve(self, count: int) -> None:
+        """Room for *count* more bans (an ``AutoBan``'s ``max_keys``, when it is bound)."""
+        self._reserved += count
+        self.max_bans = self._reserved
 
     def ban(self, rule: str, key: str, ends: float, *, shadow: bool, local: bool = True) -> None:
         """Ban *key* for *rule* until *ends* (guard clock); a later end wins.
@@ -69,11 +96,24 @@ class Bans:
         """
         now = self._clock()
         current = self._bans.get((rule, key))
+        if current is None and len(self._bans) >= self.max_bans:
+            self._drop_oldest()
         if current is None or current[0] < ends:
             self._bans[(rule, key)] = (ends, shadow)
         self._maybe_sweep(now)
         if local and self.announce is not None:
             self.announce(rule, key, ends - now, shadow)
+
+    def _drop_oldest(self) -> None:
+        """Make room: drop the ban made first (dicts keep insertion order), logged once."""
+        del self._bans[next(iter(self._bans))]
+        if not self._full_logged:
+            self._full_logged = True
+            logger.warning(
+                "ws_guard ban store full (%d bans): the oldest bans are dropped early; "
+                "raise AutoBan(max_keys=...) if this many clients strike out",
+                self.max_bans,
+            )
 
     def remaining(self, rule: str, key: str) -> float | None:
         """Seconds left on *rule*'s ban of *key*, ``None`` when it is not banned."""

@@ -106,7 +106,12 @@ class ConnectionBase:
         self._headers: dict[str, str] | None = None  # parsed on first header() call
         self._query: dict[str, list[str]] | None = None
         client = scope.get("client")
-        self._peer: str | None = client[0] if client else None
+        host = client[0] if isinstance(client, (tuple, list)) and client else None
+        # ASGI says [host, port] with a str host; anything else (bytes or an
+        # int from a custom server, a bare string) is no address, like a Unix
+        # socket, so parsing it on first read (a rule, a log line, a listing)
+        # cannot raise there.
+        self._peer: str | None = host if isinstance(host, str) else None
         # Without trusted proxies the address is the peer's alone, parsed on
         # first read (see client_ip): most connections end without a rule, a
         # log line or a hook that reads it. Behind proxies it is resolved

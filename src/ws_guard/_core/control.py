@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from ws_guard._core.bans import BanInfo
 from ws_guard._core.decisions import Close
-from ws_guard._core.listing import ConnectionSnapshot, Selector, snapshots
+from ws_guard._core.listing import (
+    ConnectionSnapshot,
+    Selector,
+    check_selector_value,
+    snapshots,
+)
 from ws_guard._core.states import AUTHENTICATING, CONNECTING, OPEN
 from ws_guard._validate import is_number
 from ws_guard.codes import (
@@ -247,8 +252,7 @@ class ControlPlane:
         The key's strikes start again from zero. Raises
         :class:`ConfigurationError` for an empty or non-string *key*.
         """
-        if not isinstance(key, str) or not key:
-            raise ConfigurationError(f"unban key must be a non-empty string, not {key!r}")
+        check_selector_value("unban key", key)
         lifted = self.ban_store.lift(key)
         if self.channel.active:
             await self.channel.delete_bans(key)

@@ -106,8 +106,8 @@ class Selector:
     def __post_init__(self) -> None:
         for name in ("subject", "key", "connection_id", "jti"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+            if value is not None:
+                check_selector_value(name, value)
 
     @property
     def empty(self) -> bool:
@@ -121,4 +121,27 @@ class Selector:
             return False
         if self.jti is not None and (conn.claims is None or conn.claims.get("jti") != self.jti):
             return False
-        return self.key is None or self.key in (conn.client_ip, address_key(conn, ipv6_prefix))
+        if self.key is None:
+            return True
+        ip = conn.client_ip
+        # "unknown" is no address: as a key it would pick every connection
+        # without one (a Unix socket's), not the one a listing showed it on.
+        return (self.key == ip and ip != UNKNOWN) or self.key == address_key(conn, ipv6_prefix)
+
+
+def check_selector_value(name: str, value: object) -> str:
+    """A selector or key: a non-empty string of valid UTF-8 text.
+
+    A lone surrogate (``"\\ud800"``, which a JSON body can carry) has no
+    UTF-8 form, so it can name no Redis key: with
+    Redis storage it raised ``UnicodeEncodeError`` after the call had
+    already applied here. Refused on every storage, so a call means the same
+    everywhere. Raises :class:`ConfigurationError` naming the value.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"{name} is not valid UTF-8 text: {value[:40]!r}") from None
+    return value

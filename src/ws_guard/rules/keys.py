@@ -115,10 +115,21 @@ def user_key(issuer: object, subject: str) -> str:
     """
     if issuer is not None and not isinstance(issuer, str):
         issuer = False
-    key = json.dumps([issuer, subject], separators=(",", ":"))
-    if len(key) > MAX_USER_KEY:
-        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:32]
-    return key
+    return bounded_key(json.dumps([issuer, subject], separators=(",", ":")))
+
+
+def bounded_key(key: str) -> str:
+    """*key*, or ``sha256:<32 hex>`` of it when longer than :data:`MAX_USER_KEY` characters.
+
+    Every limit's key passes here (``by_user``'s and a key callable's): a
+    key names a map entry (strikes, bans, windows) and a Redis key, and a
+    callable may return what a client wrote (a header, a query value).
+    Lone surrogates are digested as their escapes, so this never raises.
+    """
+    if len(key) <= MAX_USER_KEY:
+        return key
+    raw = key.encode("utf-8", "surrogatepass")
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
 def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:

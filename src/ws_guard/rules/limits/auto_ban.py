@@ -95,6 +95,11 @@ class AutoBan(LimitRule):
             f"enforce={self.enforce!r}, name={self.name!r})"
         )
 
+    def bind(self, guard: Runtime) -> None:
+        super().bind(guard)
+        # The bans this rule makes are bounded as its strikes are.
+        guard.ban_store.reserve(self.max_keys)
+
     async def admit(self, conn: RuleContext) -> Close | None:
         key = self._read_key(conn)
         if key is None or isinstance(key, Close):

@@ -24,7 +24,7 @@ from ws_guard.codes import (
 )
 from ws_guard.errors import NotStartedError
 from ws_guard.rules.base import Rule
-from ws_guard.rules.keys import KeyFunc
+from ws_guard.rules.keys import KeyFunc, bounded_key
 from ws_guard.rules.limits.keying import bind_once, check_key, key_label, require_subject
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ class LimitRule(Rule):
     def _read_key(self, conn: RuleContext) -> str | Close | None:
         """*conn*'s key: a ``str``, an ``int`` as its decimal string, or ``None`` (not counted).
 
+        A key longer than 200 characters is its digest, ``sha256:<32 hex>``
+        (:func:`~ws_guard.rules.keys.bounded_key`), as ``by_user``'s is.
+
         A key callable that raises (a claim the token lacks) or returns
         anything else (a list, bytes, a float) is a bug in it, not the
         client's fault and never "no key" (which would switch the limit
@@ -77,10 +80,13 @@ class LimitRule(Rule):
             key: object = self.key(conn)  # typed str | None; user code may return anything
         except Exception as exc:  # noqa: BLE001 - the user's key is broken: logged, then 1011
             return self._key_failed(f"raised {exc!r}", exc)
-        if key is None or isinstance(key, str):
-            return key
+        if key is None:
+            return None
+        if isinstance(key, str):
+            # Bounded: a callable may return what a client wrote (a header).
+            return bounded_key(key)
         if isinstance(key, int) and not isinstance(key, bool):
-            return str(key)
+            return bounded_key(str(key))
         # The type only: a key that returns the claims by mistake would log them.
         return self._key_failed(f"returned a {type(key).__name__}, not a string", None)
 
