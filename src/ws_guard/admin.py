@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl
 
 from ws_guard._core.request import joined_headers, route_path
 from ws_guard._json import Unreadable, read_json
+from ws_guard._lifespan import acknowledge_lifespan
 from ws_guard.errors import ConfigurationError
 from ws_guard.types import Receive, Scope, Send
 
@@ -84,7 +85,7 @@ class AdminApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await acknowledge_lifespan(receive, send)
             return
         if kind == "websocket":
             await _refuse_websocket(receive, send)
@@ -229,17 +230,6 @@ async def _refuse_websocket(receive: Receive, send: Send) -> None:
     message = await receive()
     if message["type"] == "websocket.connect":
         await send({"type": "websocket.close", "code": 1008})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Acknowledge lifespan: the guard itself is started by the app it guards."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(

@@ -20,10 +20,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from tests.support.apps import echo
 from tests.support.servers import free_port, serve
+from tests.support.ws_closes import server_close
 from ws_guard import Guard, WSGuardMiddleware, admin_app
 
 pytestmark = [pytest.mark.e2e]
@@ -39,16 +39,6 @@ async def echo_endpoint(websocket: WebSocket) -> None:
             await websocket.send_text(await websocket.receive_text())
     except WebSocketDisconnect:
         pass
-
-
-async def close_of(ws: object) -> tuple[int | None, str | None]:
-    async def drain() -> None:
-        while True:
-            await ws.recv()  # type: ignore[attr-defined]
-
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(drain(), 5)
-    return ws.close_code, ws.close_reason  # type: ignore[attr-defined]
 
 
 async def test_mounted_admin_refuses_bad_credentials_and_disconnects_with_the_token() -> None:
@@ -82,7 +72,7 @@ async def test_mounted_admin_refuses_bad_credentials_and_disconnects_with_the_to
                 json={"connection_id": listed[0]["id"], "code": 4001, "reason": "admin"},
             )
             assert (response.status_code, response.json()) == (200, {"closed": 1})
-            assert await close_of(ws) == (4001, "admin")
+            assert await server_close(ws) == (4001, "admin")
     assert guard.metrics.snapshot().closes_by_rule == {"disconnect": 1}
 
 
@@ -138,5 +128,5 @@ async def test_admin_on_an_internal_port_in_the_same_loop(
             f"http://127.0.0.1:{internal}/disconnect", headers=AUTH, json={"key": "127.0.0.1"}
         )
         assert (response.status_code, response.json()) == (200, {"closed": 1})
-        assert await close_of(ws) == (1008, "disconnected")
+        assert await server_close(ws) == (1008, "disconnected")
     assert guard.metrics.snapshot().disconnects == 1

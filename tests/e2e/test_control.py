@@ -18,6 +18,7 @@ from tests.support.apps import echo
 from tests.support.fault_tools import on_server, until
 from tests.support.jwt_keys import SECRET, mint
 from tests.support.servers import UVICORN_WS, ServerThread, serve
+from tests.support.ws_closes import server_close
 from ws_guard import Guard, WSGuardMiddleware, rules
 
 pytestmark = [
@@ -37,18 +38,6 @@ def jwt_guard() -> Guard:
 async def echoes(ws: ClientConnection) -> None:
     await ws.send("ping")
     assert await asyncio.wait_for(ws.recv(), 5) == "ping"
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
-    """Read until the server's close arrives (bounded); its code and reason."""
-
-    async def drain() -> None:
-        while True:
-            await ws.recv()
-
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(drain(), 5)
-    return ws.close_code, ws.close_reason
 
 
 async def no_connections(server: ServerThread, guard: Guard) -> None:
@@ -74,8 +63,8 @@ async def test_disconnect_by_subject_closes_that_users_sockets_only(kind: str) -
             assert sorted(c.subject for c in listed) == ["alice", "alice", "bob"]
             closed = server.call(guard.disconnect(subject="alice", code=4003, reason="blocked"))
             assert closed == 2
-            assert await closed_with(a1) == (4003, "blocked")
-            assert await closed_with(a2) == (4003, "blocked")
+            assert await server_close(a1) == (4003, "blocked")
+            assert await server_close(a2) == (4003, "blocked")
             await echoes(bob)
         await no_connections(server, guard)
     snap = guard.metrics.snapshot()
@@ -93,15 +82,15 @@ async def test_revoke_closes_the_open_socket_and_refuses_the_token_and_its_refre
             await echoes(ws)
             await echoes(other)
             assert server.call(guard.revoke(jti="t-1", until=time.time() + 60)) == 1
-            assert await closed_with(ws) == (1008, "token_revoked")
+            assert await server_close(ws) == (1008, "token_revoked")
             await echoes(other)  # the user's other token still works
             # A refresh to a revoked token closes the connection instead of extending it.
             server.call(guard.revoke(jti="t-3", until=time.time() + 60))
             refresh = mint("alice", jti="t-3", exp_in=7200)
             await other.send(json.dumps({"type": "auth.refresh", "token": refresh}))
-            assert await closed_with(other) == (1008, "token_revoked")
+            assert await server_close(other) == (1008, "token_revoked")
         async with connect(url + token) as ws:  # the handshake: accept, then close
-            assert await closed_with(ws) == (1008, "token_revoked")
+            assert await server_close(ws) == (1008, "token_revoked")
         await no_connections(server, guard)
     snap = guard.metrics.snapshot()
     assert snap.closes == {
@@ -123,9 +112,9 @@ async def test_autoban_bans_after_n_policy_closes_and_lets_the_key_back_after_th
         for _ in range(2):
             async with connect(url) as ws:
                 await ws.send("bad")
-                assert await closed_with(ws) == (1008, "content:no_bad")
+                assert await server_close(ws) == (1008, "content:no_bad")
         async with connect(url) as ws:
-            assert await closed_with(ws) == (1008, "banned; retry-after=1")
+            assert await server_close(ws) == (1008, "banned; retry-after=1")
         bans = await on_server(server, lambda: guard.ban_store.listing())
         assert [(b.key, b.shadow) for b in bans] == [("127.0.0.1", False)]
 

@@ -28,6 +28,7 @@ from tests.support.jwt_keys import mint
 from tests.support.paths import ROOT, SERVER_PATH
 from tests.support.redis_server import RedisServer
 from tests.support.servers import free_port
+from tests.support.ws_closes import server_close
 from ws_guard import Guard
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
@@ -80,16 +81,6 @@ async def open_socket(url: str) -> ClientConnection:
     return ws
 
 
-async def close_of(ws: ClientConnection) -> tuple[int | None, str | None]:
-    async def drain() -> None:
-        while True:
-            await ws.recv()
-
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(drain(), 5)
-    return ws.close_code, ws.close_reason
-
-
 async def test_disconnect_from_a_third_process_closes_the_user_in_both_within_a_second(
     redis: RedisServer,
 ) -> None:
@@ -100,7 +91,7 @@ async def test_disconnect_from_a_third_process_closes_the_user_in_both_within_a_
         async with admin(redis) as guard:
             started = time.monotonic()
             assert await guard.disconnect(subject="alice", code=4001, reason="blocked") == 0
-            closes = await asyncio.gather(*(close_of(ws) for ws in alice))
+            closes = await asyncio.gather(*(server_close(ws) for ws in alice))
             elapsed = time.monotonic() - started
         assert closes == [(4001, "blocked"), (4001, "blocked")]
         assert elapsed < 1.0
@@ -120,17 +111,17 @@ async def test_a_revoked_jti_is_refused_in_both_processes_and_on_refresh(
         async with admin(redis) as guard:
             assert await guard.revoke(jti="t-1", until=time.time() + 60) == 0
             assert await guard.revoke(jti="t-3", until=time.time() + 60) == 0
-        assert await close_of(holder) == (1008, "token_revoked")
+        assert await server_close(holder) == (1008, "token_revoked")
         for url in urls:  # refused at the handshake by either process
             async with connect(url + mint("alice", jti="t-1")) as ws:
-                assert await close_of(ws) == (1008, "token_revoked")
+                assert await server_close(ws) == (1008, "token_revoked")
         # The key lives in Redis with a TTL, so nothing outlives the revocation.
         ttl = int(redis.command("PTTL", f"{NAMESPACE}:revoked:jti:t-1").split(b":")[1])
         assert 50_000 < ttl <= 60_000
         # A refresh to a revoked token, in the process that did not revoke it.
         refresh = json.dumps({"type": "auth.refresh", "token": mint("alice", jti="t-3")})
         await other.send(refresh)
-        assert await close_of(other) == (1008, "token_revoked")
+        assert await server_close(other) == (1008, "token_revoked")
 
 
 async def test_redis_down_nothing_hangs_and_allow_keeps_admitting(own_redis: RedisServer) -> None:

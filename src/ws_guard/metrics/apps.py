@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ws_guard._lifespan import acknowledge_lifespan
 from ws_guard.errors import ConfigurationError
 from ws_guard.types import Receive, Scope, Send
 
@@ -29,7 +30,7 @@ class StatusApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await acknowledge_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # a websocket on this path: not ours, the server will close it
@@ -62,7 +63,7 @@ class MetricsApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await acknowledge_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -101,16 +102,6 @@ def _check_guard(guard: object, what: str) -> Guard:
     if not isinstance(guard, Guard):
         raise ConfigurationError(f"{what} needs a Guard, not {guard!r}")
     return guard
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(
