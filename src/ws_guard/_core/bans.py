@@ -31,6 +31,9 @@ SWEEP_INTERVAL = 30.0
 #: Bans a guard without an ``AutoBan`` holds at most (heard from other
 #: processes): ``AutoBan``'s own default ``max_keys``.
 DEFAULT_MAX_BANS = 100_000
+#: The longest ban, in seconds (a week): ``AutoBan(ban=...)`` and a ban heard
+#: from another process alike.
+MAX_BAN = 7 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True)

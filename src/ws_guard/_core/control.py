@@ -14,7 +14,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from ws_guard._core.bans import BanInfo
+from ws_guard._core.bans import MAX_BAN, BanInfo
 from ws_guard._core.decisions import Close
 from ws_guard._core.listing import (
     ConnectionSnapshot,
@@ -296,7 +296,10 @@ class ControlPlane:
             rule, key = op.get("rule"), op.get("key")
             if not isinstance(rule, str) or not isinstance(key, str):
                 raise ConfigurationError(f"a ban message without rule and key: {op!r}")
-            ends = self.scheduler.clock() + _check_ttl(op.get("ttl"))
+            ttl = _check_ttl(op.get("ttl"))
+            if ttl > MAX_BAN:  # no ban made here lasts longer: nor may one heard of
+                raise ConfigurationError(f"a ban message's ttl is over a week: {ttl!r}")
+            ends = self.scheduler.clock() + ttl
             self.ban_store.ban(rule, key, ends, shadow=op.get("shadow") is True, local=False)
         elif kind == "strike":
             rule, key = op.get("rule"), op.get("key")

@@ -80,6 +80,7 @@ async def test_published_revoke_ban_and_unban_reach_the_stores() -> None:
         json.dumps({"op": "revoke", "jti": "t", "ttl": 1e12, "origin": "x"}),
         json.dumps({"op": "revoke", "jti": 5, "ttl": 5, "origin": "x"}),
         json.dumps({"op": "ban", "key": IP, "ttl": 5, "origin": "x"}),
+        json.dumps({"op": "ban", "rule": "r", "key": IP, "ttl": 8 * 86_400, "origin": "x"}),
         json.dumps({"op": "unban", "origin": "x"}),
         json.dumps({"op": "strike", "key": IP, "origin": "x"}),
         json.dumps({"op": "strike", "rule": "r", "key": ["a"], "origin": "x"}),

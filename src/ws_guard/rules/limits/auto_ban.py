@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ws_guard._core.bans import MAX_BAN
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count, check_seconds
 from ws_guard.codes import POLICY_VIOLATION, REASON_BANNED, is_sendable_code
@@ -36,11 +37,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ws_guard")
 
+#: Close codes that say nothing against the client (RFC 6455 section 7.4.1 and
+#: the IANA registry): ``AutoBan(codes=...)`` refuses them.
+NOT_THE_CLIENTS_FAULT = {
+    1000: "a normal closure",
+    1001: "a planned end (going away: idle timeout, lifetime, restart)",
+    1011: "the server's own error",
+    1012: "a server restart",
+    1013: "the server's overload",
+    1014: "a gateway's error",
+}
 #: Keys whose strikes one rule keeps at most by default (a few hundred bytes each).
 DEFAULT_MAX_KEYS = 100_000
-#: Seconds; a longer window or ban is a unit mistake (milliseconds), not a plan.
+#: Seconds; a longer window or ban (``MAX_BAN``, a week) is a unit mistake
+#: (milliseconds), not a plan.
 MAX_WINDOW = 86_400.0
-MAX_BAN = 7 * 86_400.0
 
 
 class AutoBan(LimitRule):
@@ -183,4 +194,9 @@ def _check_codes(codes: object) -> frozenset[int]:
     for code in checked:
         if not is_sendable_code(code):
             raise ConfigurationError(f"AutoBan codes: {code!r} is not a close code")
+        if code in NOT_THE_CLIENTS_FAULT:
+            raise ConfigurationError(
+                f"AutoBan codes: {code} is {NOT_THE_CLIENTS_FAULT[code]}, not the client's "
+                "fault; banning on it would lock clients out for the server's own state"
+            )
     return frozenset(checked)

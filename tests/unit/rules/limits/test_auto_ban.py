@@ -186,6 +186,12 @@ async def test_the_strike_map_keeps_at_most_max_keys() -> None:
         ({"codes": ()}, "at least one close code"),
         ({"codes": (1006,)}, "1006 is not a close code"),
         ({"codes": "1008"}, "must be a list of close codes, not '1008'"),
+        ({"codes": (1008, 1013)}, "1013 is the server's overload, not the client's fault"),
+        ({"codes": (1011,)}, "1011 is the server's own error, not the client's fault"),
+        ({"codes": (1012,)}, "1012 is a server restart, not the client's fault"),
+        ({"codes": (1001,)}, "1001 is a planned end .going away"),
+        ({"codes": (1000,)}, "1000 is a normal closure, not the client's fault"),
+        ({"codes": (1014,)}, "1014 is a gateway's error, not the client's fault"),
         ({"key": rules.by_user}, "key=rules.by_user is not known yet"),
         ({"key": rules.by_connection}, "never limits"),
         ({"max_keys": 0}, "AutoBan max_keys must be a positive integer, not 0"),
@@ -196,3 +202,8 @@ def test_bad_settings_raise_with_the_value(options: dict[str, Any], message: str
     settings: dict[str, Any] = {"after": 3, "within": 60, "ban": 300, **options}
     with pytest.raises(ConfigurationError, match=message):
         rules.AutoBan(**settings)
+
+
+def test_client_fault_codes_and_app_codes_are_taken() -> None:
+    rule = rules.AutoBan(after=3, within=60, ban=300, codes=(1002, 1003, 1007, 1008, 1009, 4001))
+    assert rule.codes == frozenset({1002, 1003, 1007, 1008, 1009, 4001})
