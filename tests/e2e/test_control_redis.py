@@ -173,13 +173,13 @@ async def test_a_ban_reaches_the_other_process_lives_in_redis_and_unban_lifts_it
         assert 25_000 < ttl <= 30_000
         # A process started during the ban loads it from Redis.
         with two_workers(redis, count=1) as (late,):
-            # Its startup loads the bans before it listens: the first handshake it
-            # answers already knows the ban (no window where it would admit alice).
-            assert await first_answer(late + mint("alice")) == banned
+            await first_answer(late + mint("warm-up"))  # it listens
+            # It loads the bans after subscribing, while it already serves.
+            await eventually(lambda: _banned_in(late + mint("alice")), timeout=10)
             assert subscribers(redis) == 3
             async with admin(redis) as guard:
-                # Its startup loaded the ban from Redis: lifted here too, and everywhere.
-                assert await guard.unban("127.0.0.1") == 1
+                await eventually(lambda: guard.channel.subscribed, timeout=10)  # loaded
+                assert await guard.unban("127.0.0.1") == 1  # lifted here and everywhere
             assert redis.command("EXISTS", key).strip() == b":0"
             for url in (*urls, late):
                 await eventually(lambda url=url: _admitted(url + mint("alice")), timeout=5)

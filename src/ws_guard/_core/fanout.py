@@ -46,12 +46,6 @@ logger = logging.getLogger("ws_guard")
 POLL = 0.5
 #: Seconds between two subscribe attempts while Redis is down, at most.
 MAX_BACKOFF = 5.0
-#: Seconds the guard's startup waits, at most, for the first subscription and
-#: the load of the bans and revocations already in Redis, so a process that
-#: starts during a ban refuses the banned key from its first handshake. A
-#: Redis that is down ends the wait at the first failed call (the listener
-#: keeps retrying); this bounds one that answers too slowly.
-READY_WAIT = 5.0
 #: Keys read per SCAN round when a process loads the revocations at startup.
 SCAN_COUNT = 500
 
@@ -95,8 +89,6 @@ class ControlChannel:
         self._revoke: Any = None
         #: Set once the subscription is live (tests and readiness checks).
         self.subscribed = False
-        #: Set when the first subscription and load are done (see READY_WAIT).
-        self._ready: anyio.Event | None = None
 
     @property
     def active(self) -> bool:
@@ -113,17 +105,7 @@ class ControlChannel:
             return
         self._revoke = self.storage.script(SET_LATER_SCRIPT)
         token = self._run_token = object()
-        ready = self._ready = anyio.Event()
         self._task = _tasks.spawn(self._listen(token))
-        with anyio.move_on_after(READY_WAIT) as waited:
-            await ready.wait()
-        if waited.cancelled_caught:
-            logger.warning(
-                "ws_guard control channel %s not subscribed after %g s; starting without the "
-                "bans and revocations already in Redis until it is",
-                self.channel,
-                READY_WAIT,
-            )
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -250,8 +232,6 @@ class ControlChannel:
                     await pubsub.subscribe(self.channel)
                     await self._load()
                     self.subscribed = True
-                    if self._ready is not None:
-                        self._ready.set()
                     if lost:
                         logger.info("ws_guard control channel %s subscribed again", self.channel)
                     lost = False
@@ -267,8 +247,6 @@ class ControlChannel:
                     with anyio.move_on_after(1.0, shield=True):
                         await pubsub.aclose()
             except self.storage.errors as exc:
-                if self._ready is not None:
-                    self._ready.set()  # Redis is down: startup goes on, the listener retries
                 if self._run_token is not token:
                     return
                 if not lost:
