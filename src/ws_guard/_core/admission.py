@@ -80,6 +80,7 @@ class Admission(Closing):
         self._check = self._combine(checks)
         if lead is not None:
             lead.rest, self._check = self._check, lead.check
+            self._lead = lead
         self.scope["ws_guard"] = ConnectionInfo(self.full)
         return True
 

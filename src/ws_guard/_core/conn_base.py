@@ -25,6 +25,7 @@ from ws_guard.types import Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from ws_guard._core.asides import Asides
     from ws_guard._core.auth_gate import AuthGate
+    from ws_guard._core.fast_path import RunState
     from ws_guard._core.guard import Guard
     from ws_guard._core.scheduler import Deadline
     from ws_guard._core.send_watch import SendWatch
@@ -76,6 +77,7 @@ class ConnectionBase:
         "_held",
         "_hold",
         "_id",
+        "_lead",
         "_peer",
         "_query",
         "_receive",
@@ -134,6 +136,9 @@ class ConnectionBase:
         self._counts: MessageCounts | None = None
         #: The message checks: one rule's (or fused run's) checker, or a chain.
         self._check: Checker | None = None
+        #: The state of the plan's leading fused run, when it leads (its
+        #: ``check`` is then ``_check``): Connection.app_receive reads it.
+        self._lead: RunState | None = None
         self._connect_message: Message | None = None
         self._guard_close: Close | None = None
         self._close_task: Job[Any] | None = None

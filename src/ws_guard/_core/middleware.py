@@ -64,7 +64,7 @@ class WSGuardMiddleware:
                 # Decided by the plan, once per guard: without a rule that
                 # watches sends, the app gets the plain send path.
                 app_send = conn.watched_send() if guard.plan.send_rules else conn.send
-                app_receive: Receive = conn.receive
+                app_receive: Receive = conn.app_receive()
                 if guard.count_messages:  # opt-in: a frame more per message each way
                     app_receive, app_send = conn.counted(app_send)
                 try:
