@@ -272,3 +272,34 @@ async def test_drain_then_signal_closes_1012(server: str, sig: signal.Signals) -
     assert_restarting(server, closes)
     assert after["ws"]["1012"] == 2  # counted before drain() returned
     assert returncode in (0, -sig), returncode
+
+
+#: What open clients get from a signal alone, with ``drain_signals`` set, where
+#: it cannot drain first (docs/servers.md, "Shutdown on hypercorn and granian").
+SIGNAL_ALONE = {
+    # hypercorn waits its graceful_timeout (3 s) for the connections to end, then
+    # cancels the app: 1011 without a reason (asyncio), no close frame (trio).
+    "hypercorn-asyncio": {(1011, "")},
+    "hypercorn-trio": {(1006, "")},
+    # granian stops its worker at once: ws_guard's drain reaches some clients first.
+    "granian": {(1006, ""), (1012, "restarting")},
+}
+
+
+@pytest.mark.parametrize("server", DRAIN_FIRST)
+async def test_a_signal_alone_where_drain_must_come_first(server: str) -> None:
+    """Without ``guard.drain()`` first: what a user gets, and hypercorn's 3 s wait."""
+    assert set(SIGNAL_ALONE) == set(DRAIN_FIRST)
+    with server_process(server, APP, sig=signal.SIGKILL) as running:
+        clients = await open_clients(running)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        running.process.send_signal(signal.SIGTERM)
+        closes = [await asyncio.wait_for(close_of(ws), 15) for ws in clients]
+        waited = loop.time() - start
+        returncode = await asyncio.to_thread(running.process.wait, 20)
+    seen = {(int(code), reason.partition(";")[0]) for code, reason in closes}
+    assert seen <= SIGNAL_ALONE[server], closes
+    if server.startswith("hypercorn"):
+        assert waited >= 2.5, waited  # its graceful_timeout, not ws_guard's drain
+    assert returncode == 0, returncode
