@@ -16,6 +16,7 @@ the client reads no reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -215,6 +216,35 @@ async def test_client_close_is_counted(served: ServerProcess) -> None:
     code = 1006 if served.server.startswith("hypercorn") else 1000
     before = stats_before.get(str(code), 0)
     assert await counted(served, "ws", code, before) == before + 1
+
+
+#: Each server's own message size limit in bytes (its default) and what the
+#: client reads for a message one byte over it (docs/servers.md): daphne drops
+#: TCP, granian sends a close frame without a code. uvicorn and hypercorn close
+#: with 1009 (tests/e2e/test_server_memory.py, with the limit set lower).
+SERVER_SIZE_LIMITS = {
+    "daphne": (1024 * 1024, (1006, "")),
+    "granian": (16 * 1024 * 1024, (1005, "")),
+}
+
+
+@pytest.mark.parametrize("server", list(SERVER_SIZE_LIMITS))
+async def test_a_message_over_the_servers_own_limit_never_reaches_the_guard(server: str) -> None:
+    limit, over = SERVER_SIZE_LIMITS[server]
+    expected = wire(server)
+    cases = [
+        (limit + 1, over, over[0]),  # the server's own close, counted as the client's
+        # At the limit the server passes it on, and MaxMessageSize(8) closes it.
+        (limit, (expected.code(1009), expected.reason("message_too_big")), 1009),
+    ]
+    with server_process(server, APP) as running:
+        for size, seen, counted_as in cases:
+            before = stats(running)["ws"].get(str(counted_as), 0)
+            async with connect(running.url("/ws"), close_timeout=5) as ws:
+                with contextlib.suppress(websockets.ConnectionClosed):  # granian closes mid-send
+                    await asyncio.wait_for(ws.send("x" * size), 20)
+                assert await asyncio.wait_for(close_of(ws), 20) == seen, size
+            assert await counted(running, "ws", counted_as, before) == before + 1
 
 
 #: Servers where ``Guard(drain_signals=...)`` drains before the server closes
