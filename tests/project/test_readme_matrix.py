@@ -21,7 +21,8 @@ A trailing ``, with ...`` note says how the server's wire differs
 (``WIRE`` of the close-code matrix) and must name each difference. A
 framework row's cell must name the echo and the codes the rule-breach test asserts and
 say ``the example`` exactly when the example test serves that framework's
-example.
+example. And pyproject's ``test`` extra installs every server and framework
+a row names, so none has to be mocked or skipped.
 """
 
 from __future__ import annotations
@@ -288,3 +289,55 @@ def test_servers_in_id_reads_each_spelling() -> None:
     assert servers_in_id("hypercorn") == {"hypercorn-asyncio"}
     assert servers_in_id("daphne-1008") == {"daphne"}
     assert servers_in_id("query") == set()
+
+
+#: The distributions each README row needs, all from the package index.
+SERVER_DISTRIBUTIONS = {
+    "uvicorn-websockets-sansio": {"uvicorn", "websockets"},
+    "uvicorn-websockets": {"uvicorn", "websockets"},
+    "uvicorn-wsproto": {"uvicorn", "wsproto"},
+    "hypercorn-asyncio": {"hypercorn"},
+    "hypercorn-trio": {"hypercorn", "trio"},
+    "granian": {"granian"},
+    "daphne": {"daphne"},
+}
+FRAMEWORK_DISTRIBUTIONS = {
+    "starlette": {"starlette"},
+    "fastapi": {"fastapi"},
+    "litestar": {"litestar"},
+    "channels": {"channels", "django"},
+    "quart": {"quart"},
+    "raw": set(),
+}
+_EXTRA = re.compile(r"^([\w-]+) = \[(.*?)\]$", re.M | re.S)
+_REQUIREMENT = re.compile(r'"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?[^"]*"')
+
+
+def extra_distributions(extra: str) -> set[str]:
+    """Every distribution pyproject's *extra* installs, its ``ws-guard[...]`` extras included.
+
+    Read with a regular expression: tomllib is not in Python 3.10, which the
+    package supports.
+    """
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    section = text[text.index("[project.optional-dependencies]") :]
+    extras = {name: body for name, body in _EXTRA.findall(section)}
+    found: set[str] = set()
+    todo, seen = [extra], set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        for dist, wanted in _REQUIREMENT.findall(extras[name]):
+            dist = dist.lower()
+            if dist == "ws-guard":
+                todo += [e.strip() for e in wanted.split(",") if e.strip() not in seen]
+            else:
+                found.add(dist)
+    return found
+
+
+def test_the_test_extra_installs_every_server_and_framework_of_the_matrix() -> None:
+    assert sorted(SERVER_DISTRIBUTIONS) == sorted(row_ids(tables()["Server"]))
+    assert list(FRAMEWORK_DISTRIBUTIONS) == row_ids(tables()["Framework"])
+    needed = set().union(*SERVER_DISTRIBUTIONS.values(), *FRAMEWORK_DISTRIBUTIONS.values())
+    assert needed - extra_distributions("test") == set()
