@@ -42,7 +42,15 @@ HERE = Path(__file__).resolve()
 SRC = str(HERE.parent.parent / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
-SERVERS = ("websockets-sansio", "websockets", "wsproto", "hypercorn-asyncio", "hypercorn-trio")
+SERVERS = (
+    "websockets-sansio",
+    "websockets",
+    "wsproto",
+    "hypercorn-asyncio",
+    "hypercorn-trio",
+    "granian",
+    "daphne",
+)
 CHUNK = 16 * 1024
 MIB = 1024 * 1024
 
@@ -127,6 +135,22 @@ def serve(kind: str, port: int, cap: int, guard_seconds: float | None) -> None:
 
             asyncio.run(asyncio_serve(app, config))
         return
+    if kind == "granian":
+        import asyncio
+
+        from granian.constants import Interfaces
+        from granian.server.embed import Server as GranianServer
+
+        # Embedded: the same Rust WebSocket stack as `granian --interface asgi`, in this process.
+        server = GranianServer(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI)
+        asyncio.run(server.serve())
+        return
+    if kind == "daphne":
+        from daphne.server import Server as DaphneServer  # installs Twisted's asyncio reactor
+
+        endpoint = f"tcp:port={port}:interface=127.0.0.1"
+        DaphneServer(application=app, endpoints=[endpoint], verbosity=0).run()
+        return
     import uvicorn
 
     uvicorn.run(app, host="127.0.0.1", port=port, ws=kind, log_level="warning", lifespan="on")
@@ -157,7 +181,8 @@ def stats(port: int) -> dict[str, Any]:
 
 def handshake_and_stop_reading(port: int) -> socket.socket:
     """A WebSocket handshake on a raw socket; the caller then never reads from it."""
-    sock = socket.create_connection(("127.0.0.1", port), 5)
+    # 30 s: on daphne the 101 goes out only once the app stops sending (docs/servers.md).
+    sock = socket.create_connection(("127.0.0.1", port), 30)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
@@ -213,7 +238,17 @@ def read_to_close(sock: socket.socket) -> str:
 
 def measure(kind: str, seconds: float, cap: int, guard_seconds: float | None) -> dict[str, Any]:
     port = free_port()
-    args = [sys.executable, str(HERE), "--serve", kind, "--port", str(port), "--cap", str(cap)]
+    # The child takes --cap in MiB, as the command line does.
+    args = [
+        sys.executable,
+        str(HERE),
+        "--serve",
+        kind,
+        "--port",
+        str(port),
+        "--cap",
+        str(cap // MIB),
+    ]
     if guard_seconds is not None:
         args += ["--guard", str(guard_seconds)]
     child = spawn(args)

@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from tests.support.clients import outcome
 from tests.support.django_settings import session_cookie
@@ -28,7 +28,11 @@ from tests.support.paths import ROOT
 from tests.support.servers import ServerThread, serve
 from ws_guard import Guard, rules
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # Litestar's /validate declares its query parameter as plain ``room: int``.
+    pytest.mark.filterwarnings("ignore:.*query parameter 'room' declared using deprecated"),
+]
 
 #: Every framework with an end-to-end test here; the README's framework table lists these.
 FRAMEWORKS = ["starlette", "fastapi", "litestar", "channels", "quart", "raw"]
@@ -121,6 +125,40 @@ async def test_the_frameworks_own_refusal_and_close_pass_through_unchanged(
     assert bare_seen == guarded_seen == [DENIED[framework], CLOSED_BY_APP]
     # Counted by what the client saw: the server's 403, the app's own close code.
     await closes_counted(guard, {403: 1, 4403: 1})
+    assert dict(guard.metrics.snapshot().closes_by_rule) == {}
+
+
+async def http_refusal(url: str) -> tuple[int, dict[str, str], bytes]:
+    """The whole HTTP response a refused handshake gets: status, headers (no ``date``), body."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, open_timeout=5, close_timeout=5):
+            pass  # pragma: no cover
+    response = refused.value.response
+    headers = {k.lower(): v for k, v in response.headers.raw_items() if k.lower() != "date"}
+    return response.status_code, headers, bytes(response.body or b"")
+
+
+async def test_the_frameworks_own_refusal_is_the_same_http_response_guarded(
+    framework: str, guarded: ServerThread, guard: Guard
+) -> None:
+    """Status, headers and body: Quart's abort(403) page, the server's empty 403 elsewhere."""
+    with serve(FACTORIES[framework](None)) as bare:
+        expected = await http_refusal(bare.url + "/deny")
+    assert await http_refusal(guarded.url + "/deny") == expected
+    assert expected[0] == 403
+    assert (b"Forbidden" in expected[2]) == (framework == "quart")
+    await closes_counted(guard, {403: 1})
+
+
+async def test_litestars_parameter_validation_refusal_passes_through(guard: Guard) -> None:
+    with serve(FACTORIES["litestar"](None)) as bare:
+        bare_seen = [await outcome(bare.url + path) for path in ("/validate", "/validate?room=x")]
+    with serve(FACTORIES["litestar"](guard)) as server:
+        for path in ("/validate", "/validate?room=x"):  # missing, then not an int
+            assert await outcome(server.url + path) == ("http", 403)
+        assert await outcome(server.url + "/validate?room=3") == ("closed", ("room:3",), (1000, ""))
+    assert bare_seen == [("http", 403), ("http", 403)]
+    await closes_counted(guard, {403: 2, 1000: 1})
     assert dict(guard.metrics.snapshot().closes_by_rule) == {}
 
 

@@ -16,6 +16,7 @@ the client reads no reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -217,6 +218,35 @@ async def test_client_close_is_counted(served: ServerProcess) -> None:
     assert await counted(served, "ws", code, before) == before + 1
 
 
+#: Each server's own message size limit in bytes (its default) and what the
+#: client reads for a message one byte over it (docs/servers.md): daphne drops
+#: TCP, granian sends a close frame without a code. uvicorn and hypercorn close
+#: with 1009 (tests/e2e/test_server_memory.py, with the limit set lower).
+SERVER_SIZE_LIMITS = {
+    "daphne": (1024 * 1024, (1006, "")),
+    "granian": (16 * 1024 * 1024, (1005, "")),
+}
+
+
+@pytest.mark.parametrize("server", list(SERVER_SIZE_LIMITS))
+async def test_a_message_over_the_servers_own_limit_never_reaches_the_guard(server: str) -> None:
+    limit, over = SERVER_SIZE_LIMITS[server]
+    expected = wire(server)
+    cases = [
+        (limit + 1, over, over[0]),  # the server's own close, counted as the client's
+        # At the limit the server passes it on, and MaxMessageSize(8) closes it.
+        (limit, (expected.code(1009), expected.reason("message_too_big")), 1009),
+    ]
+    with server_process(server, APP) as running:
+        for size, seen, counted_as in cases:
+            before = stats(running)["ws"].get(str(counted_as), 0)
+            async with connect(running.url("/ws"), close_timeout=5) as ws:
+                with contextlib.suppress(websockets.ConnectionClosed):  # granian closes mid-send
+                    await asyncio.wait_for(ws.send("x" * size), 20)
+                assert await asyncio.wait_for(close_of(ws), 20) == seen, size
+            assert await counted(running, "ws", counted_as, before) == before + 1
+
+
 #: Servers where ``Guard(drain_signals=...)`` drains before the server closes
 #: WebSockets itself. With a signal to its main process, granian closes every
 #: WebSocket at once (1006 within milliseconds; its worker handles the signal
@@ -272,3 +302,34 @@ async def test_drain_then_signal_closes_1012(server: str, sig: signal.Signals) -
     assert_restarting(server, closes)
     assert after["ws"]["1012"] == 2  # counted before drain() returned
     assert returncode in (0, -sig), returncode
+
+
+#: What open clients get from a signal alone, with ``drain_signals`` set, where
+#: it cannot drain first (docs/servers.md, "Shutdown on hypercorn and granian").
+SIGNAL_ALONE = {
+    # hypercorn waits its graceful_timeout (3 s) for the connections to end, then
+    # cancels the app: 1011 without a reason (asyncio), no close frame (trio).
+    "hypercorn-asyncio": {(1011, "")},
+    "hypercorn-trio": {(1006, "")},
+    # granian stops its worker at once: ws_guard's drain reaches some clients first.
+    "granian": {(1006, ""), (1012, "restarting")},
+}
+
+
+@pytest.mark.parametrize("server", DRAIN_FIRST)
+async def test_a_signal_alone_where_drain_must_come_first(server: str) -> None:
+    """Without ``guard.drain()`` first: what a user gets, and hypercorn's 3 s wait."""
+    assert set(SIGNAL_ALONE) == set(DRAIN_FIRST)
+    with server_process(server, APP, sig=signal.SIGKILL) as running:
+        clients = await open_clients(running)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        running.process.send_signal(signal.SIGTERM)
+        closes = [await asyncio.wait_for(close_of(ws), 15) for ws in clients]
+        waited = loop.time() - start
+        returncode = await asyncio.to_thread(running.process.wait, 20)
+    seen = {(int(code), reason.partition(";")[0]) for code, reason in closes}
+    assert seen <= SIGNAL_ALONE[server], closes
+    if server.startswith("hypercorn"):
+        assert waited >= 2.5, waited  # its graceful_timeout, not ws_guard's drain
+    assert returncode == 0, returncode

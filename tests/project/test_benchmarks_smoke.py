@@ -368,6 +368,23 @@ def test_slow_reader_tiny_run_finds_the_send_blocked_and_the_guard_closing() -> 
 
 
 @pytest.mark.e2e
+def test_slow_reader_finds_granian_blocking_and_daphne_buffering_every_send() -> None:
+    """docs/servers.md, "Backpressure": daphne's send() never waits, so SlowConsumer never fires."""
+    done = run("slow_reader.py", "--servers", "granian", "daphne", "--seconds", "1", "--cap", "16")
+    assert done.returncode == 0, done.stderr
+    table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in done.stdout.splitlines()]
+    rows = {cells[0]: cells[1:] for cells in table if cells[:1] in (["granian"], ["daphne"])}
+    assert rows["granian"][0] == "blocks"
+    assert rows["daphne"][:2] == ["buffers", "16384 KiB"]  # the whole cap, unread
+    done = run(
+        "slow_reader.py", "--servers", "daphne", "--seconds", "1", "--cap", "16", "--guard", "0.3"
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| daphne")]
+    assert [cell.strip() for cell in row.split("|")[2:5]] == ["0.0 s", "{}", "0"]
+
+
+@pytest.mark.e2e
 def test_scale_tiny_run_counts_deadlines_and_drains_every_connection(tmp_path: Path) -> None:
     paths = {name: tmp_path / name for name in ("scale.json", "scale.png")}
     done = run(

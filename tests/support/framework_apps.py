@@ -13,7 +13,11 @@ compare with) and returns an ASGI app with three WebSocket endpoints:
     ``websocket.http.response`` extension;
 ``/close``
     the framework's own close *after* accept, with code 4403 and reason
-    ``"forbidden"``, through the framework's API for it.
+    ``"forbidden"``, through the framework's API for it;
+``/validate`` (Litestar only; FastAPI's ``/deny`` is its validation close)
+    a required ``room: int`` query parameter: without it, Litestar's
+    parameter validation closes before accept; with ``?room=3`` the handler
+    sends ``"room:3"`` and closes with 1000.
 
 :data:`DENIED` (per framework) and :data:`CLOSED_BY_APP` are what the real
 ``websockets`` client sees at ``/deny`` and ``/close`` (the value
@@ -133,6 +137,15 @@ def litestar_app(guard: Guard | None) -> ASGIApp:
     async def deny(socket: litestar.WebSocket[Any, Any, Any]) -> None:
         await socket.accept()  # never runs: the guard refuses first
 
+    @litestar.websocket("/validate")
+    async def validate(socket: litestar.WebSocket[Any, Any, Any], room: int) -> None:
+        # Never runs without ?room=<int>: Litestar's validation closes before accept.
+        # The plain annotation works on every Litestar 2.x (newer ones warn, the
+        # test module ignores that warning); QueryParameter needs a recent one.
+        await socket.accept()
+        await socket.send_text(f"room:{room}")
+        await socket.close()
+
     @litestar.websocket("/close")
     async def close(socket: litestar.WebSocket[Any, Any, Any]) -> None:
         await socket.accept()
@@ -140,7 +153,8 @@ def litestar_app(guard: Guard | None) -> ASGIApp:
         raise litestar.exceptions.WebSocketException(detail=CLOSE_REASON, code=CLOSE_CODE)
 
     middleware = [] if guard is None else [DefineMiddleware(WSGuardMiddleware, guard=guard)]
-    return litestar.Litestar(route_handlers=[echo, deny, close], middleware=middleware)
+    handlers = [echo, deny, validate, close]
+    return litestar.Litestar(route_handlers=handlers, middleware=middleware)
 
 
 def channels_app(guard: Guard | None) -> ASGIApp:

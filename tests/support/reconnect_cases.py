@@ -115,3 +115,70 @@ def check_js_results(results: dict[str, Any]) -> None:
             pass
         else:
             raise AssertionError(f"Python accepted {spec}")
+
+
+def _names_a_twin(spec: dict[str, Any] | None) -> bool:
+    """Whether a policy's overrides name a twin code itself (which then means what it says)."""
+    from ws_guard._core.twins import TWINNED_CODES, rfc_code
+
+    codes = {int(key.partition(":")[0]) for key in (spec or {}).get("overrides", {})}
+    return any(rfc_code(code) in TWINNED_CODES and rfc_code(code) != code for code in codes)
+
+
+def as_twin(decision: dict[str, Any], rfc: int) -> dict[str, Any]:
+    """*decision* (``as_dict``'s shape, or an ``expect``) for close code *rfc*, as its twin's.
+
+    The same decision, with the code received: ``code`` and a stop's ``why``
+    name the twin (``no retry after close code 4013``), as they name
+    whatever code arrived.
+    """
+    from ws_guard._core.twins import twin_code
+
+    twin = twin_code(rfc)
+    out = dict(decision)
+    if "code" in out:
+        out["code"] = twin
+    if "why" in out:
+        out["why"] = out["why"].replace(f"close code {rfc}", f"close code {twin}")
+    return out
+
+
+def twin_table() -> dict[str, Any]:
+    """The table's cases and sessions with every twinned RFC code sent as its twin.
+
+    Each derived case keeps its RFC case's ``expect``: the twin (1013 → 4013,
+    ``ws_guard._core.twins``) must be decided exactly as the code it stands
+    for, in both implementations. Cases whose policy overrides a twin code
+    itself are left out (an override of 4013 is the app's own meaning). The
+    shape is the table's, so ``runCases`` of tests/js/policy_cases.mjs runs it.
+    """
+    from ws_guard._core.twins import TWINNED_CODES, twin_code
+
+    cases = [
+        {**case, "name": f"{case['name']} (as {twin_code(case['code'])})"}
+        | {
+            "code": twin_code(case["code"]),
+            "rfc": case["code"],
+            "expect": as_twin(case["expect"], case["code"]),
+        }
+        for case in TABLE["cases"]
+        if case["code"] in TWINNED_CODES and not _names_a_twin(case.get("policy"))
+    ]
+    sessions = [
+        {
+            **session,
+            "steps": [
+                {
+                    **step,
+                    "code": twin_code(step["code"]),
+                    "expect": as_twin(step["expect"], step["code"]),
+                }
+                if step["op"] == "closed"
+                else step
+                for step in session["steps"]
+            ],
+        }
+        for session in TABLE["sessions"]
+        if not _names_a_twin(session.get("policy"))
+    ]
+    return {"cases": cases, "sessions": sessions, "parsing": [], "invalid_policies": []}

@@ -10,7 +10,15 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.support.reconnect_cases import CASES_PATH, check_js_results
+from tests.support.reconnect_cases import (
+    CASES_PATH,
+    as_dict,
+    as_twin,
+    check_js_results,
+    matches,
+    policy,
+    twin_table,
+)
 from tests.support.services import require_binary
 from ws_guard._core.twins import TWINNED_CODES, rfc_code
 
@@ -59,3 +67,23 @@ def test_reconnect_js_twins_are_the_servers_twins() -> None:
         f"mapped: {json.dumps(codes)}.map(lib.rfcCode)}}));"
     )
     assert got == {"twinned": sorted(TWINNED_CODES), "mapped": [rfc_code(c) for c in codes]}
+
+
+def test_reconnect_js_decides_every_twin_as_its_rfc_code() -> None:
+    """The shared table with each twinned code sent as its twin: the RFC case's answers."""
+    table = twin_table()
+    results = run_node(f"console.log(JSON.stringify(runCases(lib, {json.dumps(table)})));")
+    assert isinstance(results, dict)
+    assert len(results["cases"]) == len(table["cases"])
+    for case, got in zip(table["cases"], results["cases"], strict=True):
+        rfc = as_dict(
+            policy(case.get("policy"), case["random"]).decide(
+                case["rfc"], case["reason"], case["attempt"], case["refreshes"]
+            )
+        )
+        assert matches(got, as_twin(rfc, case["rfc"])), (case["name"], got, rfc)
+    for session, got in zip(table["sessions"], results["sessions"], strict=True):
+        expected = [step["expect"] for step in session["steps"] if step["op"] == "closed"]
+        assert len(got) == len(expected), session["name"]
+        for step_got, step_expect in zip(got, expected, strict=True):
+            assert matches(step_got, step_expect), (session["name"], step_got, step_expect)

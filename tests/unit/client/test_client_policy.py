@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.reconnect_cases import TABLE, FixedRandom, as_dict, matches, policy
+from tests.support.reconnect_cases import (
+    TABLE,
+    FixedRandom,
+    as_dict,
+    as_twin,
+    matches,
+    policy,
+    twin_table,
+)
 from ws_guard import ConfigurationError
 from ws_guard.client import (
     DEFAULT_ACTIONS,
@@ -50,6 +58,31 @@ def test_policy_sessions(session: dict) -> None:
             continue
         got = as_dict(run.closed(step["code"], step["reason"]))
         assert matches(got, step["expect"]), (step, got)
+
+
+TWINS = twin_table()
+
+
+@pytest.mark.parametrize("case", TWINS["cases"], ids=[c["name"] for c in TWINS["cases"]])
+def test_a_twin_is_decided_as_its_rfc_code(case: dict) -> None:
+    """4013 as 1013, 4008 token_expired as 1008 token_expired: daphne's codes (docs/servers.md)."""
+    args = (case["reason"], case["attempt"], case["refreshes"])
+    twin = as_dict(policy(case.get("policy"), case["random"]).decide(case["code"], *args))
+    rfc = as_dict(policy(case.get("policy"), case["random"]).decide(case["rfc"], *args))
+    assert twin == as_twin(rfc, case["rfc"])
+    assert matches(twin, case["expect"]), twin
+
+
+@pytest.mark.parametrize("session", TWINS["sessions"], ids=[s["name"] for s in TWINS["sessions"]])
+def test_a_session_of_twins_runs_as_its_rfc_codes(session: dict) -> None:
+    test_policy_sessions(session)
+
+
+def test_the_twin_table_covers_every_twinned_code_and_every_session() -> None:
+    from ws_guard._core.twins import TWINNED_CODES, rfc_code
+
+    assert {rfc_code(c["code"]) for c in TWINS["cases"]} == TWINNED_CODES
+    assert len(TWINS["sessions"]) == len(TABLE["sessions"])
 
 
 def test_every_code_in_the_close_code_reference_is_covered() -> None:
