@@ -91,8 +91,10 @@ class HookPlan:
         "checks",
         "close_rules",
         "connect_rules",
+        "last_prepared",
         "lead_run",
         "open_rules",
+        "prepared_rules",
         "send_rules",
     )
 
@@ -103,6 +105,16 @@ class HookPlan:
         #: ``admit`` in stage order, each with whether it also has ``release``.
         self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
             (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
+        )
+        #: Admission rules that can hand their Redis call over (``prepare``),
+        #: and the index of the last of them: the rules between two of them
+        #: run while the first's call waits; none after the last does.
+        self.prepared_rules = frozenset(
+            rule for rule, _ in self.admission_rules if overrides(rule, "prepare")
+        )
+        self.last_prepared = max(
+            (i for i, (rule, _) in enumerate(self.admission_rules) if rule in self.prepared_rules),
+            default=-1,
         )
         self.connect_rules = tuple(r for r in ordered if overrides(r, "on_connect"))
         self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))
