@@ -26,7 +26,7 @@ verified first (CPU only; their storage call rides in the same round trip).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
@@ -110,18 +110,16 @@ class HandshakeBatch:
     def leave(token: Token[HandshakeBatch | None]) -> None:
         _CURRENT.reset(token)
 
-    async def flush(self, extra: Call | None = None) -> Any:
+    async def flush(self, extra: Sequence[Call] = ()) -> list[Any]:
         """Send the waiting calls (and *extra*, last) in one pipeline, then decide in order.
 
-        Returns *extra*'s reply or storage error (``None`` without *extra*).
-        Sets :attr:`refusal` to the first enforced refusal; shadow decisions
+        Returns *extra*'s replies or storage errors, in order. Sets
+        :attr:`refusal` to the first enforced refusal; shadow decisions
         before it are recorded, those after it dropped, calls after it undone.
         """
         entries, self._entries = self._entries, []
-        pending = [entry for entry in entries if isinstance(entry, Pending)]
-        calls = [p.call for p in pending if p.call is not None]
-        if extra is not None:
-            calls.append(extra)
+        calls = [e.call for e in entries if isinstance(e, Pending) and e.call is not None]
+        calls.extend(extra)
         replies = iter(await self._storage.pipelined(calls))
         for entry in entries:
             if isinstance(entry, Pending) and entry.call is None:
@@ -141,7 +139,7 @@ class HandshakeBatch:
                 self._record_shadow(decision)
             else:
                 self.refusal = decision
-        return next(replies) if extra is not None else None
+        return list(replies)
 
 
 def waiting_batch() -> HandshakeBatch | None:

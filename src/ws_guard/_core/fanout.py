@@ -215,13 +215,16 @@ class ControlChannel:
         try:
             if batch is None:
                 return int(await self.storage.redis().exists(*keys)) > 0
-            # At a handshake whose earlier checks wait for Redis: one round trip for all.
-            reply = await batch.flush(Call(("EXISTS", *keys)))
+            # At a handshake whose earlier checks wait for Redis: one round trip
+            # for all. One EXISTS per key: a cluster pipeline splits a
+            # multi-key EXISTS by node, one reply per node, not per command.
+            replies = await batch.flush([Call(("EXISTS", key)) for key in keys])
             if batch.refusal is not None:
                 return False  # refused already: this answer decides nothing, counts nothing
-            if isinstance(reply, BaseException):
-                raise reply
-            return int(reply) > 0
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return sum(int(reply) for reply in replies) > 0
         except self.storage.errors as exc:
             self._report(exc, "revocation check")
             return None

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.helpers import eventually
 from tests.support.jwt_keys import SECRET, mint
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, redis_cluster
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
@@ -310,3 +310,56 @@ async def test_an_outage_is_counted_and_decided_as_before(
     for ws in held:
         await ws.finished()
     assert cap.count("127.0.0.1") == 0
+
+
+def auth_guard(storage: str) -> tuple[Guard, rules.MaxConnectionsPerKey]:
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=300.0)
+    rule = rules.JWTAuth(SECRET, algorithms=["HS256"])
+    return Guard(rules=[rules.ConnectRate("100/minute"), rule, cap], storage=storage), cap
+
+
+async def test_a_revocation_only_redis_holds_is_found_in_the_same_round_trip(
+    redis: RedisServer, app: Held, guards: list[Guard]
+) -> None:
+    guard, cap = auth_guard(redis.url)
+    guards.append(guard)
+    middleware = WSGuardMiddleware(app, guard=guard)
+    first = await admitted(middleware, bearer("bob"))  # starts the guard
+    await eventually(lambda: guard.channel.subscribed, what="control channel subscribed")
+    # Written by another tool after this process loaded the revocations: only
+    # the handshake's EXISTS can know it.
+    await guard.storage.redis().set(guard.channel.revocation_key("sub", "alice"), "1", px=60_000)
+    outcome: list[tuple[int, str]] = []
+
+    async def alice() -> None:
+        outcome.append(await refused(middleware, bearer("alice")))
+
+    assert await round_trips(redis, guard, alice()) == 1  # EVALSHA and EXISTS together
+    assert outcome == [(1008, "token_revoked")]
+    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 0
+    assert guard.metrics.snapshot().closes_by_rule == {"token_revoked": 1}
+    app.release.set()
+    await first.finished()
+
+
+async def test_the_shared_checks_work_on_a_cluster(app: Held, guards: list[Guard]) -> None:
+    # A token with jti and sub has two revocation keys, in two slots: each is
+    # its own EXISTS in the pipeline (a cluster splits a multi-key one by node).
+    with redis_cluster() as uri:
+        guard, cap = auth_guard(uri)
+        guards.append(guard)
+        middleware = WSGuardMiddleware(app, guard=guard)
+        token = [(b"authorization", f"Bearer {mint('alice', jti='t1')}".encode())]
+        first = await admitted(middleware, token)
+        await eventually(lambda: guard.channel.subscribed, what="control channel subscribed")
+        await guard.storage.redis().set(guard.channel.revocation_key("jti", "t1"), "1", px=60_000)
+        assert await refused(middleware, token) == (1008, "token_revoked")
+        second = await admitted(middleware, bearer("alice"))  # another token of alice's
+        slots = redis_key(guard.namespace, "slots", cap.id, ALICE)
+        assert await guard.storage.redis().zcard(slots) == 2
+        app.release.set()
+        for ws in (first, second):
+            await ws.finished()
+        assert await guard.storage.redis().zcard(slots) == 0
+        await guard.shutdown()
+        guards.clear()
