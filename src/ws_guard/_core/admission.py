@@ -116,6 +116,11 @@ class Admission(Closing):
                 if batch.refusal is not None:
                     return batch.refusal
                 continue
+            elif batch is not None and batch.waiting and not batch.lets_rules_ahead:
+                await batch.flush()  # a waiting check expects to refuse: hear it first
+                if batch.refusal is not None:
+                    return batch.refusal
+                decision = await rule.admit(conn)
             elif batch is not None and batch.waiting:
                 token = batch.active()
                 try:

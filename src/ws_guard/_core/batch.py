@@ -20,8 +20,12 @@ Order is kept by three rules:
   only if they admitted.
 
 The rules that run while calls wait (authentication) run before those
-calls are answered: a handshake that ``ConnectRate`` refuses has its token
-verified first (CPU only; their storage call rides in the same round trip).
+calls are answered, unless a waiting call's rule expects to refuse
+(``Pending.ahead``: ``ConnectRate`` for a key it refused within the wait it
+gave): so only the first over-the-rate attempt of a key has its token
+verified before the refusal (CPU only; the auth rule's storage call rides
+in the same round trip), and a client that keeps hammering is refused
+before verification, as with one call per rule.
 """
 
 from __future__ import annotations
@@ -54,12 +58,22 @@ class Pending:
     be, so the call goes out only with nothing before it).
     """
 
-    __slots__ = ("call", "decision", "finish", "undo")
+    __slots__ = ("ahead", "call", "decision", "finish", "undo")
 
-    def __init__(self, call: Call | None, finish: Finish | None, undo: Undo | None = None) -> None:
+    def __init__(
+        self,
+        call: Call | None,
+        finish: Finish | None,
+        undo: Undo | None = None,
+        *,
+        ahead: bool = True,
+    ) -> None:
         self.call = call
         self.finish = finish
         self.undo = undo
+        #: Whether the rules after this one may run before its answer; False
+        #: when the rule expects to refuse (a key it refused moments ago).
+        self.ahead = ahead
         self.decision: Close | None = None
 
     @classmethod
@@ -93,6 +107,11 @@ class HandshakeBatch:
     def waiting(self) -> bool:
         """True while a call waits to be sent."""
         return any(isinstance(entry, Pending) and entry.call is not None for entry in self._entries)
+
+    @property
+    def lets_rules_ahead(self) -> bool:
+        """Whether a rule that is not batched may run before the waiting calls are answered."""
+        return all(not isinstance(e, Pending) or e.ahead for e in self._entries)
 
     def accepts(self, pending: Pending) -> bool:
         """Whether *pending* may wait behind the calls already here (see the module)."""

@@ -108,6 +108,9 @@ class ConnectRate(LimitRule):
         self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
         self._started = False
         self._script: StoredScript | None = None
+        #: Redis key -> guard-clock time until which this process expects to
+        #: refuse it (its last refusal's wait); at most ``max_keys``.
+        self._refused: dict[str, float] = {}
 
     def _limit_arg(self) -> object:
         return describe_rates(self.rates) if self.tiers is None else self.tiers.func
@@ -153,6 +156,7 @@ class ConnectRate(LimitRule):
         self._counters = None
         self._started = False
         self._script = None
+        self._refused = {}
 
     async def admit(self, conn: RuleContext) -> Close | None:
         if not self._started:
@@ -181,6 +185,12 @@ class ConnectRate(LimitRule):
         tier, key = found
         guard = conn.guard
         rkey = redis_key(guard.namespace, "connect", self.id, key, *tier.suffix)
+        refused = self._refused
+        until = refused.get(rkey)
+        now = guard.scheduler.clock()
+        if until is not None and until <= now:
+            del refused[rkey]
+            until = None
 
         async def finish(reply: Any) -> Close | None:
             retry: float | None
@@ -192,9 +202,16 @@ class ConnectRate(LimitRule):
             else:
                 admitted, wait_ms = reply
                 retry = None if int(admitted) else int(wait_ms) / 1000.0
-            return None if retry is None else self._limited(retry)
+            if retry is None:
+                return None
+            if len(refused) >= self.max_keys:
+                del refused[next(iter(refused))]  # the oldest refusal; bounded like the counters
+            refused[rkey] = guard.scheduler.clock() + retry
+            return self._limited(retry)
 
-        return Pending(script.call([rkey], tier.args), finish)
+        # A key refused within the wait it was given is refused again first,
+        # before the rules after this one (its token is not verified).
+        return Pending(script.call([rkey], tier.args), finish, ahead=until is None)
 
     def _resolve(self, conn: RuleContext) -> tuple[_Tier, str] | Close | None:
         """The connection's tier counters and key; ``None`` (not counted) or the rule's close."""

@@ -312,10 +312,11 @@ async def test_an_outage_is_counted_and_decided_as_before(
     assert cap.count("127.0.0.1") == 0
 
 
-def auth_guard(storage: str) -> tuple[Guard, rules.MaxConnectionsPerKey]:
+def auth_guard(storage: str, rate: str = "100/minute") -> tuple[Guard, rules.MaxConnectionsPerKey]:
+    """ConnectRate(by_ip), JWTAuth(HS256, bearer), MaxConnectionsPerKey(10, by_user)."""
     cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=300.0)
     rule = rules.JWTAuth(SECRET, algorithms=["HS256"])
-    return Guard(rules=[rules.ConnectRate("100/minute"), rule, cap], storage=storage), cap
+    return Guard(rules=[rules.ConnectRate(rate), rule, cap], storage=storage), cap
 
 
 async def test_a_revocation_only_redis_holds_is_found_in_the_same_round_trip(
@@ -363,3 +364,32 @@ async def test_the_shared_checks_work_on_a_cluster(app: Held, guards: list[Guard
         assert await guard.storage.redis().zcard(slots) == 0
         await guard.shutdown()
         guards.clear()
+
+
+def exists_calls(server: RedisServer) -> int:
+    """``EXISTS`` commands the server ran so far (``INFO commandstats``)."""
+    found = re.search(rb"cmdstat_exists:calls=(\d+)", server.command("INFO", "commandstats"))
+    return 0 if found is None else int(found.group(1))
+
+
+async def test_a_key_that_keeps_hammering_is_refused_before_its_token_is_verified(
+    redis: RedisServer, app: Held, guards: list[Guard]
+) -> None:
+    # The first over-the-rate attempt has its token verified while ConnectRate's
+    # call waits (its revocation check rides in the same round trip); after
+    # that refusal, the key's attempts within the wait are refused first.
+    guard, cap = auth_guard(redis.url, rate="1/minute")
+    guards.append(guard)
+    middleware = WSGuardMiddleware(app, guard=guard)
+    first = await admitted(middleware, bearer("alice"))
+    await eventually(lambda: guard.channel.subscribed, what="control channel subscribed")
+    before = exists_calls(redis)
+    limited = (1008, "connect_rate_limited; retry-after=60")
+    assert await refused(middleware, bearer("alice")) == limited
+    assert exists_calls(redis) == before + 1  # verified, checked, then refused by the rate
+    for _ in range(3):
+        assert await refused(middleware, bearer("alice")) == limited
+    assert exists_calls(redis) == before + 1  # refused before verification
+    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 1
+    app.release.set()
+    await first.finished()
