@@ -76,6 +76,21 @@ def plan_checks(
     return tuple(plan)
 
 
+def prepares(rule: Rule) -> bool:
+    """Whether admission may take *rule*'s ``prepare`` for its ``admit``.
+
+    Only when ``prepare`` is defined by the class that defines ``admit`` or
+    a subclass of it: a user's subclass that overrides ``admit`` alone must
+    have its ``admit`` called.
+    """
+    if not overrides(rule, "prepare"):
+        return False
+    mro = type(rule).__mro__
+    admit_cls = next(c for c in mro if "admit" in vars(c))
+    prepare_cls = next(c for c in mro if "prepare" in vars(c))
+    return issubclass(prepare_cls, admit_cls)
+
+
 class HookPlan:
     """The rules each connection hook calls, in order; immutable after construction.
 
@@ -109,9 +124,7 @@ class HookPlan:
         #: Admission rules that can hand their Redis call over (``prepare``),
         #: and the index of the last of them: the rules between two of them
         #: run while the first's call waits; none after the last does.
-        self.prepared_rules = frozenset(
-            rule for rule, _ in self.admission_rules if overrides(rule, "prepare")
-        )
+        self.prepared_rules = frozenset(rule for rule, _ in self.admission_rules if prepares(rule))
         self.last_prepared = max(
             (i for i, (rule, _) in enumerate(self.admission_rules) if rule in self.prepared_rules),
             default=-1,

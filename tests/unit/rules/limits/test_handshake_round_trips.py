@@ -23,6 +23,8 @@ from tests.support.helpers import eventually
 from tests.support.jwt_keys import SECRET, mint
 from tests.support.redis_server import RedisServer, redis_cluster
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._core.decisions import Close
+from ws_guard.rules.context import RuleContext
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
@@ -391,5 +393,30 @@ async def test_a_key_that_keeps_hammering_is_refused_before_its_token_is_verifie
         assert await refused(middleware, bearer("alice")) == limited
     assert exists_calls(redis) == before + 1  # refused before verification
     assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 1
+    app.release.set()
+    await first.finished()
+
+
+class CountedRate(rules.ConnectRate):
+    """A user's subclass that overrides ``admit`` alone: its ``admit`` must run."""
+
+    calls = 0
+
+    async def admit(self, conn: RuleContext) -> Close | None:
+        type(self).calls += 1
+        return await super().admit(conn)
+
+
+async def test_a_subclass_that_overrides_admit_alone_is_not_batched(
+    redis: RedisServer, app: Held, guards: list[Guard]
+) -> None:
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_ip, heartbeat=300.0)
+    guard = Guard(rules=[CountedRate("1/minute"), cap], storage=redis.url)
+    guards.append(guard)
+    middleware = WSGuardMiddleware(app, guard=guard)
+    first = await admitted(middleware, [])
+    assert await refused(middleware, []) == (1008, "connect_rate_limited; retry-after=60")
+    assert CountedRate.calls == 2
+    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 1
     app.release.set()
     await first.finished()
