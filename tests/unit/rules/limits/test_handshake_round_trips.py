@@ -420,3 +420,28 @@ async def test_a_subclass_that_overrides_admit_alone_is_not_batched(
     assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 1
     app.release.set()
     await first.finished()
+
+
+async def test_scripts_redis_lost_are_loaded_and_sent_again(
+    redis: RedisServer, app: Held, guards: list[Guard]
+) -> None:
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_ip, heartbeat=300.0)
+    guard = Guard(rules=[rules.ConnectRate("2/minute"), cap], storage=redis.url)
+    guards.append(guard)
+    middleware = WSGuardMiddleware(app, guard=guard)
+    first = await admitted(middleware, [])
+    assert redis.command("SCRIPT", "FLUSH") == b"+OK\r\n"  # as a restarted Redis
+    box: list[ScriptedWebSocket] = []
+
+    async def second() -> None:
+        box.append(await admitted(middleware, []))
+
+    # The pipeline (both NOSCRIPT), one SCRIPT LOAD per script, the pipeline again.
+    assert await round_trips(redis, guard, second()) == 4
+    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 2
+    # Each attempt counted once: the third is over the rate.
+    assert await refused(middleware, []) == (1008, "connect_rate_limited; retry-after=60")
+    assert guard.metrics.snapshot().storage_errors == 0
+    app.release.set()
+    for ws in (first, *box):
+        await ws.finished()
