@@ -50,21 +50,41 @@ class Admission(Closing):
                 else:
                     await self._reject(verdict)
                     return False
-        refusal = await self._admit_rules()
-        if refusal is not None:
-            await self._reject(refusal)
-            await self._release()
-            return False
+        plan = guard.plan
+        if plan.prepared_rules:  # Redis-backed rules: their calls go out together
+            refusal = await self._admit_rules()
+            if refusal is not None:
+                await self._reject(refusal)
+                await self._release()
+                return False
+        else:
+            # Without them (memory storage) each rule decides in turn: the
+            # loop inline, not _admit_rules, one frame less per handshake.
+            for rule, holds in plan.admission_rules:
+                if holds:
+                    # Held before the await: a handshake cancelled inside admit()
+                    # (the client left) still releases what admit() took so far.
+                    if self._held is None:
+                        self._held = []
+                    self._held.append(rule)
+                decision = await rule.admit(self.full)
+                if decision is not None:
+                    if decision.shadow:
+                        self._record_shadow(decision)
+                    else:
+                        await self._reject(decision)
+                        await self._release()
+                        return False
         self.admitted = True
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
         guard.live_connections.add(self.full)
-        plan = guard.plan.checks
+        items = plan.checks
         # A leading fused run calls the rest of the plan itself: one call per
         # message. Its state is made first: checks are set up in plan order.
-        lead = plan[0].bind(self.full) if plan and isinstance(plan[0], FusedRun) else None
+        lead = items[0].bind(self.full) if items and isinstance(items[0], FusedRun) else None
         checks: list[Checker] = []
-        for item in plan[0 if lead is None else 1 :]:
+        for item in items[0 if lead is None else 1 :]:
             check = item.checker(self.full)
             if check is not None:
                 checks.append(check)
