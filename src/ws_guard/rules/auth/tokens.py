@@ -58,7 +58,8 @@ def _single(values: list[str]) -> str | None:
     ``query_params`` keeps the last) or a cookie jar might read another.
     """
     first = values[0]
-    if any(value != first for value in values):
+    # Most requests carry the name once: no generator to start for one value.
+    if len(values) > 1 and values.count(first) != len(values):
         return INVALID_TOKEN
     return first or None
 
@@ -113,7 +114,8 @@ class FromQuery(TokenSource):
                 continue
             text = value.decode("latin-1")
             values.append(unquote_plus(text) if b"%" in value or b"+" in value else text)
-            parts[i] = redacted_pair(key)
+            if self.redact:
+                parts[i] = redacted_pair(key)
         if not values:
             return None
         if self.redact:
