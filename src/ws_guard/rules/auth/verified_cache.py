@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 #: The longest token kept (bytes; a JWT is ASCII), as Envoy's cache: with
 #: the size it bounds the memory held. A longer one is verified every time.
 MAX_CACHED_TOKEN = 4096
+_FOREVER = float("inf")
 #: The largest ``verified_cache`` accepted: with 4 KiB tokens, about 0.5 GB.
 MAX_ENTRIES = 100_000
 
@@ -125,17 +126,23 @@ class VerifiedCache:
         """Keep verified *claims* of *token*, verified under key set *generation*."""
         if len(token) > MAX_CACHED_TOKEN:
             return
-        now = self.clock()
-        offset = now - time.time()  # wall-clock claims to the guard's clock
+        offset = self.clock() - time.time()  # wall-clock claims to the guard's clock
         leeway = self.leeway
         exp = claims.get("exp")
-        expires_at = float("inf") if exp is None else _seconds(exp) + leeway + offset
-        starts = [_seconds(claims[k]) for k in ("nbf", "iat") if claims.get(k) is not None]
-        valid_from = max(starts) - leeway + offset if starts else float("-inf")
-        nested = any(isinstance(value, (dict, list)) for value in claims.values())
+        expires_at = _FOREVER if exp is None else _seconds(exp) + leeway + offset
+        valid_from = -_FOREVER
+        for name in ("nbf", "iat"):
+            value = claims.get(name)
+            if value is not None:
+                valid_from = max(valid_from, _seconds(value) - leeway + offset)
+        nested = False
+        for value in claims.values():
+            if isinstance(value, (dict, list)):
+                nested = True
+                break
         kept = copy.deepcopy(claims) if nested else dict(claims)
         entries = self._entries
+        entries.pop(token, None)  # a token verified again goes to the end
         entries[token] = _Entry(kept, nested, generation, valid_from, expires_at)
-        entries.move_to_end(token)
-        while len(entries) > self.size:
+        if len(entries) > self.size:
             entries.popitem(last=False)
