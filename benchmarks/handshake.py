@@ -18,8 +18,11 @@ ratio of their handshake rates within a round is the ratio of their costs.
 Per side it reports handshakes/s, p50/p99 handshake latency (TCP connect to
 the 101 response, at the client) and the server's CPU µs per handshake
 (psutil). Redis variants start a redis-server of their own on a free port
-(stopped at the end, on every way out) and report the Redis commands per
-handshake (``INFO commandstats`` deltas over the measured window).
+(stopped at the end, on every way out) and report, per handshake cycle,
+the Redis round trips (the server's reads, ``INFO stats``
+``total_reads_processed``, over the measured window: one read per command
+or pipeline a client sent), the commands the server sent (``MONITOR``) and
+every command Redis ran (``INFO commandstats``).
 
 ``--instructions`` counts, with valgrind's callgrind, the instructions one
 handshake costs the server: each app runs twice under callgrind with a short
@@ -164,6 +167,23 @@ def redis_calls(url: str | None) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
+def redis_reads(url: str | None) -> int:
+    """Reads the Redis server made from its clients so far (``INFO stats``).
+
+    One read takes in what a client sent at once: a command, or a whole
+    pipeline, so the reads a guarded server causes are its round trips.
+    """
+    if url is None:
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_reads_processed"])
+    finally:
+        client.close()
+
+
 async def redis_trips(url: str, churn: Churn, seconds: float) -> dict[str, float]:
     """Commands the server sent to Redis per handshake, from ``MONITOR`` over *seconds*.
 
@@ -203,6 +223,11 @@ async def _timed(args: argparse.Namespace) -> dict[str, Any]:
     tasks = [asyncio.create_task(churn.loop(url, None)) for url in churn.urls]
     await asyncio.sleep(args.warmup)
     calls_before = redis_calls(args.redis_url)
+    # Two readings back to back: the second's count less the first's is what
+    # one reading itself costs the server, taken off the window's count.
+    reads_probe = redis_reads(args.redis_url)
+    reads_before = redis_reads(args.redis_url)
+    reading_cost = reads_before - reads_probe
     cpu_before = server.cpu_times()
     cores_before = core_busy_seconds()
     started = time.perf_counter_ns()
@@ -213,8 +238,9 @@ async def _timed(args: argparse.Namespace) -> dict[str, Any]:
     window = (time.perf_counter_ns() - started) / 1e9
     cpu_after = server.cpu_times()
     cores_after = core_busy_seconds()
+    reads_after = redis_reads(args.redis_url)
     calls_after = redis_calls(args.redis_url)
-    trips = await redis_trips(args.redis_url, churn, 1.0) if args.redis_url else {}
+    commands = await redis_trips(args.redis_url, churn, 1.0) if args.redis_url else {}
     churn.running = False
     await asyncio.wait(tasks, timeout=CYCLE_TIMEOUT + 5)
     server_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
@@ -238,7 +264,10 @@ async def _timed(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "errors": churn.errors - errors_before,
         "redis_calls_per_handshake": {name: n / done for name, n in sorted(calls.items())},
-        "redis_trips_per_handshake": trips,
+        "redis_commands_per_handshake": commands,
+        "redis_trips_per_handshake": (
+            (reads_after - reads_before - reading_cost) / done if args.redis_url else None
+        ),
     }
 
 
@@ -349,12 +378,13 @@ def summarise(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[
 
         bare = f"{BARE}:{name}"
         calls: dict[str, float] = {}
-        trips: dict[str, float] = {}
+        commands: dict[str, float] = {}
         for r in rounds:
             for command, per in r[name]["redis_calls_per_handshake"].items():
                 calls[command] = calls.get(command, 0.0) + per / len(rounds)
-            for command, per in r[name]["redis_trips_per_handshake"].items():
-                trips[command] = trips.get(command, 0.0) + per / len(rounds)
+            for command, per in r[name].get("redis_commands_per_handshake", {}).items():
+                commands[command] = commands.get(command, 0.0) + per / len(rounds)
+        trips = [r[name].get("redis_trips_per_handshake") for r in rounds]
         table[name] = {
             "ratio": statistics.median(ratios),
             "ratio_min": ratios[0],
@@ -369,7 +399,12 @@ def summarise(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[
             "bare_cpu_us": med("server_us_per_handshake", bare),
             "errors": sum(r[k]["errors"] for r in rounds for k in (name, bare)),
             "redis_calls_per_handshake": calls,
-            "redis_trips_per_handshake": trips,
+            "redis_commands_per_handshake": commands,
+            "redis_trips_per_handshake": (
+                None
+                if any(t is None or isinstance(t, dict) for t in trips)
+                else statistics.median(trips)
+            ),
         }
     return table
 
@@ -406,7 +441,8 @@ def report(args: argparse.Namespace, table: dict[str, dict[str, Any]], command: 
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in table.items():
-        redis = per_command(row["redis_trips_per_handshake"])
+        trips = row["redis_trips_per_handshake"]
+        redis = "" if trips is None else f"{trips:.2f}"
         out.append(
             f"| {name} | **{row['ratio']:.3f}** | {row['ratio_min']:.3f} | {row['ratio_max']:.3f} "
             f"| {row['rate']:,.0f} / {row['bare_rate']:,.0f} "
@@ -419,10 +455,13 @@ def report(args: argparse.Namespace, table: dict[str, dict[str, Any]], command: 
     for name, row in table.items():
         if row["redis_calls_per_handshake"]:
             out.append(
-                f"- `{name}`: Redis round trips from MONITOR (commands the server sent, one each: "
-                "nothing on the handshake path is pipelined); every command Redis ran, "
-                "scripts' own calls included (INFO commandstats): "
-                + per_command(row["redis_calls_per_handshake"])
+                f"- `{name}`: Redis round trips per cycle (the handshake's checks and the "
+                "release at its end), from the server's reads (INFO stats "
+                "total_reads_processed: one read per command or pipeline a client sent); "
+                "commands the server sent, from MONITOR: "
+                + per_command(row.get("redis_commands_per_handshake", {}))
+                + "; every command Redis ran, scripts' own calls included "
+                "(INFO commandstats): " + per_command(row["redis_calls_per_handshake"])
             )
     errors = sum(row["errors"] for row in table.values())
     if errors:

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import cast
 
+from ws_guard._core.batch import HandshakeBatch
 from ws_guard._core.closing import Closing
 from ws_guard._core.decisions import CONSUME, Close
 from ws_guard._core.fast_path import FusedRun
@@ -49,21 +50,11 @@ class Admission(Closing):
                 else:
                     await self._reject(verdict)
                     return False
-        for rule, holds in guard.plan.admission_rules:
-            if holds:
-                # Held before the await: a handshake cancelled inside admit()
-                # (the client left) still releases what admit() took so far.
-                if self._held is None:
-                    self._held = []
-                self._held.append(rule)
-            decision = await rule.admit(self.full)
-            if decision is not None:
-                if decision.shadow:
-                    self._record_shadow(decision)
-                else:
-                    await self._reject(decision)
-                    await self._release()
-                    return False
+        refusal = await self._admit_rules()
+        if refusal is not None:
+            await self._reject(refusal)
+            await self._release()
+            return False
         self.admitted = True
         self.opened_at = time.monotonic()
         guard.metrics.connection_opened()
@@ -83,6 +74,80 @@ class Admission(Closing):
             self._lead = lead
         self.scope["ws_guard"] = ConnectionInfo(self.full)
         return True
+
+    async def _admit_rules(self) -> Close | None:
+        """The rules' checks in stage order; the first enforced refusal, or ``None``.
+
+        Redis-backed rules hand over their calls (``Rule.prepare``), which
+        go out together in one round trip (:mod:`ws_guard._core.batch`).
+        """
+        conn = self.full
+        guard = self.guard
+        plan = guard.plan
+        batch: HandshakeBatch | None = None
+        for i, (rule, holds) in enumerate(plan.admission_rules):
+            if holds:
+                # Held before the await: a handshake cancelled inside admit()
+                # (the client left) still releases what admit() took so far.
+                if self._held is None:
+                    self._held = []
+                self._held.append(rule)
+            prepared = rule in plan.prepared_rules
+            pending = rule.prepare(conn) if prepared else None
+            if prepared and pending is None and batch is not None and batch.waiting:
+                # The rule runs its own call this time (admit): after the waiting ones.
+                await batch.flush()
+                if batch.refusal is not None:
+                    return batch.refusal
+            if pending is not None and pending.call is None:
+                decision = pending.decision
+            elif pending is not None:
+                if batch is None:
+                    batch = HandshakeBatch(guard.storage, self._record_shadow)
+                elif not batch.accepts(pending):
+                    await batch.flush()
+                    if batch.refusal is not None:
+                        return batch.refusal
+                batch.add(pending)
+                if i < plan.last_prepared:
+                    continue
+                # No rule after this one runs before the calls are answered:
+                # one that does I/O of its own would do it ahead of them.
+                await batch.flush()
+                if batch.refusal is not None:
+                    return batch.refusal
+                continue
+            elif batch is not None and batch.waiting and not batch.lets_rules_ahead:
+                await batch.flush()  # a waiting check expects to refuse: hear it first
+                if batch.refusal is not None:
+                    return batch.refusal
+                decision = await rule.admit(conn)
+            elif batch is not None and batch.waiting:
+                token = batch.active()
+                try:
+                    decision = await rule.admit(conn)
+                finally:
+                    batch.leave(token)
+                if batch.refusal is not None:
+                    return batch.refusal  # an earlier check refused while this one ran
+            else:
+                decision = await rule.admit(conn)
+            if decision is None:
+                continue
+            if batch is not None and batch.waiting:
+                # Decided after checks that wait for Redis: it counts only if they admit.
+                batch.add(decision)
+                if decision.shadow:
+                    continue
+                await batch.flush()
+                return batch.refusal
+            if not decision.shadow:
+                return decision
+            self._record_shadow(decision)
+        if batch is not None and batch.waiting:  # the last prepared rule decided without a call
+            await batch.flush()
+            return batch.refusal
+        return None
 
     async def refuse(self, close: Close) -> None:
         """Read the handshake and close it with *close*, accepting first whatever ``reject`` says.

@@ -34,6 +34,8 @@ from urllib.parse import quote, unquote
 import anyio
 
 from ws_guard._core import tasks as _tasks
+from ws_guard._core.batch import waiting_batch
+from ws_guard._core.storage import Call
 from ws_guard._json import Unreadable, read_json
 
 if TYPE_CHECKING:
@@ -209,8 +211,20 @@ class ControlChannel:
         ]
         if not keys:
             return False
+        batch = waiting_batch()
         try:
-            return int(await self.storage.redis().exists(*keys)) > 0
+            if batch is None:
+                return int(await self.storage.redis().exists(*keys)) > 0
+            # At a handshake whose earlier checks wait for Redis: one round trip
+            # for all. One EXISTS per key: a cluster pipeline splits a
+            # multi-key EXISTS by node, one reply per node, not per command.
+            replies = await batch.flush([Call(("EXISTS", key)) for key in keys])
+            if batch.refusal is not None:
+                return False  # refused already: this answer decides nothing, counts nothing
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return sum(int(reply) for reply in replies) > 0
         except self.storage.errors as exc:
             self._report(exc, "revocation check")
             return None

@@ -76,6 +76,21 @@ def plan_checks(
     return tuple(plan)
 
 
+def prepares(rule: Rule) -> bool:
+    """Whether admission may take *rule*'s ``prepare`` for its ``admit``.
+
+    Only when ``prepare`` is defined by the class that defines ``admit`` or
+    a subclass of it: a user's subclass that overrides ``admit`` alone must
+    have its ``admit`` called.
+    """
+    if not overrides(rule, "prepare"):
+        return False
+    mro = type(rule).__mro__
+    admit_cls = next(c for c in mro if "admit" in vars(c))
+    prepare_cls = next(c for c in mro if "prepare" in vars(c))
+    return issubclass(prepare_cls, admit_cls)
+
+
 class HookPlan:
     """The rules each connection hook calls, in order; immutable after construction.
 
@@ -91,8 +106,10 @@ class HookPlan:
         "checks",
         "close_rules",
         "connect_rules",
+        "last_prepared",
         "lead_run",
         "open_rules",
+        "prepared_rules",
         "send_rules",
     )
 
@@ -103,6 +120,14 @@ class HookPlan:
         #: ``admit`` in stage order, each with whether it also has ``release``.
         self.admission_rules: tuple[tuple[Rule, bool], ...] = tuple(
             (rule, overrides(rule, "release")) for rule in ordered if overrides(rule, "admit")
+        )
+        #: Admission rules that can hand their Redis call over (``prepare``),
+        #: and the index of the last of them: the rules between two of them
+        #: run while the first's call waits; none after the last does.
+        self.prepared_rules = frozenset(rule for rule, _ in self.admission_rules if prepares(rule))
+        self.last_prepared = max(
+            (i for i, (rule, _) in enumerate(self.admission_rules) if rule in self.prepared_rules),
+            default=-1,
         )
         self.connect_rules = tuple(r for r in ordered if overrides(r, "on_connect"))
         self.checker_rules = tuple(r for r in ordered if overrides(r, "checker"))

@@ -165,14 +165,60 @@ class SharedStorage:
             raise RuntimeError("memory:// storage has no Redis client")
         return self.limits.bridge.get_connection()
 
-    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
+    def script(self, source: str) -> StoredScript:
         """A Lua script on the storage's Redis, called as ``await s(keys, args)``."""
-        registered = self.redis().register_script(source)
+        return StoredScript(self.redis().register_script(source))
 
-        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
-            return await registered(keys=list(keys), args=list(args))
+    async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
+        """Run *calls* in one ``pipeline(transaction=False)``: one round trip.
 
-        return run
+        Returns one entry per call, in order: its reply, or the storage error
+        it met (a failure of the whole pipeline, such as a lost connection,
+        is every call's). A script Redis does not know (``NOSCRIPT``: a
+        restarted or flushed Redis) is loaded and its calls sent again, a
+        second round trip on that rare path only; redis-py's own pipeline
+        would ask ``SCRIPT EXISTS`` before every execution instead.
+        """
+        parts = self._redis
+        if parts is None:
+            raise RuntimeError("memory:// storage has no Redis client")
+        results = await self._send(calls)
+        unknown = [i for i, r in enumerate(results) if isinstance(r, parts.NoScriptError)]
+        if not unknown:
+            return results
+        loaded: dict[str, BaseException | None] = {}
+        for i in unknown:
+            script = calls[i].script
+            if script is None or script.sha in loaded:
+                continue
+            try:
+                await self.redis().script_load(script.source)
+            except self._errors as exc:
+                loaded[script.sha] = exc
+            else:
+                loaded[script.sha] = None
+        again = []
+        for i in unknown:
+            script = calls[i].script
+            failed = None if script is None else loaded.get(script.sha)
+            if failed is not None:
+                results[i] = failed
+            elif script is not None:
+                again.append(i)
+        for i, result in zip(again, await self._send([calls[i] for i in again]), strict=True):
+            results[i] = result
+        return results
+
+    async def _send(self, calls: Sequence[Call]) -> list[Any]:
+        if not calls:
+            return []
+        pipe = self.redis().pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command(*call.command)
+        try:
+            return list(await pipe.execute(raise_on_error=False))
+        except self._errors as exc:  # the connection failed: every call failed
+            return [exc] * len(calls)
 
     # -- the maintenance task -----------------------------------------------------
     def add_job(self, interval: float, job: Job) -> object:
@@ -219,6 +265,36 @@ class SharedStorage:
                     await wake.wait()
 
 
+class Call(NamedTuple):
+    """One Redis command of a pipeline: its words, and the script behind an ``EVALSHA``."""
+
+    command: tuple[Any, ...]
+    script: StoredScript | None = None
+
+
+class StoredScript:
+    """A Lua script registered on the storage's Redis.
+
+    ``await s(keys, args)`` runs it alone (redis-py's ``EVALSHA``, loading
+    it on ``NOSCRIPT``); ``s.call(keys, args)`` is the same as a
+    :class:`Call` for :meth:`SharedStorage.pipelined`.
+    """
+
+    __slots__ = ("_registered", "sha", "source")
+
+    def __init__(self, registered: Any) -> None:
+        self._registered = registered
+        #: The script's SHA1, as ``EVALSHA`` names it.
+        self.sha: str = registered.sha
+        self.source: str = registered.script
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._registered(keys=list(keys), args=list(args))
+
+    def call(self, keys: Sequence[str], args: Sequence[Any]) -> Call:
+        return Call(("EVALSHA", self.sha, len(keys), *keys, *args), self)
+
+
 class _Job:
     __slots__ = ("due", "interval", "run")
 
@@ -236,6 +312,7 @@ class _RedisParts(NamedTuple):
     ConnectionError: type[BaseException]
     RedisError: type[BaseException]
     BlockingConnectionPool: Any
+    NoScriptError: type[BaseException]
     parse_url: Callable[[str], Any]
 
     @classmethod
@@ -245,7 +322,7 @@ class _RedisParts(NamedTuple):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import RedisError
+        from redis.exceptions import NoScriptError, RedisError
         from redis.utils import get_lib_version
 
         # redis-py reads its version from the package metadata on every new
@@ -254,7 +331,13 @@ class _RedisParts(NamedTuple):
         read_version: Any = get_lib_version  # untyped in some redis-py releases
         read_version()
         return cls(
-            Retry, NoBackoff, RedisConnectionError, RedisError, BlockingConnectionPool, parse_url
+            Retry,
+            NoBackoff,
+            RedisConnectionError,
+            RedisError,
+            BlockingConnectionPool,
+            NoScriptError,
+            parse_url,
         )
 
 

@@ -17,6 +17,7 @@ from ws_guard.rules.context import Checker
 from ws_guard.types import Message
 
 if TYPE_CHECKING:
+    from ws_guard._core.batch import Pending
     from ws_guard.rules.context import RuleContext
     from ws_guard.rules.fast import FastCheck
     from ws_guard.rules.runtime import Runtime
@@ -106,6 +107,17 @@ class Rule:
 
     async def admit(self, conn: RuleContext) -> Close | None:
         """Decide on a handshake; ``None`` admits."""
+        return None
+
+    def prepare(self, conn: RuleContext) -> Pending | None:
+        """:meth:`admit` as one Redis call admission sends with the handshake's others.
+
+        Sync: the rule's work before its call (tier, key), and the call with
+        what decides from its reply (see :mod:`ws_guard._core.batch`).
+        ``None``: this handshake goes through :meth:`admit` (memory storage,
+        or a rare state the rule handles there), so ``None`` must be
+        returned before anything :meth:`admit` would do again.
+        """
         return None
 
     def checker(self, conn: RuleContext) -> Checker | None:

@@ -19,8 +19,9 @@ sees the verified claims; each tier counts in counters of its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from ws_guard._core.batch import Pending
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count
 from ws_guard.codes import POLICY_VIOLATION, REASON_CONNECT_RATE_LIMITED
@@ -34,6 +35,7 @@ from ws_guard.rules.limits.rates import Rate, describe_rates, join_rates, parse_
 from ws_guard.rules.limits.tiers import Tiers, is_tiered, rate_tier, require_claims, tier_name
 
 if TYPE_CHECKING:
+    from ws_guard._core.storage import StoredScript
     from ws_guard.rules.context import RuleContext
     from ws_guard.rules.runtime import Runtime
 
@@ -105,7 +107,10 @@ class ConnectRate(LimitRule):
         self._counters: CounterStore | None = None
         self._args = [value for r in self.rates for value in (r.limit, int(r.window * 1000))]
         self._started = False
-        self._script: Any = None
+        self._script: StoredScript | None = None
+        #: Redis key -> guard-clock time until which this process expects to
+        #: refuse it (its last refusal's wait); at most ``max_keys``.
+        self._refused: dict[str, float] = {}
 
     def _limit_arg(self) -> object:
         return describe_rates(self.rates) if self.tiers is None else self.tiers.func
@@ -151,11 +156,65 @@ class ConnectRate(LimitRule):
         self._counters = None
         self._started = False
         self._script = None
+        self._refused = {}
 
     async def admit(self, conn: RuleContext) -> Close | None:
         if not self._started:
             raise self._not_started()
+        if self._script is not None:
+            return await cast(Pending, self.prepare(conn)).run(conn.guard.storage)
+        found = self._resolve(conn)
+        if not isinstance(found, tuple):
+            return found
+        tier, key = found
+        retry = tier.counters.hit(key, conn.guard.scheduler.clock())
+        return None if retry is None else self._limited(retry)
+
+    def prepare(self, conn: RuleContext) -> Pending | None:
+        """The attempt's ``ATTEMPT_SCRIPT`` call (Redis storage), sent with the handshake's others.
+
+        It cannot be undone (every attempt counts), so admission sends it
+        with nothing before it in the batch.
+        """
+        script = self._script
+        if script is None:
+            return None  # memory storage (or not started: admit says so)
+        found = self._resolve(conn)
+        if not isinstance(found, tuple):
+            return Pending.decided(found)
+        tier, key = found
         guard = conn.guard
+        rkey = redis_key(guard.namespace, "connect", self.id, key, *tier.suffix)
+        refused = self._refused
+        until = refused.get(rkey)
+        now = guard.scheduler.clock()
+        if until is not None and until <= now:
+            del refused[rkey]
+            until = None
+
+        async def finish(reply: Any) -> Close | None:
+            retry: float | None
+            if isinstance(reply, guard.storage.errors):
+                if not guard.report_storage_error(reply, "connect rate"):
+                    return self._unavailable()
+                # Fail open to this process' own count, as MessageRate does.
+                retry = tier.counters.hit(key, guard.scheduler.clock())
+            else:
+                admitted, wait_ms = reply
+                retry = None if int(admitted) else int(wait_ms) / 1000.0
+            if retry is None:
+                return None
+            if len(refused) >= self.max_keys:
+                del refused[next(iter(refused))]  # the oldest refusal; bounded like the counters
+            refused[rkey] = guard.scheduler.clock() + retry
+            return self._limited(retry)
+
+        # A key refused within the wait it was given is refused again first,
+        # before the rules after this one (its token is not verified).
+        return Pending(script.call([rkey], tier.args), finish, ahead=until is None)
+
+    def _resolve(self, conn: RuleContext) -> tuple[_Tier, str] | Close | None:
+        """The connection's tier counters and key; ``None`` (not counted) or the rule's close."""
         rates = self.rates
         if self.tiers is not None:
             resolved = self.tiers.limit_for(conn, self)
@@ -165,23 +224,7 @@ class ConnectRate(LimitRule):
         key = self._read_key(conn)
         if key is None or isinstance(key, Close):
             return key
-        tier = self._tier(guard, rates)
-        counters = tier.counters
-        retry: float | None
-        if self._script is None:
-            retry = counters.hit(key, guard.scheduler.clock())
-        else:
-            rkey = redis_key(guard.namespace, "connect", self.id, key, *tier.suffix)
-            try:
-                admitted, wait_ms = await self._script([rkey], tier.args)
-            except guard.storage.errors as exc:
-                if not guard.report_storage_error(exc, "connect rate"):
-                    return self._unavailable()
-                # Fail open to this process' own count, as MessageRate does.
-                retry = counters.hit(key, guard.scheduler.clock())
-            else:
-                retry = None if int(admitted) else int(wait_ms) / 1000.0
-        return None if retry is None else self._limited(retry)
+        return self._tier(conn.guard, rates), key
 
     def _limited(self, retry: float | None = None) -> Close:
         return self.breach(POLICY_VIOLATION, REASON_CONNECT_RATE_LIMITED, retry)

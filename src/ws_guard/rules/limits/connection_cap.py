@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ws_guard._core.batch import Pending
 from ws_guard._core.decisions import Close
 from ws_guard._validate import check_count, check_seconds
 from ws_guard.codes import POLICY_VIOLATION, REASON_TOO_MANY_CONNECTIONS
@@ -146,6 +147,62 @@ class MaxConnectionsPerKey(LimitRule):
                 guard.report_storage_error(exc, "connection cap release")
 
     async def admit(self, conn: RuleContext) -> Close | None:
+        found = self._resolve(conn)
+        if not isinstance(found, tuple):
+            return found
+        key, limit = found
+        if not self._redis:
+            count = self._counts.get(key, 0) + 1
+            if count > limit and self.enforce:
+                return self._limited()
+            self._counts[key] = count
+        elif self._acquire is None:
+            return None  # the guard shut down; nothing to count against
+        else:
+            taken, count = await self._take(conn, key, limit)
+            return self._decide(conn, key, limit, taken, count)
+        conn.extra[self] = key
+        return self._limited() if count > limit else None  # over only in shadow mode
+
+    def prepare(self, conn: RuleContext) -> Pending | None:
+        """The slot's ``ACQUIRE_SCRIPT`` call (Redis storage), sent with the handshake's others.
+
+        A slot taken for a handshake that an earlier check refuses is given
+        back (``ZREM``). After an outage, while slots taken meanwhile wait to
+        be written back, :meth:`admit` runs instead (it writes them first).
+        """
+        acquire = self._acquire
+        if acquire is None or self._pending:
+            return None
+        found = self._resolve(conn)
+        if not isinstance(found, tuple):
+            return Pending.decided(found)
+        key, limit = found
+        rkey = self._rkey(key)
+        args = [limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1]
+
+        async def finish(reply: Any) -> Close | None:
+            taken, count = await self._taken(conn, key, limit, rkey, reply)
+            return self._decide(conn, key, limit, taken, count)
+
+        async def undo(reply: Any) -> None:
+            if isinstance(reply, conn.guard.storage.errors):
+                self._late_remove(rkey, conn.id)  # the script may still run once Redis answers
+            elif int(reply[0]):
+                client = self._client
+                if client is None:
+                    return
+                try:
+                    await client.zrem(rkey, conn.id)
+                except conn.guard.storage.errors:
+                    # Not counted: this handshake's checks made no such call
+                    # before; the next write takes the slot out.
+                    self._late_remove(rkey, conn.id)
+
+        return Pending(acquire.call([rkey], args), finish, undo)
+
+    def _resolve(self, conn: RuleContext) -> tuple[str, int] | Close | None:
+        """The connection's key (a tier's carries its limit) and limit, or None or a close."""
         limit = self.limit
         if self.tiers is not None:
             resolved = self.tiers.limit_for(conn, self)
@@ -157,22 +214,23 @@ class MaxConnectionsPerKey(LimitRule):
             return key
         if self.tiers is not None:
             key = f"{key}#{limit}"  # a tier counts on its own: its limit is in the key
-        if not self._redis:
-            count = self._counts.get(key, 0) + 1
-            if count > limit and self.enforce:
-                return self._limited()
-            self._counts[key] = count
-        elif self._acquire is None:
-            return None  # the guard shut down; nothing to count against
-        else:
-            taken, count = await self._take(conn, key, limit)
-            if taken is None:
-                return self._unavailable()
-            if not taken:
-                return self._limited()
-            self._held.setdefault(key, set()).add(conn.id)
+        return key, limit
+
+    def _decide(
+        self, conn: RuleContext, key: str, limit: int, taken: bool | None, count: int
+    ) -> Close | None:
+        """The decision once Redis (or this process, in an outage) answered."""
+        if taken is None:
+            return self._unavailable()
+        if not taken:
+            return self._limited()
+        self._held.setdefault(key, set()).add(conn.id)
         conn.extra[self] = key
-        return self._limited() if int(count) > limit else None  # over only in shadow mode
+        return self._limited() if count > limit else None  # over only in shadow mode
+
+    def _late_remove(self, rkey: str, conn_id: str) -> None:
+        if len(self._late) < _LATE_MAX:
+            self._late.append((rkey, conn_id))
 
     async def _take(self, conn: RuleContext, key: str, limit: int) -> tuple[bool | None, int]:
         """Take a slot in Redis, or per process if Redis fails and the policy allows.
@@ -188,29 +246,39 @@ class MaxConnectionsPerKey(LimitRule):
         if back:
             self._writes += 1
         rkey = self._rkey(key)
+        reply: Any
         try:
-            taken, count = await self._acquire(
+            reply = await self._acquire(
                 [rkey],
                 [limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1, *back],
             )
         except guard.storage.errors as exc:
-            allow = guard.report_storage_error(exc, "connection cap")
+            reply = exc
+        finally:
+            if back:
+                self._writes -= 1
+        if pending is not None and back and not isinstance(reply, BaseException):
+            pending.difference_update(back)
+            if not pending:
+                self._pending.pop(key, None)
+        return await self._taken(conn, key, limit, rkey, reply)
+
+    async def _taken(
+        self, conn: RuleContext, key: str, limit: int, rkey: str, reply: Any
+    ) -> tuple[bool | None, int]:
+        """(taken, count after) from ``ACQUIRE_SCRIPT``'s reply or its storage error."""
+        guard = conn.guard
+        if isinstance(reply, BaseException):
+            allow = guard.report_storage_error(reply, "connection cap")
             held = len(self._held.get(key, ()))
             if not allow or (held >= limit and self.enforce):
                 # A script that timed out may still run once Redis answers:
                 # take its slot out again at the next write.
-                if len(self._late) < _LATE_MAX:
-                    self._late.append((rkey, conn.id))
+                self._late_remove(rkey, conn.id)
                 return (None if not allow else False), held
             self._pending.setdefault(key, set()).add(conn.id)
             return True, held + 1
-        finally:
-            if back:
-                self._writes -= 1
-        if pending is not None and back:
-            pending.difference_update(back)
-            if not pending:
-                self._pending.pop(key, None)
+        taken, count = reply
         if self._late and not self._writes:
             await self._remove_late()
         return bool(int(taken)), int(count)
