@@ -65,11 +65,21 @@ BENCH_USERS = 10
 SECRET = "ws_guard-benchmark-secret-0123456789abcdef"
 
 
-def token_for(subject: str) -> str:
-    """A JWT for *subject*, valid for an hour: longer than any benchmark run."""
+def token_for(subject: str, **claims: object) -> str:
+    """A JWT for *subject* (and *claims*), valid for an hour: longer than any benchmark run."""
     import jwt
 
-    return jwt.encode({"sub": subject, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+    payload = {"sub": subject, "exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+def fresh_client_query(i: int, serial: int) -> str:
+    """Query for client loop *i*'s handshake number *serial*: a token no handshake used before.
+
+    For ``--fresh-tokens`` runs of the variants that authenticate: the
+    ``jti`` makes each token unique, so a verified-token cache never hits.
+    """
+    return f"token={token_for(f'user{i}', jti=str(serial))}"
 
 
 def _build_rate() -> Guard:
@@ -118,8 +128,14 @@ def _build_rate_warn() -> Guard:
     return Guard(rules=[*_message_rules(), rules.MessageRate(UNREACHED_RATE, warn_at=0.9)])
 
 
-def _jwt_auth() -> rules.JWTAuth:
-    return rules.JWTAuth(SECRET, algorithms=["HS256"], token=rules.from_query("token"))
+def _jwt_auth(verified_cache: int = 0) -> rules.JWTAuth:
+    return rules.JWTAuth(
+        SECRET, algorithms=["HS256"], token=rules.from_query("token"), verified_cache=verified_cache
+    )
+
+
+#: ``verified_cache`` of the ``*_cached`` variants: far more tokens than a run uses.
+BENCH_CACHE = 10_000
 
 
 def _build_jwt() -> Guard:
@@ -172,6 +188,19 @@ def _build_all() -> Guard:
 
 def _build_rate_jwt() -> Guard:
     return Guard(rules=[_jwt_auth(), *_message_rules(), rules.MessageRate(UNREACHED_RATE)])
+
+
+def _build_rate_jwt_cached() -> Guard:
+    return Guard(
+        rules=[_jwt_auth(BENCH_CACHE), *_message_rules(), rules.MessageRate(UNREACHED_RATE)]
+    )
+
+
+def _build_full_cached() -> Guard:
+    return Guard(
+        rules=[_jwt_auth(BENCH_CACHE), *_message_rules(), rules.MessageRate(UNREACHED_RATE)],
+        load=[load.ConnectionCount(limit=10_000), load.EventLoopLag(limit=lag_limit())],
+    )
 
 
 def _build_conn_count() -> Guard:
@@ -262,6 +291,16 @@ VARIANTS: dict[str, Variant] = {
         "the handshake benchmark's full policy on memory storage: rules + MessageRate per "
         "connection + JWTAuth(HS256, ?token=) + ConnectionCount(10 000) + EventLoopLag(0.25 s)",
         _build_all,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "rate_jwt_cached": Variant(
+        f"rate_jwt with JWTAuth(verified_cache={BENCH_CACHE}): a reused token skips PyJWT",
+        _build_rate_jwt_cached,
+        client_query=lambda i: f"token={token_for(f'user{i}')}",
+    ),
+    "full_cached": Variant(
+        f"full with JWTAuth(verified_cache={BENCH_CACHE}): a reused token skips PyJWT",
+        _build_full_cached,
         client_query=lambda i: f"token={token_for(f'user{i}')}",
     ),
     "full_redis": Variant(

@@ -12,6 +12,7 @@ ratio of their handshake rates within a round is the ratio of their costs.
     python benchmarks/handshake.py                            # rules, full, full_redis
     python benchmarks/handshake.py --guard full --rounds 3 --duration 3
     python benchmarks/handshake.py --instructions --guard full     # callgrind, per handshake
+    python benchmarks/handshake.py --instructions --guard full_cached --fresh-tokens
     python benchmarks/handshake.py --json out.json --plot docs/img/handshake.png
     python benchmarks/handshake.py --from-json out.json --plot docs/img/handshake.png  # re-plot
 
@@ -30,6 +31,11 @@ and a long run of handshakes; the difference of the totals divided by the
 difference in handshakes is the cost of one (startup and imports cancel
 out). Unlike wall-clock rates, the count does not move with the machine's
 other load.
+
+Each client loop of a variant that authenticates reuses one token, as a
+client reconnecting after a shed or a blip does; ``--fresh-tokens`` gives
+every handshake a token no handshake used before (minted by the client, a
+unique ``jti``), the case a verified-token cache cannot help.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from _children import exit_on_sigterm, run_stoppable, spawn
-from _variants import SRC, VARIANTS, variant
+from _variants import SRC, VARIANTS, fresh_client_query, variant
 from echo import (
     core_busy_seconds,
     cpu_model,
@@ -84,11 +90,15 @@ VALGRIND_LAG_LIMIT = "10"  # the most EventLoopLag takes
 class Churn:
     """The client's loops and what they measured."""
 
-    def __init__(self, url: str, app: str, loops: int) -> None:
+    def __init__(self, url: str, app: str, loops: int, fresh: bool = False) -> None:
         query = variant(app).client_query if app != BARE else None
         # One URL (token) per loop, made before the run: the client's own
         # JWT encoding would otherwise be part of every cycle.
         self.urls = [url + (f"?{query(i)}" if query else "") for i in range(loops)]
+        self.base = url
+        #: --fresh-tokens: a new token for every cycle (minted by the client).
+        self.fresh = fresh and query is not None
+        self.serial = 0
         self.measuring = False
         self.running = True
         self.latencies: list[int] = []
@@ -137,19 +147,26 @@ class Churn:
             self.latencies.append(opened - started)
             self.done += 1
 
-    async def loop(self, url: str, limit: int | None) -> None:
+    def url(self, index: int) -> str:
+        """Client loop *index*'s URL for its next cycle."""
+        if not self.fresh:
+            return self.urls[index]
+        self.serial += 1
+        return f"{self.base}?{fresh_client_query(index, self.serial)}"
+
+    async def loop(self, index: int, limit: int | None) -> None:
         runs = 0
         while self.running and (limit is None or runs < limit):
             runs += 1
             try:
-                await asyncio.wait_for(self.cycle(url), CYCLE_TIMEOUT)
+                await asyncio.wait_for(self.cycle(self.url(index)), CYCLE_TIMEOUT)
             except (OSError, ValueError, TimeoutError, ConnectionError):
                 self.errors += 1
 
     async def count(self, each: int) -> dict[str, Any]:
         """*each* cycles per loop, then stop (the callgrind mode's load)."""
         self.measuring = True
-        await asyncio.gather(*(self.loop(url, each) for url in self.urls))
+        await asyncio.gather(*(self.loop(i, each) for i in range(len(self.urls))))
         return {"done": self.done, "errors": self.errors}
 
 
@@ -218,9 +235,9 @@ async def redis_trips(url: str, churn: Churn, seconds: float) -> dict[str, float
 async def _timed(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
-    churn = Churn(args.client, args.app, args.loops)
+    churn = Churn(args.client, args.app, args.loops, args.fresh_tokens)
     server = psutil.Process(args.server_pid)
-    tasks = [asyncio.create_task(churn.loop(url, None)) for url in churn.urls]
+    tasks = [asyncio.create_task(churn.loop(i, None)) for i in range(len(churn.urls))]
     await asyncio.sleep(args.warmup)
     calls_before = redis_calls(args.redis_url)
     # Two readings back to back: the second's count less the first's is what
@@ -308,6 +325,8 @@ def client_round(
         cmd += ["--cpu", str(args.client_cpu), "--server-cpu", str(args.server_cpu)]
     if redis_url is not None and name in REDIS_VARIANTS:
         cmd += ["--redis-url", redis_url]
+    if args.fresh_tokens:
+        cmd.append("--fresh-tokens")
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
     )
@@ -410,7 +429,7 @@ def summarise(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[
 
 
 #: The options a report states, saved with --json so that --from-json states them too.
-SETTINGS = ("rounds", "duration", "warmup", "loops", "server_cpu", "client_cpu")
+SETTINGS = ("rounds", "duration", "warmup", "loops", "server_cpu", "client_cpu", "fresh_tokens")
 
 
 def command_line() -> str:
@@ -514,7 +533,7 @@ def plot(path: str, table: dict[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------
 # --instructions: callgrind counts per handshake
 # ---------------------------------------------------------------------------
-def count_instructions(name: str, loops: int, each: int) -> tuple[int, int]:
+def count_instructions(name: str, loops: int, each: int, fresh: bool) -> tuple[int, int]:
     """Server instructions for *loops* times *each* handshakes, and the handshakes done."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -544,7 +563,7 @@ def count_instructions(name: str, loops: int, each: int) -> tuple[int, int]:
         )
         try:
             wait_listening(port, proc, timeout=300)
-            churn = Churn(f"ws://127.0.0.1:{port}/ws", name, loops)
+            churn = Churn(f"ws://127.0.0.1:{port}/ws", name, loops, fresh)
             result = run_stoppable(churn.count(each))
         finally:
             proc.send_signal(signal.SIGINT)
@@ -563,8 +582,8 @@ def instructions(args: argparse.Namespace) -> dict[str, float]:
     per: dict[str, float] = {}
     with redis_if_needed(args.guard):
         for name in [BARE, *args.guard]:
-            short, short_done = count_instructions(name, args.loops, args.short)
-            long, long_done = count_instructions(name, args.loops, args.long)
+            short, short_done = count_instructions(name, args.loops, args.short, args.fresh_tokens)
+            long, long_done = count_instructions(name, args.loops, args.long, args.fresh_tokens)
             per[name] = (long - short) / (long_done - short_done)
             print(
                 f"{name}: {short:,} / {long:,} instructions -> {per[name]:,.0f} per handshake",
@@ -580,7 +599,12 @@ def report_instructions(args: argparse.Namespace, per: dict[str, float]) -> str:
         "",
         f"{args.loops} client loops, {args.short} then {args.long} cycles each of connect → "
         "one 64 B echo → close; server instructions per cycle from the difference "
-        "(valgrind callgrind).",
+        "(valgrind callgrind); "
+        + (
+            "a new token for every handshake."
+            if args.fresh_tokens
+            else "one token per client loop, reused by its handshakes."
+        ),
         "",
         "| app | instructions/handshake | guard adds | bare/guarded |",
         "|---|---:|---:|---:|",
@@ -609,6 +633,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=0, help="core for both servers")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for both clients")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPU cores")
+    parser.add_argument(
+        "--fresh-tokens",
+        action="store_true",
+        help="a new token for every handshake (default: one per client loop, reused)",
+    )
     parser.add_argument("--json", help="write the per-round results and summary here")
     parser.add_argument("--plot", help="write a bar chart (PNG) of handshakes/s here")
     parser.add_argument(

@@ -15,6 +15,12 @@ totals divided by the difference in connections is the instructions of one
 (startup and imports cancel out). Variants are added one rule or gauge at
 a time (``none``, ``rules``, ``rate``, ``rate_jwt``, ``conn_count``,
 ``full``), so the differences between rows say what each part costs.
+
+Every connection of a variant that authenticates presents the same token,
+as a client reconnecting does; with ``--fresh-tokens`` each presents one no
+connection used before (minted beforehand, outside the counted process, and
+read from a file: a line split per connection), so a verified-token cache
+(``rate_jwt_cached``, ``full_cached``) never hits.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 from _children import exit_on_sigterm, spawn
-from _variants import SRC, VARIANTS, variant
+from _variants import SRC, VARIANTS, fresh_client_query, variant
 from per_message import FakeServer, echo, run_loop
 
 HERE = Path(__file__).resolve()
@@ -52,18 +58,24 @@ def build(name: str) -> tuple[object, str]:
     return WSGuardMiddleware(echo, guard=chosen.build()), query
 
 
-async def connections(name: str, count: int) -> None:
+async def connections(name: str, count: int, tokens: str | None = None) -> None:
     app, query = build(name)
+    queries = Path(tokens).read_text().split("\n") if tokens else None
     server = FakeServer(1, 64, yield_each=True)
-    for _ in range(WARMUP + count):
-        await server.run(app, query)
+    for i in range(WARMUP + count):
+        await server.run(app, query if queries is None else queries[i])
         if server.sent != 2:  # the accept and the echo
             raise SystemExit(f"{name}: connection not echoed ({server.sent} sends)")
 
 
-def count_instructions(name: str, count: int) -> int:
+def count_instructions(name: str, count: int, fresh: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
+        tokens: list[str] = []
+        if fresh and name != BARE and variant(name).client_query is not None:
+            queries = Path(tmp) / "queries.txt"
+            queries.write_text("\n".join(fresh_client_query(0, i) for i in range(WARMUP + count)))
+            tokens = ["--tokens", str(queries)]
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
@@ -81,6 +93,7 @@ def count_instructions(name: str, count: int) -> int:
                 name,
                 "--count",
                 str(count),
+                *tokens,
             ],
             env=env,
         )
@@ -97,15 +110,16 @@ def instructions(args: argparse.Namespace) -> str:
         raise SystemExit("valgrind not found: apt-get install -y valgrind")
     per: dict[str, float] = {}
     for name in [BARE, *args.guard]:
-        short = count_instructions(name, args.short)
-        long = count_instructions(name, args.long)
+        short = count_instructions(name, args.short, args.fresh_tokens)
+        long = count_instructions(name, args.long, args.fresh_tokens)
         per[name] = (long - short) / (args.long - args.short)
         print(f"{name}: {per[name]:,.0f} per connection", file=sys.stderr, flush=True)
     out = [
         f"Command: `{shlex.join(['python', 'benchmarks/handshake_profile.py', *sys.argv[1:]])}`",
         "",
         f"In-process fake server, {args.short} then {args.long} connections of connect → one "
-        "64 B echo → close; instructions per connection from the difference (callgrind).",
+        "64 B echo → close; instructions per connection from the difference (callgrind); "
+        + ("a new token per connection." if args.fresh_tokens else "one token, reused."),
         "",
         "| app | instructions/connection | ws_guard adds | over the row above |",
         "|---|---:|---:|---:|",
@@ -146,11 +160,17 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40, help="--cprofile: rows shown")
     parser.add_argument("--short", type=int, default=200, help="connections, run 1")
     parser.add_argument("--long", type=int, default=1200, help="connections, run 2")
+    parser.add_argument(
+        "--fresh-tokens",
+        action="store_true",
+        help="--instructions: a new token per connection (default: one, reused)",
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run is not None:
-        run_loop(connections(args.run, args.count))
+        run_loop(connections(args.run, args.count, args.tokens))
         return
     if not 0 < args.short < args.long:
         parser.error("need 0 < --short < --long")

@@ -151,6 +151,21 @@ def test_handshake_paired_tiny_run_reports_a_ratio_and_writes_json(tmp_path: Pat
 
 
 @pytest.mark.e2e
+def test_handshake_fresh_tokens_run_with_the_verified_cache(tmp_path: Path) -> None:
+    out = tmp_path / "handshake.json"
+    done = run(
+        "handshake.py",
+        *("--no-pin", "--guard", "full_cached", "--fresh-tokens", "--rounds", "1"),
+        *("--duration", "0.5", "--warmup", "0.2", "--loops", "2", "--json", str(out)),
+    )
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["fresh_tokens"] is True
+    assert saved["summary"]["full_cached"]["errors"] == 0
+    assert saved["summary"]["full_cached"]["rate"] > 0
+
+
+@pytest.mark.e2e
 @pytest.mark.redis
 def test_soak_tiny_run_writes_report_plot_and_json(tmp_path: Path) -> None:
     from tests.support.services import require_binary

@@ -65,6 +65,8 @@ class JWKS:
         self._fetched_at: float | None = None
         self._failed_at = -math.inf
         self._inflight: Job[bool] | None = None
+        #: Successful fetches so far: the number of the key set in use.
+        self._generation = 0
         #: Successful and failed fetches, for tests and metrics.
         self.fetches = 0
         self.failures = 0
@@ -76,6 +78,21 @@ class JWKS:
     def kids(self) -> frozenset[str]:
         """The key ids currently known."""
         return frozenset(self._keys)
+
+    @property
+    def generation(self) -> int | None:
+        """The number of the key set in use, or ``None`` when there is none fresh enough.
+
+        A new set (every successful fetch) has a new number, so what was
+        verified under the old one (rules/auth/verified_cache.py) is not
+        taken as verified under it: a key dropped from the set takes its
+        tokens with it. ``None`` before the first fetch and once the set is
+        older than ``lifespan``, when every token must wait for a fetch.
+        """
+        fetched = self._fetched_at
+        if fetched is None or self._clock() - fetched >= self.lifespan:
+            return None
+        return self._generation
 
     def cached(self, kid: object) -> PyJWK | KeyState:
         """The key for *kid* without I/O, or why there is none yet."""
@@ -135,6 +152,7 @@ class JWKS:
         finally:
             self._inflight = None
         self.fetches += 1
+        self._generation += 1
         self._keys = {key.key_id: key for key in keys if key.key_id}
         self._fetched_at = self._clock()
         return True

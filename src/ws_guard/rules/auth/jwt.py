@@ -45,6 +45,7 @@ from ws_guard.rules.auth.key_state import KeyState
 from ws_guard.rules.auth.refresh_matcher import RefreshMatcher, refresh_matcher
 from ws_guard.rules.auth.session import Session
 from ws_guard.rules.auth.tokens import FromSubprotocol, TokenSource
+from ws_guard.rules.auth.verified_cache import check_cache_size
 from ws_guard.rules.auth.verifier import Verifier
 from ws_guard.rules.auth.waiting_room import Full, WaitingRoom
 from ws_guard.rules.base import Rule, Stage
@@ -86,6 +87,12 @@ class JWTAuth(Rule):
     current token's closes 1008 ``token_stale``. A token whose ``jti`` or
     ``sub`` was revoked (``guard.revoke()``) is refused at the handshake and
     on refresh with 1008 ``token_revoked``.
+
+    ``verified_cache=N`` (off by default, as Envoy's ``jwt_cache_config``)
+    keeps the claims of up to N verified tokens of at most 4 KiB, so a
+    client that reconnects with the same token skips the signature check;
+    every hit still checks ``exp``/``nbf`` on the guard's clock, and
+    revocation (see rules/auth/verified_cache.py).
     """
 
     stage = Stage.AUTH
@@ -108,6 +115,7 @@ class JWTAuth(Rule):
         refresh_rate: str | Sequence[str] = DEFAULT_REFRESH_RATE,
         expiring_notice: float | None = None,
         max_token_bytes: int = 8192,
+        verified_cache: int = 0,
         enforce: bool = True,
         name: str | None = None,
     ) -> None:
@@ -191,6 +199,7 @@ class JWTAuth(Rule):
             max_token_bytes=max_token_bytes,
             invalid=self.invalid,
             expired=self.expired,
+            cache_size=check_cache_size(verified_cache),
         )
 
     def __repr__(self) -> str:
@@ -234,6 +243,10 @@ class JWTAuth(Rule):
 
     def bind(self, guard: Runtime) -> None:
         check_one_auth_rule(self, guard.rules)
+        cache = self.verifier.cache
+        if cache is not None:
+            cache.clock = guard.scheduler.clock  # hits check exp on the guard's clock
+            cache.clear()
         check_cookie_origin(self, self.sources, guard.rules)
         check_user_keys_at_handshake(self, self.first_message, guard.rules)
         if "sub" not in self.require and any(

@@ -51,14 +51,43 @@ def _edit_headers(scope: Scope, name: bytes, edit: Callable[[bytes], bytes | Non
         scope["headers"] = edited
 
 
+def query_key_is(key: bytes, name: str, raw_name: bytes | None) -> bool:
+    """Whether the raw query key *key* names parameter *name*, as ``parse_qsl`` decodes it.
+
+    ``parse_qsl`` reads the query as latin-1 and then undoes ``+`` and
+    ``%``-escapes (UTF-8); a key with neither is compared byte for byte
+    with *raw_name* (*name* in latin-1, ``None`` when it has no latin-1
+    form), the common case, without decoding anything.
+    """
+    if key == raw_name:
+        return True
+    if b"%" not in key and b"+" not in key:
+        return False
+    return unquote_plus(key.decode("latin-1")) == name
+
+
+def latin1(name: str) -> bytes | None:
+    """*name* as latin-1 bytes, or ``None`` when it has characters outside latin-1."""
+    try:
+        return name.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
 def _query_without(raw: bytes, name: str) -> bytes:
     """*raw* query with every ``name=`` value replaced by ``redacted`` (``%``-encoded names too)."""
     parts = raw.split(b"&")
+    raw_name = latin1(name)
     for i, part in enumerate(parts):
         key = part.split(b"=", 1)[0]
-        if unquote_plus(key.decode("latin-1")) == name:
-            parts[i] = key + b"=" + _REDACTED
+        if query_key_is(key, name, raw_name):
+            parts[i] = redacted_pair(key)
     return b"&".join(parts)
+
+
+def redacted_pair(key: bytes) -> bytes:
+    """The query pair that stands for *key*'s token once redacted: ``key=redacted``."""
+    return key + b"=" + _REDACTED
 
 
 def redact_query(scope: Scope, name: str) -> None:
@@ -73,6 +102,11 @@ def redact_query(scope: Scope, name: str) -> None:
     raw = scope.get("query_string")
     if raw:
         scope["query_string"] = _query_without(raw, name)
+    redact_raw_path(scope, name)
+
+
+def redact_raw_path(scope: Scope, name: str) -> None:
+    """Redact parameter *name* in ``raw_path`` when a server kept the query there."""
     raw_path = scope.get("raw_path")
     if isinstance(raw_path, bytes) and b"?" in raw_path:
         path, _, query = raw_path.partition(b"?")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from types import MappingProxyType
@@ -178,7 +179,13 @@ class Session:
             return
         scheduler = self.conn.guard.scheduler
         now = scheduler.now()
-        when = now + (expires - time.time())
+        # Up to the next millisecond: the two clock reads differ by a few
+        # hundred nanoseconds from call to call, and connections with the
+        # same exp would otherwise each come in a hair earlier than the
+        # armed timer and replace it (a loop timer made and cancelled per
+        # handshake). On the grid they share one; the close is at most 1 ms
+        # later, within the loop's own timer resolution (libuv: 1 ms).
+        when = math.ceil((now + (expires - time.time())) * 1000.0) / 1000.0
         self.deadline = scheduler.call_at(when, self._expired)
         notice = self.rule.expiring_notice
         if notice is not None and when - notice > now:

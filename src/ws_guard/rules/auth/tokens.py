@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from ws_guard._core.request import field_lines, join_field
 from ws_guard.errors import ConfigurationError
 from ws_guard.rules.auth.redaction import (
     check_redact,
+    latin1,
+    query_key_is,
     redact_header,
-    redact_query,
+    redact_raw_path,
+    redacted_pair,
     remove_cookie,
     remove_subprotocol,
 )
@@ -55,7 +58,8 @@ def _single(values: list[str]) -> str | None:
     ``query_params`` keeps the last) or a cookie jar might read another.
     """
     first = values[0]
-    if any(value != first for value in values):
+    # Most requests carry the name once: no generator to start for one value.
+    if len(values) > 1 and values.count(first) != len(values):
         return INVALID_TOKEN
     return first or None
 
@@ -87,20 +91,36 @@ class FromQuery(TokenSource):
     def __init__(self, name: str = "token", *, redact: bool = True) -> None:
         self.name = check_name("from_query", name)
         self.redact = check_redact("from_query", redact)
+        self._raw_name = latin1(self.name)
 
     def take(self, conn: RuleContext) -> str | None:
-        raw: bytes = conn.scope.get("query_string", b"")
+        """Every value of the parameter, read and redacted in one pass over the query.
+
+        The values are those ``parse_qsl(query.decode("latin-1"),
+        keep_blank_values=True)`` gives for the name (``+`` and
+        ``%``-escapes undone, UTF-8), without splitting and decoding the
+        parameters the source does not read.
+        """
+        scope = conn.scope
+        raw: bytes = scope.get("query_string", b"")
         if not raw:
             return None
-        values = [
-            value
-            for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
-            if key == self.name
-        ]
+        name, raw_name = self.name, self._raw_name
+        parts = raw.split(b"&")
+        values: list[str] = []
+        for i, part in enumerate(parts):
+            key, _, value = part.partition(b"=")
+            if not query_key_is(key, name, raw_name):
+                continue
+            text = value.decode("latin-1")
+            values.append(unquote_plus(text) if b"%" in value or b"+" in value else text)
+            if self.redact:
+                parts[i] = redacted_pair(key)
         if not values:
             return None
         if self.redact:
-            redact_query(conn.scope, self.name)
+            scope["query_string"] = b"&".join(parts)
+            redact_raw_path(scope, name)
         return _single(values)
 
 

@@ -19,6 +19,7 @@ from jwt.api_jws import PyJWS
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
 from ws_guard.rules.auth.key_state import KeyState
+from ws_guard.rules.auth.verified_cache import VerifiedCache
 
 if TYPE_CHECKING:
     from ws_guard._core.decisions import Close
@@ -86,6 +87,7 @@ class Verifier:
         max_token_bytes: int,
         invalid: Close,
         expired: Close,
+        cache_size: int = 0,
     ) -> None:
         self.algorithms = algorithms
         self._key = key
@@ -94,6 +96,12 @@ class Verifier:
         self.max_token_bytes = max_token_bytes
         self.invalid = invalid
         self.expired = expired
+        #: Verified tokens (rules/auth/verified_cache.py); None when off.
+        self.cache = (
+            VerifiedCache(cache_size, leeway=leeway, expired=expired, invalid=invalid)
+            if cache_size
+            else None
+        )
         self.require_claims(require)
         # PyJWT takes one audience or issuer as a string, several as a sequence.
         self._audience = (
@@ -105,6 +113,8 @@ class Verifier:
         """Refuse tokens without any of *require* (PyJWT's ``require`` option)."""
         self._pyjwt = jwt.PyJWT({"require": list(require), "enforce_minimum_key_length": True})
         self._reuse_prepared_hmac_key()
+        if self.cache is not None:
+            self.cache.clear()  # verified under the old requirements
 
     def _reuse_prepared_hmac_key(self) -> None:
         """Let PyJWT take the rule's HMAC key as prepared (:class:`_PreparedHMAC`).
@@ -148,8 +158,17 @@ class Verifier:
         if not token or len(token) > self.max_token_bytes or not token.isascii():
             return self.invalid
         jwks = self.jwks
+        cache = self.cache
+        if cache is not None:
+            # A JWKS key set that is too old to use has no generation: every
+            # token goes through the key lookup, which fetches the set again.
+            generation = 0 if jwks is None else jwks.generation
+            if generation is not None:
+                cached = cache.get(token, generation)
+                if cached is not None:
+                    return cached
         if jwks is None:
-            return decode(token, self._key)
+            return self._decoded(token, self._key, decode)
         try:
             header = jwt.get_unverified_header(token)
         except _DECODE_ERRORS:
@@ -159,7 +178,21 @@ class Verifier:
             return found
         if isinstance(found, KeyState):
             return self.invalid
-        return decode(token, found)
+        return self._decoded(token, found, decode)
+
+    def _decoded(self, token: str, key: Any, decode: Decode) -> Claims | Close:
+        """``decode(token, key)``; verified claims are kept in the cache, if on.
+
+        Kept under the key set in use now: with JWKS, a key from a set too
+        old to use (a stale key, ``on_storage_error="allow"``) is not kept.
+        """
+        outcome = decode(token, key)
+        cache = self.cache
+        if cache is not None and isinstance(outcome, dict):
+            generation = 0 if self.jwks is None else self.jwks.generation
+            if generation is not None:
+                cache.put(token, outcome, generation)
+        return outcome
 
     async def verify(self, token: str, guard: Runtime, decode: Decode) -> Outcome:
         """Verify, fetching JWKS keys off the loop when needed."""
@@ -171,4 +204,4 @@ class Verifier:
             return found
         if isinstance(found, KeyState):
             return self.invalid
-        return decode(token, found)
+        return self._decoded(token, found, decode)
