@@ -1,0 +1,145 @@
+"""Attacks on the handshake's pipelined Redis checks: slots, counts and errors.
+
+In process, real ``redis-server``; where a reply must be late, a real TCP
+proxy between the guard and Redis that forwards every command at once and
+holds Redis' replies until the test lets them through (as a slow network
+or a stalled Redis does), so Redis has run a script whose answer the guard
+has not read yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.support.helpers import eventually
+from tests.support.redis_server import RedisServer
+from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard.rules.limits.keying import redis_key
+from ws_guard.testing import ScriptedWebSocket
+from ws_guard.types import Receive, Scope, Send
+
+pytestmark = pytest.mark.redis
+
+
+class Held:
+    """Accept, then hold the connection until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await self.release.wait()
+
+
+class ReplyGate:
+    """A TCP proxy to Redis: commands pass at once, replies only while ``open`` is set."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.open = asyncio.Event()
+        self.open.set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, gated: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if gated:
+                        await self.open.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for task in (
+            asyncio.create_task(pump(reader, up_writer, False)),
+            asyncio.create_task(pump(up_reader, writer, True)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        self.open.set()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Held]:
+    held = Held()
+    yield held
+    held.release.set()
+
+
+@pytest.fixture
+async def gate(redis: RedisServer) -> AsyncIterator[ReplyGate]:
+    proxy = ReplyGate(redis.port)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+def zcard(server: RedisServer, key: str) -> int:
+    return int(server.command("ZCARD", key).strip()[1:])
+
+
+@pytest.mark.parametrize("with_rate", [True, False], ids=["batched", "alone"])
+async def test_a_handshake_cancelled_after_redis_took_its_slot_gives_it_back(
+    redis: RedisServer, gate: ReplyGate, app: Held, with_rate: bool
+) -> None:
+    # The server cancels the handler (shutdown, a client gone on a server that
+    # cancels) while the slot's reply is on its way: Redis holds the slot, the
+    # guard never heard of it. It must not stay taken for 3 heartbeats.
+    cap = rules.MaxConnectionsPerKey(2, key=rules.by_ip, heartbeat=300.0)
+    chosen: list[rules.Rule] = [rules.ConnectRate("100/minute"), cap] if with_rate else [cap]
+    guard = Guard(rules=chosen, storage=f"redis://127.0.0.1:{gate.port}/0")
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        first = ScriptedWebSocket(middleware)
+        await first.connect()
+        await first.expect("websocket.accept")
+        slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
+        gate.open.clear()
+        cancelled = ScriptedWebSocket(middleware)
+        await cancelled.connect()
+        await eventually(lambda: zcard(redis, slots) == 2, what="the second slot taken in Redis")
+        assert cancelled.task is not None
+        cancelled.task.cancel()
+        gate.open.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled.finished()
+        # The cancelled handshake's slot is given back when it ends: the cap
+        # of 2 has room for the next one beside the first connection.
+        assert zcard(redis, slots) == 1
+        third = ScriptedWebSocket(middleware)
+        await third.connect()
+        await third.expect("websocket.accept")
+        assert zcard(redis, slots) == 2
+        assert guard.metrics.snapshot().closes_by_rule == {}  # not too_many_connections
+        app.release.set()
+        for ws in (first, third):
+            await ws.finished()
+        assert zcard(redis, slots) == 0
+    finally:
+        await guard.shutdown()
