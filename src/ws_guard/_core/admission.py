@@ -126,6 +126,13 @@ class Admission(Closing):
                 token = batch.active()
                 try:
                     decision = await rule.admit(conn)
+                except Exception:
+                    # A bug in the rule (raised on to the server, not hidden):
+                    # the waiting checks still go out, so the attempt counts
+                    # as it did when each rule awaited its own call, and a
+                    # client that can trigger the bug is still rate limited.
+                    await batch.flush()
+                    raise
                 finally:
                     batch.leave(token)
                 if batch.refusal is not None:

@@ -18,6 +18,9 @@ import pytest
 from tests.support.helpers import eventually
 from tests.support.redis_server import RedisServer
 from ws_guard import Guard, WSGuardMiddleware, rules
+from ws_guard._core.decisions import Close
+from ws_guard.rules.base import Stage
+from ws_guard.rules.context import RuleContext
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import Receive, Scope, Send
@@ -140,6 +143,46 @@ async def test_a_handshake_cancelled_after_redis_took_its_slot_gives_it_back(
         app.release.set()
         for ws in (first, third):
             await ws.finished()
+        assert zcard(redis, slots) == 0
+    finally:
+        await guard.shutdown()
+
+
+class Fragile(rules.Rule):
+    """A rule of one's own, staged between ConnectRate and the cap, with a bug
+    a client can trigger (it raises on a header it does not expect)."""
+
+    stage = Stage.AUTH + 1
+
+    async def admit(self, conn: RuleContext) -> Close | None:
+        if conn.header("x-odd") is not None:
+            raise ValueError("a bug in the rule")
+        return None
+
+
+async def test_every_attempt_counts_when_a_rule_after_connect_rate_raises(
+    redis: RedisServer, app: Held
+) -> None:
+    # ConnectRate's hit waits while the rules after it run; a rule that
+    # raises must not take the attempt out of the count, or a client that
+    # can trigger that bug is never rate limited.
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_ip, heartbeat=300.0)
+    guard = Guard(rules=[rules.ConnectRate("2/minute"), Fragile(), cap], storage=redis.url)
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        for _ in range(2):
+            odd = ScriptedWebSocket(middleware, headers=[(b"x-odd", b"1")])
+            await odd.connect()
+            with pytest.raises(ValueError, match="a bug in the rule"):
+                await odd.finished()
+        ws = ScriptedWebSocket(middleware)
+        await ws.connect()
+        await ws.expect("websocket.accept")
+        close = await ws.expect("websocket.close")
+        assert (close["code"], close["reason"]) == (1008, "connect_rate_limited; retry-after=60")
+        await ws.finished()
+        assert cap.count("127.0.0.1") == 0
+        slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
         assert zcard(redis, slots) == 0
     finally:
         await guard.shutdown()
