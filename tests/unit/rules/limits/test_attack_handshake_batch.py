@@ -186,3 +186,44 @@ async def test_every_attempt_counts_when_a_rule_after_connect_rate_raises(
         assert zcard(redis, slots) == 0
     finally:
         await guard.shutdown()
+
+
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+async def test_one_reply_of_the_pipeline_failing_is_that_rule_s_storage_error(
+    redis: RedisServer, app: Held, policy: str
+) -> None:
+    # ConnectRate's key holds a value of another type (another tool wrote it):
+    # its script fails with WRONGTYPE while the cap's succeeds in the same
+    # pipeline. "deny" refuses with 1013 and gives the cap's slot back;
+    # "allow" counts in this process and keeps the slot.
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_ip, heartbeat=300.0)
+    rate = rules.ConnectRate("100/minute")
+    guard = Guard(rules=[rate, cap], storage=redis.url, on_storage_error=policy)
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        first = ScriptedWebSocket(middleware)
+        await first.connect()
+        await first.expect("websocket.accept")
+        rate_key = redis_key(guard.namespace, "connect", rate.id, "127.0.0.1")
+        redis.command("DEL", rate_key)
+        redis.command("SET", rate_key, "not a hash")
+        slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
+        ws = ScriptedWebSocket(middleware)
+        await ws.connect()
+        await ws.expect("websocket.accept")
+        if policy == "deny":
+            close = await ws.expect("websocket.close")
+            assert (close["code"], close["reason"]) == (1013, "storage_unavailable")
+            await ws.finished()
+            assert zcard(redis, slots) == 1
+            assert cap.count("127.0.0.1") == 1
+        else:
+            assert zcard(redis, slots) == 2
+            assert cap.count("127.0.0.1") == 2
+        assert guard.metrics.snapshot().storage_errors == 1
+        app.release.set()
+        for done in (first, ws):
+            await done.finished()
+        assert zcard(redis, slots) == 0
+    finally:
+        await guard.shutdown()
