@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -225,5 +226,108 @@ async def test_one_reply_of_the_pipeline_failing_is_that_rule_s_storage_error(
         for done in (first, ws):
             await done.finished()
         assert zcard(redis, slots) == 0
+    finally:
+        await guard.shutdown()
+
+
+async def test_after_a_redis_restart_the_batch_loads_its_scripts_and_counts_once(
+    own_redis: RedisServer, app: Held
+) -> None:
+    # A restarted Redis has lost the scripts and the pool's connections: the
+    # first handshake after it reconnects, loads both scripts, and is decided
+    # as usual (policy "deny", so a storage error would show as a 1013).
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_ip, heartbeat=300.0)
+    rate = rules.ConnectRate("2/minute")
+    guard = Guard(rules=[rate, cap], storage=own_redis.url, on_storage_error="deny")
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        first = ScriptedWebSocket(middleware)
+        await first.connect()
+        await first.expect("websocket.accept")
+        own_redis.kill()
+        own_redis.start()
+        second = ScriptedWebSocket(middleware)
+        await second.connect()
+        await second.expect("websocket.accept")
+        slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
+        assert zcard(own_redis, slots) == 1  # the restart lost the first one's slot
+        # The restarted Redis counted one attempt: one more is admitted, the next refused.
+        third = ScriptedWebSocket(middleware)
+        await third.connect()
+        await third.expect("websocket.accept")
+        fourth = ScriptedWebSocket(middleware)
+        await fourth.connect()
+        await fourth.expect("websocket.accept")
+        close = await fourth.expect("websocket.close")
+        assert (close["code"], close["reason"]) == (1008, "connect_rate_limited; retry-after=60")
+        await fourth.finished()
+        assert guard.metrics.snapshot().storage_errors == 0
+        assert zcard(own_redis, slots) == 2
+        app.release.set()
+        for ws in (first, second, third):
+            await ws.finished()
+        assert zcard(own_redis, slots) == 0
+    finally:
+        await guard.shutdown()
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    """``EVALSHA`` commands the server ran so far (``INFO commandstats``)."""
+    found = re.search(rb"cmdstat_evalsha:calls=(\d+)", server.command("INFO", "commandstats"))
+    return 0 if found is None else int(found.group(1))
+
+
+def tenant(conn: RuleContext) -> str | None:
+    return conn.header("x-tenant")
+
+
+async def test_a_key_that_keeps_hammering_takes_no_slot_of_another_key(
+    redis: RedisServer, gate: ReplyGate, app: Held
+) -> None:
+    # ConnectRate by address, a cap by a header the client writes. A client
+    # refused by the rate moments ago that keeps trying must not take a slot
+    # of the tenant it names, even for a round trip: meanwhile that tenant's
+    # own clients would be refused too_many_connections. Its attempts are
+    # answered by ConnectRate alone, as before the handshake batch.
+    cap = rules.MaxConnectionsPerKey(1, key=tenant, heartbeat=300.0)
+    guard = Guard(
+        rules=[rules.ConnectRate("1/minute"), cap], storage=f"redis://127.0.0.1:{gate.port}/0"
+    )
+    hammer = ("10.0.0.1", 40000)
+    named = [(b"x-tenant", b"acme")]
+    limited = (1008, "connect_rate_limited; retry-after=60")
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        first = ScriptedWebSocket(middleware, client=hammer)  # no tenant: not capped
+        await first.connect()
+        await first.expect("websocket.accept")
+        refused = ScriptedWebSocket(middleware, client=hammer, headers=named)
+        await refused.connect()
+        await refused.expect("websocket.accept")
+        close = await refused.expect("websocket.close")
+        assert (close["code"], close["reason"]) == limited
+        await refused.finished()
+        slots = redis_key(guard.namespace, "slots", cap.id, "acme")
+        before = evalsha_calls(redis)
+        gate.open.clear()
+        again = ScriptedWebSocket(middleware, client=hammer, headers=named)
+        await again.connect()
+        await eventually(lambda: evalsha_calls(redis) > before, what="the attempt reached Redis")
+        assert zcard(redis, slots) == 0
+        assert evalsha_calls(redis) == before + 1  # ConnectRate's script alone
+        gate.open.set()
+        await again.expect("websocket.accept")
+        close = await again.expect("websocket.close")
+        assert (close["code"], close["reason"]) == limited
+        await again.finished()
+        # The tenant's own client, from another address, has its slot.
+        own = ScriptedWebSocket(middleware, client=("10.0.0.2", 40000), headers=named)
+        await own.connect()
+        await own.expect("websocket.accept")
+        assert zcard(redis, slots) == 1
+        assert guard.metrics.snapshot().closes_by_rule == {"connect_rate_limited": 2}
+        app.release.set()
+        for ws in (first, own):
+            await ws.finished()
     finally:
         await guard.shutdown()
