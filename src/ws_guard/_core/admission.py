@@ -92,6 +92,13 @@ class Admission(Closing):
                 if self._held is None:
                     self._held = []
                 self._held.append(rule)
+            if batch is not None and not batch.lets_rules_ahead and batch.waiting:
+                # A waiting check expects to refuse: hear it before this rule
+                # verifies a token or takes a slot (of the key the request
+                # names: that key's own clients would be refused meanwhile).
+                await batch.flush()
+                if batch.refusal is not None:
+                    return batch.refusal
             prepared = rule in plan.prepared_rules
             pending = rule.prepare(conn) if prepared else None
             if prepared and pending is None and batch is not None and batch.waiting:
@@ -117,11 +124,6 @@ class Admission(Closing):
                 if batch.refusal is not None:
                     return batch.refusal
                 continue
-            elif batch is not None and batch.waiting and not batch.lets_rules_ahead:
-                await batch.flush()  # a waiting check expects to refuse: hear it first
-                if batch.refusal is not None:
-                    return batch.refusal
-                decision = await rule.admit(conn)
             elif batch is not None and batch.waiting:
                 token = batch.active()
                 try:

@@ -14,9 +14,6 @@ Order is kept by three rules:
   handshake it has already counted.
 * A call that can (a connection slot) is given back (``undo``) when an
   earlier check refuses: a second round trip, on the refused path only.
-  It does not join calls of which one expects to refuse (``Pending.ahead``
-  false): those are answered first, so a key that keeps hammering takes
-  no slot, not even for a round trip.
 * A storage call a rule makes itself while calls wait (the shared
   revocation check inside the auth rule, :meth:`HandshakeBatch.flush` with
   *extra*) goes out in the same pipeline, after them; its answer counts
@@ -28,7 +25,10 @@ calls are answered, unless a waiting call's rule expects to refuse
 gave): so only the first over-the-rate attempt of a key has its token
 verified before the refusal (CPU only; the auth rule's storage call rides
 in the same round trip), and a client that keeps hammering is refused
-before verification, as with one call per rule.
+before verification, as with one call per rule. Nor does a later rule's
+call join such a call: a key that keeps hammering takes no slot, not even
+for a round trip (a slot of the key its request names, whose own clients
+would be refused meanwhile).
 """
 
 from __future__ import annotations
@@ -117,16 +117,8 @@ class HandshakeBatch:
         return all(not isinstance(e, Pending) or e.ahead for e in self._entries)
 
     def accepts(self, pending: Pending) -> bool:
-        """Whether *pending* may wait behind the calls already here (see the module).
-
-        Not behind a call whose rule expects to refuse (``Pending.ahead``
-        false): a key that keeps hammering would take, for a round trip, a
-        slot of the key its request names, and that key's own clients
-        could be refused meanwhile.
-        """
-        if not self.waiting:
-            return True
-        return pending.undo is not None and self.lets_rules_ahead
+        """Whether *pending* may wait behind the calls already here (see the module)."""
+        return pending.undo is not None or not self.waiting
 
     def add(self, entry: Pending | Close) -> None:
         """A rule's call, or a later rule's decision made while calls wait."""

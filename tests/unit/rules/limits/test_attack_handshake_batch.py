@@ -277,6 +277,11 @@ def evalsha_calls(server: RedisServer) -> int:
     return 0 if found is None else int(found.group(1))
 
 
+def zrem_calls(server: RedisServer) -> int:
+    found = re.search(rb"cmdstat_zrem:calls=(\d+)", server.command("INFO", "commandstats"))
+    return 0 if found is None else int(found.group(1))
+
+
 def tenant(conn: RuleContext) -> str | None:
     return conn.header("x-tenant")
 
@@ -309,6 +314,7 @@ async def test_a_key_that_keeps_hammering_takes_no_slot_of_another_key(
         await refused.finished()
         slots = redis_key(guard.namespace, "slots", cap.id, "acme")
         before = evalsha_calls(redis)
+        removed = zrem_calls(redis)
         gate.open.clear()
         again = ScriptedWebSocket(middleware, client=hammer, headers=named)
         await again.connect()
@@ -320,6 +326,7 @@ async def test_a_key_that_keeps_hammering_takes_no_slot_of_another_key(
         close = await again.expect("websocket.close")
         assert (close["code"], close["reason"]) == limited
         await again.finished()
+        assert zrem_calls(redis) == removed  # no slot taken, none to give back
         # The tenant's own client, from another address, has its slot.
         own = ScriptedWebSocket(middleware, client=("10.0.0.2", 40000), headers=named)
         await own.connect()
