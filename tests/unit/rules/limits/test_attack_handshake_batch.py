@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.helpers import eventually
+from tests.support.jwt_keys import SECRET, mint
 from tests.support.redis_server import RedisServer
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.decisions import Close
 from ws_guard.rules.base import Stage
 from ws_guard.rules.context import RuleContext
+from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
 from ws_guard.types import Receive, Scope, Send
@@ -336,5 +338,89 @@ async def test_a_key_that_keeps_hammering_takes_no_slot_of_another_key(
         app.release.set()
         for ws in (first, own):
             await ws.finished()
+    finally:
+        await guard.shutdown()
+
+
+class Unbatched(rules.ConnectRate):
+    """ConnectRate with ``admit`` overridden alone: one call of its own, as before the batch."""
+
+    async def admit(self, conn: RuleContext) -> Close | None:
+        return await super().admit(conn)
+
+
+@pytest.mark.parametrize("shadow", [False, True], ids=["enforced", "shadow"])
+async def test_connect_rate_counts_as_with_one_call_per_rule(
+    redis: RedisServer, app: Held, shadow: bool
+) -> None:
+    # The same attempts against the batched rule and one that awaits its own
+    # call (the same counters in Redis): the same closes, the same counts.
+    outcomes: list[list[tuple[int, str] | None]] = []
+    counters: list[dict[str, int]] = []
+    for kind in (rules.ConnectRate, Unbatched):
+        redis.command("FLUSHALL")
+        cap = rules.MaxConnectionsPerKey(3, key=tenant, heartbeat=300.0)
+        rate = kind("3/minute", enforce=not shadow)
+        guard = Guard(rules=[rate, cap], storage=redis.url)
+        seen: list[tuple[int, str] | None] = []
+        try:
+            middleware = WSGuardMiddleware(app, guard=guard)
+            opened = []
+            for n in range(7):
+                ws = ScriptedWebSocket(middleware, headers=[(b"x-tenant", b"t%d" % (n % 2))])
+                await ws.connect()
+                await ws.expect("websocket.accept")
+                if n >= 3 and not shadow:
+                    close = await ws.expect("websocket.close")
+                    seen.append((close["code"], close["reason"]))
+                    await ws.finished()
+                else:
+                    seen.append(None)
+                    opened.append(ws)
+            snap = guard.metrics.snapshot()
+            counters.append(
+                dict(snap.closes_by_rule) | {"slots": cap.count("t0") + cap.count("t1")}
+            )
+            app.release.set()
+            for ws in opened:
+                await ws.finished()
+            app.release.clear()
+        finally:
+            await guard.shutdown()
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+    assert counters[0] == counters[1]
+
+
+async def test_a_cached_token_revoked_only_in_redis_is_refused_through_the_batch(
+    redis: RedisServer, app: Held
+) -> None:
+    # The token is in the verified cache; another process revoked its
+    # subject in Redis after this one loaded the revocations. The hit still
+    # has its EXISTS, in the pipeline beside ConnectRate's call.
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"], verified_cache=10)
+    cap = rules.MaxConnectionsPerKey(10, key=rules.by_user, heartbeat=300.0)
+    guard = Guard(rules=[rules.ConnectRate("100/minute"), auth, cap], storage=redis.url)
+    headers = [(b"authorization", f"Bearer {mint('alice', jti='j1')}".encode())]
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        first = ScriptedWebSocket(middleware, headers=headers)
+        await first.connect()
+        await first.expect("websocket.accept")
+        await eventually(lambda: guard.channel.subscribed, what="control channel subscribed")
+        key = guard.channel.revocation_key("jti", "j1")
+        redis.command("SET", key, "1", "PX", "60000")
+        again = ScriptedWebSocket(middleware, headers=headers)
+        await again.connect()
+        await again.expect("websocket.accept")
+        close = await again.expect("websocket.close")
+        assert (close["code"], close["reason"]) == (1008, "token_revoked")
+        await again.finished()
+        assert auth.verifier.cache is not None
+        assert (auth.verifier.cache.hits, auth.verifier.cache.misses) == (1, 1)
+        slots = redis_key(guard.namespace, "slots", cap.id, user_key(None, "alice"))
+        assert zcard(redis, slots) == 1
+        app.release.set()
+        await first.finished()
     finally:
         await guard.shutdown()
