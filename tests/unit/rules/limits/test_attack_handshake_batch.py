@@ -377,3 +377,43 @@ async def test_a_cached_token_revoked_only_in_redis_is_refused_through_the_batch
         await first.finished()
     finally:
         await guard.shutdown()
+
+
+async def test_a_key_over_its_tier_rate_that_keeps_trying_takes_no_slot(
+    redis: RedisServer, app: Held
+) -> None:
+    # The same with a per-tier ConnectRate (after auth, beside the cap in
+    # one batch): once it refused a key, that key's attempts are answered
+    # by the rate alone; no slot is taken and given back for them.
+    auth = rules.JWTAuth(SECRET, algorithms=["HS256"])
+    tiered = rules.ConnectRate(lambda info: "1/minute", key=rules.by_ip)
+    cap = rules.MaxConnectionsPerKey(5, key=tenant, heartbeat=300.0)
+    guard = Guard(rules=[auth, tiered, cap], storage=redis.url)
+    headers = [(b"authorization", f"Bearer {mint('alice')}".encode()), (b"x-tenant", b"acme")]
+    limited = (1008, "connect_rate_limited; retry-after=60")
+    try:
+        middleware = WSGuardMiddleware(app, guard=guard)
+        first = ScriptedWebSocket(middleware, headers=headers)
+        await first.connect()
+        await first.expect("websocket.accept")
+        outcomes = []
+        counts = []
+        for _ in range(3):
+            scripts, removed = evalsha_calls(redis), zrem_calls(redis)
+            ws = ScriptedWebSocket(middleware, headers=headers)
+            await ws.connect()
+            await ws.expect("websocket.accept")
+            close = await ws.expect("websocket.close")
+            outcomes.append((close["code"], close["reason"]))
+            await ws.finished()
+            counts.append((evalsha_calls(redis) - scripts, zrem_calls(redis) - removed))
+        assert outcomes == [limited] * 3
+        # The first refusal shared its round trip with the cap's call (taken,
+        # given back); the key's next attempts cost the rate's call alone.
+        assert counts == [(2, 1), (1, 0), (1, 0)]
+        slots = redis_key(guard.namespace, "slots", cap.id, "acme")
+        assert zcard(redis, slots) == 1
+        app.release.set()
+        await first.finished()
+    finally:
+        await guard.shutdown()
