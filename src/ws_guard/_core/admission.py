@@ -112,6 +112,13 @@ class Admission(Closing):
                 if self._held is None:
                     self._held = []
                 self._held.append(rule)
+            if batch is not None and not batch.lets_rules_ahead and batch.waiting:
+                # A waiting check expects to refuse: hear it before this rule
+                # verifies a token or takes a slot (of the key the request
+                # names: that key's own clients would be refused meanwhile).
+                await batch.flush()
+                if batch.refusal is not None:
+                    return batch.refusal
             prepared = rule in plan.prepared_rules
             pending = rule.prepare(conn) if prepared else None
             if prepared and pending is None and batch is not None and batch.waiting:
@@ -137,15 +144,17 @@ class Admission(Closing):
                 if batch.refusal is not None:
                     return batch.refusal
                 continue
-            elif batch is not None and batch.waiting and not batch.lets_rules_ahead:
-                await batch.flush()  # a waiting check expects to refuse: hear it first
-                if batch.refusal is not None:
-                    return batch.refusal
-                decision = await rule.admit(conn)
             elif batch is not None and batch.waiting:
                 token = batch.active()
                 try:
                     decision = await rule.admit(conn)
+                except Exception:
+                    # A bug in the rule (raised on to the server, not hidden):
+                    # the waiting checks still go out, so the attempt counts
+                    # as it did when each rule awaited its own call, and a
+                    # client that can trigger the bug is still rate limited.
+                    await batch.flush()
+                    raise
                 finally:
                     batch.leave(token)
                 if batch.refusal is not None:

@@ -25,7 +25,10 @@ calls are answered, unless a waiting call's rule expects to refuse
 gave): so only the first over-the-rate attempt of a key has its token
 verified before the refusal (CPU only; the auth rule's storage call rides
 in the same round trip), and a client that keeps hammering is refused
-before verification, as with one call per rule.
+before verification, as with one call per rule. Nor does a later rule's
+call join such a call: a key that keeps hammering takes no slot, not even
+for a round trip (a slot of the key its request names, whose own clients
+would be refused meanwhile).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ under ``<key>#<limit>``, so two tiers never share a count.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ws_guard._core.batch import Pending
 from ws_guard._core.decisions import Close
@@ -62,6 +62,18 @@ return {1, redis.call('ZCARD', KEYS[1])}
 _PIPELINE_KEYS = 500  # keys per heartbeat pipeline round trip
 #: Slots kept for removal after a write in flight; past this, they expire by TTL.
 _LATE_MAX = 10_000
+
+
+class _InFlight(NamedTuple):
+    """``extra[rule]`` while a handshake's acquire call is unanswered: its Redis key.
+
+    A handshake cancelled then (the server ended the handler) never reads
+    the reply, yet Redis may have taken the slot; ``release`` finds this
+    and has the slot taken out at the next write, instead of it blocking
+    the key for ``3 * heartbeat`` seconds.
+    """
+
+    rkey: str
 
 
 class MaxConnectionsPerKey(LimitRule):
@@ -180,6 +192,7 @@ class MaxConnectionsPerKey(LimitRule):
         key, limit = found
         rkey = self._rkey(key)
         args = [limit, int(self.slot_ttl * 1000), conn.id, 0 if self.enforce else 1]
+        conn.extra[self] = _InFlight(rkey)
 
         async def finish(reply: Any) -> Close | None:
             taken, count = await self._taken(conn, key, limit, rkey, reply)
@@ -190,14 +203,15 @@ class MaxConnectionsPerKey(LimitRule):
                 self._late_remove(rkey, conn.id)  # the script may still run once Redis answers
             elif int(reply[0]):
                 client = self._client
-                if client is None:
-                    return
-                try:
-                    await client.zrem(rkey, conn.id)
-                except conn.guard.storage.errors:
-                    # Not counted: this handshake's checks made no such call
-                    # before; the next write takes the slot out.
-                    self._late_remove(rkey, conn.id)
+                if client is not None:
+                    try:
+                        await client.zrem(rkey, conn.id)
+                    except conn.guard.storage.errors:
+                        # Not counted: this handshake's checks made no such
+                        # call before; the next write takes the slot out.
+                        self._late_remove(rkey, conn.id)
+            # Only now: a cancel inside the ZREM leaves it for release.
+            conn.extra.pop(self, None)
 
         return Pending(acquire.call([rkey], args), finish, undo)
 
@@ -220,6 +234,7 @@ class MaxConnectionsPerKey(LimitRule):
         self, conn: RuleContext, key: str, limit: int, taken: bool | None, count: int
     ) -> Close | None:
         """The decision once Redis (or this process, in an outage) answered."""
+        conn.extra.pop(self, None)  # answered: no longer in flight
         if taken is None:
             return self._unavailable()
         if not taken:
@@ -246,6 +261,7 @@ class MaxConnectionsPerKey(LimitRule):
         if back:
             self._writes += 1
         rkey = self._rkey(key)
+        conn.extra[self] = _InFlight(rkey)
         reply: Any
         try:
             reply = await self._acquire(
@@ -287,6 +303,13 @@ class MaxConnectionsPerKey(LimitRule):
         key = conn.extra.pop(self, None)
         if key is None:
             return
+        if isinstance(key, _InFlight):
+            # Cancelled before the acquire's reply was read: Redis may hold
+            # the slot. Taken out now, and again at the next write in case
+            # the script reaches Redis after this ZREM.
+            self._late_remove(key.rkey, conn.id)
+            await self._zrem(conn, key.rkey)
+            return
         if not self._redis:
             count = self._counts.get(key, 0) - 1
             if count > 0:
@@ -305,12 +328,18 @@ class MaxConnectionsPerKey(LimitRule):
             pending.discard(conn.id)
             if not pending:
                 del self._pending[key]
-        client = self._client
-        if client is None:
+        if self._client is None:
             return
         rkey = self._rkey(key)
         if self._writes and len(self._late) < _LATE_MAX:
             self._late.append((rkey, conn.id))  # a write in flight might put it back
+        await self._zrem(conn, rkey)
+
+    async def _zrem(self, conn: RuleContext, rkey: str) -> None:
+        """Give *conn*'s slot under *rkey* back in Redis (no-op once shut down)."""
+        client = self._client
+        if client is None:
+            return
         try:
             await client.zrem(rkey, conn.id)
         except conn.guard.storage.errors as exc:  # the slot expires without heartbeats
