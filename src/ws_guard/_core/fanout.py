@@ -238,7 +238,12 @@ class ControlChannel:
         lost = False
         while self._run_token is token:
             try:
-                pubsub = self.storage.redis().pubsub()
+                client = self.storage.redis()
+                # A cluster client learns its slots on its first command;
+                # redis-py 8.1's cluster pub/sub looks a slot up before
+                # that (KeyError). Idempotent, and free once initialised.
+                await client.initialize()
+                pubsub = client.pubsub()
                 try:
                     # Subscribe first, then load: an operation published while
                     # the keys load waits in the subscription and is applied

@@ -117,7 +117,12 @@ class SharedStorage:
         self._limits = storage_from_string(
             "async+" + self.uri, implementation="redispy", **cast(Any, options)
         )
-        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self._errors = (
+            redis.RedisError,
+            redis.RedisClusterException,
+            OSError,
+            asyncio.TimeoutError,
+        )
 
     async def close(self) -> None:
         """Stop the maintenance task and close Redis connections (idempotent)."""
@@ -311,6 +316,8 @@ class _RedisParts(NamedTuple):
     NoBackoff: Any
     ConnectionError: type[BaseException]
     RedisError: type[BaseException]
+    #: A cluster none of whose nodes answers (not a RedisError in redis-py).
+    RedisClusterException: type[BaseException]
     BlockingConnectionPool: Any
     NoScriptError: type[BaseException]
     parse_url: Callable[[str], Any]
@@ -322,7 +329,7 @@ class _RedisParts(NamedTuple):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import NoScriptError, RedisError
+        from redis.exceptions import NoScriptError, RedisClusterException, RedisError
         from redis.utils import get_lib_version
 
         # redis-py reads its version from the package metadata on every new
@@ -335,6 +342,7 @@ class _RedisParts(NamedTuple):
             NoBackoff,
             RedisConnectionError,
             RedisError,
+            RedisClusterException,
             BlockingConnectionPool,
             NoScriptError,
             parse_url,

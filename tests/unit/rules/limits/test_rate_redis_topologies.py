@@ -87,3 +87,41 @@ async def test_every_rule_works_on_the_topology(storage_uri: str) -> None:
         }
     finally:
         await guard.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+async def test_a_cluster_that_stops_answering_is_a_storage_error(mode: str) -> None:
+    # redis-py raises RedisClusterException (not a RedisError) when no node of
+    # a cluster answers: it is a storage error like any other outage, handled
+    # by on_storage_error, never raised out of a handshake or the shutdown.
+    # And the control channel subscribes on a cluster (redis-py 8.1's cluster
+    # pub/sub raised KeyError before the client knew its slots).
+    cap = rules.MaxConnectionsPerKey(2, key=rules.by_ip)
+    with redis_cluster() as uri:
+        guard = Guard(
+            rules=[rules.ConnectRate("100/minute"), cap], storage=uri, on_storage_error=mode
+        )
+        app = WSGuardMiddleware(echo, guard=guard)
+        await guard.startup()
+        await eventually(lambda: guard.channel.subscribed, what="control channel subscribed")
+        held = ScriptedWebSocket(app)  # open while the cluster goes: its slot is released after
+        await held.connect()
+        await held.expect("websocket.accept")
+    # The cluster's one node is gone. The first failed call makes the client
+    # look for the cluster's nodes again; from then on it raises
+    # RedisClusterException ("cannot be connected").
+    for _ in range(3):
+        late = ScriptedWebSocket(app)
+        await late.connect()
+        if mode == "allow":
+            await late.expect("websocket.accept")
+            await late.disconnect()
+        else:  # accepted, then closed: the code reaches every client (reject="close")
+            await late.expect("websocket.accept")
+            await late.expect("websocket.close", code=1013, reason="storage_unavailable")
+            await late.disconnect(1013)
+        await late.finished()
+    assert guard.metrics.snapshot().storage_errors >= 3
+    await held.disconnect()
+    await held.finished()
+    await guard.shutdown()  # no RedisClusterException out of the slots' release
