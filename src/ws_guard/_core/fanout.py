@@ -231,6 +231,20 @@ class ControlChannel:
 
     # -- reading ------------------------------------------------------------------
     async def _listen(self, token: object) -> None:
+        try:
+            await self._listen_until_stopped(token)
+        except Exception:
+            # Not a storage error (those are retried below): a bug here or in
+            # redis-py. Said at once, not when the task is collected: without
+            # the channel, disconnects, revocations and bans stay local.
+            logger.exception(
+                "ws_guard control channel %s stopped: disconnects, revocations and bans "
+                "from other processes no longer reach this one",
+                self.channel,
+            )
+            raise
+
+    async def _listen_until_stopped(self, token: object) -> None:
         # redis-py reads under a timeout, and a cancel that lands as that
         # timeout expires comes back as TimeoutError (a storage error here):
         # the loop must not go on after stop(), so it also checks its token.

@@ -137,3 +137,25 @@ async def test_strikes_heard_from_other_processes_count_toward_a_ban_here() -> N
     assert guard.metrics.snapshot().bans == 0
     await guard.shutdown()
     assert ban.id not in guard.ban_store.strikers
+
+
+async def test_a_listener_stopped_by_an_error_says_so_at_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a storage error (those are retried): the channel cannot go on, and
+    # the log says so when it happens, not when the task is collected.
+    async def broken(self: ControlChannel, token: object) -> None:
+        raise KeyError(11481)  # what redis-py 8.1's cluster pub/sub raised
+
+    monkeypatch.setattr(ControlChannel, "_listen_until_stopped", broken)
+    guard = Guard(storage="redis://127.0.0.1:1")  # never reached: the listener fails first
+    with pytest.raises(KeyError):
+        await channel(guard)._listen(object())
+    (record,) = [r for r in caplog.records if r.name == "ws_guard"]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == (
+        f"ws_guard control channel {channel(guard).channel} stopped: disconnects, revocations "
+        "and bans from other processes no longer reach this one"
+    )
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], KeyError)
