@@ -38,10 +38,6 @@ async def gate(redis: RedisServer) -> AsyncIterator[ReplyGate]:
     await proxy.stop()
 
 
-def zcard(server: RedisServer, key: str) -> int:
-    return int(server.command("ZCARD", key).strip()[1:])
-
-
 def upgrade_request(port: int) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
@@ -68,16 +64,16 @@ async def test_a_client_gone_while_its_checks_wait_for_redis_leaves_no_slot(
         await eventually(
             lambda: guard.metrics.snapshot().active_connections == 0, what="the first one ended"
         )
-        assert zcard(redis, slots) == 0
+        assert redis.zcard(slots) == 0
         gate.open.clear()
         sock = socket.create_connection(("127.0.0.1", thread.port))
         try:
             sock.sendall(upgrade_request(thread.port))
-            await eventually(lambda: zcard(redis, slots) == 1, what="the slot taken in Redis")
+            await eventually(lambda: redis.zcard(slots) == 1, what="the slot taken in Redis")
         finally:
             sock.close()  # gone before the guard heard Redis
         gate.open.set()
-        await eventually(lambda: zcard(redis, slots) == 0, what="the slot given back")
+        await eventually(lambda: redis.zcard(slots) == 0, what="the slot given back")
         async with connect(f"{thread.url}/ws", proxy=None) as ws:
             assert (await report(ws))["sub"] is None
         snap = guard.metrics.snapshot()

@@ -45,10 +45,6 @@ async def refused(url: str, user: str) -> tuple[int, str]:
     return code, reason
 
 
-def zcard(redis: RedisServer, key: str) -> int:
-    return int(redis.command("ZCARD", key).strip().lstrip(b":"))
-
-
 async def test_cap_holds_per_process_while_redis_is_down_and_counts_after_restart(
     own_redis: RedisServer,
 ) -> None:
@@ -57,7 +53,7 @@ async def test_cap_holds_per_process_while_redis_is_down_and_counts_after_restar
     with serve(guarded) as server:
         url = server.url + "/ws"
         first = await opened(url, "alice")
-        assert zcard(own_redis, slots) == 1
+        assert own_redis.zcard(slots) == 1
         own_redis.kill()
         second = await opened(url, "alice")  # this process holds 1 of 2: admitted
         assert await refused(url, "alice") == (1008, "too_many_connections")
@@ -66,14 +62,14 @@ async def test_cap_holds_per_process_while_redis_is_down_and_counts_after_restar
         assert errors >= 3  # the three handshakes' cap calls
 
         own_redis.start()  # empty: neither slot is in Redis
-        assert zcard(own_redis, slots) == 0
+        assert own_redis.zcard(slots) == 0
         # The next handshake for alice writes back both slots, then counts them.
         assert await refused(url, "alice") == (1008, "too_many_connections")
-        assert zcard(own_redis, slots) == 2
+        assert own_redis.zcard(slots) == 2
         await second.close()  # the slot taken during the outage is given back
-        await until(lambda: zcard(own_redis, slots) == 1, what="the outage slot released")
+        await until(lambda: own_redis.zcard(slots) == 1, what="the outage slot released")
         third = await opened(url, "alice")
-        assert zcard(own_redis, slots) == 2
+        assert own_redis.zcard(slots) == 2
         for ws in (first, third, bob):
             await ws.close()
     snap = guard.metrics.snapshot()
@@ -100,9 +96,9 @@ async def test_cap_holds_per_process_while_redis_is_paused_and_counts_after(
         # writes back what this process holds, removes the refused one's slot,
         # and counts: two.
         assert await refused(url, "alice") == (1008, "too_many_connections")
-        await until(lambda: zcard(own_redis, slots) == 2, what="exactly the two open slots")
+        await until(lambda: own_redis.zcard(slots) == 2, what="exactly the two open slots")
         await second.close()
-        await until(lambda: zcard(own_redis, slots) == 1, what="the paused-time slot released")
+        await until(lambda: own_redis.zcard(slots) == 1, what="the paused-time slot released")
         third = await opened(url, "alice")
         for ws in (first, third):
             await ws.close()

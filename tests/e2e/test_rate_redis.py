@@ -58,10 +58,6 @@ async def rejected(url: str, headers: dict[str, str] | None = None) -> tuple[int
     return code, reason
 
 
-def zcard(redis: RedisServer, key: str) -> int:
-    return int(redis.command("ZCARD", key).strip().lstrip(b":"))
-
-
 # -- limits shared by two servers ------------------------------------------------------------
 async def test_message_rate_by_user_holds_across_servers(redis: RedisServer) -> None:
     one, _ = app(redis, rules.MessageRate("10/minute", key=rules.by_user))
@@ -177,12 +173,12 @@ async def test_connection_cap_holds_across_servers_and_frees_slots(redis: RedisS
             async with connect(url_a, additional_headers=as_user("bob")) as ws:
                 await chat(ws, 1)
             await second.close()  # a client close on b frees a slot for a
-            await eventually(lambda: zcard(redis, slots) == 1)
+            await eventually(lambda: redis.zcard(slots) == 1)
             third = await connect(url_a, additional_headers=as_user("alice"))
             await chat(third, 1)
-            assert zcard(redis, slots) == 2
+            assert redis.zcard(slots) == 2
         # Server a shut down with two of alice's connections open: both slots came back.
-        assert zcard(redis, slots) == 0
+        assert redis.zcard(slots) == 0
         for ws in (first, third):
             _, code, _ = await read_until_closed(ws)
             assert code in (1001, 1012)
@@ -228,7 +224,7 @@ async def test_slots_of_a_killed_process_expire(redis: RedisServer) -> None:
         # The dead process' slots still count (at least 1 s of their life is left)...
         assert await rejected(url_b, as_user("alice")) == (1008, "too_many_connections")
         # ...until they expire, heartbeat * 3 after the last heartbeat.
-        await eventually(lambda: zcard(redis, slots) == 0, timeout=5)
+        await eventually(lambda: redis.zcard(slots) == 0, timeout=5)
         async with connect(url_b, additional_headers=as_user("alice")) as ws:
             await chat(ws, 1)
 
@@ -282,7 +278,7 @@ async def test_outage_with_allow_keeps_serving_and_recovers(own_redis: RedisServ
 
         own_redis.start()  # empty, like a crashed cache
         # The heartbeat writes back the four slots this process holds.
-        await eventually(lambda: zcard(own_redis, slots) == 4)
+        await eventually(lambda: own_redis.zcard(slots) == 4)
         for _ in range(3):  # ConnectRate counts again from zero...
             async with connect(url, additional_headers=as_user("alice")) as ws:
                 await chat(ws, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 
 from ws_guard.types import ASGIApp, Message, Receive, Scope, Send
@@ -143,3 +145,15 @@ def subject_echo(http: ASGIApp, *, stuck_path: str | None = None) -> ASGIApp:
             await send({"type": "websocket.send", "text": f"{subject}:{message.get('text')}"})
 
     return app
+
+
+class Held:
+    """Accept, then hold the connection, reading nothing, until ``release`` is set (asyncio)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await self.release.wait()

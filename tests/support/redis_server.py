@@ -90,6 +90,10 @@ class RedisServer:
             sock.sendall(payload.encode())
             return sock.recv(65536)
 
+    def zcard(self, key: str) -> int:
+        """Members of the sorted set *key* (a cap's slots), read by the test itself."""
+        return int(self.command("ZCARD", key).strip().lstrip(b":"))
+
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[RedisServer]:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.apps import Held
 from tests.support.helpers import eventually
 from tests.support.jwt_keys import SECRET, mint
 from tests.support.redis_server import RedisServer
@@ -27,21 +28,8 @@ from ws_guard.rules.context import RuleContext
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
-from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.redis
-
-
-class Held:
-    """Accept, then hold the connection until ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        await self.release.wait()
 
 
 @pytest.fixture
@@ -57,10 +45,6 @@ async def gate(redis: RedisServer) -> AsyncIterator[ReplyGate]:
     await proxy.start()
     yield proxy
     await proxy.stop()
-
-
-def zcard(server: RedisServer, key: str) -> int:
-    return int(server.command("ZCARD", key).strip()[1:])
 
 
 @pytest.mark.parametrize("with_rate", [True, False], ids=["batched", "alone"])
@@ -82,7 +66,7 @@ async def test_a_handshake_cancelled_after_redis_took_its_slot_gives_it_back(
         gate.open.clear()
         cancelled = ScriptedWebSocket(middleware)
         await cancelled.connect()
-        await eventually(lambda: zcard(redis, slots) == 2, what="the second slot taken in Redis")
+        await eventually(lambda: redis.zcard(slots) == 2, what="the second slot taken in Redis")
         assert cancelled.task is not None
         cancelled.task.cancel()
         gate.open.set()
@@ -90,16 +74,16 @@ async def test_a_handshake_cancelled_after_redis_took_its_slot_gives_it_back(
             await cancelled.finished()
         # The cancelled handshake's slot is given back when it ends: the cap
         # of 2 has room for the next one beside the first connection.
-        assert zcard(redis, slots) == 1
+        assert redis.zcard(slots) == 1
         third = ScriptedWebSocket(middleware)
         await third.connect()
         await third.expect("websocket.accept")
-        assert zcard(redis, slots) == 2
+        assert redis.zcard(slots) == 2
         assert guard.metrics.snapshot().closes_by_rule == {}  # not too_many_connections
         app.release.set()
         for ws in (first, third):
             await ws.finished()
-        assert zcard(redis, slots) == 0
+        assert redis.zcard(slots) == 0
     finally:
         await guard.shutdown()
 
@@ -139,7 +123,7 @@ async def test_every_attempt_counts_when_a_rule_after_connect_rate_raises(
         await ws.finished()
         assert cap.count("127.0.0.1") == 0
         slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
-        assert zcard(redis, slots) == 0
+        assert redis.zcard(slots) == 0
     finally:
         await guard.shutdown()
 
@@ -171,16 +155,16 @@ async def test_one_reply_of_the_pipeline_failing_is_that_rule_s_storage_error(
             close = await ws.expect("websocket.close")
             assert (close["code"], close["reason"]) == (1013, "storage_unavailable")
             await ws.finished()
-            assert zcard(redis, slots) == 1
+            assert redis.zcard(slots) == 1
             assert cap.count("127.0.0.1") == 1
         else:
-            assert zcard(redis, slots) == 2
+            assert redis.zcard(slots) == 2
             assert cap.count("127.0.0.1") == 2
         assert guard.metrics.snapshot().storage_errors == 1
         app.release.set()
         for done in (first, ws):
             await done.finished()
-        assert zcard(redis, slots) == 0
+        assert redis.zcard(slots) == 0
     finally:
         await guard.shutdown()
 
@@ -205,7 +189,7 @@ async def test_after_a_redis_restart_the_batch_loads_its_scripts_and_counts_once
         await second.connect()
         await second.expect("websocket.accept")
         slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
-        assert zcard(own_redis, slots) == 1  # the restart lost the first one's slot
+        assert own_redis.zcard(slots) == 1  # the restart lost the first one's slot
         # The restarted Redis counted one attempt: one more is admitted, the next refused.
         third = ScriptedWebSocket(middleware)
         await third.connect()
@@ -217,11 +201,11 @@ async def test_after_a_redis_restart_the_batch_loads_its_scripts_and_counts_once
         assert (close["code"], close["reason"]) == (1008, "connect_rate_limited; retry-after=60")
         await fourth.finished()
         assert guard.metrics.snapshot().storage_errors == 0
-        assert zcard(own_redis, slots) == 2
+        assert own_redis.zcard(slots) == 2
         app.release.set()
         for ws in (first, second, third):
             await ws.finished()
-        assert zcard(own_redis, slots) == 0
+        assert own_redis.zcard(slots) == 0
     finally:
         await guard.shutdown()
 
@@ -274,7 +258,7 @@ async def test_a_key_that_keeps_hammering_takes_no_slot_of_another_key(
         again = ScriptedWebSocket(middleware, client=hammer, headers=named)
         await again.connect()
         await eventually(lambda: evalsha_calls(redis) > before, what="the attempt reached Redis")
-        assert zcard(redis, slots) == 0
+        assert redis.zcard(slots) == 0
         assert evalsha_calls(redis) == before + 1  # ConnectRate's script alone
         gate.open.set()
         await again.expect("websocket.accept")
@@ -286,7 +270,7 @@ async def test_a_key_that_keeps_hammering_takes_no_slot_of_another_key(
         own = ScriptedWebSocket(middleware, client=("10.0.0.2", 40000), headers=named)
         await own.connect()
         await own.expect("websocket.accept")
-        assert zcard(redis, slots) == 1
+        assert redis.zcard(slots) == 1
         assert guard.metrics.snapshot().closes_by_rule == {"connect_rate_limited": 2}
         app.release.set()
         for ws in (first, own):
@@ -372,7 +356,7 @@ async def test_a_cached_token_revoked_only_in_redis_is_refused_through_the_batch
         assert auth.verifier.cache is not None
         assert (auth.verifier.cache.hits, auth.verifier.cache.misses) == (1, 1)
         slots = redis_key(guard.namespace, "slots", cap.id, user_key(None, "alice"))
-        assert zcard(redis, slots) == 1
+        assert redis.zcard(slots) == 1
         app.release.set()
         await first.finished()
     finally:
@@ -412,7 +396,7 @@ async def test_a_key_over_its_tier_rate_that_keeps_trying_takes_no_slot(
         # given back); the key's next attempts cost the rate's call alone.
         assert counts == [(2, 1), (1, 0), (1, 0)]
         slots = redis_key(guard.namespace, "slots", cap.id, "acme")
-        assert zcard(redis, slots) == 1
+        assert redis.zcard(slots) == 1
         app.release.set()
         await first.finished()
     finally:

@@ -13,35 +13,23 @@ answer under ``on_storage_error="deny"`` refuses handshakes with 1013
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
 import pytest
 
+from tests.support.apps import Held
 from tests.support.redis_server import RedisServer
 from ws_guard import Guard, WSGuardMiddleware, rules
 from ws_guard._core.connection import Connection
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
-from ws_guard.types import ASGIApp, Receive, Scope, Send
+from ws_guard.types import ASGIApp
 
 
 def team(conn: Connection) -> str | None:
     """The ``x-team`` header, or None: connections without one are not counted."""
     return conn.header("x-team")
-
-
-class Held:
-    """Accept, then hold the connection, reading nothing, until ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        await self.release.wait()
 
 
 async def handshake(app: ASGIApp, headers: Sequence[tuple[bytes, bytes]] = ()) -> ScriptedWebSocket:

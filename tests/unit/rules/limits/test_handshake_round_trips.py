@@ -13,12 +13,12 @@ check refuses, and an outage counted as before. In process, real
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.apps import Held
 from tests.support.helpers import eventually
 from tests.support.jwt_keys import SECRET, mint
 from tests.support.redis_server import RedisServer, redis_cluster
@@ -28,7 +28,6 @@ from ws_guard.rules.context import RuleContext
 from ws_guard.rules.keys import user_key
 from ws_guard.rules.limits.keying import redis_key
 from ws_guard.testing import ScriptedWebSocket
-from ws_guard.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.redis
 
@@ -37,18 +36,6 @@ ALICE = user_key(None, "alice")
 
 #: Reads one measurement itself costs the server: the INFO, and its connection's end.
 _INFO_READS = 2
-
-
-class Held:
-    """Accept, then hold the connection until ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        await self.release.wait()
 
 
 @pytest.fixture
@@ -122,10 +109,6 @@ async def refused(app: WSGuardMiddleware, headers: list[tuple[bytes, bytes]]) ->
     return close["code"], close["reason"]
 
 
-def zcard(server: RedisServer, key: str) -> int:
-    return int(server.command("ZCARD", key).strip()[1:])
-
-
 async def test_connect_rate_and_cap_take_one_round_trip(
     redis: RedisServer, app: Held, guards: list[Guard]
 ) -> None:
@@ -141,11 +124,11 @@ async def test_connect_rate_and_cap_take_one_round_trip(
 
     assert await round_trips(redis, guard, second()) == 1
     slots = redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")
-    assert zcard(redis, slots) == 2
+    assert redis.zcard(slots) == 2
     app.release.set()
     for ws in (first, *box):
         await ws.finished()
-    assert zcard(redis, slots) == 0
+    assert redis.zcard(slots) == 0
 
 
 async def test_with_jwt_auth_the_revocation_check_joins_the_connect_rate_call(
@@ -169,7 +152,7 @@ async def test_with_jwt_auth_the_revocation_check_joins_the_connect_rate_call(
         box.append(await admitted(middleware, bearer("alice")))
 
     assert await round_trips(redis, guard, second()) == 2
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 2
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, ALICE)) == 2
     app.release.set()
     for ws in (first, *box):
         await ws.finished()
@@ -192,12 +175,12 @@ async def test_two_guards_sharing_redis_hold_the_cap_exactly(
     for middleware in apps:
         assert await refused(middleware, []) == (1008, "too_many_connections")
     slots = redis_key("shared", "slots", caps[0].id, "127.0.0.1")
-    assert zcard(redis, slots) == 3  # the refused handshakes took nothing
+    assert redis.zcard(slots) == 3  # the refused handshakes took nothing
     assert [cap.count("127.0.0.1") for cap in caps] == [2, 1]
     app.release.set()
     for ws in open_:
         await ws.finished()
-    assert zcard(redis, slots) == 0
+    assert redis.zcard(slots) == 0
     snaps = [guard.metrics.snapshot() for guard in guards]
     assert [s.closes_by_rule for s in snaps] == [{"too_many_connections": 1}] * 2
     assert [s.handshakes_admitted for s in snaps] == [2, 1]
@@ -220,14 +203,14 @@ async def test_a_connect_rate_refusal_gives_the_slot_back(
     # The pipeline, then the slot's ZREM: a second round trip on this path only.
     assert await round_trips(redis, guard, third()) == 2
     assert outcome == [(1008, "connect_rate_limited; retry-after=60")]
-    assert zcard(redis, slots) == 2
+    assert redis.zcard(slots) == 2
     assert cap.count("127.0.0.1") == 2
     # The refused attempt counted: the next one is refused as well.
     assert await refused(middleware, []) == (1008, "connect_rate_limited; retry-after=60")
     app.release.set()
     for ws in held:
         await ws.finished()
-    assert zcard(redis, slots) == 0
+    assert redis.zcard(slots) == 0
     snap = guard.metrics.snapshot()
     assert snap.closes_by_rule == {"connect_rate_limited": 2}
     assert snap.storage_errors == 0
@@ -245,7 +228,7 @@ async def test_a_cap_refusal_still_counts_the_attempt(
     assert await refused(middleware, []) == (1008, "too_many_connections")
     # Three attempts counted (two refused by the cap): the fourth is over the rate.
     assert await refused(middleware, []) == (1008, "connect_rate_limited; retry-after=60")
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 1
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 1
     app.release.set()
     await first.finished()
     assert guard.metrics.snapshot().closes_by_rule == {
@@ -271,7 +254,7 @@ async def test_an_auth_refusal_behind_connect_rate_takes_no_slot(
         1008,
         "connect_rate_limited; retry-after=60",
     )
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 0
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, ALICE)) == 0
     assert guard.metrics.snapshot().closes_by_rule == {
         "token_missing": 1,
         "connect_rate_limited": 2,
@@ -339,7 +322,7 @@ async def test_a_revocation_only_redis_holds_is_found_in_the_same_round_trip(
 
     assert await round_trips(redis, guard, alice()) == 1  # EVALSHA and EXISTS together
     assert outcome == [(1008, "token_revoked")]
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 0
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, ALICE)) == 0
     assert guard.metrics.snapshot().closes_by_rule == {"token_revoked": 1}
     app.release.set()
     await first.finished()
@@ -392,7 +375,7 @@ async def test_a_key_that_keeps_hammering_is_refused_before_its_token_is_verifie
     for _ in range(3):
         assert await refused(middleware, bearer("alice")) == limited
     assert exists_calls(redis) == before + 1  # refused before verification
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, ALICE)) == 1
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, ALICE)) == 1
     app.release.set()
     await first.finished()
 
@@ -417,7 +400,7 @@ async def test_a_subclass_that_overrides_admit_alone_is_not_batched(
     first = await admitted(middleware, [])
     assert await refused(middleware, []) == (1008, "connect_rate_limited; retry-after=60")
     assert CountedRate.calls == 2
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 1
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 1
     app.release.set()
     await first.finished()
 
@@ -438,7 +421,7 @@ async def test_scripts_redis_lost_are_loaded_and_sent_again(
 
     # The pipeline (both NOSCRIPT), one SCRIPT LOAD per script, the pipeline again.
     assert await round_trips(redis, guard, second()) == 4
-    assert zcard(redis, redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 2
+    assert redis.zcard(redis_key(guard.namespace, "slots", cap.id, "127.0.0.1")) == 2
     # Each attempt counted once: the third is over the rate.
     assert await refused(middleware, []) == (1008, "connect_rate_limited; retry-after=60")
     assert guard.metrics.snapshot().storage_errors == 0
