@@ -93,9 +93,12 @@ async def counted(server: ServerProcess, name: str, code: int, before: int) -> i
         await asyncio.sleep(0.05)  # bounded poll on the server's counter
 
 
-async def close_of(ws: ClientConnection) -> tuple[int, str]:
-    """The server's close code and reason; nothing may arrive before it. 0: no close frame."""
-    assert await closed_by_server(ws) == []
+async def close_of(ws: ClientConnection, timeout: float = 5.0) -> tuple[int, str]:
+    """The server's close code and reason; nothing may arrive before it. 0: no close frame.
+
+    *timeout*: seconds the client waits for the close (or any frame).
+    """
+    assert await closed_by_server(ws, timeout) == []
     return ws.close_code or 0, ws.close_reason or ""
 
 
@@ -325,7 +328,9 @@ async def test_a_signal_alone_where_drain_must_come_first(server: str) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         running.process.send_signal(signal.SIGTERM)
-        closes = [await asyncio.wait_for(close_of(ws), 15) for ws in clients]
+        # hypercorn closes after its 3 s graceful_timeout: 12 s leaves room
+        # for a machine busy with a coverage run (5 s was not always enough).
+        closes = [await asyncio.wait_for(close_of(ws, 12.0), 15) for ws in clients]
         waited = loop.time() - start
         returncode = await asyncio.to_thread(running.process.wait, 20)
     seen = {(int(code), reason.partition(";")[0]) for code, reason in closes}
