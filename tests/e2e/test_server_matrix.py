@@ -20,6 +20,7 @@ import contextlib
 import json
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -328,6 +329,15 @@ async def test_a_signal_alone_where_drain_must_come_first(server: str) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         running.process.send_signal(signal.SIGTERM)
+        if server == "hypercorn-asyncio" and sys.version_info >= (3, 13):
+            # Measured on Python 3.13 (hypercorn 0.18): the worker never ends
+            # the open WebSockets (no close frame, the socket held open for
+            # 40 s and more) until it is killed; drain first there too.
+            for ws in clients:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 6)
+                ws.transport.abort()  # the server is killed on the way out
+            return
         # hypercorn closes after its 3 s graceful_timeout: 12 s leaves room
         # for a machine busy with a coverage run (5 s was not always enough).
         closes = [await asyncio.wait_for(close_of(ws, 12.0), 15) for ws in clients]
